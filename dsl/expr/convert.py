@@ -1,0 +1,104 @@
+"""Conversion between JSON-like Python data and CEL runtime values (see values.py).
+
+`to_cel` prepares bindings: Python data in, CEL values out (tuples become lists, datetimes
+timestamps, timedeltas durations). `from_cel` turns a result into something `json.dumps` accepts:
+uint -> int, bytes -> base64 text, timestamp -> RFC 3339 text, duration -> "1.5s", type -> its name.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from typing import Any
+
+from .functions import (
+    NANOS,
+    TIMESTAMP_MAX_NANOS,
+    TIMESTAMP_MIN_NANOS,
+    format_duration,
+    format_timestamp,
+)
+from .values import INT64_MAX, INT64_MIN, UINT64_MAX, CelType, Duration, Timestamp, UInt
+
+_NoneType = type(None)
+_PASSTHROUGH = frozenset((bool, float, str, bytes, _NoneType, UInt, Timestamp, Duration, CelType))
+_KEY_TYPES = frozenset((str, int, bool, UInt))
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def to_cel(value: Any) -> Any:
+    """A JSON-like Python value as a CEL value; TypeError for anything CEL cannot represent."""
+    tv = type(value)
+    if tv in _PASSTHROUGH:
+        if tv is UInt and not 0 <= value <= UINT64_MAX:
+            raise TypeError(f"uint value out of range: {int(value)}")
+        return value
+    if tv is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        raise TypeError(f"integer out of the int64 range: {value}")
+    if tv is list or tv is tuple:
+        return [to_cel(item) for item in value]
+    if tv is dict:
+        return {_to_cel_key(k): to_cel(v) for k, v in value.items()}
+    if isinstance(value, datetime.datetime):
+        return _timestamp_from_datetime(value)
+    if isinstance(value, datetime.timedelta):
+        return Duration((value.days * 86400 + value.seconds) * NANOS + value.microseconds * 1000)
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, int | float | str | list | tuple | dict):
+        # Subclasses (IntEnum, str enums, OrderedDict, namedtuple ...) convert as their base type.
+        return to_cel(_base_value(value))
+    raise TypeError(f"cannot convert a value of Python type {tv.__name__} to CEL")
+
+
+def _base_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return str.__str__(value)  # str() of a (str, Enum) member would be "Class.MEMBER"
+    for base in (int, float, dict, list, tuple):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"cannot convert a value of Python type {type(value).__name__} to CEL")
+
+
+def _to_cel_key(key: Any) -> Any:
+    converted = to_cel(key)
+    if type(converted) not in _KEY_TYPES:
+        raise TypeError(f"map keys must be strings, integers or booleans, not {type(key).__name__}")
+    return converted
+
+
+def _timestamp_from_datetime(value: datetime.datetime) -> Timestamp:
+    # A naive datetime is taken to be UTC.
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+    delta = aware - _EPOCH
+    nanos = (delta.days * 86400 + delta.seconds) * NANOS + delta.microseconds * 1000
+    if not TIMESTAMP_MIN_NANOS <= nanos <= TIMESTAMP_MAX_NANOS:
+        raise TypeError(f"datetime out of the timestamp range: {value.isoformat()}")
+    return Timestamp(nanos)
+
+
+def from_cel(value: Any) -> Any:
+    """A CEL value as plain JSON-able Python data."""
+    tv = type(value)
+    if tv is str or tv is int or tv is bool or tv is float or tv is _NoneType:
+        return value
+    if tv is UInt:
+        return int(value)
+    if tv is list or tv is tuple:
+        return [from_cel(item) for item in value]
+    if tv is dict:
+        return {(int(k) if type(k) is UInt else k): from_cel(v) for k, v in value.items()}
+    if tv is bytes:
+        return base64.b64encode(value).decode("ascii")
+    if tv is Timestamp:
+        return format_timestamp(value)
+    if tv is Duration:
+        return format_duration(value)
+    if tv is CelType:
+        return value.name
+    raise TypeError(f"not a CEL value: Python type {tv.__name__}")
+
+
+__all__ = ["from_cel", "to_cel"]

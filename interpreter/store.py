@@ -1,0 +1,1002 @@
+"""Charter's event store: the append-only, hash-chained system of record of every run.
+
+`EventStore` is the small interface the interpreter depends on; `SQLiteEventStore` is the embedded
+backend (one file, several processes). A PostgreSQL backend implements the same protocol later
+(DESIGN.md §8). The schema, the event kinds and the hash are documented in spec/event-log.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+import sqlite_utils
+
+from interpreter.hashing import (
+    GENESIS_FIELDS,
+    NotCanonicalizable,
+    canonical_json,
+    event_hash,
+    event_hash_from_parts,
+    genesis_hash,
+    sha256_hex,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "charter.db"
+DEFAULT_BLOB_THRESHOLD = 4096
+BLOB_REF_KEY = "$blob"
+Durability = Literal["normal", "full"]
+_T = TypeVar("_T")
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(Exception):
+    """Any failure of the event store, with a message fit for a person (no sqlite3 internals)."""
+
+
+class StoreLockedError(StoreError):
+    """The database stayed locked by another connection for longer than `busy_timeout`."""
+
+
+class RunNotFound(StoreError):
+    """No run with that id."""
+
+
+class BlobNotFound(StoreError):
+    """No blob with that digest."""
+
+
+class PayloadError(StoreError):
+    """A payload, actor, input or output that cannot be stored as JSON."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Event kinds and run statuses (payload shapes: spec/event-log.md)
+
+RUN_STARTED = "run.started"
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+RUN_WAITING = "run.waiting"
+RUN_RESUMED = "run.resumed"
+STEP_STARTED = "step.started"
+STEP_COMPLETED = "step.completed"
+STEP_FAILED = "step.failed"
+STEP_SKIPPED = "step.skipped"
+STEP_RETRYING = "step.retrying"
+TOOL_CALLED = "tool.called"
+TOOL_COMPLETED = "tool.completed"
+TOOL_FAILED = "tool.failed"
+MODEL_CALLED = "model.called"
+MODEL_COMPLETED = "model.completed"
+DECISION = "decision"
+APPROVAL_REQUESTED = "approval.requested"
+APPROVAL_DECIDED = "approval.decided"
+AUTHZ_DECIDED = "authz.decided"
+GUARDRAIL_EVALUATED = "guardrail.evaluated"
+VARS_SET = "vars.set"
+LOOP_ITERATION = "loop.iteration"
+PARALLEL_JOINED = "parallel.joined"
+
+_KINDS: set[str] = {
+    RUN_STARTED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_WAITING,
+    RUN_RESUMED,
+    STEP_STARTED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_RETRYING,
+    TOOL_CALLED,
+    TOOL_COMPLETED,
+    TOOL_FAILED,
+    MODEL_CALLED,
+    MODEL_COMPLETED,
+    DECISION,
+    APPROVAL_REQUESTED,
+    APPROVAL_DECIDED,
+    AUTHZ_DECIDED,
+    GUARDRAIL_EVALUATED,
+    VARS_SET,
+    LOOP_ITERATION,
+    PARALLEL_JOINED,
+}
+
+
+def event_kinds() -> frozenset[str]:
+    """The catalogue of event kinds the store accepts."""
+    return frozenset(_KINDS)
+
+
+def register_event_kind(kind: str) -> None:
+    """Add a kind to the catalogue (for later features; document its payload in spec/event-log.md)."""
+    parts = kind.split(".")
+    if not all(p and p.replace("_", "").isalpha() and p.islower() for p in parts):
+        raise ValueError(f"invalid event kind {kind!r}: use lower-case dotted words, e.g. 'agent.turn'")
+    _KINDS.add(kind)
+
+
+RUN_STATUSES = ("running", "waiting", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+# --------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; the store assigns seq, ts and the hashes."""
+
+    kind: str
+    node_path: str = ""
+    payload: Any = None
+    actor: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event. `payload` is resolved from the blob table when it was externalised."""
+
+    run_id: str
+    seq: int
+    ts: str
+    node_path: str
+    kind: str
+    actor: dict[str, Any] | None
+    payload: Any
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    parent_run_id: str | None
+    parent_node: str | None
+    workflow_name: str
+    workflow_digest: str | None
+    workflow_source: str | None
+    inputs: Any
+    principal: str | None
+    interpreter_version: str
+    status: str
+    created_at: str
+    updated_at: str
+    output: Any
+    error: Any
+    head_seq: int
+    head_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """Outcome of `verify`. `first_bad_seq` is 0 when the run row itself disagrees with its chain."""
+
+    ok: bool
+    first_bad_seq: int | None = None
+    reason: str = ""
+    events_checked: int = 0
+
+
+_UNSET: Any = object()
+
+# --------------------------------------------------------------------------------------------------
+# The interface
+
+
+@runtime_checkable
+class StoreTransaction(Protocol):
+    """Writes that commit together (one fsync with durability "full")."""
+
+    def create_run(
+        self,
+        workflow_name: str,
+        *,
+        workflow_source: str | None = None,
+        workflow_digest: str | None = None,
+        inputs: Any = None,
+        principal: str | None = None,
+        interpreter_version: str = "",
+        parent_run_id: str | None = None,
+        parent_node: str | None = None,
+        run_id: str | None = None,
+        status: str = "running",
+    ) -> RunRecord:
+        """A new run (id: a fresh ULID unless given); its digest is computed from the source."""
+        ...
+
+    def append(
+        self,
+        run_id: str,
+        kind: str,
+        node_path: str = "",
+        payload: Any = None,
+        actor: dict[str, Any] | None = None,
+    ) -> Event: ...
+
+    def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]: ...
+
+    def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None: ...
+
+    def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str: ...
+
+
+@runtime_checkable
+class EventStore(StoreTransaction, Protocol):
+    """What the interpreter needs from storage; every write is atomic and durable per `durability`."""
+
+    def transaction(self) -> AbstractContextManager[StoreTransaction]: ...
+
+    def events(self, run_id: str, after_seq: int = 0) -> Iterator[Event]: ...
+
+    def run(self, run_id: str) -> RunRecord: ...
+
+    def runs(self, limit: int = 50, status: str | None = None) -> list[RunRecord]: ...
+
+    def get_blob(self, sha256: str) -> bytes: ...
+
+    def verify(self, run_id: str) -> VerifyResult: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Identifiers and time
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id = [0, 0]  # [milliseconds, random part] of the previous id, for monotonic ids within a process
+
+
+def new_run_id() -> str:
+    """A ULID: 26 Crockford base-32 characters, sortable by creation time, unique across processes."""
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        last_ms, last_rand = _last_id
+        if ms <= last_ms:
+            ms, rand = last_ms, last_rand + 1
+            if rand >= 1 << 80:
+                ms, rand = ms + 1, 0
+        else:
+            rand = secrets.randbits(80)
+        _last_id[:] = [ms, rand]
+    value = (ms << 80) | rand
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+_second_prefix: tuple[int, str] = (-1, "")  # (unix second, "YYYY-MM-DDTHH:MM:SS"): strftime once a second
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC with microseconds, e.g. 2026-11-26T13:03:31.123456Z."""
+    global _second_prefix
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached_second, prefix = _second_prefix  # one tuple read: safe across threads
+    if cached_second != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{micros:06d}Z"
+
+
+def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--db PATH` beats `CHARTER_DB`, which beats ./charter.db."""
+    return Path(explicit or os.environ.get("CHARTER_DB") or DEFAULT_DB)
+
+
+def open_store(target: str | os.PathLike[str] | None = None, durability: Durability = "normal") -> EventStore:
+    """Open the store named by a path (or `sqlite:///path`); the seam for other backends."""
+    # Not through Path(): it would collapse the "//" of a URL.
+    text = os.fspath(target or os.environ.get("CHARTER_DB") or DEFAULT_DB)
+    if text.startswith(("postgres://", "postgresql://")):
+        raise StoreError("PostgreSQL event stores are not available yet; use a SQLite file path")
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    return SQLiteEventStore(text, durability=durability)
+
+
+# --------------------------------------------------------------------------------------------------
+# SQLite backend
+
+_RUN_COLUMNS = (
+    "run_id, parent_run_id, parent_node, workflow_name, workflow_digest, workflow_source, inputs, principal, "
+    "interpreter_version, status, created_at, updated_at, output, error, head_seq, head_hash"
+)
+_EVENT_COLUMNS = "run_id, seq, ts, node_path, kind, actor, payload, prev_hash, hash"
+_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_PAGE = 2000
+_WAL_AUTOCHECKPOINT_PAGES = 10_000
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_BLOB_REF_PREFIX = '{"' + BLOB_REF_KEY + '":"'
+_BLOB_REF_LEN = len(_BLOB_REF_PREFIX) + 64 + 2
+_BLOB_REF_MARK = '"' + BLOB_REF_KEY + '":"'
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return canonical_json(value)
+    except NotCanonicalizable as exc:
+        raise PayloadError(f"{what} is not JSON-serializable: {exc}") from exc
+
+
+def _check_actor(actor: Any) -> None:
+    if actor is not None and not (isinstance(actor, dict) and isinstance(actor.get("sub"), str)):
+        raise PayloadError(f"actor must be None or an object with a string 'sub', got {actor!r}")
+
+
+class _Tx:
+    """One open `BEGIN IMMEDIATE` transaction: heads are read once per run and written at commit."""
+
+    def __init__(self, store: SQLiteEventStore) -> None:
+        self._store = store
+        self._conn = store._conn
+        self._heads: dict[str, tuple[int, str]] = {}
+
+    def _head(self, run_id: str) -> tuple[int, str]:
+        head = self._heads.get(run_id)
+        if head is None:
+            row = self._conn.execute(
+                "SELECT head_seq, head_hash FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in {self._store.path}")
+            head = (row[0], row[1])
+            self._heads[run_id] = head
+        return head
+
+    def flush(self) -> None:
+        now = utc_now()
+        for run_id, (seq, head_hash) in self._heads.items():
+            self._conn.execute(
+                "UPDATE runs SET head_seq = ?, head_hash = ?, updated_at = ? WHERE run_id = ? AND head_seq <> ?",
+                (seq, head_hash, now, run_id, seq),
+            )
+
+    def create_run(
+        self,
+        workflow_name: str,
+        *,
+        workflow_source: str | None = None,
+        workflow_digest: str | None = None,
+        inputs: Any = None,
+        principal: str | None = None,
+        interpreter_version: str = "",
+        parent_run_id: str | None = None,
+        parent_node: str | None = None,
+        run_id: str | None = None,
+        status: str = "running",
+    ) -> RunRecord:
+        _check_status(status)
+        if workflow_source is not None:
+            computed = sha256_hex(workflow_source)
+            if workflow_digest is not None and workflow_digest != computed:
+                raise StoreError("workflow_digest does not match the SHA-256 of workflow_source")
+            workflow_digest = computed
+        if parent_run_id is not None:
+            self._head(parent_run_id)  # raises RunNotFound with a clear message
+        now = utc_now()
+        fields = {
+            "run_id": run_id or new_run_id(),
+            "parent_run_id": parent_run_id,
+            "parent_node": parent_node,
+            "workflow_name": workflow_name,
+            "workflow_digest": workflow_digest,
+            "inputs": inputs,
+            "principal": principal,
+            "interpreter_version": interpreter_version,
+            "created_at": now,
+        }
+        inputs_json = None if inputs is None else _dumps(inputs, "run inputs")
+        genesis = genesis_hash(fields)
+        try:
+            self._conn.execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, ?)",
+                (
+                    fields["run_id"],
+                    parent_run_id,
+                    parent_node,
+                    workflow_name,
+                    workflow_digest,
+                    workflow_source,
+                    inputs_json,
+                    principal,
+                    interpreter_version,
+                    status,
+                    now,
+                    now,
+                    genesis,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"run {fields['run_id']!r} already exists") from exc
+        self._heads[fields["run_id"]] = (0, genesis)
+        return RunRecord(
+            workflow_source=workflow_source,
+            status=status,
+            updated_at=now,
+            output=None,
+            error=None,
+            head_seq=0,
+            head_hash=genesis,
+            **fields,
+        )
+
+    def append(
+        self,
+        run_id: str,
+        kind: str,
+        node_path: str = "",
+        payload: Any = None,
+        actor: dict[str, Any] | None = None,
+    ) -> Event:
+        return self.write(run_id, _prepare(kind, node_path, payload, actor, self._store.blob_threshold))
+
+    def write(self, run_id: str, prepared: _Prepared) -> Event:
+        """Chain and insert an event whose JSON was encoded before the writer lock was taken."""
+        kind, node_path, payload, actor, actor_json, payload_json, blobs = prepared
+        for blob in blobs:
+            self.put_blob(blob, "application/json")
+        seq, prev_hash = self._head(run_id)
+        seq += 1
+        ts = utc_now()
+        digest = event_hash_from_parts(
+            run_id=run_id,
+            seq=seq,
+            ts=ts,
+            node_path=node_path,
+            kind=kind,
+            actor_json=actor_json,
+            payload_json=payload_json,
+            prev_hash=prev_hash,
+        )
+        self._conn.execute(
+            _INSERT_EVENT,
+            (
+                run_id,
+                seq,
+                ts,
+                node_path,
+                kind,
+                None if actor is None else actor_json,
+                None if payload is None else payload_json,
+                prev_hash,
+                digest,
+            ),
+        )
+        self._heads[run_id] = (seq, digest)
+        return Event(run_id, seq, ts, node_path, kind, actor, payload, prev_hash, digest)
+
+    def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]:
+        return [self.append(run_id, e.kind, e.node_path, e.payload, e.actor) for e in events]
+
+    def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None:
+        _check_status(status)
+        sets, params = ["status = ?", "updated_at = ?"], [status, utc_now()]
+        if output is not _UNSET:
+            sets.append("output = ?")
+            params.append(None if output is None else _dumps(output, "run output"))
+        if error is not _UNSET:
+            sets.append("error = ?")
+            params.append(None if error is None else _dumps(error, "run error"))
+        cursor = self._conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", (*params, run_id))
+        if cursor.rowcount == 0:
+            raise RunNotFound(f"no run {run_id!r} in {self._store.path}")
+
+    def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise PayloadError(f"blob data must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        digest = sha256_hex(data)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, media_type, data) VALUES (?, ?, ?, ?)",
+            (digest, len(data), media_type, data),
+        )
+        return digest
+
+
+_Prepared = tuple[str, str, Any, dict[str, Any] | None, str, str, list[bytes]]
+
+
+def _prepare(kind: str, node_path: str, payload: Any, actor: Any, blob_threshold: int) -> _Prepared:
+    """Validate and encode an event; a payload over the threshold becomes a blob reference."""
+    if kind not in _KINDS:
+        raise StoreError(f"unknown event kind {kind!r} (see spec/event-log.md for the catalogue)")
+    if not isinstance(node_path, str):
+        raise PayloadError(f"node_path must be a string, got {node_path!r}")
+    _check_actor(actor)
+    where = f"payload of {kind} at {node_path or '<run>'}"
+    if isinstance(payload, dict) and (
+        BLOB_REF_KEY in payload or any(isinstance(v, dict) and BLOB_REF_KEY in v for v in payload.values())
+    ):
+        raise PayloadError(f"{where}: the key {BLOB_REF_KEY!r} is reserved for blob references")
+    payload_json = _dumps(payload, where)
+    blobs: list[bytes] = []
+    if len(payload_json) * 4 > blob_threshold:  # cheap test first: a char is at most 4 UTF-8 bytes
+        data = payload_json.encode("utf-8")
+        if len(data) > blob_threshold:
+            payload_json, blobs = _externalise(payload, data, blob_threshold)
+    return kind, node_path, payload, actor, _dumps(actor, "actor"), payload_json, blobs
+
+
+def _externalise(payload: Any, data: bytes, threshold: int) -> tuple[str, list[bytes]]:
+    """Move large values to blobs: the largest members of an object first, so that the small ones
+    (tool name, duration, token usage) stay queryable with SQL; the whole payload otherwise."""
+    if isinstance(payload, dict):
+        encoded = {key: canonical_json(value).encode("utf-8") for key, value in payload.items()}
+        stored, blobs = dict(payload), []
+        for key in sorted(encoded, key=lambda k: len(encoded[k]), reverse=True):
+            if len(encoded[key]) <= _BLOB_REF_LEN:
+                break
+            blobs.append(encoded[key])
+            stored[key] = {BLOB_REF_KEY: sha256_hex(encoded[key])}
+            text = canonical_json(stored)
+            if len(text.encode("utf-8")) <= threshold:
+                return text, blobs
+    return _BLOB_REF_PREFIX + sha256_hex(data) + '"}', [data]
+
+
+def _blob_ref(value: Any) -> str | None:
+    """The digest if `value` is a blob reference `{"$blob": sha256}`."""
+    if isinstance(value, dict) and len(value) == 1:
+        digest = value.get(BLOB_REF_KEY)
+        if isinstance(digest, str):
+            return digest
+    return None
+
+
+def _blob_refs(payload: Any) -> list[str]:
+    """Every blob a stored payload refers to: the payload itself, or its top-level members."""
+    whole = _blob_ref(payload)
+    if whole is not None:
+        return [whole]
+    if isinstance(payload, dict):
+        return [d for d in map(_blob_ref, payload.values()) if d is not None]
+    return []
+
+
+def _check_status(status: str) -> None:
+    if status not in RUN_STATUSES:
+        raise StoreError(f"invalid run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
+
+
+class SQLiteEventStore:
+    """The event log in one SQLite file (WAL), safe to share between processes.
+
+    Every write runs inside `BEGIN IMMEDIATE`: the writer lock is taken before the run's head is read,
+    so two writers can never allocate the same `seq` or fork a chain. Reads never block writers (WAL).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        durability: Durability = "normal",
+        *,
+        busy_timeout: float = 5.0,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+    ) -> None:
+        if durability not in ("normal", "full"):
+            raise StoreError(f"invalid durability {durability!r}; expected 'normal' or 'full'")
+        self.path = os.fspath(path)
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self.blob_threshold = blob_threshold
+        self._lock = threading.RLock()
+        self._tx: _Tx | None = None
+        self._closed = False
+        self._pid = os.getpid()
+        with self._translate("opening the database"):
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._configure()
+            self.db = sqlite_utils.Database(self._conn)
+            self._ensure_schema()
+            # From here on a busy database is polled by `_polling` instead of SQLite's busy handler.
+            self._conn.execute("PRAGMA busy_timeout = 0")
+
+    # -- setup
+
+    def _configure(self) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() not in ("wal", "memory"):
+            raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Checkpoint every ~40 MB of WAL instead of every 4 MB: each checkpoint fsyncs, and at the
+        # default interval they cost about a third of a small commit's time.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+
+    def _ensure_schema(self) -> None:
+        db = self.db
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} uses event-log schema {version}; this Charter understands up to {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION and db["events"].exists():
+            return
+        db["runs"].create(
+            {
+                "run_id": str,
+                "parent_run_id": str,
+                "parent_node": str,
+                "workflow_name": str,
+                "workflow_digest": str,
+                "workflow_source": str,
+                "inputs": str,
+                "principal": str,
+                "interpreter_version": str,
+                "status": str,
+                "created_at": str,
+                "updated_at": str,
+                "output": str,
+                "error": str,
+                "head_seq": int,
+                "head_hash": str,
+            },
+            pk="run_id",
+            foreign_keys=[("parent_run_id", "runs", "run_id")],
+            not_null=["workflow_name", "interpreter_version", "status", "created_at", "updated_at"]
+            + ["head_seq", "head_hash"],
+            if_not_exists=True,
+        )
+        db["events"].create(
+            {
+                "run_id": str,
+                "seq": int,
+                "ts": str,
+                "node_path": str,
+                "kind": str,
+                "actor": str,
+                "payload": str,
+                "prev_hash": str,
+                "hash": str,
+            },
+            pk=("run_id", "seq"),
+            foreign_keys=[("run_id", "runs", "run_id")],
+            not_null=["ts", "node_path", "kind", "prev_hash", "hash"],
+            if_not_exists=True,
+        )
+        db["blobs"].create(
+            {"sha256": str, "size": int, "media_type": str, "data": bytes},
+            pk="sha256",
+            not_null=["size", "data"],
+            if_not_exists=True,
+        )
+        db["runs"].create_index(["created_at"], if_not_exists=True)
+        db["runs"].create_index(["parent_run_id"], if_not_exists=True)
+        db["events"].create_index(["kind"], if_not_exists=True)
+        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- error translation and transactions
+
+    @contextmanager
+    def _translate(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise StoreLockedError(
+                    f"{self.path}: the database is locked by another connection "
+                    f"(waited {self.busy_timeout:g}s) while {doing}"
+                ) from exc
+            raise StoreError(f"{self.path}: {doing} failed: {exc}") from exc
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        if os.getpid() != self._pid:
+            # A SQLite connection inherited through fork() corrupts locks if used: open a new store.
+            raise StoreError(f"{self.path}: this store was opened in another process; open a new one")
+
+    def _polling(self, operation: Callable[[], _T]) -> _T:
+        """Run `operation`, retrying every 0.1-2 ms while the database is busy, up to `busy_timeout`.
+
+        SQLite's own busy handler sleeps in growing steps (up to 100 ms) and so almost never catches
+        the few microseconds between two commits of a busy writer in another process: that process
+        would starve this one. Short jittered polls keep two writers interleaving.
+        """
+        delay, deadline = 0.0001, 0.0
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.busy_timeout
+                if now >= deadline:
+                    raise
+                time.sleep(min(delay * random.uniform(0.5, 1.5), deadline - now))
+                delay = min(delay * 2, 0.002)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """Group writes into one commit. Nested use (same thread) joins the open transaction."""
+        with self._lock:
+            self._check_usable()
+            if self._tx is not None:
+                yield self._tx
+                return
+            with self._translate("starting a write transaction"):
+                self._polling(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+            tx = _Tx(self)
+            self._tx = tx
+            try:
+                with self._translate("writing events"):
+                    yield tx
+                    tx.flush()
+                    self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # keep the original error, not this one
+                        self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._tx = None
+
+    # -- writes (each its own transaction unless one is open)
+
+    def create_run(self, workflow_name: str, **fields: Any) -> RunRecord:
+        """See `EventStore.create_run` for the fields."""
+        with self.transaction() as tx:
+            return tx.create_run(workflow_name, **fields)
+
+    def append(
+        self,
+        run_id: str,
+        kind: str,
+        node_path: str = "",
+        payload: Any = None,
+        actor: dict[str, Any] | None = None,
+    ) -> Event:
+        # Encode before taking the writer lock: other processes wait less.
+        prepared = _prepare(kind, node_path, payload, actor, self.blob_threshold)
+        with self.transaction() as tx:
+            return tx.write(run_id, prepared)
+
+    def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]:
+        prepared = [_prepare(e.kind, e.node_path, e.payload, e.actor, self.blob_threshold) for e in events]
+        with self.transaction() as tx:
+            return [tx.write(run_id, p) for p in prepared]
+
+    def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None:
+        with self.transaction() as tx:
+            tx.set_status(run_id, status, output=output, error=error)
+
+    def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str:
+        with self.transaction() as tx:
+            return tx.put_blob(data, media_type)
+
+    # -- reads
+
+    def _query(self, sql: str, params: tuple[Any, ...], doing: str) -> list[tuple[Any, ...]]:
+        with self._lock, self._translate(doing):
+            self._check_usable()
+            return self._polling(lambda: self._conn.execute(sql, params).fetchall())
+
+    def get_blob(self, sha256: str) -> bytes:
+        rows = self._query("SELECT data FROM blobs WHERE sha256 = ?", (sha256,), "reading a blob")
+        if not rows:
+            raise BlobNotFound(f"no blob {sha256} in {self.path}")
+        return bytes(rows[0][0])
+
+    def run(self, run_id: str) -> RunRecord:
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,), "reading a run")
+        if not rows:
+            raise RunNotFound(f"no run {run_id!r} in {self.path}")
+        return _run_record(rows[0])
+
+    def runs(self, limit: int = 50, status: str | None = None) -> list[RunRecord]:
+        """Newest first."""
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        rows = self._query(
+            f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, run_id DESC LIMIT ?",
+            (*params, int(limit)),
+            "listing runs",
+        )
+        return [_run_record(row) for row in rows]
+
+    def _event_rows(self, run_id: str, after_seq: int) -> Iterator[tuple[Any, ...]]:
+        # Pages, not one long-lived cursor: a half-read SELECT would hold a read transaction open on
+        # the shared connection and make the next BEGIN IMMEDIATE fail.
+        while True:
+            rows = self._query(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (run_id, after_seq, _PAGE),
+                "reading events",
+            )
+            yield from rows
+            if len(rows) < _PAGE:
+                return
+            after_seq = rows[-1][1]
+
+    def events(self, run_id: str, after_seq: int = 0) -> Iterator[Event]:
+        """The run's events in order, after `after_seq`; blob references are resolved."""
+        self.run(run_id)  # RunNotFound for a mistyped id rather than an empty timeline
+        loads = json.loads
+        for run, seq, ts, node_path, kind, actor, payload, prev_hash, digest in self._event_rows(
+            run_id, after_seq
+        ):
+            if payload is None:
+                value = None
+            elif _BLOB_REF_MARK in payload:  # cheap test; _resolve decides
+                value = self._resolve(loads(payload))
+            else:
+                value = loads(payload)
+            yield Event(run, seq, ts, node_path, kind, _loads(actor), value, prev_hash, digest)
+
+    def _resolve(self, stored: Any) -> Any:
+        whole = _blob_ref(stored)
+        if whole is not None:
+            return json.loads(self.get_blob(whole))
+        if isinstance(stored, dict):
+            return {
+                key: value if (digest := _blob_ref(value)) is None else json.loads(self.get_blob(digest))
+                for key, value in stored.items()
+            }
+        return stored
+
+    # -- verification
+
+    def verify(self, run_id: str) -> VerifyResult:
+        """Recompute the chain and compare it with the run row's checkpoint; stops at the first fault."""
+        run = self.run(run_id)
+        if run.workflow_source is not None and run.workflow_digest != sha256_hex(run.workflow_source):
+            return VerifyResult(False, 0, "the run's workflow_source does not match its workflow_digest")
+        genesis = genesis_hash({name: getattr(run, name) for name in GENESIS_FIELDS})
+        expected_seq, prev_hash, checked = 1, genesis, 0
+        for row in self._event_rows(run_id, 0):
+            fault = self._check_row(row, expected_seq, prev_hash, run)
+            if fault is not None:
+                return VerifyResult(False, fault[0], fault[1], checked)
+            checked += 1
+            expected_seq, prev_hash = row[1] + 1, row[8]
+        last_seq = expected_seq - 1
+        if last_seq < run.head_seq:
+            return VerifyResult(
+                False,
+                last_seq + 1,
+                f"log truncated: the run's checkpoint says {run.head_seq} events, found {last_seq}",
+                checked,
+            )
+        if prev_hash != run.head_hash:
+            return VerifyResult(
+                False, last_seq, "the last event does not match the run's head_hash checkpoint", checked
+            )
+        return VerifyResult(True, None, "", checked)
+
+    def _check_row(
+        self, row: tuple[Any, ...], expected_seq: int, prev_hash: str, run: RunRecord
+    ) -> tuple[int, str] | None:
+        run_id, seq, ts, node_path, kind, actor, payload, stored_prev, stored_hash = row
+        if seq != expected_seq:
+            return expected_seq, f"event seq {expected_seq} is missing (next stored seq is {seq})"
+        if seq > run.head_seq:
+            return (
+                seq,
+                f"event seq {seq} is beyond the run's checkpoint ({run.head_seq}): added outside the store",
+            )
+        try:
+            actor_value, payload_value = _loads(actor), _loads(payload)
+        except json.JSONDecodeError:
+            return seq, f"event seq {seq} holds invalid JSON"
+        recomputed = event_hash(
+            run_id=run_id,
+            seq=seq,
+            ts=ts,
+            node_path=node_path,
+            kind=kind,
+            actor=actor_value,
+            payload=payload_value,
+            prev_hash=stored_prev,
+        )
+        if recomputed != stored_hash:
+            return seq, f"event seq {seq} was modified: its hash does not match its contents"
+        if stored_prev != prev_hash:
+            if seq == 1:
+                return 0, "the run row does not match the chain's genesis (run fields edited?)"
+            return seq - 1, (
+                f"event seq {seq} does not link to seq {seq - 1}: seq {seq - 1} was rewritten "
+                f"(or seq {seq}'s prev_hash was)"
+            )
+        for digest in _blob_refs(payload_value):
+            fault = self._check_blob(seq, digest)
+            if fault is not None:
+                return fault
+        return None
+
+    def _check_blob(self, seq: int, digest: str) -> tuple[int, str] | None:
+        rows = self._query("SELECT data, size FROM blobs WHERE sha256 = ?", (digest,), "reading a blob")
+        if not rows:
+            return seq, f"event seq {seq} refers to blob {digest}, which is missing"
+        data, size = bytes(rows[0][0]), rows[0][1]
+        if sha256_hex(data) != digest or size != len(data):
+            return seq, f"blob {digest} of event seq {seq} was modified"
+        return None
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> SQLiteEventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    (run_id, parent_run_id, parent_node, name, digest, source, inputs, principal, version, status) = row[:10]
+    created_at, updated_at, output, error, head_seq, head_hash = row[10:]
+    return RunRecord(
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+        parent_node=parent_node,
+        workflow_name=name,
+        workflow_digest=digest,
+        workflow_source=source,
+        inputs=_loads(inputs),
+        principal=principal,
+        interpreter_version=version,
+        status=status,
+        created_at=created_at,
+        updated_at=updated_at,
+        output=_loads(output),
+        error=_loads(error),
+        head_seq=head_seq,
+        head_hash=head_hash,
+    )
+
+
+__all__ = [
+    "BlobNotFound",
+    "Event",
+    "EventStore",
+    "NewEvent",
+    "PayloadError",
+    "RunNotFound",
+    "RunRecord",
+    "SQLiteEventStore",
+    "StoreError",
+    "StoreLockedError",
+    "StoreTransaction",
+    "VerifyResult",
+    "event_kinds",
+    "new_run_id",
+    "open_store",
+    "register_event_kind",
+    "resolve_db_path",
+]
