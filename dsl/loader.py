@@ -16,6 +16,13 @@ Decisions (the spec repeats them for authors):
 - **Non-string keys** are CH007; a scalar key is kept under its source text so later stages go on.
 - **Nesting** deeper than `MAX_DEPTH` is CH016 (it also protects the C parser's stack).
 - `charter: 1.0` (a float) is accepted with warning CH014 and normalised to the string "1.0".
+- **Positions** are 1-based; columns count Unicode code points (not bytes, not UTF-16 units); a
+  leading byte-order mark is dropped. `value_position(path, offset)` maps a character offset inside a
+  string value (e.g. a CEL error offset) to its file line and column for every scalar style: plain and
+  quoted (escapes and `''` decoded), multi-line (folding), literal `|` and folded `>` blocks (the
+  content's own line, after the block indentation). Whitespace produced by folding has no exact
+  source; it maps to the nearest source whitespace. Line counting assumes `\n`/`\r\n` line ends
+  (a raw NEL or U+2028, which YAML also treats as a line break, would shift later lines).
 
 `load_text`/`load_file` never raise for anything the input holds. They return `(None, diags)` when no
 usable mapping exists, else the document plus diagnostics (which may still hold errors).
@@ -541,10 +548,16 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
+# A bracket can only open a flow collection at the start of a line or after whitespace or one of
+# `[{,:?-`; after any other character libyaml stops with a syntax error before nesting deeper. So
+# the `{{` of `${{ expr }}` counts once, not twice.
+_FLOW_OPENER = re.compile(r"(?<![^\s\[{,:?\-])[\[{]")
+
+
 def _nesting_bound(text: str) -> int:
     """A cheap upper bound of the nesting depth: block levels need indentation, flow levels brackets."""
     longest = max((len(line) for line in text.split("\n")), default=0)
-    return 2 * (longest + 1) + text.count("[") + text.count("{")
+    return 2 * (longest + 1) + len(_FLOW_OPENER.findall(text))
 
 
 def _scan_depth(text: str, file: str) -> Diagnostic | None:

@@ -378,6 +378,13 @@ def test_absurd_nesting_does_not_crash_the_c_parser() -> None:
     assert doc is None and [d.code for d in diags] == ["CH016"]
 
 
+@pytest.mark.parametrize("unit", ["$[", "a{", "'x'[", "&a[", "!t{", "*a["])
+def test_brackets_glued_to_other_characters_do_not_nest(unit: str) -> None:
+    # The cheap nesting bound does not count these; the parser must stop at once, not recurse.
+    doc, diags = load_text(HEAD + "a: [" + unit * 50_000 + "\n")
+    assert doc is None and len(diags) == 1 and diags[0].code in ("CH004", "CH006")
+
+
 def test_nesting_at_the_limit_is_fine() -> None:
     depth = MAX_DEPTH - 1
     doc = load_ok(HEAD + "a: " + "[" * depth + "]" * depth + "\n")

@@ -441,13 +441,18 @@ class Evaluator:
         `act` directly; a KeyError there sends the generated code to the operand closures, which
         resolve exactly and raise the precise error. Anything else calls its closure.
         """
+        key = self.inline_key(node)
+        return f"act[{'AB'[i]}]" if key is not None else "ab"[i] + "(act)"
+
+    def inline_key(self, node: ast.Expr) -> str | None:
+        """The `act` key of a variable that can be read directly, else None."""
         if type(node) is ast.Ident and not node.name.startswith("."):
             name = node.name
             if name in self._scope:
-                return f"act[{self._scope[name]!r}]"
-            if not self.container and name not in self.type_values and name.isidentifier():
-                return f"act[{name!r}]"
-        return "ab"[i] + "(act)"
+                return self._scope[name]
+            if not self.container and name not in self.type_values:
+                return name
+        return None
 
     # ---- fused arithmetic and comparisons ---------------------------------------------------------
 
@@ -502,9 +507,10 @@ class Evaluator:
         if type(node) is ast.Literal:
             ns[f"C{k}"] = node.value
             return f"C{k}"
-        src = self.operand_source(node, 0)
-        if src != "a(act)":
-            lines.append(f"v{k} = {src}")
+        key = self.inline_key(node)
+        if key is not None:
+            ns[f"N{k}"] = key
+            lines.append(f"v{k} = act[N{k}]")
             return f"v{k}"
         if not self.fusable(node) or budget[0] <= 0:
             ns[f"F{k}"] = self.fn(node, scope)
@@ -526,19 +532,34 @@ class Evaluator:
             "    except Exception as e:",
             f"        raise locate(e, OFF{k}) from None",
         ]
+        # a literal operand fixes the only type worth a fast branch
+        known = {type(c.value) for c in node.args if type(c) is ast.Literal}
         if name in ("_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_"):
-            fast = "FAST_EQ" if name in ("_==_", "_!=_") else "FAST_ORD"
-            lines += [f"if type({xa}) is type({xb}) and type({xa}) in {fast}:", f"    {r} = {xa} {op} {xb}"]
+            fast_set = _FAST_EQ if name in ("_==_", "_!=_") else _FAST_ORD
+            if len(known) == 1 and next(iter(known)) in fast_set:
+                ns[f"T{k}"] = next(iter(known))
+                lines += [f"if type({xa}) is T{k} and type({xb}) is T{k}:", f"    {r} = {xa} {op} {xb}"]
+            else:
+                fast = "FAST_EQ" if fast_set is _FAST_EQ else "FAST_ORD"
+                lines += [
+                    f"if type({xa}) is type({xb}) and type({xa}) in {fast}:",
+                    f"    {r} = {xa} {op} {xb}",
+                ]
             lines += generic
             return r
-        lines += [
+        int_branch = [
             f"if type({xa}) is int and type({xb}) is int:",
             f"    {r} = {xa} {op} {xb}",
             f"    if not LO <= {r} <= HI:",
             f"        raise _err('integer overflow', OFF{k})",
-            f"elif type({xa}) is float and type({xb}) is float:",
-            f"    {r} = {xa} {op} {xb}",
         ]
+        float_branch = [f"if type({xa}) is float and type({xb}) is float:", f"    {r} = {xa} {op} {xb}"]
+        if known == {float}:
+            lines += float_branch
+        elif known == {int}:
+            lines += int_branch
+        else:
+            lines += int_branch + ["el" + float_branch[0], float_branch[1]]
         lines += generic
         if name == "_+_":
             lines += [
@@ -563,7 +584,8 @@ class Evaluator:
             return None
         if name in _BINARY and len(fns) == 2 and name in g:
             sources = [self.operand_source(n, i) for i, n in enumerate(arg_nodes)]
-            return _fast_binary(name, g[name], fns, consts, sources, off, self.limits.max_size)
+            keys = [self.inline_key(n) for n in arg_nodes]
+            return _fast_binary(name, g[name], fns, consts, sources, keys, off, self.limits.max_size)
         if name == "_[_]" and len(fns) == 2 and name in g:
             return _fast_index(g[name], fns, off)
         if name == "@in" and len(fns) == 2 and name in g:
@@ -736,6 +758,8 @@ def _define(source: str, namespace: dict[str, Any]) -> None:
     compiling an expression well under a millisecond."""
     code = _CODE_CACHE.get(source)
     if code is None:
+        if len(_CODE_CACHE) >= 4096:  # shapes repeat; a pathological stream of new ones stays bounded
+            _CODE_CACHE.clear()
         code = _CODE_CACHE[source] = builtins.compile(source, "<cel>", "exec")
     exec(code, namespace)  # noqa: S102 - trusted template code, see above
 
@@ -1042,6 +1066,7 @@ def _fast_binary(
     fns: list[Fn],
     consts: list[Any],
     sources: list[str],
+    keys: list[str | None],
     off: int,
     max_size: int,
 ) -> Fn:
@@ -1073,7 +1098,12 @@ def _fast_binary(
             lines += ["    if tx is TB:", f"        return x {op} y"]
         else:
             lines += [f"    if tx is type(y) and tx in {fast}:", f"        return x {op} y"]
-        tail = ["    try:", "        return impl(x, y)", "    except Exception as e:", "        raise locate(e, off) from None"]
+        tail = [
+            "    try:",
+            "        return impl(x, y)",
+            "    except Exception as e:",
+            "        raise locate(e, off) from None",
+        ]
     else:
         lines += [
             "    if tx is type(y):",
@@ -1085,7 +1115,12 @@ def _fast_binary(
             "        if tx is float:",
             f"            return x {op} y",
         ]
-        tail = ["    try:", "        r = impl(x, y)", "    except Exception as e:", "        raise locate(e, off) from None"]
+        tail = [
+            "    try:",
+            "        r = impl(x, y)",
+            "    except Exception as e:",
+            "        raise locate(e, off) from None",
+        ]
         if name == "_+_":
             tail += [
                 "    if type(r) in SIZED and len(r) > MAX:",
@@ -1095,6 +1130,8 @@ def _fast_binary(
     namespace: dict[str, Any] = {
         "a": fns[0],
         "b": fns[1],
+        "A": keys[0],
+        "B": keys[1],
         "CB": cb,
         "TB": type(cb),
         "impl": impl,

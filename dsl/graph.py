@@ -1,0 +1,159 @@
+"""The ExecutionGraph: what the compiler produces and the interpreter runs (notes/graph-contract.md).
+
+Everything here is immutable: frozen dataclasses, tuples and read-only mappings. The graph points at the
+validated pydantic models (also frozen) for kind-specific settings and carries every expression of the
+file compiled, so the interpreter never parses or type-checks anything.
+
+Node paths are stable across runs and edits elsewhere in the file: the step ids from the root, joined
+through the labels of the blocks between them ("route/case-0/refund"). Loop and for_each iterations
+append "[i]" to the looping node's path at run time ("priced[3]/body/price").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dsl import model
+    from dsl.expr import Program
+    from dsl.templates import CompiledValue, Prompt
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+# Variables the compiler declares for each kind of place; the interpreter must bind the same names.
+# Everywhere in steps and the run's output/vars: `input`, `vars`, `run`, `steps`, `secrets`.
+STEP_SCOPE = ("input", "vars", "run", "steps", "secrets")
+# Workflow, step and tool guardrails (`check` and `message`).
+GUARDRAIL_SCOPE = (
+    "tool", "args", "result", "output", "identity", "principal", "usage", "history", "input", "vars", "run",
+)  # fmt: skip
+# Grant `when` conditions.
+GRANT_SCOPE = ("args", "principal", "identity", "tool", "action", "resource", "input", "vars", "run")
+# Tool definitions (HTTP url/headers/query/json/body, MCP env, resource).
+TOOL_SCOPE = ("args", "secrets", "input", "vars", "run")
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A sequence of nodes run in order."""
+
+    label: str  # "case-0", "default", "branch-0" or the branch's name, "body", "catch", "steps"
+    nodes: tuple[Node, ...]
+    when: Program | None = None  # switch case condition (None for default and non-switch blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One step of the workflow with everything of it compiled."""
+
+    path: str
+    id: str
+    kind: str  # agent llm tool switch parallel for_each loop set try fail approval workflow steps
+    step: model.StepBase
+    condition: Program | None = None  # the compiled `if`
+    values: Mapping[str, CompiledValue] = EMPTY  # "args", "output", "in", "set", "message", "input", ...
+    conditions: Mapping[str, Program] = EMPTY  # other bare CEL fields: "until" (loop)
+    prompts: Mapping[str, Prompt] = EMPTY  # "instructions", "prompt" (agent/llm)
+    blocks: tuple[Block, ...] = ()
+    guardrails: tuple[CompiledGuardrail, ...] = ()  # the step's own rules (apply to its children too)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGrant:
+    grant: model.Grant
+    when: Program | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGuardrail:
+    guardrail: model.Guardrail
+    check: Program | None
+    message: CompiledValue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTool:
+    """A declared tool: the model plus its compiled values ("url", "headers", "query", "json", "body",
+    "env", "resource") and its own guardrails."""
+
+    name: str
+    tool: model.Tool
+    values: Mapping[str, CompiledValue] = EMPTY
+    guardrails: tuple[CompiledGuardrail, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutionGraph:
+    file: str
+    source: str
+    digest: str  # sha256 hex of the source text (UTF-8)
+    workflow: model.Workflow
+    root: Block  # label "steps"
+    output: CompiledValue | None
+    vars: CompiledValue | None
+    grants: tuple[CompiledGrant, ...] = ()
+    guardrails: tuple[CompiledGuardrail, ...] = ()  # workflow-level rules
+    tools: Mapping[str, CompiledTool] = EMPTY
+    _index: Mapping[str, Node] = field(default=EMPTY, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {node.path: node for node in _walk(self.root)}
+        object.__setattr__(self, "_index", MappingProxyType(index))
+
+    def nodes(self) -> Iterator[Node]:
+        """Every node, depth first, in document order."""
+        return iter(self._index.values())
+
+    def node(self, path: str) -> Node:
+        """The node at a static path; KeyError if there is none."""
+        return self._index[path]
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """(from path, to path, label) for rendering: control flows from a node into each of its blocks
+        (labelled with the case condition or block label), along each block, out of a composite node
+        through the ends of its blocks, and back from a loop body's end to the loop."""
+        out: list[tuple[str, str, str]] = []
+        _block_edges(self.root, out)
+        return out
+
+
+def _walk(block: Block) -> Iterator[Node]:
+    for node in block.nodes:
+        yield node
+        for child in node.blocks:
+            yield from _walk(child)
+
+
+def block_label(node: Node, block: Block) -> str:
+    """How an edge into `block` is labelled: the case condition, "default", or the block label."""
+    if block.when is not None:
+        return block.when.source
+    return block.label
+
+
+def exits(node: Node) -> list[str]:
+    """Paths control leaves `node` from when it finishes (for drawing edges to its successor)."""
+    if node.kind in ("for_each", "loop") or not node.blocks:
+        return [node.path]
+    ends: list[str] = []
+    for block in node.blocks:
+        ends.extend(exits(block.nodes[-1]) if block.nodes else [node.path])
+    if node.kind == "switch" and not any(b.label == "default" for b in node.blocks):
+        ends.append(node.path)  # no case matched
+    return list(dict.fromkeys(ends))
+
+
+def _block_edges(block: Block, out: list[tuple[str, str, str]]) -> None:
+    for i, node in enumerate(block.nodes):
+        for child in node.blocks:
+            if child.nodes:
+                out.append((node.path, child.nodes[0].path, block_label(node, child)))
+                _block_edges(child, out)
+                if node.kind in ("for_each", "loop"):
+                    out.extend((end, node.path, "next") for end in exits(child.nodes[-1]))
+        if i + 1 < len(block.nodes):
+            following = block.nodes[i + 1].path
+            out.extend((end, following, "") for end in exits(node))
