@@ -23,6 +23,9 @@ def main() -> None:
     Examples:
       charter validate examples/
       charter graph examples/routing.yaml --format mermaid
+      charter run examples/tools_pipeline.yaml --allow-module 'examples.*'
+      charter runs
+      charter replay RUN
     """
 
 
@@ -115,6 +118,422 @@ def graph(file: str, output_format: str) -> None:
         click.echo(diagnostics.format_text(diags), err=True)
         sys.exit(1)
     click.echo(render(graph_, output_format))
+
+
+# --------------------------------------------------------------------------------------------------
+# Running workflows (issue 4). Exit codes of run/resume/approve: 0 completed, 1 failed, 2 invalid file,
+# input or usage, 3 waiting for approval.
+
+_EXIT = {"completed": 0, "failed": 1, "cancelled": 1, "waiting": 3, "running": 1}
+
+
+def _db_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--db",
+        "db",
+        default=None,
+        metavar="PATH",
+        help="Event log file (default: $CHARTER_DB or ./charter.db).",
+    )(fn)
+
+
+def _open_store(db: str | None, durability: str = "normal"):  # type: ignore[no-untyped-def]
+    from interpreter.store import StoreError, open_store
+
+    try:
+        return open_store(db, durability=durability)  # type: ignore[arg-type]
+    except StoreError as exc:
+        _die(str(exc))
+
+
+def _die(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _progress_printer():  # type: ignore[no-untyped-def]
+    """Live progress on stderr: which step runs, finishes, fails; a counter for for_each items."""
+    tty = sys.stderr.isatty()
+    marks = {"started": "▶", "completed": "✓", "failed": "✗", "skipped": "–", "retrying": "↻", "reused": "≡"}
+
+    def show(event) -> None:  # type: ignore[no-untyped-def]
+        if event.kind == "item":
+            done, total = event.detail
+            width = 20
+            bar = "#" * (width * done // max(total, 1))
+            line = f"  {event.node_path} [{bar:<{width}}] {done}/{total}"
+            if tty:
+                click.echo("\r" + line + ("\n" if done == total else ""), err=True, nl=False)
+            elif done == total:
+                click.echo(line, err=True)
+            return
+        if event.kind == "started" and event.step_kind not in ("tool", "approval", "workflow"):
+            return  # composite steps: their children tell the story
+        if event.kind == "waiting" and event.node_path:
+            click.echo(f"⏸ {event.node_path}: waiting for approval: {event.detail}", err=True)
+            return
+        mark = marks.get(event.kind)
+        if mark is None or not event.node_path:
+            return
+        extra = ""
+        if event.kind == "completed" and isinstance(event.detail, float):
+            extra = f" ({event.detail * 1000:.1f} ms)"
+        elif event.kind in ("failed", "retrying") and event.detail:
+            extra = f": {event.detail}"
+        click.echo(f"{mark} {event.node_path}{extra}", err=True)
+
+    return show
+
+
+def _report(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    elif result.status == "completed":
+        click.echo(json.dumps(result.output, indent=2, ensure_ascii=False))
+    if result.status == "failed" and result.error:
+        where = result.error.get("node_path") or ""
+        click.echo(
+            f"run {result.run_id} failed{' at ' + where if where else ''}: {result.error.get('message')}",
+            err=True,
+        )
+    elif result.status == "waiting":
+        node = result.pending[0] if len(result.pending) == 1 else "NODE"
+        click.echo(
+            f"run {result.run_id} is waiting for approval at {', '.join(result.pending) or '?'}; "
+            f"decide with: charter approve {result.run_id} {node} --as NAME",
+            err=True,
+        )
+    else:
+        click.echo(f"run {result.run_id} {result.status}", err=True)
+    sys.exit(_EXIT.get(result.status, 1))
+
+
+def _options(principal, claims_file, allow_modules, durability, quiet=False):  # type: ignore[no-untyped-def]
+    import json
+
+    from interpreter import RunOptions
+
+    claims = None
+    if claims_file:
+        try:
+            with open(claims_file, encoding="utf-8") as handle:
+                claims = json.load(handle)
+        except (OSError, ValueError) as exc:
+            _die(f"cannot read claims from {claims_file}: {exc}")
+    return RunOptions(
+        principal=principal,
+        claims=claims,
+        allow_modules=tuple(allow_modules),
+        durability=durability,
+        progress=None if quiet else _progress_printer(),
+    )
+
+
+def _guarded(action):  # type: ignore[no-untyped-def]
+    """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message."""
+    from interpreter import PolicyError, RunSetupError
+    from interpreter.store import StoreError
+
+    try:
+        return action()
+    except (RunSetupError, PolicyError, StoreError) as exc:
+        _die(str(exc))
+
+
+def _allow_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--allow-module",
+        "allow_modules",
+        multiple=True,
+        metavar="M",
+        help="Allow python tools from module M (and its submodules) or a glob like 'pkg.*'. Repeatable.",
+    )(fn)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_json", metavar="JSON", help="The run input as JSON text.")
+@click.option("--input-file", type=click.Path(dir_okay=False), help="Read the run input from a JSON file.")
+@click.option("--as", "principal", metavar="PRINCIPAL", help="Principal the run acts for.")
+@click.option(
+    "--claims", "claims_file", type=click.Path(dir_okay=False), help="JSON file of the principal's claims."
+)
+@_db_option
+@click.option(
+    "--durability",
+    type=click.Choice(["normal", "full"]),
+    default="normal",
+    show_default=True,
+    help="full: fsync every commit.",
+)
+@_allow_option
+@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}.")
+@click.option(
+    "--from",
+    "fork_from",
+    metavar="RUN@NODE_PATH",
+    help="Fork: a new run reusing RUN's results recorded before NODE_PATH.",
+)
+def run(
+    file: str,
+    input_json: str | None,
+    input_file: str | None,
+    principal: str | None,
+    claims_file: str | None,
+    db: str | None,
+    durability: str,
+    allow_modules: tuple[str, ...],
+    as_json: bool,
+    fork_from: str | None,
+) -> None:
+    """Validate and run a workflow; progress on stderr, the output JSON on stdout.
+
+    Exit status: 0 completed, 1 failed, 2 invalid file or input, 3 waiting for approval.
+
+    \b
+    Examples:
+      charter run flow.yaml --input '{"order_id": "ORD-7"}' --allow-module 'examples.*'
+      charter run flow.yaml --from 01JC...@priced
+    """
+    import json
+
+    from dsl import diagnostics
+    from dsl.frontend import compile_file
+
+    graph_, diags = compile_file(file)
+    errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
+    if graph_ is None or errors:
+        click.echo(diagnostics.format_text(errors or diags), err=True)
+        sys.exit(2)
+    if input_json is not None and input_file is not None:
+        raise click.UsageError("give --input or --input-file, not both")
+    inputs = {}
+    try:
+        if input_file is not None:
+            with open(input_file, encoding="utf-8") as handle:
+                inputs = json.load(handle)
+        elif input_json is not None:
+            inputs = json.loads(input_json)
+    except (OSError, ValueError) as exc:
+        _die(f"invalid input: {exc}")
+    options = _options(principal, claims_file, allow_modules, durability)
+    store = _open_store(db, durability)
+    from interpreter import fork_run, run_workflow
+
+    if fork_from:
+        run_id, sep, node_path = fork_from.partition("@")
+        if not sep or not run_id or not node_path:
+            raise click.UsageError("--from takes RUN@NODE_PATH, e.g. 01JC...@priced")
+        result = _guarded(lambda: fork_run(run_id, node_path, store=store, options=options, graph=graph_))
+    else:
+        result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options))
+    _report(result, as_json)
+
+
+@main.command()
+@_db_option
+@click.option("--limit", default=50, show_default=True, help="How many runs.")
+@click.option("--status", type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]))
+@click.option("--json", "as_json", is_flag=True)
+def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
+    """List runs, newest first."""
+    import json
+
+    store = _open_store(db)
+    rows = _guarded(lambda: store.runs(limit=limit, status=status))
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "run_id": r.run_id,
+                        "workflow": r.workflow_name,
+                        "status": r.status,
+                        "created_at": r.created_at,
+                        "updated_at": r.updated_at,
+                        "parent_run_id": r.parent_run_id,
+                        "events": r.head_seq,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not rows:
+        click.echo("no runs", err=True)
+        return
+    click.echo(f"{'RUN':<26}  {'STATUS':<9}  {'WORKFLOW':<24}  {'EVENTS':>6}  CREATED")
+    for r in rows:
+        child = f"  (child of {r.parent_run_id})" if r.parent_run_id else ""
+        click.echo(
+            f"{r.run_id:<26}  {r.status:<9}  {r.workflow_name[:24]:<24}  {r.head_seq:>6}  {r.created_at}{child}"
+        )
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event (JSON lines).")
+def log(run_id: str, db: str | None, as_json: bool) -> None:
+    """Show the timeline of a run's events."""
+    import json
+
+    store = _open_store(db)
+
+    def show() -> None:
+        for e in store.events(run_id):
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "seq": e.seq,
+                            "ts": e.ts,
+                            "node_path": e.node_path,
+                            "kind": e.kind,
+                            "actor": e.actor,
+                            "payload": e.payload,
+                            "hash": e.hash,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+                continue
+            text = (
+                json.dumps(e.payload, ensure_ascii=False, separators=(",", ":"))
+                if e.payload is not None
+                else ""
+            )
+            if len(text) > 120:
+                text = text[:117] + "..."
+            who = f" [{e.actor.get('sub')}]" if e.actor else ""
+            click.echo(f"{e.seq:>5}  {e.ts}  {e.kind:<19} {e.node_path or '-'}{who}  {text}")
+
+    _guarded(show)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@_db_option
+@_allow_option
+@click.option("--json", "as_json", is_flag=True)
+def resume(run_id: str, db: str | None, allow_modules: tuple[str, ...], as_json: bool) -> None:
+    """Continue an interrupted or waiting run from its log (finished work is not repeated)."""
+    from interpreter import resume_run
+
+    store = _open_store(db)
+    options = _options(None, None, allow_modules, "normal")
+    _report(_guarded(lambda: resume_run(run_id, store=store, options=options)), as_json)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--file", "file", type=click.Path(dir_okay=False), help="Replay against this (edited) workflow."
+)
+@_db_option
+@_allow_option
+@click.option("--json", "as_json", is_flag=True)
+def replay(
+    run_id: str, file: str | None, db: str | None, allow_modules: tuple[str, ...], as_json: bool
+) -> None:
+    """Re-execute a run offline from its recorded results (no tool is called).
+
+    Exit 0 when the run is reproduced, 1 with the first divergence (node, expected, got).
+    """
+    import json
+
+    from interpreter import RunOptions, replay_run
+
+    graph_ = None
+    if file is not None:
+        from dsl import diagnostics
+        from dsl.frontend import compile_file
+
+        graph_, diags = compile_file(file)
+        errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
+        if graph_ is None or errors:
+            click.echo(diagnostics.format_text(errors or diags), err=True)
+            sys.exit(2)
+    store = _open_store(db)
+    result = _guarded(
+        lambda: replay_run(run_id, store=store, graph=graph_, options=RunOptions(allow_modules=allow_modules))
+    )
+    d = result.divergence
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "ok": result.ok,
+                    "events_checked": result.events_checked,
+                    "divergence": None
+                    if d is None
+                    else {"node_path": d.node_path, "expected": d.expected, "got": d.got, "reason": d.reason},
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    elif d is None:
+        click.echo(f"run {run_id} reproduced ({result.events_checked} events)")
+    else:
+        click.echo(f"divergence at {d.node_path or '<run>'}: {d.reason}")
+        click.echo(f"  expected: {json.dumps(d.expected, ensure_ascii=False)}")
+        click.echo(f"  got:      {json.dumps(d.got, ensure_ascii=False)}")
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("node_path")
+@click.option("--as", "person", required=True, metavar="PERSON", help="Who decides.")
+@click.option("--deny", is_flag=True, help="Deny instead of approve.")
+@click.option("--reason", help="Why.")
+@click.option(
+    "--claims", "claims_file", type=click.Path(dir_okay=False), help="JSON claims of the person (roles)."
+)
+@_db_option
+@_allow_option
+@click.option("--json", "as_json", is_flag=True)
+def approve(
+    run_id: str,
+    node_path: str,
+    person: str,
+    deny: bool,
+    reason: str | None,
+    claims_file: str | None,
+    db: str | None,
+    allow_modules: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Record a decision on a pending approval and resume the run."""
+    from interpreter import decide_approval
+
+    store = _open_store(db)
+    options = _options(None, claims_file, allow_modules, "normal")
+    result = _guarded(
+        lambda: decide_approval(
+            run_id, node_path, store=store, person=person, approved=not deny, reason=reason, options=options
+        )
+    )
+    _report(result, as_json)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@_db_option
+def verify(run_id: str, db: str | None) -> None:
+    """Check a run's hash chain and checkpoint. Exit 0 intact, 1 with the first bad sequence number."""
+    store = _open_store(db)
+    result = _guarded(lambda: store.verify(run_id))
+    if result.ok:
+        click.echo(f"run {run_id}: intact ({result.events_checked} events)")
+        sys.exit(0)
+    click.echo(f"run {run_id}: broken at seq {result.first_bad_seq}: {result.reason}")
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,48 @@ CODES: dict[str, str] = {
     "CH016": "document nested too deeply",
     "CH017": "invalid merge key `<<`",
     # CH1xx: schema and shape (dsl/validate.py)
+    "CH100": "invalid workflow shape",
+    "CH101": "unknown field",
+    "CH102": "missing required field",
+    "CH103": "wrong type",
+    "CH104": "invalid value",
+    "CH105": "step has no kind or several kinds",
+    "CH106": "invalid duration",
+    "CH107": "invalid name or format",
+    "CH108": "value out of range or empty",
+    "CH109": "conflicting or incomplete fields",
+    "CH110": "needs exactly one of several alternatives",
+    "CH111": "invalid JSON Schema",
+    "CH112": "invalid regular expression",
     # CH2xx: references (dsl/compiler.py)
+    "CH201": "duplicate step id",
+    "CH202": "unknown step",
+    "CH203": "step read where it cannot have completed",
+    "CH204": "unknown tool",
+    "CH205": "unknown model",
+    "CH206": "unknown identity",
+    "CH207": "undeclared secret",
+    "CH208": "duplicate grant or guardrail id",
+    "CH209": "called workflow file does not exist",
+    "CH210": "guardrail tool pattern matches no declared tool",
+    "CH299": "internal compiler error",
     # CH3xx: expressions and templates
+    "CH301": "CEL syntax error",
+    "CH302": "CEL type error",
+    "CH303": "condition is not a bool",
+    "CH304": "variable not in scope here",
+    "CH305": "bad `${{ }}` interpolation",
+    "CH306": "Jinja2 template syntax error",
+    "CH307": "prompt variable not defined in the step's vars",
+    "CH308": "condition written as a `${{ }}` template",
+    "CH309": "`${{ }}` in a Jinja2 prompt",
     # CH4xx: graph structure
+    "CH401": "unreachable step",
+    "CH402": "workflow calls itself (cycle)",
     # CH5xx: identity and grants
+    "CH501": "agent or tool step calls a tool no grant of its identity covers",
+    "CH502": "grant to an unknown identity or role",
+    "CH503": "grant tool pattern matches no declared tool",
 }
 
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+
+def _empty() -> Mapping[str, Any]:
+    return EMPTY
+
 # Variables the compiler declares for each kind of place; the interpreter must bind the same names.
 # Everywhere in steps and the run's output/vars: `input`, `vars`, `run`, `steps`, `secrets`.
 STEP_SCOPE = ("input", "vars", "run", "steps", "secrets")
@@ -54,9 +58,9 @@ class Node:
     kind: str  # agent llm tool switch parallel for_each loop set try fail approval workflow steps
     step: model.StepBase
     condition: Program | None = None  # the compiled `if`
-    values: Mapping[str, CompiledValue] = EMPTY  # "args", "output", "in", "set", "message", "input", ...
-    conditions: Mapping[str, Program] = EMPTY  # other bare CEL fields: "until" (loop)
-    prompts: Mapping[str, Prompt] = EMPTY  # "instructions", "prompt" (agent/llm)
+    values: Mapping[str, CompiledValue] = field(default_factory=_empty)  # "args", "output", "in", "set", "message", "input", ...
+    conditions: Mapping[str, Program] = field(default_factory=_empty)  # other bare CEL fields: "until" (loop)
+    prompts: Mapping[str, Prompt] = field(default_factory=_empty)  # "instructions", "prompt" (agent/llm)
     blocks: tuple[Block, ...] = ()
     guardrails: tuple[CompiledGuardrail, ...] = ()  # the step's own rules (apply to its children too)
 
@@ -81,7 +85,7 @@ class CompiledTool:
 
     name: str
     tool: model.Tool
-    values: Mapping[str, CompiledValue] = EMPTY
+    values: Mapping[str, CompiledValue] = field(default_factory=_empty)
     guardrails: tuple[CompiledGuardrail, ...] = ()
 
 
@@ -96,8 +100,8 @@ class ExecutionGraph:
     vars: CompiledValue | None
     grants: tuple[CompiledGrant, ...] = ()
     guardrails: tuple[CompiledGuardrail, ...] = ()  # workflow-level rules
-    tools: Mapping[str, CompiledTool] = EMPTY
-    _index: Mapping[str, Node] = field(default=EMPTY, init=False, repr=False, compare=False)
+    tools: Mapping[str, CompiledTool] = field(default_factory=_empty)
+    _index: Mapping[str, Node] = field(default_factory=_empty, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {node.path: node for node in _walk(self.root)}

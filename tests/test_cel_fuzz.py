@@ -148,13 +148,17 @@ def outcome(
     source: str, declarations: Mapping[str, str] | None = None, bindings: Mapping[str, Any] | None = None
 ) -> str:
     """Compile and evaluate; the name of the result kind. Any other exception propagates (a failure)."""
-    with watchdog():
-        try:
-            program = cel.compile(source, declarations)
-            program.evaluate(bindings or {})
-        except EXPRESSION_ERRORS as error:
-            assert isinstance(error.message, str)
-            return type(error).__name__
+    try:
+        with watchdog():
+            try:
+                program = cel.compile(source, declarations)
+                program.evaluate(bindings or {})
+            except EXPRESSION_ERRORS as error:
+                assert isinstance(error.message, str)
+                return type(error).__name__
+    except Hang as hang:
+        # An ordinary failure, so hypothesis shrinks the input and reports it.
+        raise AssertionError(f"{hang} for {source[:500]!r} (declarations={declarations})") from None
     return "value"
 
 

@@ -28,6 +28,9 @@ NAME = re.compile(r"(CH\d{3})-[a-z0-9-]+\.ya?ml")
 NOT_IN_CORPUS = {
     "CH001": "a missing or unreadable file cannot live in the corpus (tests/test_loader.py covers it)",
     "CH002": "a file over the size limit would bloat the repository (tests/test_loader.py covers it)",
+    "CH100": "the catch-all for pydantic error kinds that dsl.validate has no specific code for; every "
+    "error a workflow file can cause today maps to a specific CH1xx code",
+    "CH299": "an internal compiler error is a bug; no valid input should produce it (tests/test_compiler.py)",
 }
 
 
@@ -39,7 +42,7 @@ def _stages_exist() -> bool:
 
 # The full front end once every stage exists; until then the loader alone runs the CH0xx files.
 # To force one or the other, replace the right-hand side by True or False.
-FULL_FRONT_END = _stages_exist()
+FULL_FRONT_END = True
 
 
 def diagnose(path: Path) -> list[Diagnostic]:

@@ -1,0 +1,994 @@
+"""The compiler: a validated `Workflow` -> an immutable `ExecutionGraph`, or diagnostics (CH2xx-CH5xx).
+
+One walk over the steps in document order carries what is visible at each place: the step ids that can
+have completed before it and the variables in scope (`item` inside a for_each, `error` inside a catch,
+`result` in a step's `output`). Every expression is compiled and type-checked against exactly that
+scope, and every `steps.<id>` it reads is checked against the visible ids. Then references (tools,
+models, identities, secrets, workflow files) and grants are checked.
+
+Visibility of `steps.<id>`: a step sees the steps before it in its own sequence and in every enclosing
+sequence. A composite step (switch, parallel, for_each, loop, try) exports only itself: the steps inside
+it may not have run (a case not taken, a failed branch) or ran many times (an iteration), so readers
+after it use its output. A `steps` group runs all its steps or none, so its inner steps stay visible
+after it. A catch also sees its try's steps; a loop's `until` sees the loop's body. `has(steps.x)`
+tests whether x has run and is allowed for any step of the file.
+
+Positions point inside strings: the loader maps a character offset of a scalar's value back to the
+file, and every error carries the offset inside its expression. The compiler collects every diagnostic
+and never raises.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from dsl import expr, templates
+from dsl import model as m
+from dsl.diagnostics import Diagnostic, Severity, closest, error, warning
+from dsl.expr import ast
+from dsl.expr import types as t
+from dsl.graph import (
+    GRANT_SCOPE,
+    GUARDRAIL_SCOPE,
+    TOOL_SCOPE,
+    Block,
+    CompiledGrant,
+    CompiledGuardrail,
+    CompiledTool,
+    ExecutionGraph,
+    Node,
+)
+from dsl.loader import LoadedDocument
+
+Path = tuple[str | int, ...]
+
+_STEPS_TYPE = t.map_of(t.STRING, t.DYN)
+_BASE_TYPES: dict[str, t.Type] = {
+    "input": t.DYN,
+    "vars": t.DYN,
+    "run": _STEPS_TYPE,
+    "steps": _STEPS_TYPE,
+    "secrets": t.map_of(t.STRING, t.STRING),
+}
+_STEP_FIELDS = ("output", "status", "error")
+_UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
+_MAX_WORKFLOW_DEPTH = 50
+
+
+def compile_workflow(
+    workflow: m.Workflow, doc: LoadedDocument
+) -> tuple[ExecutionGraph | None, list[Diagnostic]]:
+    """Compile a validated workflow. Returns (graph, diagnostics); the graph is None when any error."""
+    compiler = _Compiler(workflow, doc)
+    try:
+        graph = compiler.run()
+    except Exception as exc:  # noqa: BLE001 - a bug must still come out as a diagnostic, not a traceback
+        compiler.diags.append(
+            error(
+                "CH299",
+                f"internal compiler error ({type(exc).__name__}: {exc}); please report this file",
+                doc.file,
+                1,
+                1,
+            )
+        )
+        graph = None
+    diags = sorted(set(compiler.diags))
+    if any(d.severity == Severity.ERROR for d in diags):
+        return None, diags
+    return graph, diags
+
+
+# --- scope ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What an expression may read where it stands."""
+
+    visible: frozenset[str]  # step ids that can have completed before this point
+    names: Mapping[str, t.Type]  # declared variables
+    where: str  # the step (or place) this scope belongs to, for messages
+    chain: tuple[tuple[str, str], ...] = ()  # enclosing (step id, block label), outermost first
+
+    def with_names(self, **names: t.Type) -> _Scope:
+        return _Scope(self.visible, {**self.names, **names}, self.where, self.chain)
+
+
+@dataclass
+class _StepInfo:
+    path: Path
+    step: m.StepBase
+    kind: str
+    chain: tuple[tuple[str, str], ...]  # enclosing (step id, block label) pairs
+
+
+_KIND_OF: dict[type, str] = {cls: kind for kind, cls in m.STEP_KINDS.items()}
+
+
+def _kind(step: m.StepBase) -> str:
+    return _KIND_OF[type(step)]
+
+
+def _blocks(step: m.StepBase, path: Path) -> list[tuple[str, Path, list[Any], m.Case | None]]:
+    """(label, YAML path of the step list, steps, switch case) of each child block of a step."""
+    if isinstance(step, m.SwitchStep):
+        return [
+            ("default" if case.default else f"case-{i}", (*path, "switch", i, "steps"), case.steps, case)
+            for i, case in enumerate(step.switch)
+        ]
+    if isinstance(step, m.ParallelStep):
+        branches = step.parallel.branches
+        if isinstance(branches, dict):
+            return [(name, (*path, "parallel", "branches", name), s, None) for name, s in branches.items()]
+        return [(f"branch-{i}", (*path, "parallel", "branches", i), s, None) for i, s in enumerate(branches)]
+    if isinstance(step, m.ForEachStep):
+        return [("body", (*path, "for_each", "steps"), step.for_each.steps, None)]
+    if isinstance(step, m.LoopStep):
+        return [("body", (*path, "loop", "steps"), step.loop.steps, None)]
+    if isinstance(step, m.TryStep):
+        return [
+            ("body", (*path, "try", "steps"), step.try_.steps, None),
+            ("catch", (*path, "try", "catch", "steps"), step.try_.catch.steps, None),
+        ]
+    if isinstance(step, m.SequenceStep):
+        return [("body", (*path, "steps"), step.steps, None)]
+    return []
+
+
+def _exported(step: m.StepBase) -> set[str]:
+    """Step ids readable after `step` completed: itself, and the inside of a `steps` group."""
+    out = {step.id}
+    if isinstance(step, m.SequenceStep):
+        for inner in step.steps:
+            out |= _exported(inner)
+    return out
+
+
+def _ast_children(node: ast.Expr) -> Iterator[ast.Expr]:
+    kind = type(node)
+    if kind is ast.Select:
+        yield node.operand
+    elif kind is ast.Call:
+        if node.target is not None:
+            yield node.target
+        yield from node.args
+    elif kind is ast.CreateList:
+        yield from node.elements
+    elif kind is ast.CreateMap:
+        for key, value in node.entries:
+            yield key
+            yield value
+    elif kind is ast.CreateStruct:
+        for _, value in node.fields:
+            yield value
+    elif kind is ast.Comprehension:
+        yield from (node.iter_range, node.accu_init, node.loop_condition, node.loop_step, node.result)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A read of `steps.<id>` (or `secrets.<name>`) in an expression."""
+
+    root: str
+    name: str
+    offset: int  # inside the expression source
+    test_only: bool
+    field: str | None  # steps.<id>.<field>
+    field_offset: int
+
+
+def _references(tree: ast.Expr) -> list[_Ref]:
+    """Every `steps.X`/`steps["X"]` and `secrets.X`/`secrets["X"]` read, with offsets."""
+    refs: list[_Ref] = []
+    _collect_refs(tree, None, refs)
+    return sorted(refs, key=lambda r: r.offset)
+
+
+def _collect_refs(node: ast.Expr, parent: ast.Expr | None, refs: list[_Ref]) -> None:
+    target, name, offset = _named_member(node)
+    if target is not None:
+        fld, fld_offset = None, 0
+        if type(parent) is ast.Select and not parent.test_only:
+            fld, fld_offset = parent.field, parent.offset + 1
+        test_only = type(node) is ast.Select and node.test_only
+        refs.append(_Ref(target, name, offset, test_only, fld, fld_offset))
+    for child in _ast_children(node):
+        _collect_refs(child, node, refs)
+
+
+def _named_member(node: ast.Expr) -> tuple[str | None, str, int]:
+    if (
+        type(node) is ast.Select
+        and type(node.operand) is ast.Ident
+        and node.operand.name in ("steps", "secrets")
+    ):
+        return node.operand.name, node.field, node.offset + 1
+    if (
+        type(node) is ast.Call
+        and node.function == "_[_]"
+        and type(node.args[0]) is ast.Ident
+        and node.args[0].name in ("steps", "secrets")
+        and type(node.args[1]) is ast.Literal
+        and type(node.args[1].value) is str
+    ):
+        return node.args[0].name, node.args[1].value, node.args[1].offset
+    return None, "", 0
+
+
+# --- the compiler --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Compiler:
+    workflow: m.Workflow
+    doc: LoadedDocument
+    diags: list[Diagnostic] = field(default_factory=list)
+    steps: dict[str, _StepInfo] = field(default_factory=dict)
+    scoped: dict[str, list[str]] = field(default_factory=dict)  # local name -> where it is in scope
+    _cache: dict[tuple[Any, ...], expr.Program] = field(default_factory=dict)
+
+    # --- diagnostics helpers ---
+
+    def _pos(self, path: Path, offset: int | None = None) -> tuple[int, int]:
+        try:
+            if offset is None:
+                return self.doc.position(path)
+            return self.doc.value_position(path, offset)
+        except Exception:  # noqa: BLE001 - a position is a courtesy; never lose the diagnostic
+            return (1, 1)
+
+    def err(
+        self, code: str, message: str, path: Path, offset: int | None = None, hint: str | None = None
+    ) -> None:
+        line, col = self._pos(path, offset)
+        self.diags.append(error(code, message, self.doc.file, line, col, hint))
+
+    def warn(
+        self, code: str, message: str, path: Path, offset: int | None = None, hint: str | None = None
+    ) -> None:
+        line, col = self._pos(path, offset)
+        self.diags.append(warning(code, message, self.doc.file, line, col, hint))
+
+    # --- entry ---
+
+    def run(self) -> ExecutionGraph:
+        wf = self.workflow
+        self._collect(wf.steps, ("steps",), ())
+        top = _Scope(frozenset(), _BASE_TYPES, "the workflow")
+        root = self._sequence(wf.steps, ("steps",), "", top)
+        after_all: set[str] = set()
+        for step in wf.steps:
+            after_all |= _exported(step)
+        out_scope = _Scope(frozenset(after_all), _BASE_TYPES, "the workflow output")
+        output = self._value(wf.output, ("output",), out_scope) if wf.output else None
+        init_names = {k: v for k, v in _BASE_TYPES.items() if k not in ("steps", "vars")}
+        vars_ = self._value(wf.vars, ("vars",), _Scope(frozenset(), init_names, "the initial vars"))
+        grants = self._grants()
+        guardrails = self._guardrails(wf.guardrails, ("guardrails",))
+        tools = self._tools()
+        self._models()
+        self._check_unique_rule_ids()
+        return ExecutionGraph(
+            file=self.doc.file,
+            source=self.doc.text,
+            digest=hashlib.sha256(self.doc.text.encode("utf-8", "surrogatepass")).hexdigest(),
+            workflow=wf,
+            root=root,
+            output=output,
+            vars=vars_ if wf.vars else None,
+            grants=grants,
+            guardrails=guardrails,
+            tools=MappingProxyType(tools),
+        )
+
+    # --- pass 1: ids and local names ---
+
+    def _collect(self, steps: Sequence[m.StepBase], path: Path, chain: tuple[tuple[str, str], ...]) -> None:
+        for i, step in enumerate(steps):
+            here = (*path, i)
+            kind = _kind(step)
+            first = self.steps.get(step.id)
+            if first is not None:
+                line, col = self._pos((*first.path, "id"))
+                self.err(
+                    "CH201",
+                    f"duplicate step id '{step.id}': already used by the {first.kind} step at line {line}, "
+                    f"column {col}",
+                    (*here, "id"),
+                    hint="step ids must be unique in the whole file; rename one of them",
+                )
+            else:
+                self.steps[step.id] = _StepInfo(here, step, kind, chain)
+            if isinstance(step, m.ForEachStep):
+                for name in (step.for_each.as_, step.for_each.index_as):
+                    self.scoped.setdefault(name, []).append(f"inside for_each '{step.id}'")
+            elif isinstance(step, m.LoopStep):
+                self.scoped.setdefault("index", []).append(f"inside loop '{step.id}'")
+            elif isinstance(step, m.TryStep):
+                self.scoped.setdefault(step.try_.catch.as_, []).append(f"inside the catch of try '{step.id}'")
+            for label, block_path, inner, _ in _blocks(step, here):
+                self._collect(inner, block_path, (*chain, (step.id, label)))
+
+    # --- pass 2: steps ---
+
+    def _sequence(self, steps: Sequence[m.StepBase], path: Path, prefix: str, scope: _Scope) -> Block:
+        nodes: list[Node] = []
+        visible = set(scope.visible)
+        stopped: str | None = None
+        for i, step in enumerate(steps):
+            here = (*path, i)
+            if stopped is not None:
+                self.err(
+                    "CH401",
+                    f"step '{step.id}' can never run: fail step '{stopped}' before it always stops this sequence",
+                    (*here, "id"),
+                    hint=f"remove the step, or give '{stopped}' an `if` condition",
+                )
+                stopped = None  # one diagnostic per sequence is enough
+            inner = _Scope(frozenset(visible), scope.names, step.id, scope.chain)
+            nodes.append(self._step(step, here, prefix, inner))
+            visible |= _exported(step)
+            if isinstance(step, m.FailStep) and step.if_ is None and i + 1 < len(steps):
+                stopped = step.id
+        return Block(label="steps", nodes=tuple(nodes))
+
+    def _step(self, step: m.StepBase, path: Path, prefix: str, scope: _Scope) -> Node:
+        kind = _kind(step)
+        node_path = f"{prefix}{step.id}"
+        condition = self._condition(step.if_, (*path, "if"), scope) if step.if_ is not None else None
+        values: dict[str, templates.CompiledValue] = {}
+        conditions: dict[str, expr.Program] = {}
+        prompts: dict[str, templates.Prompt] = {}
+        blocks: list[Block] = []
+        self._kind_fields(step, path, scope, values, prompts)
+        child_prefix = f"{node_path}/"
+        chain = scope.chain
+        body_visible: set[str] = set()
+        for label, block_path, inner, case in _blocks(step, path):
+            names = dict(scope.names)
+            visible = set(scope.visible)
+            when = None
+            if isinstance(step, m.ForEachStep):
+                names[step.for_each.as_] = t.DYN
+                names[step.for_each.index_as] = t.INT
+            elif isinstance(step, m.LoopStep):
+                names["index"] = t.INT
+            elif isinstance(step, m.TryStep) and label == "catch":
+                names[step.try_.catch.as_] = t.DYN
+                visible |= body_visible
+            if case is not None and case.when is not None:
+                when = self._condition(case.when, (*block_path[:-1], "when"), scope)
+            block_scope = _Scope(frozenset(visible), names, step.id, (*chain, (step.id, label)))
+            block = self._sequence(inner, block_path, f"{child_prefix}{label}/", block_scope)
+            blocks.append(Block(label=label, nodes=block.nodes, when=when))
+            if label == "body":
+                body_visible = {s for inner_step in inner for s in _exported(inner_step)}
+        if isinstance(step, m.LoopStep) and step.loop.until is not None:
+            until_scope = _Scope(
+                scope.visible | body_visible,
+                {**scope.names, "index": t.INT},
+                step.id,
+                (*chain, (step.id, "body")),
+            )
+            program = self._condition(step.loop.until, (*path, "loop", "until"), until_scope)
+            if program is not None:
+                conditions["until"] = program
+        if step.output is not None:
+            values["output"] = self._value(step.output, (*path, "output"), scope.with_names(result=t.DYN))
+        guardrails = self._guardrails(step.guardrails, (*path, "guardrails"))
+        return Node(
+            path=node_path,
+            id=step.id,
+            kind=kind,
+            step=step,
+            condition=condition,
+            values=MappingProxyType(values),
+            conditions=MappingProxyType(conditions),
+            prompts=MappingProxyType(prompts),
+            blocks=tuple(blocks),
+            guardrails=guardrails,
+        )
+
+    def _kind_fields(
+        self,
+        step: m.StepBase,
+        path: Path,
+        scope: _Scope,
+        values: dict[str, templates.CompiledValue],
+        prompts: dict[str, templates.Prompt],
+    ) -> None:
+        if isinstance(step, m.ToolStep):
+            self._tool_ref(step.tool, (*path, "tool"))
+            values["args"] = self._value(step.args, (*path, "args"), scope)
+            if step.identity is not None:
+                if (
+                    self._identity_ref(step.identity, (*path, "identity"))
+                    and step.tool in self.workflow.tools
+                ):
+                    self._covered(step.identity, step.tool, (*path, "tool"), f"tool step '{step.id}'")
+        elif isinstance(step, m.AgentStep | m.LlmStep):
+            self._model_step(step, path, scope, values, prompts)
+        elif isinstance(step, m.SetStep):
+            values["set"] = self._value(step.set, (*path, "set"), scope)
+        elif isinstance(step, m.ForEachStep):
+            values["in"] = self._value(step.for_each.in_, (*path, "for_each", "in"), scope)
+        elif isinstance(step, m.FailStep):
+            values["message"] = self._value(step.fail.message, (*path, "fail", "message"), scope)
+        elif isinstance(step, m.ApprovalStep):
+            values["message"] = self._value(step.approval.message, (*path, "approval", "message"), scope)
+        elif isinstance(step, m.WorkflowStep):
+            values["input"] = self._value(step.workflow.input, (*path, "workflow", "input"), scope)
+            self._workflow_file(step.workflow.path, (*path, "workflow", "path"))
+
+    def _model_step(
+        self,
+        step: m.AgentStep | m.LlmStep,
+        path: Path,
+        scope: _Scope,
+        values: dict[str, templates.CompiledValue],
+        prompts: dict[str, templates.Prompt],
+    ) -> None:
+        key = "agent" if isinstance(step, m.AgentStep) else "llm"
+        spec = step.agent if isinstance(step, m.AgentStep) else step.llm
+        base = (*path, key)
+        self._model_ref(spec.model, (*base, "model"))
+        values["vars"] = self._value(spec.vars, (*base, "vars"), scope)
+        for name in ("instructions", "prompt"):
+            text = getattr(spec, name)
+            if text is not None:
+                prompt = self._prompt(text, (*base, name), step.id, spec.vars)
+                if prompt is not None:
+                    prompts[name] = prompt
+        if isinstance(step, m.AgentStep):
+            agent = step.agent
+            if agent.on_behalf_of is not None:
+                values["on_behalf_of"] = self._value(agent.on_behalf_of, (*base, "on_behalf_of"), scope)
+                if isinstance(agent.on_behalf_of, str) and templates.OPEN not in agent.on_behalf_of:
+                    self._principal_ref(agent.on_behalf_of, (*base, "on_behalf_of"), "on_behalf_of")
+            identity_ok = agent.identity is not None and self._identity_ref(
+                agent.identity, (*base, "identity")
+            )
+            for i, tool in enumerate(agent.tools):
+                if self._tool_ref(tool, (*base, "tools", i)) and identity_ok:
+                    self._covered(agent.identity or "", tool, (*base, "tools", i), f"agent step '{step.id}'")
+
+    # --- expressions ---
+
+    def _compile(self, source: str, names: Mapping[str, t.Type]) -> expr.Program:
+        key = (source, tuple(sorted(names.items(), key=lambda kv: kv[0])))
+        program = self._cache.get(key)
+        if program is None:
+            program = expr.compile(source, names)
+            self._cache[key] = program
+        return program
+
+    def _condition(self, source: str, path: Path, scope: _Scope) -> expr.Program | None:
+        """A bare CEL condition: compiled, checked against the scope, and required to be bool."""
+        if templates.OPEN in source:
+            self.err(
+                "CH308",
+                "a condition is bare CEL, not a `${{ }}` template",
+                path,
+                source.find(templates.OPEN),
+                hint=f"write it without the braces: {source.replace('${{', '').replace('}}', '').strip()}",
+            )
+            return None
+        program = self._expression(source, path, 0, scope)
+        if program is not None and program.type not in (t.BOOL, t.DYN):
+            self.err(
+                "CH303",
+                f"condition must be a bool, but '{source}' is of type {program.type}",
+                path,
+                0,
+                hint='compare the value, e.g. `x != null`, `size(x) > 0` or `x == "yes"`',
+            )
+        return program
+
+    def _expression(self, source: str, path: Path, offset: int, scope: _Scope) -> expr.Program | None:
+        """Compile one CEL expression standing at `offset` of the string at `path`; report its errors."""
+        try:
+            program = self._compile(source, scope.names)
+        except expr.ExpressionSyntaxError as e:
+            self.err("CH301", f"CEL syntax error: {e.message}", path, offset + e.offset)
+            return None
+        except expr.ExpressionTypeError as e:
+            self._type_error(e.message, path, offset + e.offset, scope)
+            return None
+        self._check_references(program, path, offset, scope)
+        return program
+
+    def _type_error(self, message: str, path: Path, offset: int, scope: _Scope) -> None:
+        match = _UNDECLARED.match(message)
+        if match and match.group(1) not in scope.names:
+            name = match.group(1)
+            where = self._where(name)
+            if where:
+                self.err("CH304", f"'{name}' is not in scope here: it exists {where}", path, offset)
+                return
+        self.err("CH302", f"CEL type error: {message}", path, offset)
+
+    def _where(self, name: str) -> str | None:
+        if name in self.scoped:
+            return " and ".join(dict.fromkeys(self.scoped[name]))
+        if name in ("item", "index"):
+            return "only inside a for_each body (`as`/`index_as` name it) or, for index, a loop body"
+        if name == "error":
+            return "only inside a catch (`as` names it)"
+        if name == "result":
+            return "only in a step's `output` mapping (the step's natural result)"
+        if name in ("steps", "vars"):
+            return "in steps and in the workflow's output, not here"
+        if name in GUARDRAIL_SCOPE or name in GRANT_SCOPE:
+            return "only in guardrail checks and messages, grant conditions and tool definitions"
+        return None
+
+    def _check_references(self, program: expr.Program, path: Path, offset: int, scope: _Scope) -> None:
+        if "steps" not in program.references and "secrets" not in program.references:
+            return
+        for ref in _references(program.ast):
+            at = offset + ref.offset
+            if ref.root == "secrets":
+                if "secrets" in scope.names and ref.name not in self.workflow.secrets:
+                    self._unknown_secret(ref.name, path, at)
+            elif "steps" in scope.names:
+                self._step_ref(ref, path, offset, scope)
+
+    def _refs_ok(self, program: expr.Program, scope: _Scope) -> bool:
+        """Whether `_check_references` would report nothing (a fast path that needs no positions)."""
+        if "steps" not in program.references and "secrets" not in program.references:
+            return True
+        for ref in _references(program.ast):
+            if ref.root == "secrets":
+                if "secrets" in scope.names and ref.name not in self.workflow.secrets:
+                    return False
+            elif "steps" in scope.names:
+                if ref.name not in self.steps:
+                    return False
+                if ref.test_only:
+                    continue
+                if ref.name not in scope.visible or (ref.field is not None and ref.field not in _STEP_FIELDS):
+                    return False
+        return True
+
+    def _step_ref(self, ref: _Ref, path: Path, offset: int, scope: _Scope) -> None:
+        at = offset + ref.offset
+        info = self.steps.get(ref.name)
+        if info is None:
+            guess = closest(ref.name, self.steps)
+            self.err(
+                "CH202",
+                f"unknown step '{ref.name}' in steps.{ref.name}",
+                path,
+                at,
+                hint=f"did you mean '{guess}'?" if guess else f"steps in this file: {_names(self.steps)}",
+            )
+            return
+        if ref.test_only:
+            return  # has(steps.x): asks whether x ran, fine anywhere
+        if ref.name not in scope.visible:
+            message, hint = self._not_visible(ref.name, info, scope)
+            self.err("CH203", message, path, at, hint=hint)
+            return
+        if ref.field is not None and ref.field not in _STEP_FIELDS:
+            guess = closest(ref.field, _STEP_FIELDS)
+            self.err(
+                "CH302",
+                f"steps.{ref.name} has no field '{ref.field}': a step has output, status and error",
+                path,
+                offset + ref.field_offset,
+                hint=f"did you mean '{guess}'?" if guess else f"read steps.{ref.name}.output.{ref.field}",
+            )
+
+    def _not_visible(self, name: str, info: _StepInfo, scope: _Scope) -> tuple[str, str | None]:
+        """Why step `name` cannot have completed before the place `scope` belongs to."""
+        if name == scope.where:
+            return (
+                f"step '{name}' reads its own result through steps.{name}",
+                "in the step's `output` mapping, use `result`",
+            )
+        enclosing = {sid for sid, _ in scope.chain}
+        if name in enclosing:
+            return f"step '{name}' has not completed yet: this expression is inside it", None
+        here = dict(scope.chain)
+        for container, label in info.chain:
+            if container in here and here[container] != label:
+                kind = self.steps[container].kind
+                if kind == "parallel":
+                    return (
+                        f"step '{name}' is in another branch of parallel step '{container}', which runs at "
+                        "the same time",
+                        f"read it after '{container}' through steps.{container}.output",
+                    )
+                if kind == "try":
+                    continue  # catch reading the body is visible; body reading catch falls through below
+                return self._hidden_in(name, container, kind)
+            if container not in here:
+                kind = self.steps[container].kind
+                if kind != "steps":
+                    return self._hidden_in(name, container, kind)
+        return (
+            f"step '{name}' runs after this point, so steps.{name} is not available here",
+            "a step can read only steps that come before it",
+        )
+
+    def _hidden_in(self, name: str, container: str, kind: str) -> tuple[str, str]:
+        why = {
+            "switch": f"is inside a case of switch '{container}', which may not be the case taken",
+            "for_each": f"runs once per item inside for_each '{container}'",
+            "loop": f"runs once per iteration inside loop '{container}'",
+            "try": f"is inside try '{container}' and may not have completed",
+            "parallel": f"is inside a branch of parallel '{container}'",
+        }.get(kind, f"is inside {kind} step '{container}'")
+        return f"step '{name}' {why}, so steps.{name} is not available here", (
+            f"read steps.{container}.output instead"
+        )
+
+    def _unknown_secret(self, name: str, path: Path, offset: int | None) -> None:
+        guess = closest(name, self.workflow.secrets)
+        if guess:
+            hint = f"did you mean '{guess}'?"
+        else:
+            hint = f"declare it: secrets: [{', '.join([*self.workflow.secrets, name])}]"
+        self.err("CH207", f"secret '{name}' is not declared in `secrets`", path, offset, hint)
+
+    def _value(self, value: Any, path: Path, scope: _Scope) -> templates.CompiledValue:
+        """A JSON-like value whose strings may hold `${{ }}`: compile it, report every error inside it."""
+        failed: set[Path] = set()
+
+        def on_error(exc: templates.TemplateError, inner: Path) -> None:
+            failed.add(inner)
+            where = (*path, *inner)
+            if exc.kind == "syntax" and exc.message.startswith(("unterminated", "empty expression")):
+                self.err("CH305", f"bad `${{{{ }}}}` interpolation: {exc.message}", where, exc.offset)
+            elif exc.kind == "syntax":
+                self.err("CH301", f"CEL syntax error: {exc.message}", where, exc.offset)
+            else:
+                self._type_error(exc.message, where, exc.offset, scope)
+
+        compiled = templates.compile_value(value, scope.names, on_error=on_error)
+        if all(self._refs_ok(p, scope) for p in compiled.programs):
+            return compiled  # nothing to report: skip locating each program in its string
+        programs = iter(compiled.programs)
+        for inner, text in _strings(value, ()):
+            if inner in failed or templates.OPEN not in text:
+                continue
+            for piece in templates.split_template(text):
+                if piece[0] is None:
+                    program = next(programs, None)
+                    if program is None:
+                        return compiled
+                    source = piece[1]
+                    lead = len(source) - len(source.lstrip())
+                    self._check_references(program, (*path, *inner), piece[2] + lead, scope)
+        return compiled
+
+    def _prompt(
+        self, text: str, path: Path, step_id: str, declared: Mapping[str, Any]
+    ) -> templates.Prompt | None:
+        try:
+            prompt = templates.compile_prompt(text)
+        except templates.TemplateError as exc:
+            offset = sum(len(line) + 1 for line in text.split("\n")[: max(exc.line - 1, 0)])
+            self.err(
+                "CH306",
+                f"Jinja2 template syntax error: {exc.message.removeprefix('prompt template: ')}",
+                path,
+                offset,
+            )
+            return None
+        for name in sorted(prompt.variables - declared.keys()):
+            found = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)
+            guess = closest(name, declared)
+            if guess:
+                hint = f"did you mean '{guess}'?"
+            else:
+                hint = f'add it to the step\'s vars, e.g. vars: {{{name}: "${{{{ input.{name} }}}}"}}'
+            self.err(
+                "CH307",
+                f"prompt variable '{name}' is not defined in the `vars` of step '{step_id}'",
+                path,
+                found.start() if found else 0,
+                hint,
+            )
+        if templates.OPEN in text:
+            self.warn(
+                "CH309",
+                "`${{ }}` in a prompt is not evaluated: prompts are Jinja2 over the step's vars",
+                path,
+                text.find(templates.OPEN),
+                hint="compute the value in `vars` with ${{ }} and write {{ name }} in the prompt",
+            )
+        return prompt
+
+    # --- references ---
+
+    def _tool_ref(self, name: str, path: Path) -> bool:
+        if name in self.workflow.tools:
+            return True
+        guess = closest(name, self.workflow.tools)
+        hint = f"did you mean '{guess}'?" if guess else _declared_hint("tools", self.workflow.tools)
+        self.err("CH204", f"unknown tool '{name}'", path, hint=hint)
+        return False
+
+    def _model_ref(self, name: str, path: Path) -> None:
+        if name in self.workflow.models:
+            return
+        guess = closest(name, self.workflow.models)
+        if guess:
+            hint = f"did you mean '{guess}'?"
+        elif not self.workflow.models:
+            hint = f"declare it: models: {{{name}: {{provider: openai, model: gpt-4.1-mini}}}}"
+        else:
+            hint = _declared_hint("models", self.workflow.models)
+        self.err("CH205", f"unknown model '{name}'", path, hint=hint)
+
+    def _identity_ref(self, name: str, path: Path) -> bool:
+        if name in self.workflow.identities:
+            return True
+        guess = closest(name, self.workflow.identities)
+        hint = f"did you mean '{guess}'?" if guess else _declared_hint("identities", self.workflow.identities)
+        self.err("CH206", f"unknown identity '{name}'", path, hint=hint)
+        return False
+
+    def _principal_ref(self, name: str, path: Path, what: str) -> None:
+        if name.startswith("role:") or name in self.workflow.identities:
+            return
+        guess = closest(name, self.workflow.identities)
+        hint = f"did you mean '{guess}'?" if guess else _declared_hint("identities", self.workflow.identities)
+        self.err("CH206", f"{what} names unknown identity '{name}'", path, hint=hint)
+
+    def _workflow_file(self, target: str, path: Path) -> None:
+        """A called workflow must exist and must not lead back to this file."""
+        if self.doc.file.startswith("<"):
+            return  # loaded from a string: no directory to resolve against
+        here = os.path.realpath(self.doc.file)
+        called = os.path.realpath(os.path.join(os.path.dirname(here), target))
+        if called == here:
+            self.err(
+                "CH402",
+                f"workflow '{target}' is this file: a workflow that calls itself never ends",
+                path,
+                hint="move the repeated part into a `loop` step",
+            )
+            return
+        if not os.path.isfile(called):
+            self.err(
+                "CH209", f"workflow file '{target}' does not exist (paths are relative to this file)", path
+            )
+            return
+        cycle = _find_cycle(called, here)
+        if cycle:
+            names = " -> ".join(os.path.relpath(p, os.path.dirname(here)) for p in [here, *cycle])
+            self.err("CH402", f"workflow calls form a cycle: {names}", path)
+
+    def _models(self) -> None:
+        for name, llm in self.workflow.models.items():
+            if llm.api_key_secret is not None and llm.api_key_secret not in self.workflow.secrets:
+                self._unknown_secret(llm.api_key_secret, ("models", name, "api_key_secret"), None)
+
+    # --- tools, guardrails, grants ---
+
+    def _tools(self) -> dict[str, CompiledTool]:
+        out: dict[str, CompiledTool] = {}
+        names = {n: t.DYN for n in TOOL_SCOPE} | {"secrets": _BASE_TYPES["secrets"], "run": _STEPS_TYPE}
+        scope = _Scope(frozenset(), names, "a tool definition")
+        for name, tool in self.workflow.tools.items():
+            base: Path = ("tools", name)
+            values: dict[str, templates.CompiledValue] = {}
+            if tool.http is not None:
+                for key in ("url", "headers", "query", "json_", "body"):
+                    raw = getattr(tool.http, key)
+                    if raw is not None and raw != {}:
+                        yaml_key = key.rstrip("_")
+                        values[yaml_key] = self._value(raw, (*base, "http", yaml_key), scope)
+            if tool.mcp is not None and tool.mcp.env:
+                values["env"] = self._value(tool.mcp.env, (*base, "mcp", "env"), scope)
+            if tool.resource is not None:
+                values["resource"] = self._value(tool.resource, (*base, "resource"), scope)
+            if tool.workflow is not None:
+                self._workflow_file(tool.workflow, (*base, "workflow"))
+            guardrails = self._guardrails(tool.guardrails, (*base, "guardrails"))
+            out[name] = CompiledTool(name, tool, MappingProxyType(values), guardrails)
+        return out
+
+    def _guardrails(self, rules: Sequence[m.Guardrail], path: Path) -> tuple[CompiledGuardrail, ...]:
+        names = {n: t.DYN for n in GUARDRAIL_SCOPE} | {"run": _STEPS_TYPE}
+        scope = _Scope(frozenset(), names, "a guardrail")
+        out: list[CompiledGuardrail] = []
+        for i, rule in enumerate(rules):
+            here = (*path, i)
+            check = self._condition(rule.check, (*here, "check"), scope) if rule.check is not None else None
+            message = (
+                self._value(rule.message, (*here, "message"), scope) if rule.message is not None else None
+            )
+            for j, step_id in enumerate(rule.steps or ()):
+                if step_id not in self.steps:
+                    guess = closest(step_id, self.steps)
+                    self.err(
+                        "CH202",
+                        f"guardrail '{rule.id}' applies to unknown step '{step_id}'",
+                        (*here, "steps", j),
+                        hint=f"did you mean '{guess}'?"
+                        if guess
+                        else f"steps in this file: {_names(self.steps)}",
+                    )
+            for j, pattern in enumerate(rule.tools or ()):
+                if not self._matching_tools(pattern):
+                    guess = closest(pattern, self.workflow.tools)
+                    self.warn(
+                        "CH210",
+                        f"guardrail '{rule.id}' can never apply to tools '{pattern}': no declared tool matches",
+                        (*here, "tools", j),
+                        hint=f"did you mean '{guess}'?"
+                        if guess
+                        else _declared_hint("tools", self.workflow.tools),
+                    )
+            out.append(CompiledGuardrail(rule, check, message))
+        return tuple(out)
+
+    def _matching_tools(self, pattern: str) -> list[str]:
+        return [name for name in self.workflow.tools if fnmatch.fnmatchcase(name, pattern)]
+
+    def _grants(self) -> tuple[CompiledGrant, ...]:
+        names = {n: t.DYN for n in GRANT_SCOPE} | {"run": _STEPS_TYPE}
+        scope = _Scope(frozenset(), names, "a grant")
+        roles = {r for ident in self.workflow.identities.values() for r in ident.roles}
+        out: list[CompiledGrant] = []
+        for i, grant in enumerate(self.workflow.grants):
+            here: Path = ("grants", i)
+            when = self._condition(grant.when, (*here, "when"), scope) if grant.when is not None else None
+            if grant.to.startswith("role:"):
+                role = grant.to.removeprefix("role:")
+                if role not in roles:
+                    guess = closest(role, roles)
+                    self.warn(
+                        "CH502",
+                        f"grant '{grant.id}' can never apply: no identity has role '{role}'",
+                        (*here, "to"),
+                        hint=f"did you mean 'role:{guess}'?"
+                        if guess
+                        else "add the role to an identity's `roles`",
+                    )
+            elif grant.to not in self.workflow.identities:
+                guess = closest(grant.to, self.workflow.identities)
+                self.warn(
+                    "CH502",
+                    f"grant '{grant.id}' can never apply: there is no identity '{grant.to}'",
+                    (*here, "to"),
+                    hint=f"did you mean '{guess}'?"
+                    if guess
+                    else _declared_hint("identities", self.workflow.identities),
+                )
+            for j, pattern in enumerate(grant.tools):
+                if not self._matching_tools(pattern):
+                    guess = closest(pattern, self.workflow.tools)
+                    self.warn(
+                        "CH503",
+                        f"grant '{grant.id}' can never apply to '{pattern}': no declared tool matches",
+                        (*here, "tools", j),
+                        hint=f"did you mean '{guess}'?"
+                        if guess
+                        else _declared_hint("tools", self.workflow.tools),
+                    )
+            out.append(CompiledGrant(grant, when))
+        return tuple(out)
+
+    def _covered(self, identity: str, tool: str, path: Path, who: str) -> None:
+        """CH501 unless some allow grant of the identity (or one of its roles) covers the tool."""
+        ident = self.workflow.identities[identity]
+        principals = {identity, *(f"role:{r}" for r in ident.roles)}
+        for grant in self.workflow.grants:
+            if grant.effect == "allow" and grant.to in principals:
+                if any(fnmatch.fnmatchcase(tool, p) for p in grant.tools):
+                    return
+        roles = f" (roles: {', '.join(ident.roles)})" if ident.roles else ""
+        self.err(
+            "CH501",
+            f"{who} may call tool '{tool}', but no allow grant of identity '{identity}'{roles} covers it",
+            path,
+            hint=f"add a grant: {{id: {identity}-{tool}, to: {identity}, tools: [{tool}]}}",
+        )
+
+    def _check_unique_rule_ids(self) -> None:
+        seen: dict[str, Path] = {}
+        for i, grant in enumerate(self.workflow.grants):
+            self._unique_id("grant", grant.id, ("grants", i, "id"), seen)
+        seen = {}
+        for rule_path, rule in self._all_guardrails():
+            self._unique_id("guardrail", rule.id, (*rule_path, "id"), seen)
+
+    def _unique_id(self, what: str, ident: str, path: Path, seen: dict[str, Path]) -> None:
+        if ident in seen:
+            line, col = self._pos(seen[ident])
+            self.err(
+                "CH208", f"duplicate {what} id '{ident}': already used at line {line}, column {col}", path
+            )
+        else:
+            seen[ident] = path
+
+    def _all_guardrails(self) -> Iterator[tuple[Path, m.Guardrail]]:
+        for i, rule in enumerate(self.workflow.guardrails):
+            yield ("guardrails", i), rule
+        for name, tool in self.workflow.tools.items():
+            for i, rule in enumerate(tool.guardrails):
+                yield ("tools", name, "guardrails", i), rule
+        for info in sorted(self.steps.values(), key=lambda s: self._pos(s.path)):
+            for i, rule in enumerate(info.step.guardrails):
+                yield (*info.path, "guardrails", i), rule
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _strings(value: Any, path: Path) -> Iterator[tuple[Path, str]]:
+    """Every string leaf of a JSON-like value, in the order `templates.compile_value` visits them."""
+    if type(value) is str:
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, (*path, k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*path, i))
+
+
+def _names(names: Mapping[str, Any] | Sequence[str], limit: int = 8) -> str:
+    shown = list(names)[:limit]
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(shown) + more if shown else "none"
+
+
+def _declared_hint(section: str, names: Mapping[str, Any]) -> str:
+    if not names:
+        return f"this file declares no {section}; add it under `{section}:`"
+    return f"declared {section}: {_names(names)}"
+
+
+def _find_cycle(start: str, origin: str) -> list[str] | None:
+    """A chain of workflow files from `start` back to `origin`, following `workflow:` references."""
+    from dsl.loader import load_file
+
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        current, trail = stack.pop()
+        if current in seen or len(trail) > _MAX_WORKFLOW_DEPTH:
+            continue
+        seen.add(current)
+        doc, _ = load_file(current)
+        if doc is None:
+            continue
+        for target in _workflow_targets(doc.data):
+            called = os.path.realpath(os.path.join(os.path.dirname(current), target))
+            if called == origin:
+                return [*trail, called]
+            if os.path.isfile(called):
+                stack.append((called, [*trail, called]))
+    return None
+
+
+def _workflow_targets(data: Any) -> Iterator[str]:
+    """Paths of `workflow` steps and workflow tools in raw (unvalidated) data."""
+    if not isinstance(data, dict):
+        return
+    for tool in (data.get("tools") or {}).values() if isinstance(data.get("tools"), dict) else ():
+        if isinstance(tool, dict) and isinstance(tool.get("workflow"), str):
+            yield tool["workflow"]
+    stack: list[Any] = [data.get("steps")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            call = node.get("workflow")
+            if isinstance(call, dict) and isinstance(call.get("path"), str):
+                yield call["path"]
+            stack.extend(v for k, v in node.items() if k != "workflow" and isinstance(v, list | dict))

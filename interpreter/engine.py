@@ -1,0 +1,901 @@
+"""The interpreter: runs an ExecutionGraph on asyncio and records every transition in the event log.
+
+One `Execution` drives one run. Its modes:
+- live: steps run; events are buffered and committed with each step's completion (one commit per
+  step, before anything that depends on it starts). `records` (from the run's own log on resume, or
+  from another run's log before a fork point) lets finished nodes be reused instead of run again.
+- replay: nothing is written and no tool is called; recorded tool results stand in for the calls and
+  every step's outcome is compared with the recording. The first difference stops the replay.
+
+Step kinds are implemented in `interpreter.steps` (a registry keyed by kind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import random
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsl import __version__
+from dsl.model import parse_duration
+from interpreter import store as s
+from interpreter.policy import ModulePolicy, PolicyError, build_policy
+from interpreter.records import NodeRecord, build_records, descendants
+from interpreter.runtime import (
+    Diverged,
+    Divergence,
+    InputError,
+    ProgressEvent,
+    ReplayResult,
+    RunOptions,
+    RunResult,
+    RunSetupError,
+    SetupPolicyError,
+    StepError,
+    Suspend,
+)
+from interpreter.tools import PythonTarget, PythonTool, code_digest, resolve_python
+
+INTERPRETER_VERSION = __version__
+NewEvent = s.NewEvent
+GROUP_WINDOW = 0.005  # seconds a side-effect-free completion may wait for a group commit
+GROUP_EVENTS = 512
+_ITERATION = re.compile(r"\[\d+\]")
+
+
+def static_path(runtime_path: str) -> str:
+    """ "priced[3]/body/price" -> "priced/body/price"."""
+    return _ITERATION.sub("", runtime_path)
+
+
+@dataclass(slots=True)
+class Scope:
+    """Where a node runs: the `steps` map it sees, local bindings (item, index, error), how its static
+    path maps to its runtime path, and the nearest enclosing `try` (for `caught_by`)."""
+
+    steps: dict[str, Any]
+    locals: dict[str, Any]
+    static: str
+    runtime: str
+    catcher: str | None
+
+    def path(self, node: Any) -> str:
+        if self.static == self.runtime:
+            return node.path
+        return self.runtime + node.path[len(self.static) :]
+
+    def iteration(self, node: Any, runtime_path: str, index: int, bound: dict[str, Any]) -> Scope:
+        return Scope(
+            dict(self.steps), {**self.locals, **bound}, node.path, f"{runtime_path}[{index}]", self.catcher
+        )
+
+
+def _expression_error(exc: Exception, what: str) -> StepError:
+    return StepError("expression", f"{what}: {exc}", type="ExpressionError", retryable=False)
+
+
+class Execution:
+    def __init__(
+        self,
+        store: s.EventStore,
+        graph: Any,
+        run_id: str,
+        inputs: Any,
+        *,
+        options: RunOptions,
+        principal: str,
+        started_at: str,
+        file: str | None,
+        policy: ModulePolicy,
+        secrets: dict[str, str],
+        mode: str = "live",
+        records: dict[str, NodeRecord] | None = None,
+        write_reused: bool = False,
+        reused_from: str | None = None,
+    ) -> None:
+        self.store = store
+        self.graph = graph
+        self.run_id = run_id
+        self.input = inputs
+        self.options = options
+        self.progress = options.progress
+        self.principal = principal
+        self.file = file
+        self.policy = policy
+        self.secrets = secrets
+        self.mode = mode
+        self.replaying = mode == "replay"
+        self.records = records or {}
+        self.write_reused = write_reused
+        self.reused_from = reused_from
+        self.run_info = {"id": run_id, "principal": principal, "started_at": started_at}
+        self.vars: dict[str, Any] = {}
+        self.buffer: list[s.NewEvent] = []
+        self.group = options.durability != "full"
+        self.timer: asyncio.TimerHandle | None = None
+        self.code_digests: dict[str, str | None] = {}
+        self.actor = {"sub": principal}
+        self.python_tools: dict[str, PythonTool] = {}
+        self.schema_cache: dict[str, Any] = {}
+        self.http_client: Any = None
+        self.checked = 0
+        from interpreter.steps import STEP_RUNNERS
+
+        self.runners = STEP_RUNNERS
+
+    # -- events
+
+    def emit(self, kind: str, path: str, payload: Any, actor: dict[str, Any] | None = None) -> None:
+        if not self.replaying:
+            self.buffer.append(NewEvent(kind, path, payload, actor))
+
+    def commit(self, *events: s.NewEvent) -> None:
+        """Write the buffered events and these in one transaction, now."""
+        if self.replaying:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch = self.buffer
+        self.buffer = []
+        batch.extend(events)
+        if batch:
+            self.store.append_many(self.run_id, batch)
+
+    def settle(self, *events: s.NewEvent) -> None:
+        """Record a step's completion.
+
+        durability "full": committed (and fsynced) at once. "normal": group commit -- completions of
+        side-effect-free work wait at most GROUP_WINDOW seconds (or GROUP_EVENTS events) so that one
+        commit carries many steps. The log stays a consistent prefix of the execution, and every
+        barrier commits first: a `write` tool's call, an approval, a child run, a retry, the run's end.
+        A crash loses at most the window's read-only work, which resume runs again.
+        """
+        if self.replaying:
+            return
+        if not self.group:
+            self.commit(*events)
+            return
+        self.buffer.extend(events)
+        if len(self.buffer) >= GROUP_EVENTS:
+            self.commit()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(GROUP_WINDOW, self._flush_window)
+
+    def _flush_window(self) -> None:
+        self.timer = None
+        if self.buffer:
+            self.commit()
+
+    def notify(self, kind: str, path: str, step_kind: str = "", detail: Any = None) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(kind, path, step_kind, detail))
+
+    # -- expressions
+
+    def bindings(self, scope: Scope, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        b = {
+            "input": self.input,
+            "vars": self.vars,
+            "run": self.run_info,
+            "secrets": self.secrets,
+            "steps": scope.steps,
+        }
+        if scope.locals:
+            b.update(scope.locals)
+        if extra:
+            b.update(extra)
+        return b
+
+    def evaluate(self, compiled: Any, scope: Scope, what: str, extra: Mapping[str, Any] | None = None) -> Any:
+        if compiled is None:
+            return None
+        if compiled.constant:
+            return compiled.evaluate({})
+        from dsl.expr import from_cel
+
+        try:
+            return from_cel(compiled.evaluate(self.bindings(scope, extra)))
+        except Exception as exc:  # noqa: BLE001 - EvaluationError, or a value CEL cannot hold
+            raise _expression_error(exc, what) from None
+
+    def condition(self, program: Any, scope: Scope, what: str) -> bool:
+        try:
+            value = program.evaluate(self.bindings(scope))
+        except Exception as exc:  # noqa: BLE001
+            raise _expression_error(exc, what) from None
+        if type(value) is not bool:
+            raise StepError(
+                "expression", f"{what}: `{program.source}` gave {value!r}, not a bool", type="ExpressionError"
+            )
+        return value
+
+    # -- divergence (replay)
+
+    def diverge(self, path: str, expected: Any, got: Any, reason: str) -> None:
+        raise Diverged(Divergence(path, expected, got, reason))
+
+    # -- tools
+
+    def python_tool(self, name: str, target: str) -> PythonTool:
+        tool = self.python_tools.get(name)
+        if tool is None:
+            try:
+                tool = self.python_tools[name] = resolve_python(name, target, self.policy)
+            except PolicyError as exc:
+                raise StepError("policy", str(exc), type="PolicyError", retryable=False) from None
+        return tool
+
+    def current_code(self, target: str) -> str | None:
+        if target not in self.code_digests:
+            self.code_digests[target] = self._code(target)
+        return self.code_digests[target]
+
+    def _code(self, target: str) -> str | None:
+        module = PythonTarget.parse(target).module
+        allowance = self.policy.allowance_for(module)
+        roots = self.policy.import_roots(allowance) if allowance else list(self.policy.roots)
+        return code_digest(target, roots)
+
+    async def http(self) -> Any:
+        if self.http_client is None:
+            import httpx
+
+            self.http_client = httpx.AsyncClient()
+        return self.http_client
+
+    # -- nodes
+
+    async def exec_block(self, block: Any, scope: Scope) -> Any:
+        out = None
+        for node in block.nodes:
+            out = await self.exec_node(node, scope)
+        return out
+
+    async def exec_node(self, node: Any, scope: Scope) -> Any:
+        path = scope.path(node)
+        rec = self.records.get(path)
+        if rec is not None and not self.replaying and rec.status is not None:
+            return self.reuse(node, scope, path, rec)
+        if node.condition is not None and not self.condition(node.condition, scope, f"step '{node.id}': if"):
+            return self.skip(node, scope, path, rec)
+        step = node.step
+        retry = step.retry
+        attempts = retry.attempts if retry is not None else 1
+        attempt = rec.attempts_failed + 1 if rec is not None and not self.replaying else 1
+        if rec is None or rec.started is None or self.write_reused:
+            self.emit(s.STEP_STARTED, path, {"step": node.kind, "attempt": attempt})
+        self.notify("started", path, node.kind)
+        runner = self.runners.get(node.kind)
+        if runner is None:
+            raise StepError("unsupported", f"step kind '{node.kind}' has no runner", retryable=False)
+        timeout = parse_duration(step.timeout) if step.timeout else None
+        t0 = time.perf_counter()
+        while True:
+            try:
+                result = await self._attempt(runner, node, scope, path, attempt, timeout)
+                output = result
+                if "output" in node.values:
+                    output = self.evaluate(
+                        node.values["output"], scope, f"step '{node.id}': output", {"result": result}
+                    )
+                break
+            except StepError as err:
+                if err.step is None:
+                    err.step, err.node_path = node.id, path
+                if attempt < attempts and self._retries(retry, err):
+                    delay = self._delay(retry, attempt)
+                    self.commit(
+                        NewEvent(
+                            s.STEP_RETRYING,
+                            path,
+                            {"attempt": attempt, "error": err.to_dict(), "delay_ms": delay * 1000},
+                        )
+                    )
+                    self.notify("retrying", path, node.kind, err.message)
+                    self._forget_under(path)
+                    attempt += 1
+                    if not self.replaying:
+                        await asyncio.sleep(delay)
+                    continue
+                self.fail(node, scope, path, rec, err, attempt, t0)
+                raise
+            except asyncio.CancelledError:
+                self.emit(s.STEP_SKIPPED, path, {"reason": "cancelled"})
+                self.notify("cancelled", path, node.kind)
+                raise
+        scope.steps[node.id] = {"output": output, "status": "completed", "error": None}
+        if self.replaying:
+            self.check(path, rec, "completed", output)
+        elif rec is None or rec.status != "completed":
+            self.settle(
+                NewEvent(
+                    s.STEP_COMPLETED,
+                    path,
+                    {"attempt": attempt, "output": output, "duration_ms": (time.perf_counter() - t0) * 1000},
+                )
+            )
+        self.notify("completed", path, node.kind, time.perf_counter() - t0)
+        return output
+
+    async def _attempt(
+        self, runner: Any, node: Any, scope: Scope, path: str, attempt: int, timeout: float | None
+    ) -> Any:
+        if timeout is None or self.replaying:
+            return await runner(self, node, scope, path, attempt)
+        try:
+            async with asyncio.timeout(timeout):
+                return await runner(self, node, scope, path, attempt)
+        except TimeoutError:
+            raise StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}") from None
+
+    @staticmethod
+    def _retries(retry: Any, err: StepError) -> bool:
+        if not err.retryable:
+            return False
+        return retry.on is None or bool(err.kinds() & set(retry.on))
+
+    @staticmethod
+    def _delay(retry: Any, attempt: int) -> float:
+        backoff = retry.backoff
+        delay = min(
+            parse_duration(backoff.max), parse_duration(backoff.initial) * backoff.multiplier ** (attempt - 1)
+        )
+        return random.uniform(0, delay) if retry.jitter else delay
+
+    def _forget_under(self, path: str) -> None:
+        if self.records and not self.replaying:
+            for key, _ in descendants(self.records, path):
+                del self.records[key]
+
+    def skip(self, node: Any, scope: Scope, path: str, rec: NodeRecord | None) -> None:
+        scope.steps[node.id] = {"output": None, "status": "skipped", "error": None}
+        if self.replaying:
+            self.check(path, rec, "skipped", None)
+        else:
+            self.emit(
+                s.STEP_SKIPPED,
+                path,
+                {"reason": "condition", "expression": node.condition.source, "value": False},
+            )
+        self.notify("skipped", path, node.kind)
+        return None
+
+    def fail(
+        self,
+        node: Any,
+        scope: Scope,
+        path: str,
+        rec: NodeRecord | None,
+        err: StepError,
+        attempt: int,
+        t0: float,
+    ) -> None:
+        scope.steps[node.id] = {"output": None, "status": "failed", "error": err.binding()}
+        if self.replaying:
+            self.check(path, rec, "failed", err.to_dict())
+        else:
+            self.commit(
+                NewEvent(
+                    s.STEP_FAILED,
+                    path,
+                    {
+                        "attempt": attempt,
+                        "error": err.to_dict(),
+                        "duration_ms": (time.perf_counter() - t0) * 1000,
+                        "caught_by": scope.catcher,
+                    },
+                )
+            )
+        self.notify("failed", path, node.kind, err.message)
+
+    def check(self, path: str, rec: NodeRecord | None, status: str, value: Any) -> None:
+        """Replay: compare a node's outcome with the recording."""
+        self.checked += 1
+        if rec is None or rec.status is None:
+            self.diverge(
+                path, None, {"status": status, "output": value}, "the step did not finish in the recorded run"
+            )
+        assert rec is not None
+        if rec.status != status:
+            expected = rec.output if rec.status == "completed" else rec.error
+            self.diverge(
+                path,
+                {"status": rec.status, "value": expected},
+                {"status": status, "value": value},
+                f"the step {rec.status} in the recorded run but {status} now",
+            )
+        if status == "completed" and rec.output != value:
+            self.diverge(path, rec.output, value, "the step's output differs")
+        if status == "failed" and isinstance(rec.error, dict):
+            expected = {k: rec.error.get(k) for k in ("code", "message")}
+            got = {k: value.get(k) for k in ("code", "message")}
+            if expected != got:
+                self.diverge(path, expected, got, "the step failed differently")
+
+    def reuse(self, node: Any, scope: Scope, path: str, rec: NodeRecord) -> Any:
+        """A node the log says finished: restore its effects on `steps` and `vars`, do not run it."""
+        if rec.status == "skipped":
+            scope.steps[node.id] = {"output": None, "status": "skipped", "error": None}
+            if self.write_reused:
+                self.emit(s.STEP_SKIPPED, path, rec.skip)
+            return None
+        deltas = [(rec.vars_seq, rec.vars_delta)] if rec.vars_delta else []
+        for child_path, child in descendants(self.records, path):
+            if child.vars_delta:
+                deltas.append((child.vars_seq, child.vars_delta))
+            if child.status is not None and "[" not in child_path[len(path) :]:
+                child_id = child_path.rsplit("/", 1)[-1]
+                scope.steps[child_id] = _binding(child)
+        merged: dict[str, Any] = {}
+        for _, delta in sorted(deltas, key=lambda d: d[0]):
+            merged.update(delta)
+        if merged:
+            self.vars = {**self.vars, **merged}
+        scope.steps[node.id] = _binding(rec)
+        if rec.status == "failed":
+            err = StepError.from_dict(rec.error or {})
+            if self.write_reused:
+                self.commit(
+                    NewEvent(
+                        s.STEP_FAILED,
+                        path,
+                        {
+                            "attempt": 1,
+                            "error": rec.error,
+                            "duration_ms": 0.0,
+                            "caught_by": scope.catcher,
+                            "reused_from": self.reused_from,
+                        },
+                    )
+                )
+            raise err
+        if self.write_reused:
+            if merged:
+                self.emit(s.VARS_SET, path, {"vars": merged})
+            self.settle(
+                NewEvent(
+                    s.STEP_COMPLETED,
+                    path,
+                    {"attempt": 1, "output": rec.output, "duration_ms": 0.0, "reused_from": self.reused_from},
+                )
+            )
+        self.notify("reused", path, node.kind)
+        return rec.output
+
+    # -- the run
+
+    async def execute(self) -> RunResult:
+        root = Scope({}, {}, "", "", None)
+        graph = self.graph
+        try:
+            try:
+                initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
+                self.vars = dict(initial or {})
+                timeout = graph.workflow.timeout
+                async with asyncio.timeout(parse_duration(timeout) if timeout else None):
+                    await self.exec_block(graph.root, root)
+                output = (
+                    self.evaluate(graph.output, root, "workflow output") if graph.output is not None else None
+                )
+            except TimeoutError:
+                raise StepError("timeout", f"the run timed out after {graph.workflow.timeout}") from None
+        except Suspend as sus:
+            return self.finish("waiting", None, None, sus.pending)
+        except StepError as err:
+            return self.finish("failed", None, err.to_dict(), None)
+        except (Diverged, asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug must still leave the run in a clear state
+            error = {
+                "type": "InternalError",
+                "code": "internal",
+                "message": f"{type(exc).__name__}: {exc}",
+                "retryable": False,
+            }
+            return self.finish("failed", None, error, None)
+        finally:
+            if self.http_client is not None:
+                await self.http_client.aclose()
+        return self.finish("completed", output, None, None)
+
+    def finish(
+        self, status: str, output: Any, error: dict[str, Any] | None, pending: list[str] | None
+    ) -> RunResult:
+        if not self.replaying:
+            if status == "completed":
+                event = NewEvent(s.RUN_COMPLETED, "", {"output": output})
+            elif status == "failed":
+                event = NewEvent(s.RUN_FAILED, "", {"error": error})
+            else:
+                event = NewEvent(s.RUN_WAITING, "", {"reason": "approval", "pending": pending})
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            batch, self.buffer = [*self.buffer, event], []
+            try:
+                with self.store.transaction() as tx:
+                    tx.append_many(self.run_id, batch)
+                    if status == "completed":
+                        tx.set_status(self.run_id, status, output=output, error=None)
+                    elif status == "failed":
+                        tx.set_status(self.run_id, status, error=error)
+                    else:
+                        tx.set_status(self.run_id, status)
+            except s.PayloadError as exc:
+                error = {"type": "OutputError", "code": "output", "message": str(exc), "retryable": False}
+                with self.store.transaction() as tx:
+                    tx.append(self.run_id, s.RUN_FAILED, "", {"error": error})
+                    tx.set_status(self.run_id, "failed", error=error)
+                return RunResult(self.run_id, "failed", None, error)
+        self.notify(status, "", "", pending or error)
+        return RunResult(self.run_id, status, output, error, list(pending or []))  # type: ignore[arg-type]
+
+
+def _binding(rec: NodeRecord) -> dict[str, Any]:
+    if rec.status == "failed":
+        err = StepError.from_dict(rec.error or {})
+        return {"output": None, "status": "failed", "error": err.binding()}
+    return {"output": rec.output if rec.status == "completed" else None, "status": rec.status, "error": None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Setting a run up
+
+
+def check_inputs(graph: Any, inputs: Any) -> None:
+    schema = graph.workflow.input
+    if schema is None:
+        return
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(schema).iter_errors(inputs), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:5]:
+            where = "/".join(str(p) for p in err.absolute_path)
+            lines.append(f"input{'/' + where if where else ''}: {err.message}")
+        raise InputError("the run input does not match the workflow's input schema:\n  " + "\n  ".join(lines))
+
+
+def resolve_secrets(graph: Any) -> dict[str, str]:
+    missing = [name for name in graph.workflow.secrets if name not in os.environ]
+    if missing:
+        raise RunSetupError(f"secret(s) not set in the environment: {', '.join(missing)}")
+    return {name: os.environ[name] for name in graph.workflow.secrets}
+
+
+def preflight(graph: Any, policy: ModulePolicy) -> None:
+    """Every python tool's module must be allowed before anything runs (nothing is imported here)."""
+    for name, tool in graph.workflow.tools.items():
+        if tool.python:
+            try:
+                policy.check(PythonTarget.parse(tool.python).module, name)
+            except PolicyError as exc:
+                raise SetupPolicyError(str(exc)) from None
+
+
+def compile_source(source: str, file: str) -> Any:
+    """Compile a workflow from its text (the source stored in a run row)."""
+    from dsl import diagnostics
+    from dsl.compiler import compile_workflow
+    from dsl.loader import load_text
+    from dsl.validate import validate
+
+    doc, diags = load_text(source, file)
+    workflow = None
+    if doc is not None and not any(d.severity == diagnostics.Severity.ERROR for d in diags):
+        workflow, more = validate(doc)
+        diags += more
+    graph = None
+    if workflow is not None and not any(d.severity == diagnostics.Severity.ERROR for d in diags):
+        graph, more = compile_workflow(workflow, doc)
+        diags += more
+    errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
+    if graph is None or errors:
+        raise RunSetupError("the workflow does not compile:\n" + diagnostics.format_text(errors or diags))
+    return graph
+
+
+def _principal(options: RunOptions) -> str:
+    if options.principal:
+        return options.principal
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name on this host
+        return "unknown"
+
+
+def _file_of(graph: Any) -> str | None:
+    file = getattr(graph, "file", None)
+    if not file or file.startswith("<"):
+        return None
+    return str(Path(file).resolve())
+
+
+def _run_started(store: s.EventStore, run_id: str) -> dict[str, Any]:
+    for event in store.events(run_id):
+        if event.kind == s.RUN_STARTED:
+            return event.payload if isinstance(event.payload, dict) else {}
+        break
+    return {}
+
+
+async def start_run(
+    graph: Any,
+    inputs: Any,
+    store: s.EventStore,
+    options: RunOptions,
+    *,
+    parent: tuple[str, str] | None = None,
+    forked_from: dict[str, str] | None = None,
+    records: dict[str, NodeRecord] | None = None,
+) -> RunResult:
+    """Create a run row and its run.started event, then execute it."""
+    check_inputs(graph, inputs)
+    file = _file_of(graph)
+    policy = build_policy(options.allow_modules, file)
+    preflight(graph, policy)
+    secrets = resolve_secrets(graph)
+    principal = _principal(options)
+    name = graph.workflow.name
+    with store.transaction() as tx:
+        row = tx.create_run(
+            name,
+            workflow_source=graph.source,
+            inputs=inputs,
+            principal=principal,
+            interpreter_version=INTERPRETER_VERSION,
+            parent_run_id=parent[0] if parent else None,
+            parent_node=parent[1] if parent else None,
+        )
+        tx.append(row.run_id, s.RUN_STARTED, "", {"workflow": name, "forked_from": forked_from, "file": file})
+    execution = Execution(
+        store,
+        graph,
+        row.run_id,
+        inputs,
+        options=options,
+        principal=principal,
+        started_at=row.created_at,
+        file=file,
+        policy=policy,
+        secrets=secrets,
+        records=records,
+        write_reused=records is not None,
+        reused_from=forked_from["run_id"] if forked_from else None,
+    )
+    return await execution.execute()
+
+
+async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, reason: str) -> RunResult:
+    row = store.run(run_id)
+    if row.status in s.TERMINAL_STATUSES:
+        return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
+    events = list(store.events(run_id))
+    started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
+    file = started.get("file")
+    graph = compile_source(row.workflow_source or "", file or "<stored>")
+    policy = build_policy(options.allow_modules, file)
+    preflight(graph, policy)
+    secrets = resolve_secrets(graph)
+    records = build_records(events)
+    store.append(
+        run_id,
+        s.RUN_RESUMED,
+        "",
+        {"reason": reason, "after_seq": row.head_seq, "host": socket.gethostname(), "pid": os.getpid()},
+    )
+    store.set_status(run_id, "running")
+    execution = Execution(
+        store,
+        graph,
+        run_id,
+        row.inputs,
+        options=options,
+        principal=row.principal or _principal(options),
+        started_at=row.created_at,
+        file=file,
+        policy=policy,
+        secrets=secrets,
+        records=records,
+    )
+    return await execution.execute()
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API (sync wrappers around the asyncio core)
+
+
+def run_workflow(
+    graph: Any, inputs: Any, *, store: s.EventStore, options: RunOptions | None = None
+) -> RunResult:
+    """Run a compiled workflow to completion, failure or a pause for approval."""
+    return asyncio.run(start_run(graph, inputs, store, options or RunOptions()))
+
+
+def resume_run(
+    run_id: str, *, store: s.EventStore, options: RunOptions | None = None, reason: str | None = None
+) -> RunResult:
+    """Continue an interrupted or waiting run from its log; finished work is reused, not repeated."""
+    row = store.run(run_id)
+    why = reason or ("recovery" if row.status == "running" else "manual")
+    result = asyncio.run(continue_run(run_id, store, options or RunOptions(), why))
+    _resume_parent(store, run_id, result, options or RunOptions())
+    return result
+
+
+def _resume_parent(store: s.EventStore, run_id: str, result: RunResult, options: RunOptions) -> None:
+    """A child run that finished lets its waiting parent continue."""
+    if result.status == "waiting":
+        return
+    row = store.run(run_id)
+    if row.parent_run_id and store.run(row.parent_run_id).status == "waiting":
+        resume_run(row.parent_run_id, store=store, options=options, reason="manual")
+
+
+def fork_run(
+    run_id: str,
+    node_path: str,
+    *,
+    store: s.EventStore,
+    options: RunOptions | None = None,
+    graph: Any = None,
+) -> RunResult:
+    """A new run with the same input that reuses `run_id`'s results recorded before `node_path` started."""
+    row = store.run(run_id)
+    events = list(store.events(run_id))
+    fork_seq = next(
+        (
+            e.seq
+            for e in events
+            if e.node_path == node_path
+            or e.node_path.startswith(node_path + "/")
+            or e.node_path.startswith(node_path + "[")
+        ),
+        None,
+    )
+    if fork_seq is None:
+        paths = sorted({e.node_path for e in events if e.kind == s.STEP_STARTED})
+        raise RunSetupError(
+            f"node '{node_path}' did not run in run {run_id}; nodes that ran: {', '.join(paths[:20])}"
+        )
+    if graph is None:
+        started = _run_started(store, run_id)
+        graph = compile_source(row.workflow_source or "", started.get("file") or "<stored>")
+    records = build_records(e for e in events if e.seq < fork_seq)
+    forked = {"run_id": run_id, "node_path": node_path}
+    return asyncio.run(
+        start_run(graph, row.inputs, store, options or RunOptions(), forked_from=forked, records=records)
+    )
+
+
+def replay_run(
+    run_id: str, *, store: s.EventStore, graph: Any = None, options: RunOptions | None = None
+) -> ReplayResult:
+    """Re-execute a recorded run offline (no tool is called) and report the first divergence."""
+    return asyncio.run(_replay(run_id, store, graph, options or RunOptions()))
+
+
+async def _replay(run_id: str, store: s.EventStore, graph: Any, options: RunOptions) -> ReplayResult:
+    row = store.run(run_id)
+    events = list(store.events(run_id))
+    started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
+    file = started.get("file")
+    if graph is None:
+        graph = compile_source(row.workflow_source or "", file or "<stored>")
+    else:
+        file = _file_of(graph) or file
+    records = build_records(events)
+    execution = Execution(
+        store,
+        graph,
+        run_id,
+        row.inputs,
+        options=RunOptions(allow_modules=options.allow_modules),
+        principal=row.principal or "unknown",
+        started_at=row.created_at,
+        file=file,
+        policy=build_policy(options.allow_modules, file),
+        secrets={name: os.environ.get(name, "") for name in graph.workflow.secrets},
+        mode="replay",
+        records=records,
+    )
+    try:
+        result = await execution.execute()
+    except Diverged as exc:
+        return ReplayResult(run_id, False, exc.divergence, execution.checked)
+    recorded = (row.status, row.output if row.status == "completed" else None)
+    got = (result.status, result.output if result.status == "completed" else None)
+    if row.status in ("completed", "failed", "waiting") and recorded != got:
+        reason = "the run's output differs" if row.status == result.status else "the run ended differently"
+        return ReplayResult(
+            run_id,
+            False,
+            Divergence(
+                "",
+                {"status": recorded[0], "output": recorded[1]},
+                {"status": got[0], "output": got[1]},
+                reason,
+            ),
+            execution.checked,
+        )
+    return ReplayResult(run_id, True, None, len(events))
+
+
+def decide_approval(
+    run_id: str,
+    node_path: str,
+    *,
+    store: s.EventStore,
+    person: str,
+    approved: bool,
+    reason: str | None = None,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """Record a person's decision on a pending approval, then resume the run."""
+    options = options or RunOptions()
+    row = store.run(run_id)
+    events = list(store.events(run_id))
+    records = build_records(events)
+    pending = [p for p, r in records.items() if r.approval_requested and not r.approval_decided]
+    rec = records.get(node_path)
+    if rec is None or rec.approval_requested is None:
+        raise RunSetupError(
+            f"run {run_id} has no approval request at '{node_path}'"
+            + (f"; pending: {', '.join(pending)}" if pending else "; nothing is pending")
+        )
+    if rec.approval_decided is not None:
+        raise RunSetupError(
+            f"the approval at '{node_path}' was already decided by {rec.approval_decided[0].get('by')}"
+        )
+    if row.status in s.TERMINAL_STATUSES:
+        raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
+    approvers = rec.approval_requested[0].get("approvers") or []
+    verified = _check_approver(approvers, person, options, row)
+    store.append(
+        run_id,
+        s.APPROVAL_DECIDED,
+        node_path,
+        {
+            "decision": "approved" if approved else "denied",
+            "by": person,
+            "reason": reason,
+            "verified": verified,
+        },
+        actor={"sub": person},
+    )
+    return resume_run(run_id, store=store, options=options, reason="approval")
+
+
+def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:
+    """True when the person is known to be an approver; False when approvers name only roles that
+    cannot be checked (no identity or claims say who the person is). Raises when the person is known
+    not to be one."""
+    if not approvers or person in approvers:
+        return bool(not approvers or person in approvers)
+    roles = {a[5:] for a in approvers if a.startswith("role:")}
+    claimed = set((options.claims or {}).get("roles", []) or [])
+    known_roles: set[str] | None = set(claimed) if options.claims else None
+    try:
+        graph_identities = compile_source(row.workflow_source or "", "<stored>").workflow.identities
+    except RunSetupError:
+        graph_identities = {}
+    identity = graph_identities.get(person)
+    if identity is not None:
+        known_roles = (known_roles or set()) | set(identity.roles)
+    if known_roles is not None:
+        if roles & known_roles:
+            return True
+        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
+    if not roles:
+        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
+    return False

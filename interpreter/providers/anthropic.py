@@ -1,0 +1,201 @@
+"""Anthropic Messages API with tool use, over httpx (no SDK needed).
+
+Structured output: the Messages API has no JSON-schema response format, so the provider offers the
+model a `respond` tool whose input schema is the answer's schema. Without other tools, the model is made
+to call it; with other tools, it is told to call `respond` for its final answer. A `respond` call becomes
+the structured answer, never a tool call for the agent loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from ._http import JsonHttpClient, RetryPolicy
+from .base import (
+    Message,
+    ModelBadResponseError,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    Usage,
+    parse_structured,
+)
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+RESPOND_TOOL = "respond"
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.model = model
+        self.parameters = dict(parameters or {})
+        headers = {"x-api-key": api_key, "anthropic-version": API_VERSION}
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        # Accept both "https://api.anthropic.com" and ".../v1" as the base URL.
+        base = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.http = JsonHttpClient(
+            self.name, base, headers, timeout=timeout, retry=retry, transport=transport
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return self.http.base_url + "/v1/messages"
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        started = time.perf_counter()
+        data = await self.http.post("/v1/messages", self._body(request))
+        response = self._parse(data, request)
+        return ModelResponse(
+            text=response.text,
+            tool_calls=response.tool_calls,
+            usage=response.usage,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            finish_reason=response.finish_reason,
+            model=response.model,
+            structured=response.structured,
+        )
+
+    # --- request --------------------------------------------------------------------------------------
+
+    def _body(self, request: ModelRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS, **self.parameters, **request.parameters}
+        body["model"] = request.model or self.model
+        system = [m.content for m in request.messages if m.role == "system" and m.content]
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+        if request.response_schema is not None:
+            tools.append(
+                {
+                    "name": RESPOND_TOOL,
+                    "description": "Give the final answer, as this tool's input.",
+                    "input_schema": _object_schema(request.response_schema),
+                }
+            )
+            if request.tools:
+                system.append(f"When you have the final answer, call the `{RESPOND_TOOL}` tool with it.")
+            else:
+                body["tool_choice"] = {"type": "tool", "name": RESPOND_TOOL}
+        if system:
+            body["system"] = "\n\n".join(system)
+        if tools:
+            body["tools"] = tools
+        body["messages"] = _messages(request.messages)
+        return body
+
+    # --- response -------------------------------------------------------------------------------------
+
+    def _parse(self, data: dict[str, Any], request: ModelRequest) -> ModelResponse:
+        def bad(what: str) -> ModelBadResponseError:
+            return ModelBadResponseError(self.name, self.endpoint, what)
+
+        content = data.get("content")
+        if not isinstance(content, list):
+            raise bad(f"the answer has no content list: {json.dumps(data)[:200]}")
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        structured: Any = None
+        for index, block in enumerate(content):
+            if not isinstance(block, dict):
+                raise bad(f"content block {index} is not an object")
+            if block.get("type") == "text":
+                texts.append(str(block.get("text", "")))
+            elif block.get("type") == "tool_use":
+                call = _tool_call(block, index, bad)
+                if request.response_schema is not None and call.name == RESPOND_TOOL:
+                    structured = _unwrap(call.arguments, request.response_schema)
+                else:
+                    calls.append(call)
+        text = "".join(texts) if texts else None
+        if structured is not None:
+            text = json.dumps(structured)
+        elif request.response_schema is not None and not calls:
+            structured = parse_structured(text)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return ModelResponse(
+            text=text,
+            tool_calls=tuple(calls),
+            usage=Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens"))),
+            finish_reason=data.get("stop_reason"),
+            model=data.get("model") if isinstance(data.get("model"), str) else None,
+            structured=structured,
+        )
+
+
+def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """Messages API turns: system messages go to `system`; tool results become `tool_result` blocks in a
+    user turn; adjacent turns of the same role merge, since the API wants user and assistant to alternate."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        role, blocks = _blocks(message)
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
+    if message.role == "tool":
+        block: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": message.tool_call_id,
+            "content": message.content,
+        }
+        if message.is_error:
+            block["is_error"] = True
+        return "user", [block]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    for call in message.tool_calls:
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
+    return message.role, blocks
+
+
+def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Tool inputs must be objects: a non-object answer schema is wrapped as {"value": ...}."""
+    if schema.get("type") == "object":
+        return schema
+    return {"type": "object", "properties": {"value": schema}, "required": ["value"]}
+
+
+def _unwrap(arguments: dict[str, Any], schema: dict[str, Any]) -> Any:
+    return arguments if schema.get("type") == "object" else arguments.get("value")
+
+
+def _tool_call(block: dict[str, Any], index: int, bad: Any) -> ToolCall:
+    name, call_id, arguments = block.get("name"), block.get("id"), block.get("input", {})
+    if not isinstance(name, str) or not name:
+        raise bad(f"tool_use block {index} has no name")
+    if not isinstance(call_id, str):
+        raise bad(f"tool_use block {index} has no id")
+    if not isinstance(arguments, dict):
+        return ToolCall(call_id, name, {}, error=f"the input is not a JSON object: {arguments!r:.200}")
+    return ToolCall(call_id, name, arguments)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

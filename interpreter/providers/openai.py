@@ -1,0 +1,194 @@
+"""OpenAI-compatible chat completions (OpenAI, Ollama, vLLM, llama.cpp server, LM Studio) over httpx.
+
+Structured output: `response_format: json_schema` first. Many compatible servers reject it; then the
+provider falls back to `json_object`, and then to a plain request, each with the schema spelled out in a
+system message, and remembers the mode that worked for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from ._http import JsonHttpClient, RetryPolicy
+from .base import (
+    Message,
+    ModelBadResponseError,
+    ModelRequest,
+    ModelRequestError,
+    ModelResponse,
+    ToolCall,
+    Usage,
+    parse_structured,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_SCHEMA_MODES = ("json_schema", "json_object", "plain")
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.model = model
+        self.parameters = dict(parameters or {})
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = JsonHttpClient(
+            self.name,
+            base_url or DEFAULT_BASE_URL,
+            headers,
+            timeout=timeout,
+            retry=retry,
+            transport=transport,
+        )
+        self._schema_mode = "json_schema"
+
+    @property
+    def endpoint(self) -> str:
+        return self.http.base_url + "/chat/completions"
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        started = time.perf_counter()
+        while True:
+            body = self._body(request, self._schema_mode)
+            try:
+                data = await self.http.post("/chat/completions", body)
+                break
+            except ModelRequestError as error:
+                if request.response_schema is None or not _rejects_format(error):
+                    raise
+                if self._schema_mode == _SCHEMA_MODES[-1]:
+                    raise
+                self._schema_mode = _SCHEMA_MODES[_SCHEMA_MODES.index(self._schema_mode) + 1]
+        response = self._parse(data, request)
+        latency = (time.perf_counter() - started) * 1000.0
+        return ModelResponse(
+            text=response.text,
+            tool_calls=response.tool_calls,
+            usage=response.usage,
+            latency_ms=latency,
+            finish_reason=response.finish_reason,
+            model=response.model,
+            structured=response.structured,
+        )
+
+    # --- request --------------------------------------------------------------------------------------
+
+    def _body(self, request: ModelRequest, schema_mode: str) -> dict[str, Any]:
+        messages = [_message(m) for m in request.messages]
+        body: dict[str, Any] = {**self.parameters, **request.parameters}
+        body["model"] = request.model or self.model
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in request.tools
+            ]
+        schema = request.response_schema
+        if schema is not None:
+            if schema_mode == "json_schema":
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": schema},
+                }
+            else:
+                if schema_mode == "json_object":
+                    body["response_format"] = {"type": "json_object"}
+                instruction = "Answer with only a JSON value (no prose) that matches this JSON Schema:\n"
+                messages.insert(0, {"role": "system", "content": instruction + json.dumps(schema)})
+        body["messages"] = messages
+        return body
+
+    # --- response -------------------------------------------------------------------------------------
+
+    def _parse(self, data: dict[str, Any], request: ModelRequest) -> ModelResponse:
+        def bad(what: str) -> ModelBadResponseError:
+            return ModelBadResponseError(self.name, self.endpoint, what)
+
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise bad(f"the answer has no choices: {json.dumps(data)[:200]}")
+        message = choices[0].get("message")
+        if not isinstance(message, dict):
+            raise bad("the first choice has no message")
+        text = message.get("content")
+        if text is not None and not isinstance(text, str):
+            raise bad(f"message content is not a string: {text!r:.100}")
+        calls = tuple(_tool_call(c, i, bad) for i, c in enumerate(message.get("tool_calls") or ()))
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        structured = parse_structured(text) if request.response_schema is not None and not calls else None
+        return ModelResponse(
+            text=text,
+            tool_calls=calls,
+            usage=Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))),
+            finish_reason=choices[0].get("finish_reason"),
+            model=data.get("model") if isinstance(data.get("model"), str) else None,
+            structured=structured,
+        )
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in message.tool_calls
+        ]
+    return out
+
+
+def _tool_call(raw: Any, index: int, bad: Any) -> ToolCall:
+    if not isinstance(raw, dict) or not isinstance(raw.get("function"), dict):
+        raise bad(f"tool call {index} is not an object with a function")
+    function = raw["function"]
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad(f"tool call {index} has no function name")
+    call_id = raw.get("id") if isinstance(raw.get("id"), str) else f"call_{index}"
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):  # some compatible servers send an object, not a string
+        return ToolCall(call_id, name, arguments)
+    try:
+        parsed = json.loads(arguments or "{}")
+    except (TypeError, ValueError):
+        return ToolCall(call_id, name, {}, error=f"the arguments are not valid JSON: {arguments!r:.200}")
+    if not isinstance(parsed, dict):
+        return ToolCall(call_id, name, {}, error=f"the arguments are not a JSON object: {arguments!r:.200}")
+    return ToolCall(call_id, name, parsed)
+
+
+def _rejects_format(error: ModelRequestError) -> bool:
+    """Whether a 4xx says the server does not support the response_format we sent."""
+    detail = str(getattr(error, "detail", "")).lower()
+    return getattr(error, "status", None) in (400, 404, 415, 422) and (
+        "response_format" in detail or "json_schema" in detail or "json_object" in detail
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

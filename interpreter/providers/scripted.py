@@ -1,0 +1,189 @@
+"""The `scripted` provider: answers from a YAML file of canned responses, matched by step id and turn.
+
+The file format is documented at the top of examples/sequential.responses.yaml. Entries sharing a step
+and turn are used in file order, one per call; a call with no entry left is a `ModelScriptError`. The
+file is checked whole when the provider is built, so a typo fails the run before any step runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .base import ModelConfigError, ModelRequest, ModelResponse, ModelScriptError, ToolCall, Usage
+
+_KEYS = {"step", "turn", "text", "json", "tool_calls", "usage"}
+_ANSWER_KEYS = ("text", "json", "tool_calls")
+
+
+@dataclass(frozen=True)
+class ScriptEntry:
+    step: str
+    turn: int
+    line: int
+    text: str | None = None
+    json: Any = None
+    is_json: bool = False
+    tool_calls: tuple[tuple[str, dict[str, Any]], ...] = ()
+    usage: Usage = Usage()
+
+
+class ScriptedProvider:
+    name = "scripted"
+
+    def __init__(self, *, responses: str | Path, model: str | None = None) -> None:
+        self.path = Path(responses)
+        self.model = model or "scripted"
+        self._entries = _load(self.path)
+        self._queues: dict[tuple[str, int], list[ScriptEntry]] = defaultdict(list)
+        for entry in self._entries:
+            self._queues[(entry.step, entry.turn)].append(entry)
+        self._used: dict[tuple[str, int], int] = defaultdict(int)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.path)
+
+    async def close(self) -> None:
+        return None
+
+    def mark_used(self, step: str, turn: int) -> None:
+        """Skip one entry for (step, turn): a resumed run calls this for each call it takes from the
+        event log instead of asking the provider, so the next live call gets the next entry."""
+        self._used[(step, turn)] += 1
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        key = (request.step, request.turn)
+        queue = self._queues.get(key, [])
+        index = self._used[key]
+        if index >= len(queue):
+            raise ModelScriptError(self.name, self.endpoint, self._no_entry(request, len(queue)))
+        self._used[key] += 1
+        return self._answer(queue[index], request, index)
+
+    def _no_entry(self, request: ModelRequest, available: int) -> str:
+        where = f"step {request.step!r} turn {request.turn}"
+        if available:
+            return f"scripted responses exhausted for {where} (all {available} entries used)"
+        steps = sorted({e.step for e in self._entries})
+        turns = sorted(e.turn for e in self._entries if e.step == request.step)
+        if turns:
+            return f"no scripted response for {where}; the file has turns {turns} for that step"
+        return f"no scripted response for {where}; the file has entries for steps {steps}"
+
+    def _answer(self, entry: ScriptEntry, request: ModelRequest, index: int) -> ModelResponse:
+        calls = tuple(
+            # Ids are deterministic, so a replayed run sees the same ids as the recorded one.
+            ToolCall(f"{entry.step}-{entry.turn}-{index + 1}-{n + 1}", name, args)
+            for n, (name, args) in enumerate(entry.tool_calls)
+        )
+        text, structured = entry.text, None
+        if entry.is_json:
+            text, structured = json.dumps(entry.json), entry.json
+        elif request.response_schema is not None and text is not None:
+            try:
+                structured = json.loads(text)
+            except ValueError:
+                structured = None
+        return ModelResponse(
+            text=text,
+            tool_calls=calls,
+            usage=entry.usage,
+            latency_ms=0.0,
+            finish_reason="tool_calls" if calls else "stop",
+            model=self.model,
+            structured=structured,
+        )
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> list[ScriptEntry]:
+    def fail(what: str) -> ModelConfigError:
+        return ModelConfigError("scripted", str(path), what)
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise fail("the responses file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read the responses file: {exc}") from None
+    try:
+        nodes = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise fail(f"the responses file is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("responses"), list):
+        raise fail("the responses file needs a top-level 'responses:' list")
+    lines = _entry_lines(nodes)
+    return [_entry(raw, lines[i] if i < len(lines) else 0, fail) for i, raw in enumerate(data["responses"])]
+
+
+def _entry_lines(root: Any) -> list[int]:
+    """1-based line of each entry of `responses`, for error messages."""
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if key.value == "responses" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def _entry(raw: Any, line: int, fail: Any) -> ScriptEntry:
+    where = f"entry at line {line}"
+    if not isinstance(raw, dict):
+        raise fail(f"{where}: each entry must be a mapping with step and text, json or tool_calls")
+    unknown = sorted(set(map(str, raw)) - _KEYS)
+    if unknown:
+        raise fail(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
+    step = raw.get("step")
+    if not isinstance(step, str) or not step:
+        raise fail(f"{where}: 'step' (the id of the agent or llm step) is required")
+    turn = raw.get("turn", 1)
+    if not isinstance(turn, int) or isinstance(turn, bool) or turn < 1:
+        raise fail(f"{where}: 'turn' must be an integer from 1, not {turn!r}")
+    answers = [k for k in _ANSWER_KEYS if k in raw]
+    if len(answers) != 1:
+        raise fail(f"{where}: needs exactly one of text, json, tool_calls (found {answers or 'none'})")
+    entry = ScriptEntry(step=step, turn=turn, line=line, usage=_usage(raw.get("usage"), where, fail))
+    if "text" in raw:
+        if not isinstance(raw["text"], str):
+            raise fail(f"{where}: 'text' must be a string; use 'json' for a structured answer")
+        return replace(entry, text=raw["text"])
+    if "json" in raw:
+        return replace(entry, json=raw["json"], is_json=True)
+    return replace(entry, tool_calls=_tool_calls(raw["tool_calls"], where, fail))
+
+
+def _tool_calls(raw: Any, where: str, fail: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if not isinstance(raw, list) or not raw:
+        raise fail(f"{where}: 'tool_calls' must be a non-empty list of {{name, args}}")
+    calls = []
+    for n, call in enumerate(raw, 1):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise fail(f"{where}: tool call {n} needs a 'name'")
+        extra = sorted(set(map(str, call)) - {"name", "args"})
+        if extra:
+            raise fail(f"{where}: tool call {n} has unknown key(s) {extra}; allowed: name, args")
+        args = call.get("args", {})
+        if not isinstance(args, dict):
+            raise fail(f"{where}: tool call {n} 'args' must be a mapping")
+        calls.append((call["name"], args))
+    return tuple(calls)
+
+
+def _usage(raw: Any, where: str, fail: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    if not isinstance(raw, dict) or set(map(str, raw)) - {"input_tokens", "output_tokens"}:
+        raise fail(f"{where}: 'usage' must be a mapping with input_tokens and output_tokens")
+    values = [raw.get("input_tokens", 0), raw.get("output_tokens", 0)]
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+        raise fail(f"{where}: usage token counts must be non-negative integers")
+    return Usage(values[0], values[1])

@@ -1,0 +1,98 @@
+"""What a run's log says happened to each node: the index that resume, fork and replay read.
+
+The log holds deltas; folding it in order gives, per runtime node path, the step's final status and
+output, its tool calls by attempt, its variable changes and its approval. Nothing else is needed to
+continue or re-check a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from interpreter import store as s
+
+
+@dataclass(slots=True)
+class ToolCall:
+    called: dict[str, Any] | None = None
+    completed: dict[str, Any] | None = None
+    failed: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    seq: int = 0  # seq of the node's last step-level event (orders vars deltas)
+    started: dict[str, Any] | None = None
+    status: str | None = None  # completed | failed | skipped (None: started, unfinished or cancelled)
+    output: Any = None
+    error: dict[str, Any] | None = None
+    skip: dict[str, Any] | None = None
+    attempts_failed: int = 0
+    tools: dict[int, ToolCall] = field(default_factory=dict)
+    vars_delta: dict[str, Any] | None = None
+    vars_seq: int = 0
+    approval_requested: tuple[dict[str, Any], str] | None = None
+    approval_decided: tuple[dict[str, Any], str] | None = None
+    iterations: set[int] = field(default_factory=set)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path.startswith(prefix + "/") or path.startswith(prefix + "[")
+
+
+def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
+    """Fold events into one record per node path (insertion order: first appearance)."""
+    records: dict[str, NodeRecord] = {}
+    for event in events:
+        kind, path, payload = event.kind, event.node_path, event.payload
+        if not path or kind.startswith("run."):
+            continue
+        rec = records.get(path)
+        if rec is None:
+            rec = records[path] = NodeRecord()
+        payload = payload if isinstance(payload, dict) else {}
+        if kind == s.STEP_STARTED:
+            if rec.started is None:
+                rec.started = payload
+        elif kind == s.STEP_COMPLETED:
+            rec.status, rec.output, rec.error, rec.seq = "completed", payload.get("output"), None, event.seq
+        elif kind == s.STEP_FAILED:
+            rec.status, rec.error, rec.seq = "failed", payload.get("error"), event.seq
+        elif kind == s.STEP_SKIPPED:
+            if payload.get("reason") != "cancelled":  # a cancelled step did not finish: it may run again
+                rec.status, rec.skip, rec.seq = "skipped", payload, event.seq
+        elif kind == s.STEP_RETRYING:
+            rec.attempts_failed = int(payload.get("attempt", rec.attempts_failed + 1))
+            rec.status = None
+            _forget_descendants(records, path)  # the next attempt runs the children again
+        elif kind in (s.TOOL_CALLED, s.TOOL_COMPLETED, s.TOOL_FAILED):
+            call = rec.tools.setdefault(int(payload.get("attempt", 1)), ToolCall())
+            if kind == s.TOOL_CALLED:
+                call.called, call.completed, call.failed = payload, None, None
+            elif kind == s.TOOL_COMPLETED:
+                call.completed = payload
+            else:
+                call.failed = payload
+        elif kind == s.VARS_SET:
+            delta = payload.get("vars")
+            if isinstance(delta, dict):
+                rec.vars_delta = {**(rec.vars_delta or {}), **delta}
+                rec.vars_seq = event.seq
+        elif kind == s.APPROVAL_REQUESTED:
+            rec.approval_requested, rec.approval_decided = (payload, event.ts), None
+        elif kind == s.APPROVAL_DECIDED:
+            rec.approval_decided = (payload, event.ts)
+        elif kind == s.LOOP_ITERATION and isinstance(payload.get("index"), int):
+            rec.iterations.add(payload["index"])
+    return records
+
+
+def _forget_descendants(records: dict[str, NodeRecord], path: str) -> None:
+    for key in [k for k in records if _under(k, path)]:
+        del records[key]
+
+
+def descendants(records: dict[str, NodeRecord], path: str) -> list[tuple[str, NodeRecord]]:
+    return [(k, r) for k, r in records.items() if _under(k, path)]

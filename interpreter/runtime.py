@@ -1,0 +1,145 @@
+"""Types shared by the engine, the step runners and the tool layer: options, results and the errors
+that travel through a run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from interpreter.policy import PolicyError
+
+
+class RunSetupError(Exception):
+    """A run cannot start: bad input, a disallowed module, a missing secret, an unknown run or node.
+    The CLI exits 2 for these."""
+
+
+class InputError(RunSetupError):
+    """The run input does not match the workflow's input schema."""
+
+
+class SetupPolicyError(RunSetupError, PolicyError):
+    """A python tool's module is not allowed (found before the run starts)."""
+
+
+class StepError(Exception):
+    """A step failed. `code` is what `retry.on` and `catch` match: timeout, tool, http, model, expression,
+    denied, cancelled, unsupported, workflow, or a `fail` step's own code."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        type: str = "StepError",  # noqa: A002 - the error object's member name
+        category: str | None = None,
+        retryable: bool = True,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.type = type
+        self.category = category
+        self.retryable = retryable
+        self.details = details
+        self.step: str | None = None
+        self.node_path: str | None = None
+
+    def kinds(self) -> set[str]:
+        return {self.code} | ({self.category} if self.category else set())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type,
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+            "step": self.step,
+            "node_path": self.node_path,
+        }
+        if self.category:
+            out["category"] = self.category
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+    def binding(self) -> dict[str, Any]:
+        """What `catch` sees as its `as` variable."""
+        return {"code": self.code, "message": self.message, "step": self.step}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepError:
+        err = cls(
+            str(data.get("code") or "failed"),
+            str(data.get("message") or ""),
+            type=str(data.get("type") or "StepError"),
+            category=data.get("category"),
+            retryable=bool(data.get("retryable", True)),
+            details=data.get("details"),
+        )
+        err.step, err.node_path = data.get("step"), data.get("node_path")
+        return err
+
+
+class Suspend(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The run waits for people: raised by approval steps, collected by composite steps."""
+
+    def __init__(self, pending: list[str]) -> None:
+        super().__init__(", ".join(pending))
+        self.pending = pending
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """What the CLI shows live. kind: started, completed, failed, skipped, retrying, waiting, item."""
+
+    kind: str
+    node_path: str
+    step_kind: str = ""
+    detail: Any = None
+
+
+@dataclass
+class RunOptions:
+    principal: str | None = None
+    claims: dict[str, Any] | None = None
+    allow_modules: tuple[str, ...] = ()
+    durability: Literal["normal", "full"] = "normal"
+    progress: Callable[[ProgressEvent], None] | None = None
+    model_overrides: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: Literal["completed", "failed", "waiting", "cancelled", "running"]
+    output: Any
+    error: dict[str, Any] | None
+    pending: list[str] = field(default_factory=list)  # node paths waiting for approval
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "output": self.output, "error": self.error}
+
+
+@dataclass
+class Divergence:
+    node_path: str
+    expected: Any
+    got: Any
+    reason: str
+
+
+@dataclass
+class ReplayResult:
+    run_id: str
+    ok: bool
+    divergence: Divergence | None
+    events_checked: int
+
+
+class Diverged(Exception):  # noqa: N818 - control flow of replay
+    def __init__(self, divergence: Divergence) -> None:
+        super().__init__(divergence.reason)
+        self.divergence = divergence

@@ -1,0 +1,482 @@
+"""Step runners, one per step kind, in a registry the agents feature extends (`register_step_runner`).
+
+A runner is `async (execution, node, scope, path, attempt) -> natural result`. The engine around it
+handles `if`, `retry`, `timeout`, the `output` mapping and the step's events; a runner only emits
+the events of what happens inside (tool calls, decisions, iterations, variable changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dsl.model import parse_duration
+from interpreter import store as s
+from interpreter.engine import Execution, Scope
+from interpreter.runtime import StepError, Suspend
+from interpreter.tools import call_http, call_python, validate_args
+
+StepRunner = Callable[[Execution, Any, Scope, str, int], Awaitable[Any]]
+STEP_RUNNERS: dict[str, StepRunner] = {}
+
+
+def register_step_runner(kind: str, runner: StepRunner) -> None:
+    """Install (or replace) the runner of a step kind."""
+    STEP_RUNNERS[kind] = runner
+
+
+def runner(kind: str) -> Callable[[StepRunner], StepRunner]:
+    def register(fn: StepRunner) -> StepRunner:
+        register_step_runner(kind, fn)
+        return fn
+
+    return register
+
+
+def _text(value: Any) -> str:
+    from dsl.templates import to_text
+
+    return value if isinstance(value, str) else to_text(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# tool
+
+
+@runner("tool")
+async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    name = node.step.tool
+    compiled = ex.graph.tools.get(name) if ex.graph.tools else None
+    tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
+    args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
+    key = f"{ex.run_id}/{path}/{attempt}"
+    validate_args(name, tool.args, args, ex.schema_cache)
+    if ex.replaying:
+        return _replayed_call(ex, path, attempt, name, tool, args)
+    called = {"tool": name, "attempt": attempt, "idempotency_key": key, "args": args, "effect": tool.effect}
+    python = ex.python_tool(name, tool.python) if tool.python else None
+    if python is not None and python.code:
+        called["code"] = python.code
+    if tool.effect == "write":
+        # Write-ahead: the intent is durable before the side effect, so recovery knows it was in flight.
+        ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, ex.actor))
+    else:
+        ex.emit(s.TOOL_CALLED, path, called, ex.actor)
+    t0 = time.perf_counter()
+    try:
+        result = await _call(ex, name, tool, compiled, python, args, key, scope)
+    except StepError as err:
+        err.step, err.node_path = node.id, path
+        ex.emit(
+            s.TOOL_FAILED,
+            path,
+            {
+                "tool": name,
+                "attempt": attempt,
+                "idempotency_key": key,
+                "error": err.to_dict(),
+                "duration_ms": (time.perf_counter() - t0) * 1000,
+            },
+        )
+        raise
+    ex.emit(
+        s.TOOL_COMPLETED,
+        path,
+        {
+            "tool": name,
+            "attempt": attempt,
+            "idempotency_key": key,
+            "result": result,
+            "duration_ms": (time.perf_counter() - t0) * 1000,
+        },
+    )
+    return result
+
+
+async def _call(
+    ex: Execution, name: str, tool: Any, compiled: Any, python: Any, args: Any, key: str, scope: Scope
+) -> Any:
+    timeout = parse_duration(tool.timeout) if tool.timeout else None
+    if python is not None:
+        call = call_python(python, args, key)
+    elif tool.http is not None:
+        bindings = {"args": args, **ex.bindings(scope)}
+        values = compiled.values if compiled is not None else {}
+        call = call_http(name, tool.http, values, bindings, args, key, await ex.http())
+    else:
+        kind = "mcp" if tool.mcp is not None else "workflow"
+        raise StepError("unsupported", f"tool '{name}': {kind} tools are not supported yet", retryable=False)
+    if timeout is None:
+        return await call
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except TimeoutError:
+        raise StepError(
+            "timeout", f"tool '{name}' timed out after {tool.timeout}", type="ToolError", category="tool"
+        ) from None
+
+
+def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool: Any, args: Any) -> Any:
+    rec = ex.records.get(path)
+    call = rec.tools.get(attempt) if rec is not None else None
+    ex.checked += 1
+    if call is None or call.called is None:
+        ex.diverge(path, None, {"tool": name, "args": args}, "this tool call is not in the recorded run")
+    assert call is not None and call.called is not None
+    if call.called.get("tool") != name:
+        ex.diverge(path, call.called.get("tool"), name, "a different tool is called")
+    if call.called.get("args") != args:
+        ex.diverge(path, call.called.get("args"), args, f"the arguments of tool '{name}' differ")
+    recorded_code = call.called.get("code")
+    if tool.python and recorded_code:
+        current = ex.current_code(tool.python)
+        if current is not None and current != recorded_code:
+            ex.diverge(path, recorded_code, current, f"the code of tool '{name}' ({tool.python}) changed")
+    if call.completed is not None:
+        return call.completed.get("result")
+    if call.failed is not None:
+        raise StepError.from_dict(call.failed.get("error") or {})
+    ex.diverge(path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# set, fail, steps
+
+
+@runner("set")
+async def run_set(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set")
+    ex.vars = {**ex.vars, **delta}
+    ex.emit(s.VARS_SET, path, {"vars": delta})
+    return delta
+
+
+@runner("fail")
+async def run_fail(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    spec = node.step.fail
+    message = _text(ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message"))
+    raise StepError(spec.code, message, type="Failure")
+
+
+@runner("steps")
+async def run_steps(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    return await ex.exec_block(node.blocks[0], scope)
+
+
+# --------------------------------------------------------------------------------------------------
+# switch, try
+
+
+@runner("switch")
+async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    for block in node.blocks:
+        if block.when is None or ex.condition(block.when, scope, f"step '{node.id}': when"):
+            ex.emit(
+                s.DECISION,
+                path,
+                {
+                    "step": "switch",
+                    "expression": block.when.source if block.when is not None else "default",
+                    "values": {},
+                    "result": True,
+                    "chosen": block.label,
+                },
+            )
+            return await ex.exec_block(block, scope)
+    ex.emit(
+        s.DECISION, path, {"step": "switch", "expression": "", "values": {}, "result": False, "chosen": None}
+    )
+    return None
+
+
+@runner("try")
+async def run_try(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    body = next(b for b in node.blocks if b.label == "body")
+    catch = next((b for b in node.blocks if b.label == "catch"), None)
+    inner = Scope(scope.steps, scope.locals, scope.static, scope.runtime, path)
+    try:
+        return await ex.exec_block(body, inner)
+    except StepError as err:
+        if catch is None:
+            raise
+        name = node.step.try_.catch.as_
+        handler = Scope(
+            scope.steps, {**scope.locals, name: err.binding()}, scope.static, scope.runtime, scope.catcher
+        )
+        return await ex.exec_block(catch, handler)
+
+
+# --------------------------------------------------------------------------------------------------
+# parallel, for_each, loop
+
+
+async def _cancel(tasks: set[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@runner("parallel")
+async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    spec = node.step.parallel
+    blocks = node.blocks
+    need = len(blocks) if spec.join == "all" else 1 if spec.join == "any" else int(spec.n)
+    tasks = {asyncio.ensure_future(ex.exec_block(block, scope)): i for i, block in enumerate(blocks)}
+    outputs: list[Any] = [None] * len(blocks)
+    done_ok: list[int] = []
+    failed: list[int] = []
+    suspended: list[str] = []
+    first_error: StepError | None = None
+    pending = set(tasks)
+    try:
+        while pending and len(done_ok) < need:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                i = tasks[task]
+                exc = task.exception()
+                if exc is None:
+                    outputs[i] = task.result()
+                    done_ok.append(i)
+                elif isinstance(exc, Suspend):
+                    suspended.extend(exc.pending)
+                elif isinstance(exc, StepError):
+                    failed.append(i)
+                    first_error = first_error or exc
+                else:
+                    raise exc
+            if first_error is not None and spec.on_failure == "fail":
+                break
+            if len(done_ok) + len(pending) + (len(suspended) > 0) < need and not suspended:
+                break
+    finally:
+        cancelled = [tasks[t] for t in pending]
+        await _cancel(pending)
+    labels = [b.label for b in blocks]
+    ex.emit(
+        s.PARALLEL_JOINED,
+        path,
+        {
+            "join": spec.join.replace("-", "_"),
+            "n": spec.n,
+            "completed": [labels[i] for i in sorted(done_ok)],
+            "failed": [labels[i] for i in sorted(failed)],
+            "cancelled": [labels[i] for i in sorted(cancelled)],
+        },
+    )
+    if len(done_ok) < need:
+        if first_error is not None and (spec.on_failure == "fail" or not suspended):
+            raise first_error
+        if suspended:
+            raise Suspend(suspended)
+        raise StepError("parallel", f"only {len(done_ok)} of the {need} branches needed succeeded")
+    if isinstance(spec.branches, dict):
+        return dict(zip(spec.branches.keys(), outputs, strict=True))
+    return outputs
+
+
+@runner("for_each")
+async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    spec = node.step.for_each
+    items = ex.evaluate(node.values["in"], scope, f"step '{node.id}': in")
+    if not isinstance(items, list):
+        raise StepError(
+            "expression",
+            f"step '{node.id}': `in` must be a list, got {type(items).__name__}",
+            retryable=False,
+        )
+    body = node.blocks[0]
+    rec = ex.records.get(path)
+    seen = rec.iterations if rec is not None and not ex.write_reused else set()
+    results: list[Any] = [None] * len(items)
+    done = [0]
+
+    async def one(i: int, item: Any) -> None:
+        inner = scope.iteration(node, path, i, {spec.as_: item, spec.index_as: i})
+        if i not in seen:
+            ex.emit(s.LOOP_ITERATION, path, {"index": i, "item": item})
+        results[i] = await ex.exec_block(body, inner)
+        done[0] += 1
+        ex.notify("item", path, "for_each", (done[0], len(items)))
+
+    if spec.concurrency == 1 or len(items) <= 1:
+        for i, item in enumerate(items):
+            await one(i, item)
+        return results
+    semaphore = asyncio.Semaphore(spec.concurrency)
+
+    async def limited(i: int, item: Any) -> None:
+        async with semaphore:
+            await one(i, item)
+
+    tasks = [asyncio.ensure_future(limited(i, item)) for i, item in enumerate(items)]
+    suspended: list[str] = []
+    error: BaseException | None = None
+    pending = set(tasks)
+    try:
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in finished:
+                exc = task.exception()
+                if isinstance(exc, Suspend):
+                    suspended.extend(exc.pending)
+                elif exc is not None and error is None:
+                    error = exc
+            if error is not None:
+                break
+    finally:
+        await _cancel(pending)
+    if error is not None:
+        raise error
+    if suspended:
+        raise Suspend(suspended)
+    return results
+
+
+@runner("loop")
+async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    spec = node.step.loop
+    until = node.conditions.get("until")
+    body = node.blocks[0]
+    rec = ex.records.get(path)
+    seen = rec.iterations if rec is not None and not ex.write_reused else set()
+    out = None
+    for i in range(spec.max_iterations):
+        inner = scope.iteration(node, path, i, {"index": i})
+        if i not in seen:
+            ex.emit(s.LOOP_ITERATION, path, {"index": i})
+        out = await ex.exec_block(body, inner)
+        if until is not None and ex.condition(until, inner, f"step '{node.id}': until"):
+            ex.emit(
+                s.DECISION,
+                path,
+                {
+                    "step": "loop",
+                    "expression": until.source,
+                    "values": {"index": i},
+                    "result": True,
+                    "chosen": "exit",
+                },
+            )
+            break
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# approval, workflow, agent, llm
+
+
+@runner("approval")
+async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    spec = node.step.approval
+    rec = ex.records.get(path)
+    if rec is not None and rec.approval_requested is not None and rec.approval_decided is None:
+        expired = _expired(rec.approval_requested[0])
+        if expired and not ex.replaying:
+            decision = "approved" if spec.on_timeout == "approve" else "denied"
+            payload = {"decision": decision, "by": "system:timeout", "reason": "the approval timed out"}
+            ex.commit(s.NewEvent(s.APPROVAL_DECIDED, path, payload, {"sub": "system:timeout"}))
+            rec.approval_decided = (payload, s.utc_now())
+        else:
+            raise Suspend([path])
+    if rec is not None and rec.approval_decided is not None:
+        decided, at = rec.approval_decided
+        ex.checked += ex.replaying
+        if decided.get("decision") != "approved":
+            why = f": {decided['reason']}" if decided.get("reason") else ""
+            raise StepError(
+                "denied", f"denied by {decided.get('by')}{why}", type="ApprovalDenied", retryable=False
+            )
+        return {"approved": True, "by": decided.get("by"), "reason": decided.get("reason"), "at": at}
+    if ex.replaying:
+        ex.diverge(path, None, "approval requested", "this approval is not in the recorded run")
+    message = _text(ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message"))
+    payload: dict[str, Any] = {"message": message, "approvers": list(spec.approvers), "data": None}
+    if spec.timeout:
+        payload["expires_at"] = (
+            datetime.now(UTC) + timedelta(seconds=parse_duration(spec.timeout))
+        ).isoformat()
+    ex.commit(s.NewEvent(s.APPROVAL_REQUESTED, path, payload))
+    ex.notify("waiting", path, "approval", message)
+    raise Suspend([path])
+
+
+def _expired(request: dict[str, Any]) -> bool:
+    expires = request.get("expires_at")
+    if not isinstance(expires, str):
+        return False
+    try:
+        return datetime.now(UTC) >= datetime.fromisoformat(expires)
+    except ValueError:
+        return False
+
+
+@runner("workflow")
+async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    from interpreter.engine import continue_run, start_run
+
+    call = node.step.workflow
+    inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input") or {}
+    if ex.replaying:
+        rec = ex.records.get(path)
+        return rec.output if rec is not None else None
+    child_id = _existing_child(ex, path)
+    if child_id is not None:
+        result = await continue_run(child_id, ex.store, ex.options, "manual")
+    else:
+        base = Path(ex.file).parent if ex.file else Path.cwd()
+        target = (base / call.path).resolve()
+        from dsl import diagnostics
+        from dsl.frontend import compile_file
+
+        graph, diags = compile_file(target)
+        errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
+        if graph is None or errors:
+            raise StepError(
+                "workflow",
+                f"workflow {call.path} does not compile: {diagnostics.format_text(errors or diags)}",
+                retryable=False,
+            )
+        ex.commit()  # the parent's started events precede the child run
+        try:
+            result = await start_run(graph, inputs, ex.store, ex.options, parent=(ex.run_id, path))
+        except Exception as exc:  # noqa: BLE001 - bad child input, policy, secrets
+            raise StepError("workflow", f"workflow {call.path}: {exc}", retryable=False) from None
+    if result.status == "waiting":
+        raise Suspend([path])
+    if result.status != "completed":
+        message = (result.error or {}).get("message", result.status)
+        raise StepError(
+            "workflow", f"child run {result.run_id} failed: {message}", details={"run_id": result.run_id}
+        )
+    return result.output
+
+
+def _existing_child(ex: Execution, path: str) -> str | None:
+    db = getattr(ex.store, "db", None)
+    if db is None:
+        return None
+    rows = db.execute(
+        "SELECT run_id FROM runs WHERE parent_run_id = ? AND parent_node = ? ORDER BY created_at DESC LIMIT 1",
+        [ex.run_id, path],
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+async def _needs_agents(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    raise StepError(
+        "unsupported",
+        f"{node.kind} steps need the agents feature (issue 5)",
+        type="Unsupported",
+        retryable=False,
+    )
+
+
+register_step_runner("agent", _needs_agents)
+register_step_runner("llm", _needs_agents)

@@ -1,0 +1,298 @@
+"""Calling tools: Python callables (sync ones on daemon worker threads, async ones awaited) and HTTP
+requests through httpx. Every failure comes back as a `StepError` with a message fit for a person."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import importlib
+import inspect
+import json
+import queue
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsl.model import parse_duration
+from interpreter.hashing import sha256_hex
+from interpreter.policy import ModulePolicy
+from interpreter.runtime import StepError
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+# --------------------------------------------------------------------------------------------------
+# A pool of daemon threads: a hanging tool that a timeout cut off must not keep the process alive at
+# exit (concurrent.futures joins its workers at interpreter shutdown).
+
+
+class _DaemonPool:
+    def __init__(self, max_workers: int = 256) -> None:
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._max = max_workers
+
+    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        future = loop.create_future()
+        self._work.put((loop, future, fn))
+        with self._lock:  # reserve an idle worker, or start one
+            if self._idle > 0:
+                self._idle -= 1
+            elif self._threads < self._max:
+                self._threads += 1
+                threading.Thread(target=self._worker, name="charter-tool", daemon=True).start()
+        return future
+
+    def _worker(self) -> None:
+        while True:
+            loop, future, fn = self._work.get()
+            try:
+                result, error = fn(), None
+            except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting step
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop closed while this call hung
+                pass
+            with self._lock:
+                self._idle += 1
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+_POOL = _DaemonPool()
+
+
+# --------------------------------------------------------------------------------------------------
+# Python tools
+
+
+@dataclass(frozen=True, slots=True)
+class PythonTarget:
+    module: str
+    qualname: str
+
+    @classmethod
+    def parse(cls, text: str) -> PythonTarget:
+        module, _, qualname = text.partition(":")
+        return cls(module, qualname)
+
+
+def find_module_file(module: str, roots: list[Path]) -> Path | None:
+    """The source file of a module, found without importing anything."""
+    parts = module.split(".")
+    for root in [*roots, *(Path(p) for p in sys.path if p)]:
+        base = root.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def code_digest(target: str, roots: list[Path]) -> str | None:
+    """SHA-256 of the source of a tool function (the whole module when the function's definition is not
+    found), read without importing: replay compares it to tell that a tool's code changed."""
+    parsed = PythonTarget.parse(target)
+    path = find_module_file(parsed.module, roots)
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    body: list[ast.stmt] = tree.body
+    node: ast.AST | None = None
+    for name in parsed.qualname.split("."):
+        node = next(
+            (
+                n
+                for n in body
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == name
+            ),
+            None,
+        )
+        if node is None:
+            return sha256_hex(text)
+        body = getattr(node, "body", [])
+    segment = ast.get_source_segment(text, node) if node is not None else None
+    return sha256_hex(segment or text)
+
+
+@dataclass
+class PythonTool:
+    name: str
+    target: str
+    fn: Callable[..., Any]
+    is_async: bool
+    takes_key: bool
+    code: str | None
+
+
+def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
+    """Check the module against the policy, then import it and find the callable."""
+    parsed = PythonTarget.parse(target)
+    allowance = policy.check(parsed.module, name)
+    roots = policy.import_roots(allowance)
+    for root in reversed(roots):
+        text = str(root)
+        if text not in sys.path:
+            sys.path.insert(0, text)
+    try:
+        obj: Any = importlib.import_module(parsed.module)
+        for part in parsed.qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # noqa: BLE001 - any import-time failure is a clear step error
+        raise StepError(
+            "tool", f"tool '{name}': cannot load {target}: {type(exc).__name__}: {exc}", type="ToolError"
+        ) from None
+    if not callable(obj):
+        raise StepError("tool", f"tool '{name}': {target} is not callable", type="ToolError")
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    return PythonTool(
+        name=name,
+        target=target,
+        fn=obj,
+        is_async=inspect.iscoroutinefunction(obj),
+        takes_key="idempotency_key" in params,
+        code=code_digest(target, roots),
+    )
+
+
+def normalise_result(name: str, value: Any) -> Any:
+    """A tool's result as plain JSON, or a step error when it does not serialise."""
+    if type(value) in _SCALARS:
+        if type(value) is float and (value != value or value in (float("inf"), float("-inf"))):
+            raise StepError("tool", f"tool '{name}' returned {value}, which is not JSON", type="ToolError")
+        return value
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StepError(
+            "tool", f"tool '{name}' returned a value that does not serialise to JSON: {exc}", type="ToolError"
+        ) from None
+
+
+async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
+    kwargs = dict(args)
+    if tool.takes_key:
+        kwargs["idempotency_key"] = key
+    try:
+        if tool.is_async:
+            result = await tool.fn(**kwargs)
+        else:
+            fn = tool.fn
+            result = await _POOL.submit(asyncio.get_running_loop(), lambda: fn(**kwargs))
+    except StepError:
+        raise
+    except TypeError as exc:
+        raise StepError("tool", f"tool '{tool.name}': {exc}", type="ToolError") from None
+    except Exception as exc:  # noqa: BLE001 - the tool's own failure becomes the step's error
+        raise StepError(
+            "tool", f"tool '{tool.name}' raised {type(exc).__name__}: {exc}", type="ToolError"
+        ) from None
+    return normalise_result(tool.name, result)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP tools
+
+
+async def call_http(
+    name: str,
+    spec: Any,
+    values: Mapping[str, Any],
+    bindings: Mapping[str, Any],
+    args: dict[str, Any],
+    key: str,
+    client: Any,
+) -> Any:
+    """One request; a non-2xx answer is a tool error that carries the status."""
+    import httpx
+
+    from dsl.expr import from_cel
+
+    def value(field: str, default: Any) -> Any:
+        compiled = values.get(field)
+        return default if compiled is None else from_cel(compiled.evaluate(bindings))
+
+    try:
+        url = value("url", spec.url)
+        headers = {str(k): str(v) for k, v in (value("headers", spec.headers) or {}).items()}
+        headers.setdefault("Idempotency-Key", key)
+        query = value("query", spec.query) or {}
+        body = value("body", spec.body)
+        payload = value("json", spec.json_)
+    except Exception as exc:  # noqa: BLE001 - an expression error in the tool definition
+        raise StepError("expression", f"tool '{name}': {exc}", type="ExpressionError") from None
+    if payload is None and body is None and spec.method in ("POST", "PUT", "PATCH"):
+        payload = args
+    timeout = parse_duration(spec.timeout) if spec.timeout else 30.0
+    try:
+        response = await client.request(
+            spec.method,
+            str(url),
+            headers=headers,
+            params=query,
+            json=payload if body is None else None,
+            content=None if body is None else str(body),
+            timeout=timeout,
+        )
+    except httpx.TimeoutException:
+        raise StepError(
+            "timeout", f"tool '{name}': {spec.method} {url} timed out", type="ToolError", category="tool"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise StepError(
+            "http", f"tool '{name}': {spec.method} {url} failed: {exc}", type="ToolError", category="tool"
+        ) from None
+    if not 200 <= response.status_code < 300:
+        raise StepError(
+            "http",
+            f"tool '{name}': {spec.method} {url} answered HTTP {response.status_code}: {response.text[:200]}",
+            type="ToolError",
+            category="tool",
+            retryable=response.status_code >= 500 or response.status_code == 429,
+            details={"status": response.status_code},
+        )
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            return response.json()
+        except ValueError:
+            return response.text
+    return response.text
+
+
+def validate_args(name: str, schema: dict[str, Any] | None, args: Any, cache: dict[str, Any]) -> None:
+    """Check a call's arguments against the tool's `args` JSON Schema."""
+    if schema is None:
+        return
+    validator = cache.get(name)
+    if validator is None:
+        from jsonschema import Draft202012Validator
+
+        validator = cache[name] = Draft202012Validator(schema)
+    error = next(iter(validator.iter_errors(args)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise StepError(
+            "tool",
+            f"tool '{name}': invalid arguments{f' at {where}' if where else ''}: {error.message}",
+            type="ToolError",
+            retryable=False,
+        )

@@ -1,0 +1,213 @@
+"""The `charter` run commands as a user runs them: real processes, a real SQLite file, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+APPROVAL_INPUT = json.dumps(
+    {"employee": "ann", "items": [{"category": "travel", "amount": 900}, {"category": "hotel", "amount": 300}]}
+)
+
+TOOLS = """
+import json, os
+
+def effect(name, log):
+    with open(log, "a") as f:
+        f.write(json.dumps({"effect": name}) + "\\n")
+    if os.environ.get("H10_CRASH_AT") == name:
+        os._exit(9)  # a crash in the middle of the run, right after the side effect
+    return name.upper()
+"""
+
+
+def charter(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db"), **(env or {})}
+    full_env.pop("CHARTER_ALLOW_MODULES", None)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def run_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return json.loads(proc.stdout)
+
+
+def test_run_example_prints_output_and_progress(tmp_path: Path) -> None:
+    proc = charter("run", str(EXAMPLES / "tools_pipeline.yaml"), "--allow-module", "examples.*", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"] == 360.5
+    assert "✓ totals" in proc.stderr and "priced" in proc.stderr
+    assert (tmp_path / "charter.db").exists()
+
+
+def test_run_json_db_option_runs_log_verify_replay(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere.db"
+    proc = charter(
+        "run", str(EXAMPLES / "tools_pipeline.yaml"), "--allow-module", "examples.*", "--json", "--db", str(db),
+        "--durability", "full", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = run_json(proc)
+    assert result["status"] == "completed" and result["error"] is None and result["output"]["count"] == 4
+    run_id = result["run_id"]
+    listed = charter("runs", "--db", str(db), cwd=tmp_path)
+    assert run_id in listed.stdout and "completed" in listed.stdout
+    log = charter("log", run_id, "--db", str(db), cwd=tmp_path)
+    assert "run.started" in log.stdout and "run.completed" in log.stdout
+    log_json = charter("log", run_id, "--json", "--db", str(db), cwd=tmp_path)
+    events = [json.loads(line) for line in log_json.stdout.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    verify = charter("verify", run_id, "--db", str(db), cwd=tmp_path)
+    assert verify.returncode == 0 and "intact" in verify.stdout
+    replay = charter("replay", run_id, "--db", str(db), cwd=tmp_path)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
+def test_exit_codes_for_bad_input_file_and_module(tmp_path: Path) -> None:
+    bad_input = charter("run", str(EXAMPLES / "approval.yaml"), "--input", '{"items": 3}', cwd=tmp_path)
+    assert bad_input.returncode == 2 and "input" in bad_input.stderr
+    not_json = charter("run", str(EXAMPLES / "approval.yaml"), "--input", "{nope", cwd=tmp_path)
+    assert not_json.returncode == 2
+    broken = tmp_path / "broken.yaml"
+    broken.write_text('charter: "1.0"\nname: broken\nsteps: 3\n')
+    assert charter("run", str(broken), cwd=tmp_path).returncode == 2
+    refused = charter("run", str(EXAMPLES / "approval.yaml"), "--input", APPROVAL_INPUT, cwd=tmp_path)
+    assert refused.returncode == 2 and "not allowed" in refused.stderr
+    assert "Traceback" not in refused.stderr + bad_input.stderr
+
+
+def test_failed_run_exits_1(tmp_path: Path) -> None:
+    flow = tmp_path / "failing.yaml"
+    flow.write_text('charter: "1.0"\nname: failing\nsteps:\n  - {id: stop, fail: {message: "no way", code: nope}}\n')
+    proc = charter("run", str(flow), "--json", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert run_json(proc)["error"]["code"] == "nope" and "no way" in proc.stderr
+
+
+def test_approval_across_processes(tmp_path: Path) -> None:
+    first = charter(
+        "run", str(EXAMPLES / "approval.yaml"), "--input", APPROVAL_INPUT, "--allow-module", "examples.*", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert first.returncode == 3, first.stderr
+    run_id = run_json(first)["run_id"]
+    assert "finance_ok" in first.stderr
+    wrong = charter("approve", run_id, "nowhere", "--as", "bob", cwd=tmp_path)
+    assert wrong.returncode == 2 and "finance_ok" in wrong.stderr
+    done = charter(
+        "approve", run_id, "finance_ok", "--as", "bob", "--reason", "receipts ok", "--allow-module", "examples.*",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert run_json(done)["output"] == {"booking": "EXP-ANN-120000", "total": 1200.0}
+    log = charter("log", run_id, "--json", cwd=tmp_path)
+    decided = [json.loads(line) for line in log.stdout.splitlines() if '"approval.decided"' in line]
+    assert decided[0]["payload"]["by"] == "bob" and decided[0]["payload"]["reason"] == "receipts ok"
+    assert charter("verify", run_id, cwd=tmp_path).returncode == 0
+
+
+def test_deny_exits_1(tmp_path: Path) -> None:
+    first = charter(
+        "run", str(EXAMPLES / "approval.yaml"), "--input", APPROVAL_INPUT, "--allow-module", "examples.*", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    run_id = run_json(first)["run_id"]
+    denied = charter("approve", run_id, "finance_ok", "--as", "bob", "--deny", "--allow-module", "examples.*", cwd=tmp_path)
+    assert denied.returncode == 1 and "denied by bob" in denied.stderr
+
+
+def _crashy(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "h10_cli_tools.py").write_text(TOOLS)
+    log = tmp_path / "effects.jsonl"
+    flow = tmp_path / "crashy.yaml"
+    steps = "\n".join(
+        f'  - {{id: {n}, tool: effect, args: {{name: {n}, log: "{log}"}}}}' for n in ("a", "b", "c", "d")
+    )
+    flow.write_text(
+        textwrap.dedent(
+            """\
+            charter: "1.0"
+            name: crashy
+            tools:
+              effect: {python: "h10_cli_tools:effect", effect: write}
+            steps:
+            """
+        )
+        + steps
+        + '\noutput: {all: "${{ [steps.a.output, steps.b.output, steps.c.output, steps.d.output] }}"}\n'
+    )
+    return flow, log
+
+
+def test_crash_then_resume_completes_without_repeating(tmp_path: Path) -> None:
+    flow, log = _crashy(tmp_path)
+    crashed = charter("run", str(flow), "--allow-module", "h10_cli_tools", cwd=tmp_path, env={"H10_CRASH_AT": "c"})
+    assert crashed.returncode == 9
+    db = sqlite3.connect(tmp_path / "charter.db")
+    run_id, status = db.execute("SELECT run_id, status FROM runs").fetchone()
+    assert status == "running"
+    resumed = charter("resume", run_id, "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_json(resumed)["output"] == {"all": ["A", "B", "C", "D"]}
+    effects = [json.loads(line)["effect"] for line in log.read_text().splitlines()]
+    assert effects == ["a", "b", "c", "c", "d"]  # completed once; the in-flight one at most twice
+    assert charter("verify", run_id, cwd=tmp_path).returncode == 0
+    again = charter("resume", run_id, "--json", cwd=tmp_path)
+    assert again.returncode == 0 and run_json(again)["status"] == "completed"
+
+
+def test_fork_from_a_node(tmp_path: Path) -> None:
+    flow, log = _crashy(tmp_path)
+    first = charter("run", str(flow), "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
+    run_id = run_json(first)["run_id"]
+    log.write_text("")
+    forked = charter("run", str(flow), "--from", f"{run_id}@c", "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
+    assert forked.returncode == 0, forked.stderr
+    assert run_json(forked)["run_id"] != run_id
+    assert [json.loads(line)["effect"] for line in log.read_text().splitlines()] == ["c", "d"]
+    usage = charter("run", str(flow), "--from", "no-at-sign", cwd=tmp_path)
+    assert usage.returncode == 2
+
+
+def test_replay_with_an_edited_file_reports_the_node(tmp_path: Path) -> None:
+    flow, _ = _crashy(tmp_path)
+    first = charter("run", str(flow), "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
+    run_id = run_json(first)["run_id"]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(flow.read_text().replace("{name: c,", "{name: cc,"))
+    replay = charter("replay", run_id, "--file", str(edited), cwd=tmp_path)
+    assert replay.returncode == 1
+    assert "divergence at c" in replay.stdout and '"cc"' in replay.stdout
+
+
+def test_verify_detects_tampering(tmp_path: Path) -> None:
+    flow, _ = _crashy(tmp_path)
+    run_id = run_json(charter("run", str(flow), "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path))["run_id"]
+    db = sqlite3.connect(tmp_path / "charter.db")
+    db.execute("UPDATE events SET payload = '{\"x\":1}' WHERE run_id = ? AND seq = 3", (run_id,))
+    db.commit()
+    verify = charter("verify", run_id, cwd=tmp_path)
+    assert verify.returncode == 1 and "seq 3" in verify.stdout
+
+
+def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
+    for command in (["resume", "NOPE"], ["log", "NOPE"], ["verify", "NOPE"], ["replay", "NOPE"]):
+        proc = charter(*command, cwd=tmp_path)
+        assert proc.returncode == 2 and "NOPE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "runs", "log", "resume", "replay", "approve", "verify"])
+def test_help(command: str, tmp_path: Path) -> None:
+    proc = charter(command, "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "Usage" in proc.stdout

@@ -1,0 +1,399 @@
+"""The compiler: scopes, references, grants, structure, positions inside strings, and the graph it builds."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dsl import compiler
+from dsl.compiler import compile_workflow
+from dsl.diagnostics import Diagnostic, Severity
+from dsl.frontend import compile_file
+from dsl.graph import ExecutionGraph
+from dsl.loader import load_text
+from dsl.validate import validate
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+WORKFLOWS = [p for p in EXAMPLES if not p.name.endswith(".responses.yaml")]
+
+HEADER = """\
+charter: "1.0"
+name: t
+models: {default: {provider: openai, model: gpt-4.1-mini}}
+tools:
+  search: {python: "examples.tools:search", effect: read}
+  refund: {python: "examples.tools:issue_refund", effect: write}
+"""
+
+
+def build(
+    body: str, header: str = HEADER, file: str = "<string>"
+) -> tuple[ExecutionGraph | None, list[Diagnostic]]:
+    doc, diags = load_text(header + textwrap.dedent(body), file)
+    assert doc is not None and not diags, diags
+    workflow, shape = validate(doc)
+    assert workflow is not None, shape
+    return compile_workflow(workflow, doc)
+
+
+def codes(diags: list[Diagnostic]) -> list[str]:
+    return [d.code for d in diags]
+
+
+def only(diags: list[Diagnostic], code: str) -> Diagnostic:
+    hits = [d for d in diags if d.code == code]
+    assert len(hits) == 1, diags
+    return hits[0]
+
+
+# --- the examples -----------------------------------------------------------------------------------
+
+
+def test_examples_are_found() -> None:
+    assert len(WORKFLOWS) >= 5
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_every_example_compiles_without_diagnostics(path: Path) -> None:
+    graph, diags = compile_file(path)
+    assert diags == []
+    assert graph is not None
+    assert graph.digest == hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
+    assert [n.path for n in graph.nodes()]  # every example has steps
+
+
+# --- the graph -----------------------------------------------------------------------------------------
+
+
+def test_routing_graph_paths_kinds_and_compiled_fields() -> None:
+    graph, diags = compile_file(Path(__file__).parent.parent / "examples" / "routing.yaml")
+    assert graph is not None and diags == []
+    assert [n.path for n in graph.nodes()] == [
+        "classify",
+        "route",
+        "route/case-0/billing",
+        "route/case-1/technical",
+        "route/default/general",
+    ]
+    route = graph.node("route")
+    assert route.kind == "switch"
+    assert [b.label for b in route.blocks] == ["case-0", "case-1", "default"]
+    assert route.blocks[2].when is None
+    steps = {"classify": {"output": {"intent": "technical", "confidence": 0.9}}}
+    assert route.blocks[0].when.evaluate({"steps": steps}) is False
+    assert route.blocks[1].when.evaluate({"steps": steps}) is True
+    classify = graph.node("classify")
+    assert classify.values["vars"].evaluate({"input": {"message": "hi"}}) == {"message": "hi"}
+    assert classify.prompts["prompt"].render({"message": "hi"}) == "Request: hi"
+    assert graph.output is not None
+    with pytest.raises(KeyError):
+        graph.node("nope")
+
+
+def test_graph_is_immutable() -> None:
+    graph, _ = build("""
+    steps:
+      - {id: a, set: {x: 1}}
+    """)
+    assert graph is not None
+    node = graph.node("a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        node.id = "b"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        node.values["x"] = node.values["set"]  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        graph.digest = ""  # type: ignore[misc]
+
+
+def test_nested_paths_and_blocks() -> None:
+    graph, diags = build("""
+    steps:
+      - id: each
+        for_each:
+          in: "${{ input.items }}"
+          steps:
+            - id: guarded
+              try:
+                steps: [{id: risky, tool: search, args: {q: "${{ item }}"}}]
+                catch:
+                  steps: [{id: fallback, set: {why: "${{ error.message }}"}}]
+      - id: fan
+        parallel:
+          branches:
+            - [{id: left, set: {x: 1}}]
+            - [{id: right, set: {x: 2}}]
+    """)
+    assert diags == [] and graph is not None
+    assert graph.node("each/body/guarded/body/risky").kind == "tool"
+    assert graph.node("each/body/guarded/catch/fallback").kind == "set"
+    assert graph.node("fan/branch-1/right").id == "right"
+    risky = graph.node("each/body/guarded/body/risky")
+    assert risky.values["args"].evaluate({"item": "x"}) == {"q": "x"}
+
+
+def test_edges_follow_sequences_cases_and_loops() -> None:
+    graph, _ = build("""
+    steps:
+      - {id: a, set: {x: 1}}
+      - id: sw
+        switch:
+          - when: vars.x == 1
+            steps: [{id: one, set: {y: 1}}]
+          - default: true
+            steps: [{id: other, set: {y: 2}}]
+      - id: each
+        for_each:
+          in: "${{ input.items }}"
+          steps: [{id: body, set: {z: 1}}]
+      - {id: z, set: {done: true}}
+    """)
+    assert graph is not None
+    edges = set(graph.edges())
+    assert ("a", "sw", "") in edges
+    assert ("sw", "sw/case-0/one", "vars.x == 1") in edges
+    assert ("sw", "sw/default/other", "default") in edges
+    assert ("sw/case-0/one", "each", "") in edges and ("sw/default/other", "each", "") in edges
+    assert ("each", "each/body/body", "body") in edges
+    assert ("each/body/body", "each", "next") in edges
+    assert ("each", "z", "") in edges
+
+
+def test_warnings_alone_still_give_a_graph() -> None:
+    graph, diags = build(
+        """
+    identities: {bot: {kind: agent}}
+    grants:
+      - {id: g, to: bot, tools: [search, nothing_*]}
+    steps:
+      - {id: a, tool: search}
+    """
+    )
+    assert codes(diags) == ["CH503"]
+    assert diags[0].severity is Severity.WARNING
+    assert graph is not None
+
+
+def test_errors_give_no_graph_and_all_are_reported() -> None:
+    graph, diags = build("""
+    steps:
+      - {id: a, tool: serch}
+      - {id: b, if: "1", set: {x: "${{ steps.zz.output }}"}}
+      - {id: a, llm: {model: fast, prompt: "{{ q }}"}}
+    """)
+    assert graph is None
+    assert set(codes(diags)) >= {"CH204", "CH303", "CH202", "CH201", "CH205", "CH307"}
+
+
+# --- references and scopes -------------------------------------------------------------------------------
+
+
+def test_duplicate_id_names_first_occurrence() -> None:
+    _, diags = build("""
+    steps:
+      - {id: a, set: {x: 1}}
+      - id: g
+        steps:
+          - {id: a, set: {x: 2}}
+    """)
+    d = only(diags, "CH201")
+    assert "line 9, column 10" in d.message and (d.line, d.column) == (12, 14)
+
+
+def test_step_visibility_rules() -> None:
+    _, diags = build("""
+    steps:
+      - {id: a, set: {x: 1}}
+      - id: grp
+        steps:
+          - {id: inner, set: {x: "${{ steps.a.output }}"}}
+      - {id: b, set: {x: "${{ steps.inner.output }}", y: "${{ steps.grp.status }}"}}
+      - id: lp
+        loop:
+          max_iterations: 3
+          until: steps.page.output.done && index > 1
+          steps: [{id: page, tool: search, args: {n: "${{ index }}"}}]
+      - id: t
+        try:
+          steps: [{id: risky, tool: refund}]
+          catch: {as: oops, steps: [{id: rescue, set: {r: "${{ steps.risky.status + oops.message }}"}}]}
+      - {id: c, if: has(steps.rescue), set: {x: 1}, output: {r: "${{ result }}"}}
+    """)
+    assert diags == []
+
+
+def test_step_not_yet_visible_messages() -> None:
+    _, diags = build("""
+    steps:
+      - {id: a, set: {x: "${{ steps.a.output }}"}}
+      - id: t
+        try:
+          steps: [{id: risky, set: {x: "${{ steps.rescue.output }}"}}]
+          catch: {steps: [{id: rescue, set: {x: 1}}]}
+      - {id: after, set: {x: "${{ steps.risky.output }}"}}
+    """)
+    messages = [d.message for d in diags if d.code == "CH203"]
+    assert len(messages) == 3, diags
+    assert "reads its own result" in messages[0]
+    assert "inside try 't'" in messages[2]
+
+
+def test_scope_errors_say_where_the_name_exists() -> None:
+    _, diags = build("""
+    steps:
+      - {id: a, set: {x: "${{ item }}"}}
+      - {id: g, tool: search}
+    guardrails:
+      - {id: r, on: tool.input, check: steps.a.output == 1}
+    """)
+    assert codes(diags) == ["CH304", "CH304"]
+    assert "for_each" in diags[0].message
+
+
+def test_unknown_names_have_did_you_mean_hints() -> None:
+    _, diags = build(
+        """
+    secrets: [API_KEY]
+    identities: {triage: {kind: agent}}
+    steps:
+      - {id: a, tool: serch, identity: triag}
+      - {id: b, set: {k: "${{ secrets.API_KEYS }}"}}
+      - {id: c, llm: {model: defualt, prompt: "{{ qestion }}", vars: {question: 1}}}
+    """
+    )
+    hints = {d.code: d.hint for d in diags}
+    assert hints["CH204"] == "did you mean 'search'?"
+    assert hints["CH206"] == "did you mean 'triage'?"
+    assert hints["CH207"] == "did you mean 'API_KEY'?"
+    assert hints["CH205"] == "did you mean 'default'?"
+    assert hints["CH307"] == "did you mean 'question'?"
+
+
+def test_declared_secrets_are_fine_in_tools_and_steps() -> None:
+    header = HEADER + textwrap.dedent("""\
+    secrets: [TOKEN]
+    """)
+    graph, diags = build(
+        """
+    steps:
+      - {id: a, set: {auth: "Bearer ${{ secrets.TOKEN }}"}}
+    """,
+        header=header.replace(
+            "  refund:",
+            '  call: {http: {url: "https://x/${{ args.id }}?k=${{ secrets.TOKEN }}"}, effect: read}\n  refund:',
+        ),
+    )
+    assert diags == [] and graph is not None
+    assert (
+        graph.tools["call"].values["url"].evaluate({"args": {"id": 7}, "secrets": {"TOKEN": "s"}})
+        == "https://x/7?k=s"
+    )
+
+
+# --- expressions and positions ---------------------------------------------------------------------------
+
+
+def test_condition_types() -> None:
+    _, diags = build("""
+    steps:
+      - {id: a, if: input.flag, set: {x: 1}}
+      - {id: b, if: "'yes'", set: {x: 1}}
+      - {id: c, if: "${{ input.flag }}", set: {x: 1}}
+    """)
+    assert codes(diags) == ["CH303", "CH308"]
+
+
+def test_error_columns_point_inside_quoted_and_block_strings() -> None:
+    _, diags = build("""
+    steps:
+      - id: a
+        set:
+          x: "one ${{ input.a + }} two"
+          y: |
+            first line
+            second ${{ 1 + 'x' }}
+    """)
+    syntax, type_ = only(diags, "CH301"), only(diags, "CH302")
+    assert (syntax.line, syntax.column) == (11, 28)
+    assert (type_.line, type_.column) == (14, 22)
+
+
+def test_prompt_errors() -> None:
+    _, diags = build("""
+    steps:
+      - id: a
+        llm:
+          vars: {name: "${{ input.name }}"}
+          instructions: "{% if name %}Hi"
+          prompt: |
+            Hello {{ name }}
+            and {{ friend }}
+    """)
+    assert only(diags, "CH306").line == 12
+    friend = only(diags, "CH307")
+    assert (friend.line, friend.column) == (15, 16)
+
+
+# --- structure ----------------------------------------------------------------------------------------------
+
+
+def test_unreachable_only_after_unconditional_fail() -> None:
+    _, diags = build("""
+    steps:
+      - {id: maybe, if: input.bad, fail: {message: bad}}
+      - {id: ok, set: {x: 1}}
+      - {id: stop, fail: {message: stop}}
+      - {id: never, set: {x: 1}}
+      - {id: never2, set: {x: 1}}
+    """)
+    d = only(diags, "CH401")
+    assert "'never'" in d.message
+
+
+def test_workflow_cycle_across_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text('charter: "1.0"\nname: a\nsteps:\n  - {id: call_b, workflow: {path: b.yaml}}\n')
+    b.write_text('charter: "1.0"\nname: b\nsteps:\n  - {id: call_a, workflow: {path: a.yaml}}\n')
+    _, diags = compile_file(a)
+    d = only(diags, "CH402")
+    assert "a.yaml -> b.yaml -> a.yaml" in d.message
+    (tmp_path / "c.yaml").write_text('charter: "1.0"\nname: c\nsteps:\n  - {id: x, set: {y: 1}}\n')
+    b.write_text('charter: "1.0"\nname: b\nsteps:\n  - {id: call_c, workflow: {path: c.yaml}}\n')
+    assert compile_file(a)[1] == []
+
+
+# --- grants ----------------------------------------------------------------------------------------------
+
+
+def test_grant_coverage_by_identity_role_and_glob() -> None:
+    header = HEADER + textwrap.dedent("""\
+    identities:
+      bot: {kind: agent, roles: [support]}
+    grants:
+      - {id: by-role, to: "role:support", tools: ["sea*"]}
+      - {id: deny-refund, to: bot, tools: [refund], effect: deny}
+    """)
+    _, diags = build(
+        """
+    steps:
+      - {id: a, agent: {identity: bot, tools: [search, refund], prompt: go}}
+    """,
+        header=header,
+    )
+    d = only(diags, "CH501")
+    assert "'refund'" in d.message and "'bot'" in d.message and d.severity is Severity.ERROR
+
+
+def test_internal_error_becomes_a_diagnostic(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(self: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(compiler._Compiler, "run", boom)
+    graph, diags = build("""
+    steps:
+      - {id: a, set: {x: 1}}
+    """)
+    assert graph is None and codes(diags) == ["CH299"]

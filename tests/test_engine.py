@@ -1,0 +1,534 @@
+"""The interpreter end to end through its Python API, with real SQLite files in tmp directories."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsl.frontend import compile_file
+from interpreter import (
+    InputError,
+    RunOptions,
+    decide_approval,
+    fork_run,
+    replay_run,
+    resume_run,
+    run_workflow,
+)
+from interpreter.runtime import RunSetupError
+from interpreter.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+MODULE = "h10_engine_tools"
+
+TOOLS = '''
+import asyncio, json, os, threading, time
+
+_lock = threading.Lock()
+_active = [0]
+
+def _log(path, entry):
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\\n")
+
+def echo(value, log=None):
+    _log(log, {"echo": value})
+    return value
+
+def flaky(key, fails, log=None, idempotency_key=None):
+    """Fails `fails` times for a given key (counted in the log file), then succeeds."""
+    n = sum(1 for line in open(log) if json.loads(line).get("flaky") == key) if os.path.exists(log) else 0
+    _log(log, {"flaky": key, "idempotency_key": idempotency_key})
+    if n < fails:
+        raise RuntimeError(f"flaky failure {n + 1}")
+    return {"key": key, "calls": n + 1}
+
+def hang(seconds=30):
+    time.sleep(seconds)
+    return "woke"
+
+async def slow(value, seconds):
+    await asyncio.sleep(seconds)
+    return value
+
+def overlap(item, log):
+    with _lock:
+        _active[0] += 1
+        now = _active[0]
+    _log(log, {"active": now})
+    time.sleep(0.05)
+    with _lock:
+        _active[0] -= 1
+    return item * 2
+
+def bad_result():
+    return {"when": object()}
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("engine")
+    (d / f"{MODULE}.py").write_text(TOOLS)
+    return d
+
+
+def write_flow(workdir: Path, name: str, body: str) -> Path:
+    path = workdir / f"{name}.yaml"
+    header = f"""\
+        charter: "1.0"
+        name: {name}
+        tools:
+          echo: {{python: "{MODULE}:echo", effect: write}}
+          flaky: {{python: "{MODULE}:flaky", effect: write}}
+          hang: {{python: "{MODULE}:hang", effect: read}}
+          slow: {{python: "{MODULE}:slow", effect: read}}
+          overlap: {{python: "{MODULE}:overlap", effect: read}}
+          bad_result: {{python: "{MODULE}:bad_result", effect: read}}
+        """
+    path.write_text(textwrap.dedent(header) + textwrap.dedent(body))
+    return path
+
+
+def compiled(path: Path) -> Any:
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    return graph
+
+
+OPTS = RunOptions(allow_modules=(MODULE, "examples.*"))
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    st = open_store(tmp_path / "charter.db")
+    yield st
+    st.close()
+
+
+def kinds(store: Any, run_id: str) -> list[tuple[str, str]]:
+    return [(e.node_path, e.kind) for e in store.events(run_id)]
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --------------------------------------------------------------------------------------------------
+# examples
+
+
+def test_tools_pipeline_example_runs_verifies_and_replays(store: Any) -> None:
+    graph = compiled(EXAMPLES / "tools_pipeline.yaml")
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output["count"] == 4
+    assert result.output["total"] == 360.5
+    assert [line["source"] for line in result.output["lines"]] == ["quote", "quote", "list", "quote"]
+    row = store.run(result.run_id)
+    assert row.status == "completed" and row.output == result.output
+    assert row.workflow_digest == graph.digest and row.workflow_source == graph.source
+    assert row.interpreter_version
+    events = kinds(store, result.run_id)
+    assert ("priced[2]/body/price/body/quote", "step.failed") in events
+    assert ("priced[2]/body/price/catch/fallback", "step.completed") in events
+    assert store.verify(result.run_id).ok
+    replay = replay_run(result.run_id, store=store, options=OPTS)
+    assert replay.ok, replay.divergence
+    assert replay.events_checked == len(events)
+
+
+def test_approval_example_waits_then_approves(store: Any) -> None:
+    graph = compiled(EXAMPLES / "approval.yaml")
+    inputs = {"employee": "ann", "items": [{"category": "travel", "amount": 900}, {"category": "hotel", "amount": 300}]}
+    first = run_workflow(graph, inputs, store=store, options=OPTS)
+    assert first.status == "waiting" and first.pending == ["finance_ok"]
+    assert store.run(first.run_id).status == "waiting"
+    done = decide_approval(
+        first.run_id, "finance_ok", store=store, person="bob", approved=True, reason="fine", options=OPTS
+    )
+    assert done.status == "completed", done.error
+    assert done.output == {"booking": "EXP-ANN-120000", "total": 1200.0}
+    decided = [e for e in store.events(first.run_id) if e.kind == "approval.decided"]
+    assert decided[0].actor == {"sub": "bob"}
+    assert decided[0].payload["by"] == "bob" and decided[0].payload["reason"] == "fine"
+    booked = [e for e in store.events(first.run_id) if e.kind == "tool.completed" and e.node_path == "book"]
+    assert booked[0].payload["result"]["approved_by"] == "bob"
+    assert store.verify(first.run_id).ok
+    assert replay_run(first.run_id, store=store, options=OPTS).ok
+
+
+def test_approval_denied_fails_with_code_denied(store: Any) -> None:
+    graph = compiled(EXAMPLES / "approval.yaml")
+    inputs = {"employee": "ann", "items": [{"category": "travel", "amount": 5000}]}
+    first = run_workflow(graph, inputs, store=store, options=OPTS)
+    result = decide_approval(first.run_id, "finance_ok", store=store, person="eve", approved=False, reason="no")
+    assert result.status == "failed"
+    assert result.error["code"] == "denied" and "eve" in result.error["message"]
+    with pytest.raises(RunSetupError):
+        decide_approval(first.run_id, "finance_ok", store=store, person="eve", approved=True)
+
+
+def test_small_expense_skips_approval(store: Any) -> None:
+    graph = compiled(EXAMPLES / "approval.yaml")
+    result = run_workflow(
+        graph, {"employee": "al", "items": [{"category": "food", "amount": 12.5}]}, store=store, options=OPTS
+    )
+    assert result.status == "completed"
+    assert ("finance_ok", "step.skipped") in kinds(store, result.run_id)
+
+
+def test_invalid_input_is_an_input_error(store: Any) -> None:
+    with pytest.raises(InputError, match="employee"):
+        run_workflow(compiled(EXAMPLES / "approval.yaml"), {"items": []}, store=store, options=OPTS)
+
+
+def test_disallowed_module_is_refused_before_running(store: Any, workdir: Path) -> None:
+    flow = write_flow(workdir, "refused", "steps:\n  - {id: a, tool: echo, args: {value: 1}}\n")
+    with pytest.raises(RunSetupError, match="not allowed"):
+        run_workflow(compiled(flow), {}, store=store, options=RunOptions())
+    assert store.runs() == []
+
+
+# --------------------------------------------------------------------------------------------------
+# control flow
+
+
+def test_retry_until_success_records_attempts(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    flow = write_flow(
+        workdir,
+        "retrying",
+        f"""\
+        steps:
+          - id: f
+            tool: flaky
+            args: {{key: a, fails: 2, log: "{log}"}}
+            retry: {{attempts: 3, backoff: {{initial: 10ms, max: 20ms}}}}
+        output: {{calls: "${{{{ steps.f.output.calls }}}}"}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"calls": 3}
+    events = kinds(store, result.run_id)
+    assert events.count(("f", "step.retrying")) == 2
+    keys = [line["idempotency_key"] for line in log_lines(log)]
+    assert keys == [f"{result.run_id}/f/1", f"{result.run_id}/f/2", f"{result.run_id}/f/3"]
+
+
+def test_retry_on_filter_does_not_retry_other_errors(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    flow = write_flow(
+        workdir,
+        "filtered",
+        f"""\
+        steps:
+          - id: f
+            tool: flaky
+            args: {{key: b, fails: 5, log: "{log}"}}
+            retry: {{attempts: 3, backoff: {{initial: 10ms}}, on: [timeout]}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed"
+    assert result.error["code"] == "tool" and "flaky failure 1" in result.error["message"]
+    assert len(log_lines(log)) == 1
+
+
+def test_hanging_tool_is_cut_off_and_caught(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "hanging",
+        """\
+        steps:
+          - id: guarded
+            try:
+              steps:
+                - {id: h, tool: hang, args: {seconds: 30}, timeout: 200ms}
+              catch:
+                steps:
+                  - {id: recover, tool: echo, args: {value: "${{ error.code + ':' + error.step }}"}}
+        output: {result: "${{ steps.guarded.output }}"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"result": "timeout:h"}
+    failed = [e for e in store.events(result.run_id) if e.kind == "step.failed"]
+    assert failed[0].payload["caught_by"] == "guarded"
+
+
+def test_run_timeout_fails_the_run(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir, "run_timeout", "timeout: 200ms\nsteps:\n  - {id: h, tool: slow, args: {value: 1, seconds: 30}}\n"
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout"
+
+
+def test_parallel_any_cancels_the_losers(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "race",
+        """\
+        steps:
+          - id: race
+            parallel:
+              join: any
+              branches:
+                fast: [{id: quick, tool: slow, args: {value: fast, seconds: 0.01}}]
+                slow: [{id: lazy, tool: slow, args: {value: slow, seconds: 30}}]
+        output: {winner: "${{ steps.race.output.fast }}"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"winner": "fast"}
+    events = list(store.events(result.run_id))
+    joined = next(e for e in events if e.kind == "parallel.joined")
+    assert joined.payload["completed"] == ["fast"] and joined.payload["cancelled"] == ["slow"]
+    cancelled = [e for e in events if e.kind == "step.skipped" and e.node_path.endswith("lazy")]
+    assert cancelled and cancelled[0].payload["reason"] == "cancelled"
+
+
+def test_parallel_all_runs_branches_concurrently(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "fan",
+        """\
+        steps:
+          - id: fan
+            parallel:
+              branches:
+                - [{id: a, tool: slow, args: {value: 1, seconds: 0.3}}]
+                - [{id: b, tool: slow, args: {value: 2, seconds: 0.3}}]
+                - [{id: c, tool: slow, args: {value: 3, seconds: 0.3}}]
+        output: {all: "${{ steps.fan.output }}"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.output == {"all": [1, 2, 3]}
+    # Concurrency, without timing: every branch started before any completed.
+    events = [(e.node_path, e.kind) for e in store.events(result.run_id) if e.node_path in ("fan/branch-0/a", "fan/branch-1/b", "fan/branch-2/c")]
+    firsts = [k for _, k in events[:3]]
+    assert all(k in ("step.started", "tool.called") for k in firsts)
+
+
+def test_for_each_respects_the_concurrency_limit(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "overlap.jsonl"
+    flow = write_flow(
+        workdir,
+        "fanout",
+        f"""\
+        steps:
+          - id: each
+            for_each:
+              in: "${{{{ [1, 2, 3, 4, 5, 6, 7, 8] }}}}"
+              concurrency: 3
+              steps:
+                - {{id: o, tool: overlap, args: {{item: "${{{{ item }}}}", log: "{log}"}}}}
+        output: {{doubled: "${{{{ steps.each.output }}}}"}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.output == {"doubled": [2, 4, 6, 8, 10, 12, 14, 16]}
+    peak = max(line["active"] for line in log_lines(log))
+    assert 1 < peak <= 3
+
+
+def test_switch_if_set_and_fail(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "routing",
+        """\
+        vars: {seen: []}
+        steps:
+          - id: route
+            switch:
+              - when: input.n > 10
+                steps: [{id: big, set: {seen: "${{ vars.seen + ['big'] }}"}}]
+              - default: true
+                steps: [{id: small, set: {seen: "${{ vars.seen + ['small'] }}"}}]
+          - id: stop
+            if: input.n < 0
+            fail: {message: "negative: ${{ input.n }}", code: negative}
+        output: {seen: "${{ vars.seen }}", stop: "${{ steps.stop.status }}"}
+        """,
+    )
+    graph = compiled(flow)
+    big = run_workflow(graph, {"n": 20}, store=store, options=OPTS)
+    assert big.output == {"seen": ["big"], "stop": "skipped"}
+    small = run_workflow(graph, {"n": 1}, store=store, options=OPTS)
+    assert small.output == {"seen": ["small"], "stop": "skipped"}
+    negative = run_workflow(graph, {"n": -1}, store=store, options=OPTS)
+    assert negative.status == "failed"
+    assert negative.error["code"] == "negative" and negative.error["message"] == "negative: -1"
+    decision = next(e for e in store.events(big.run_id) if e.kind == "decision")
+    assert decision.payload["chosen"] == "case-0"
+
+
+def test_unserialisable_result_is_a_step_error(store: Any, workdir: Path) -> None:
+    flow = write_flow(workdir, "unserialisable", "steps:\n  - {id: b, tool: bad_result}\n")
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and "serialise" in result.error["message"]
+
+
+def test_agent_steps_wait_for_the_agents_feature(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "agentic",
+        """\
+        models: {default: {provider: openai, model: gpt-4.1-mini}}
+        steps:
+          - id: think
+            llm: {prompt: "hello"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed"
+    assert "agents feature (issue 5)" in result.error["message"]
+
+
+# --------------------------------------------------------------------------------------------------
+# resume, replay, fork
+
+
+def test_resume_reuses_completed_work(store: Any, workdir: Path, tmp_path: Path) -> None:
+    """A run that stopped in the middle (status running, half a log) continues without repeating."""
+    log = tmp_path / "effects.jsonl"
+    flow = write_flow(
+        workdir,
+        "resumable",
+        f"""\
+        steps:
+          - {{id: one, tool: echo, args: {{value: 1, log: "{log}"}}}}
+          - {{id: two, tool: echo, args: {{value: 2, log: "{log}"}}}}
+          - {{id: three, tool: echo, args: {{value: 3, log: "{log}"}}}}
+        output: {{sum: "${{{{ steps.one.output + steps.two.output + steps.three.output }}}}"}}
+        """,
+    )
+    full = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert full.output == {"sum": 6}
+    # Rebuild a crashed copy: the same run up to `two`'s completion, still "running".
+    crashed = store.create_run(
+        "resumable", workflow_source=flow.read_text(), inputs={}, principal="t", interpreter_version="x"
+    )
+    events = list(store.events(full.run_id))
+    cut = next(e.seq for e in events if e.node_path == "two" and e.kind == "step.completed")
+    store.append_many(
+        crashed.run_id,
+        [
+            __import__("interpreter.store", fromlist=["NewEvent"]).NewEvent(e.kind, e.node_path, e.payload, e.actor)
+            for e in events
+            if e.seq <= cut
+        ],
+    )
+    log.write_text("")
+    result = resume_run(crashed.run_id, store=store, options=OPTS)
+    assert result.status == "completed" and result.output == {"sum": 6}
+    assert [line["echo"] for line in log_lines(log)] == [3]  # only the unfinished step ran
+    assert store.verify(crashed.run_id).ok
+
+
+def test_replay_detects_an_edited_workflow(store: Any, workdir: Path) -> None:
+    body = """\
+        steps:
+          - {id: a, tool: echo, args: {value: 1}}
+          - {id: b, tool: echo, args: {value: "${{ steps.a.output + 1 }}"}}
+        output: {b: "${{ steps.b.output }}"}
+        """
+    flow = write_flow(workdir, "editable", body)
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
+    edited = write_flow(workdir, "editable_v2", body.replace("steps.a.output + 1", "steps.a.output + 2"))
+    replay = replay_run(result.run_id, store=store, graph=compiled(edited), options=OPTS)
+    assert not replay.ok
+    assert replay.divergence.node_path == "b"
+    assert replay.divergence.expected == {"value": 2} and replay.divergence.got == {"value": 3}
+
+
+def test_replay_detects_edited_tool_code(store: Any, tmp_path: Path) -> None:
+    module = tmp_path / "h10_edit_tools.py"
+    module.write_text("def one():\n    return 1\n\ndef two():\n    return 2\n")
+    flow = tmp_path / "code.yaml"
+    flow.write_text(
+        textwrap.dedent(
+            """\
+            charter: "1.0"
+            name: code
+            tools:
+              one: {python: "h10_edit_tools:one", effect: read}
+              two: {python: "h10_edit_tools:two", effect: read}
+            steps:
+              - {id: first, tool: one}
+              - {id: second, tool: two}
+            """
+        )
+    )
+    options = RunOptions(allow_modules=("h10_edit_tools",))
+    result = run_workflow(compiled(flow), {}, store=store, options=options)
+    assert result.status == "completed"
+    module.write_text("def one():\n    return 1\n\ndef two():\n    return 2 + 0\n")
+    replay = replay_run(result.run_id, store=store, options=options)
+    assert not replay.ok and replay.divergence.node_path == "second"
+    assert "code of tool 'two'" in replay.divergence.reason
+
+
+def test_fork_reuses_results_before_the_node(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "effects.jsonl"
+    flow = write_flow(
+        workdir,
+        "forkable",
+        f"""\
+        steps:
+          - {{id: one, tool: echo, args: {{value: 1, log: "{log}"}}}}
+          - {{id: two, tool: echo, args: {{value: 2, log: "{log}"}}}}
+          - {{id: three, tool: echo, args: {{value: 3, log: "{log}"}}}}
+        output: {{values: "${{{{ [steps.one.output, steps.two.output, steps.three.output] }}}}"}}
+        """,
+    )
+    original = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    log.write_text("")
+    forked = fork_run(original.run_id, "two", store=store, options=OPTS)
+    assert forked.run_id != original.run_id and forked.output == original.output
+    assert [line["echo"] for line in log_lines(log)] == [2, 3]
+    started = next(iter(store.events(forked.run_id)))
+    assert started.payload["forked_from"] == {"run_id": original.run_id, "node_path": "two"}
+    assert store.verify(forked.run_id).ok
+    with pytest.raises(RunSetupError, match="did not run"):
+        fork_run(original.run_id, "nope", store=store, options=OPTS)
+
+
+def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
+    write_flow(
+        workdir,
+        "child",
+        """\
+        input: {type: object, properties: {x: {type: integer}}}
+        steps:
+          - {id: doubled, tool: echo, args: {value: "${{ input.x * 2 }}"}}
+        output: {y: "${{ steps.doubled.output }}"}
+        """,
+    )
+    parent = write_flow(
+        workdir,
+        "parent",
+        """\
+        steps:
+          - id: call
+            workflow: {path: child.yaml, input: {x: 21}}
+        output: {answer: "${{ steps.call.output.y }}"}
+        """,
+    )
+    result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": 42}
+    children = [r for r in store.runs() if r.parent_run_id == result.run_id]
+    assert len(children) == 1 and children[0].parent_node == "call" and children[0].status == "completed"

@@ -1,0 +1,201 @@
+"""The MCP client against a real MCP server process (tests/fixtures/mcp_server.py, written with the SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from interpreter.mcp_client import (  # noqa: E402
+    McpArgumentError,
+    McpClientPool,
+    McpServerConfig,
+    McpServerError,
+    McpToolError,
+)
+
+SERVER = str(Path(__file__).resolve().parent / "fixtures" / "mcp_server.py")
+STDIO = McpServerConfig.create(command=[sys.executable, SERVER])
+
+
+def with_pool(body: Callable[[McpClientPool], Awaitable[Any]], **kwargs: Any) -> Any:
+    async def go() -> Any:
+        pool = McpClientPool(**{"startup_timeout": 30.0, "call_timeout": 30.0, **kwargs})
+        try:
+            return await body(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
+def test_lists_tools_with_their_schemas() -> None:
+    tools = with_pool(lambda pool: pool.list_tools(STDIO))
+    by_name = {t.name: t for t in tools}
+    assert sorted(by_name) == ["add", "fail", "sleep"]
+    assert by_name["add"].description == "Add two integers."
+    assert by_name["add"].input_schema["required"] == ["a", "b"]
+
+
+def test_calls_a_tool_and_reuses_one_server() -> None:
+    async def body(pool: McpClientPool) -> Any:
+        first, second = await asyncio.gather(pool.connection(STDIO), pool.connection(STDIO))
+        assert first is second  # two steps asking at once still start one server
+        return [
+            await pool.call(STDIO, "add", {"a": 2, "b": 3}),
+            await pool.call(STDIO, "add", {"a": -1, "b": 1}),
+        ]
+
+    five, zero = with_pool(body)
+    assert five.text == "5" and five.value == {"result": 5} and not five.is_error
+    assert zero.value == {"result": 0}
+    assert five.to_record()["content"] == [{"type": "text", "text": "5"}]
+
+
+def test_tool_error_is_reported_and_server_keeps_running() -> None:
+    async def body(pool: McpClientPool) -> Any:
+        with pytest.raises(McpToolError) as caught:
+            await pool.call(STDIO, "fail", {"reason": "nope"})
+        assert caught.value.result.is_error
+        return str(caught.value), await pool.call(STDIO, "add", {"a": 1, "b": 1})
+
+    message, after = with_pool(body)
+    assert "tool 'fail' reported an error: " in message and "fail tool refused: nope" in message
+    assert after.value == {"result": 2}
+
+
+def test_arguments_are_validated_before_the_call() -> None:
+    async def body(pool: McpClientPool) -> None:
+        with pytest.raises(
+            McpArgumentError, match=r"'b' is a required property; a: 'x' is not of type 'integer'"
+        ):
+            await pool.call(STDIO, "add", {"a": "x"})
+        with pytest.raises(McpArgumentError, match="has no tool 'nope'; its tools: add, fail, sleep"):
+            await pool.call(STDIO, "nope", {})
+
+    with_pool(body)
+
+
+def test_server_that_exits_immediately_is_a_clear_error() -> None:
+    config = McpServerConfig.create(command=[sys.executable, SERVER, "exit"])
+    with pytest.raises(McpServerError) as caught:
+        with_pool(lambda pool: pool.connection(config))
+    message = str(caught.value)
+    assert "failed to start" in message and "mcp_server.py exit`" in message
+    assert "its stderr ends with: refusing to start: broken configuration" in message
+
+
+def test_missing_command_is_a_clear_error() -> None:
+    config = McpServerConfig.create(command=["/nonexistent/charter-mcp-server"])
+    with pytest.raises(McpServerError, match="failed to start: command not found"):
+        with_pool(lambda pool: pool.connection(config))
+
+
+def test_server_that_never_answers_times_out_at_startup() -> None:
+    config = McpServerConfig.create(command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(McpServerError, match=r"did not start within 1s"):
+        with_pool(lambda pool: pool.connection(config), startup_timeout=1.0)
+
+
+def test_server_killed_mid_call_fails_the_call_and_later_calls(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    config = McpServerConfig.create(
+        command=[sys.executable, SERVER], env={"CHARTER_TEST_MARKER": str(marker)}
+    )
+
+    async def kill_when_sleeping() -> None:
+        for _ in range(400):  # bounded: at most ~20s
+            if marker.exists() and marker.read_text():
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+                return
+            await asyncio.sleep(0.05)
+
+    async def body(pool: McpClientPool) -> tuple[str, str]:
+        await pool.connection(config)
+        killer = asyncio.create_task(kill_when_sleeping())
+        with pytest.raises(McpServerError) as during:
+            await pool.call(config, "sleep", {"seconds": 60})
+        await killer
+        with pytest.raises(McpServerError) as after:
+            await pool.call(config, "add", {"a": 1, "b": 2})
+        return str(during.value), str(after.value)
+
+    during, after = with_pool(body)
+    assert "tool 'sleep': the server went away during the call" in during
+    assert "is no longer running" in after
+
+
+def test_call_timeout_is_a_clear_error() -> None:
+    async def body(pool: McpClientPool) -> None:
+        with pytest.raises(McpServerError, match=r"tool 'sleep': no answer within 0.5s"):
+            await pool.call(STDIO, "sleep", {"seconds": 30}, timeout=0.5)
+
+    with_pool(body)
+
+
+# --- streamable HTTP ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, SERVER, "http", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail("the HTTP MCP server exited at startup")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp", process
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_streamable_http_list_call_and_server_death(http_server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, process = http_server
+    config = McpServerConfig.create(url=url)
+
+    async def body(pool: McpClientPool) -> tuple[list[str], Any, str]:
+        names = sorted(t.name for t in await pool.list_tools(config))
+        result = await pool.call(config, "add", {"a": 20, "b": 22})
+        process.kill()
+        process.wait(timeout=10)
+        with pytest.raises(McpServerError) as caught:
+            await pool.call(config, "add", {"a": 1, "b": 1})
+        return names, result.value, str(caught.value)
+
+    names, value, error = with_pool(body)
+    assert names == ["add", "fail", "sleep"]
+    assert value == {"result": 42}
+    assert error.startswith(f"MCP server at {url}, tool 'add': the server went away during the call")
+
+
+def test_unreachable_http_server_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = McpServerConfig.create(url=f"http://127.0.0.1:{port}/mcp")
+    with pytest.raises(
+        McpServerError, match=rf"MCP server at http://127.0.0.1:{port}/mcp could not be reached"
+    ):
+        with_pool(lambda pool: pool.connection(config), startup_timeout=10.0)

@@ -1,0 +1,205 @@
+"""`charter replay`: every model-free example run replays (exit 0); an edited workflow or tool code makes
+replay exit 1 and name the node where the recorded run and the new code part ways."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from fixtures.charter_cli import ENGINE, FIXTURES, REPO, charter, child_env, describe, run_json
+
+pytestmark = pytest.mark.skipif(not ENGINE.exists(), reason="interpreter/engine.py not written yet")
+
+EXAMPLES = REPO / "examples"
+ENV = child_env(allow="examples.tools,tests.fixtures.*")
+PIPELINE = EXAMPLES / "tools_pipeline.yaml"
+
+
+def _names(text: str, node_path: str) -> bool:
+    """True when `node_path` appears in `text` as a whole path, not inside a longer one."""
+    return re.search(r"(?<![\w/\[\]-])" + re.escape(node_path) + r"(?![\w/\[\]-])", text) is not None
+
+
+def _run(file: Path, db: Path, inputs: object = None, env: dict[str, str] = ENV, cwd: Path = REPO):
+    args = ["run", str(file), "--db", str(db), "--json"]
+    if inputs is not None:
+        args += ["--input", json.dumps(inputs)]
+    return charter(*args, env=env, cwd=cwd)
+
+
+def _replay(run_id: str, db: Path, file: Path | None = None, env: dict[str, str] = ENV, cwd: Path = REPO):
+    args = ["replay", run_id, "--db", str(db)] + (["--file", str(file)] if file else [])
+    return charter(*args, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    db = tmp_path_factory.mktemp("pipeline") / "c.db"
+    proc = _run(PIPELINE, db)
+    assert proc.returncode == 0, describe(proc)
+    doc = run_json(proc)
+    assert doc["output"]["count"] == 4 and doc["output"]["total"] > 0
+    return doc["run_id"], db
+
+
+def test_tools_pipeline_replays(pipeline_run: tuple[str, Path]) -> None:
+    run_id, db = pipeline_run
+    proc = _replay(run_id, db)
+    assert proc.returncode == 0, describe(proc)
+
+
+def test_replay_calls_no_tool(pipeline_run: tuple[str, Path]) -> None:
+    # replay is offline: without the tools' module allowed (or importable) it still reproduces the run
+    run_id, db = pipeline_run
+    proc = _replay(run_id, db, env=child_env())
+    assert proc.returncode == 0, describe(proc)
+
+
+def test_unchanged_copy_with_a_new_comment_replays(pipeline_run: tuple[str, Path], tmp_path: Path) -> None:
+    run_id, db = pipeline_run
+    edited = tmp_path / "same.yaml"
+    edited.write_text(
+        "# reformatted, same behaviour\n" + PIPELINE.read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    proc = _replay(run_id, db, edited)
+    assert proc.returncode == 0, describe(proc)
+
+
+EDITS = [
+    # (old text, new text, node path replay must name)
+    (
+        'args: {lines: "${{ steps.priced.output }}"}',
+        'args: {lines: "${{ [steps.priced.output[0]] }}"}',
+        "totals",
+    ),
+    ("if: size(vars.lines) == 0", "if: size(vars.lines) > 0", "nothing_to_do"),
+    ('args: {page: "${{ index }}"}', 'args: {page: "${{ index + 1 }}"}', "collect[0]/body/page"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "node"), EDITS, ids=[e[2] for e in EDITS])
+def test_edited_workflow_diverges_at_the_edited_node(
+    pipeline_run: tuple[str, Path], tmp_path: Path, old: str, new: str, node: str
+) -> None:
+    run_id, db = pipeline_run
+    source = PIPELINE.read_text(encoding="utf-8")
+    assert old in source, "the example changed; update this test"
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(source.replace(old, new), encoding="utf-8")
+    proc = _replay(run_id, db, edited)
+    assert proc.returncode == 1, describe(proc)
+    assert _names(proc.stdout + proc.stderr, node), f"replay must name {node}\n" + describe(proc)
+    assert "Traceback" not in proc.stderr
+
+
+def test_replay_api_reports_the_divergent_node(pipeline_run: tuple[str, Path], tmp_path: Path) -> None:
+    from dsl.frontend import compile_file
+    from interpreter import replay_run
+    from interpreter.store import open_store
+
+    run_id, db = pipeline_run
+    old, new, node = EDITS[0]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(PIPELINE.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    graph, _ = compile_file(edited)
+    assert graph is not None
+    store = open_store(db)
+    try:
+        same = replay_run(run_id, store=store)
+        assert same.ok and same.divergence is None and same.events_checked > 0
+        result = replay_run(run_id, store=store, graph=graph)
+    finally:
+        store.close()
+    assert not result.ok
+    assert result.divergence is not None and result.divergence.node_path == node
+
+
+def test_approval_example_replays_after_approval(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    items = [{"category": "travel", "amount": 1200}, {"category": "food", "amount": 30.5}]
+    proc = _run(EXAMPLES / "approval.yaml", db, {"employee": "dana", "items": items})
+    assert proc.returncode == 3, describe(proc)
+    run_id = run_json(proc)["run_id"]
+    approve = charter("approve", run_id, "finance_ok", "--as", "role:finance", "--db", str(db), env=ENV)
+    assert approve.returncode == 0, describe(approve)
+    assert _replay(run_id, db).returncode == 0
+    # and a small report that needs no approval
+    small = _run(
+        EXAMPLES / "approval.yaml", db, {"employee": "lee", "items": [{"category": "food", "amount": 12}]}
+    )
+    assert small.returncode == 0, describe(small)
+    replay = _replay(run_json(small)["run_id"], db)
+    assert replay.returncode == 0, describe(replay)
+
+
+@pytest.mark.parametrize("flow", ["crash_flow.yaml", "trycatch_flow.yaml"])
+def test_fixture_runs_replay(tmp_path: Path, flow: str) -> None:
+    db = tmp_path / "c.db"
+    proc = _run(FIXTURES / flow, db)
+    assert proc.returncode == 0, describe(proc)
+    replay = _replay(run_json(proc)["run_id"], db)
+    assert replay.returncode == 0, describe(replay)
+
+
+# --- edited tool code ------------------------------------------------------------------------------------
+
+TOOLS = """
+def double(x: int) -> int:
+    return x * 2
+
+
+def inc(x: int) -> int:
+    return x + 1
+"""
+
+FLOW = """
+charter: "1.0"
+name: code-change
+tools:
+  double: {python: "replaytools:double", effect: read}
+  inc: {python: "replaytools:inc", effect: read}
+steps:
+  - id: one
+    tool: double
+    args: {x: 3}
+  - id: two
+    tool: inc
+    args: {x: "${{ steps.one.output }}"}
+output:
+  result: "${{ steps.two.output }}"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project whose pyproject.toml allows its own tool module."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.charter]\nallow-modules = ["replaytools"]\n', encoding="utf-8"
+    )
+    (tmp_path / "replaytools.py").write_text(textwrap.dedent(TOOLS), encoding="utf-8")
+    (tmp_path / "flow.yaml").write_text(FLOW, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "node"),
+    [("return x + 1", "return x + 2", "two"), ("return x * 2", "return x * 3", "one")],
+    ids=["inc", "double"],
+)
+def test_edited_tool_code_diverges_at_its_step(project: Path, old: str, new: str, node: str) -> None:
+    env, db = child_env(), project / "c.db"
+    proc = _run(project / "flow.yaml", db, env=env, cwd=project)
+    assert proc.returncode == 0, describe(proc)
+    doc = run_json(proc)
+    assert doc["output"] == {"result": 7}
+    assert _replay(doc["run_id"], db, env=env, cwd=project).returncode == 0
+    tools = project / "replaytools.py"
+    tools.write_text(tools.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    shutil.rmtree(project / "__pycache__", ignore_errors=True)
+    proc = _replay(doc["run_id"], db, env=env, cwd=project)
+    assert proc.returncode == 1, describe(proc)
+    assert _names(proc.stdout + proc.stderr, node), f"replay must name {node}\n" + describe(proc)

@@ -1,0 +1,296 @@
+"""Tool calling: the module allow-list, Python callables, HTTP requests (against a local server)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from dsl.frontend import compile_file
+from interpreter import RunOptions, run_workflow
+from interpreter.policy import PolicyError, build_policy
+from interpreter.runtime import RunSetupError
+from interpreter.store import open_store
+from interpreter.tools import code_digest
+
+MODULE = "h10_tool_tools"
+TOOLS = """
+import asyncio
+
+def add(a: int, b: int, idempotency_key=None):
+    return {"sum": a + b, "key": idempotency_key}
+
+async def twice(x):
+    await asyncio.sleep(0)
+    return [x, x]
+
+def plain(x):
+    return x
+
+def nan():
+    return float("nan")
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tools")
+    (d / f"{MODULE}.py").write_text(TOOLS)
+    return d
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Any]:
+    st = open_store(tmp_path / "charter.db")
+    yield st
+    st.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _answer(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        url = urlparse(self.path)
+        if url.path.startswith("/missing"):
+            self._answer(404, {"error": "not found"})
+            return
+        self._answer(
+            200,
+            {
+                "path": url.path,
+                "query": {k: v[0] for k, v in parse_qs(url.query).items()},
+                "auth_ok": self.headers.get("Authorization") == "Bearer s3cret",
+                "key": self.headers.get("Idempotency-Key"),
+            },
+        )
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", "0"))
+        self._answer(201, {"received": json.loads(self.rfile.read(length) or b"null")})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def flow(workdir: Path, name: str, text: str) -> Any:
+    path = workdir / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    return graph
+
+
+OPTS = RunOptions(allow_modules=(MODULE,))
+
+
+# --------------------------------------------------------------------------------------------------
+# policy
+
+
+def test_policy_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARTER_ALLOW_MODULES", "envmod, other.*")
+    policy = build_policy(("pkg",), None)
+    assert policy.allowance_for("pkg") and policy.allowance_for("pkg.sub")
+    assert policy.allowance_for("pkgx") is None
+    assert policy.allowance_for("envmod") and policy.allowance_for("other.tools")
+    assert policy.allowance_for("other") is None
+    with pytest.raises(PolicyError, match="'os' is not allowed"):
+        policy.check("os", "shell")
+
+
+def test_policy_reads_pyproject_of_the_workflow_ancestors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    (project / "flows").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["mytools.*"]\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHARTER_ALLOW_MODULES", raising=False)
+    policy = build_policy((), project / "flows" / "f.yaml")
+    allowance = policy.allowance_for("mytools.billing")
+    assert allowance is not None and allowance.root == project.resolve()
+    assert policy.import_roots(allowance)[0] == project.resolve()
+    assert build_policy((), tmp_path / "elsewhere.yaml").allowance_for("mytools.billing") is None
+
+
+def test_disallowed_module_is_never_imported(store: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "h10_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef run():\n    return 1\n")
+    graph = flow(
+        tmp_path,
+        "evil",
+        """\
+        charter: "1.0"
+        name: evil
+        tools:
+          run: {python: "h10_evil:run", effect: write}
+        steps:
+          - {id: go, tool: run}
+        """,
+    )
+    with pytest.raises(RunSetupError, match="h10_evil"):
+        run_workflow(graph, {}, store=store, options=RunOptions(allow_modules=("h10_other",)))
+    assert not marker.exists()
+
+
+def test_code_digest_reads_without_importing(tmp_path: Path) -> None:
+    (tmp_path / "h10_digest.py").write_text("raise SystemExit('imported!')\ndef f():\n    return 1\n")
+    first = code_digest("h10_digest:f", [tmp_path])
+    (tmp_path / "h10_digest.py").write_text("raise SystemExit('imported!')\n\n\ndef f():\n    return 1\n")
+    assert code_digest("h10_digest:f", [tmp_path]) == first  # the function's own text did not change
+    (tmp_path / "h10_digest.py").write_text("def f():\n    return 2\n")
+    assert code_digest("h10_digest:f", [tmp_path]) != first
+
+
+# --------------------------------------------------------------------------------------------------
+# python tools
+
+
+def test_python_tools_sync_async_and_idempotency_key(store: Any, workdir: Path) -> None:
+    graph = flow(
+        workdir,
+        "python_tools",
+        f"""\
+        charter: "1.0"
+        name: python-tools
+        tools:
+          add:
+            python: "{MODULE}:add"
+            effect: read
+            args: {{type: object, required: [a, b], properties: {{a: {{type: integer}}, b: {{type: integer}}}}}}
+          twice: {{python: "{MODULE}:twice", effect: read}}
+        steps:
+          - {{id: s, tool: add, args: {{a: 2, b: 3}}}}
+          - {{id: t, tool: twice, args: {{x: "${{{{ steps.s.output.sum }}}}"}}}}
+        output: {{sum: "${{{{ steps.s.output }}}}", twice: "${{{{ steps.t.output }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"sum": {"sum": 5, "key": f"{result.run_id}/s/1"}, "twice": [5, 5]}
+
+
+def test_arguments_are_validated_against_the_schema(store: Any, workdir: Path) -> None:
+    graph = flow(
+        workdir,
+        "bad_args",
+        f"""\
+        charter: "1.0"
+        name: bad-args
+        tools:
+          add:
+            python: "{MODULE}:add"
+            effect: read
+            args: {{type: object, required: [a, b], properties: {{a: {{type: integer}}, b: {{type: integer}}}}}}
+        steps:
+          - {{id: s, tool: add, args: {{a: 2, b: "three"}}}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed"
+    assert "invalid arguments at b" in result.error["message"]
+
+
+def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path) -> None:
+    graph = flow(
+        workdir,
+        "wrong",
+        f"""\
+        charter: "1.0"
+        name: wrong
+        tools:
+          plain: {{python: "{MODULE}:plain", effect: read}}
+          nan: {{python: "{MODULE}:nan", effect: read}}
+        steps:
+          - id: t
+            try:
+              steps: [{{id: p, tool: plain, args: {{y: 1}}}}]
+              catch:
+                steps: [{{id: c, set: {{first: "${{{{ error.message }}}}"}}}}]
+          - {{id: n, tool: nan}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and "not JSON" in result.error["message"]
+    caught = next(e for e in store.events(result.run_id) if e.kind == "vars.set")
+    assert "unexpected keyword argument 'y'" in caught.payload["vars"]["first"]
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP tools
+
+
+def http_flow(workdir: Path, server: str) -> Any:
+    return flow(
+        workdir,
+        "http_tools",
+        f"""\
+        charter: "1.0"
+        name: http-tools
+        secrets: [H10_TOKEN]
+        tools:
+          get_thing:
+            effect: read
+            http:
+              method: GET
+              url: "{server}/things/${{{{ args.id }}}}"
+              headers: {{Authorization: "Bearer ${{{{ secrets.H10_TOKEN }}}}"}}
+              query: {{verbose: "yes"}}
+          create:
+            effect: write
+            http: {{method: POST, url: "{server}/things"}}
+          missing:
+            effect: read
+            http: {{method: GET, url: "{server}/missing"}}
+        steps:
+          - {{id: got, tool: get_thing, args: {{id: 7}}}}
+          - {{id: made, tool: create, args: {{name: widget}}}}
+          - id: lost
+            try:
+              steps: [{{id: m, tool: missing}}]
+              catch:
+                steps: [{{id: why, set: {{error: "${{{{ error }}}}"}}}}]
+        output: {{got: "${{{{ steps.got.output }}}}", made: "${{{{ steps.made.output }}}}", lost: "${{{{ steps.lost.output }}}}"}}
+        """,
+    )
+
+
+def test_http_tools(store: Any, workdir: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("H10_TOKEN", "s3cret")
+    result = run_workflow(http_flow(workdir, server), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    got = result.output["got"]
+    assert got["path"] == "/things/7" and got["query"] == {"verbose": "yes"}
+    assert got["auth_ok"] is True and got["key"] == f"{result.run_id}/got/1"
+    assert result.output["made"] == {"received": {"name": "widget"}}
+    lost = result.output["lost"]["error"]
+    assert lost["code"] == "http" and "HTTP 404" in lost["message"]
+    # The secret is used but never logged.
+    assert all("s3cret" not in json.dumps(e.payload) for e in store.events(result.run_id))
+
+
+def test_missing_secret_is_a_setup_error(store: Any, workdir: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("H10_TOKEN", raising=False)
+    with pytest.raises(RunSetupError, match="H10_TOKEN"):
+        run_workflow(http_flow(workdir, server), {}, store=store, options=OPTS)
