@@ -148,20 +148,25 @@ class Execution:
         self.buffer = []
         batch.extend(events)
         if batch:
-            self.store.append_many(self.run_id, batch)
+            try:
+                self.store.append_many(self.run_id, batch)
+            except BaseException:
+                self.buffer = batch + self.buffer  # nothing was written: keep the events for the next try
+                raise
 
-    def settle(self, *events: s.NewEvent) -> None:
+    def settle(self, *events: s.NewEvent, now: bool = False) -> None:
         """Record a step's completion.
 
         durability "full": committed (and fsynced) at once. "normal": group commit -- completions of
         side-effect-free work wait at most GROUP_WINDOW seconds (or GROUP_EVENTS events) so that one
         commit carries many steps. The log stays a consistent prefix of the execution, and every
         barrier commits first: a `write` tool's call, an approval, a child run, a retry, the run's end.
+        A `write` tool step's completion (`now`) is committed at once: a completed write is never repeated.
         A crash loses at most the window's read-only work, which resume runs again.
         """
         if self.replaying:
             return
-        if not self.group:
+        if not self.group or now:
             self.commit(*events)
             return
         self.buffer.extend(events)
@@ -173,7 +178,10 @@ class Execution:
     def _flush_window(self) -> None:
         self.timer = None
         if self.buffer:
-            self.commit()
+            try:
+                self.commit()
+            except s.StoreError:
+                pass  # e.g. locked for longer than busy_timeout: the next commit carries the events
 
     def notify(self, kind: str, path: str, step_kind: str = "", detail: Any = None) -> None:
         if self.progress is not None:
@@ -244,6 +252,10 @@ class Execution:
         allowance = self.policy.allowance_for(module)
         roots = self.policy.import_roots(allowance) if allowance else list(self.policy.roots)
         return code_digest(target, roots)
+
+    def writes(self, node: Any) -> bool:
+        tool = self.graph.workflow.tools.get(node.step.tool)
+        return tool is not None and tool.effect == "write"
 
     async def http(self) -> Any:
         if self.http_client is None:
@@ -321,7 +333,8 @@ class Execution:
                     s.STEP_COMPLETED,
                     path,
                     {"attempt": attempt, "output": output, "duration_ms": (time.perf_counter() - t0) * 1000},
-                )
+                ),
+                now=node.kind == "tool" and self.writes(node),
             )
         self.notify("completed", path, node.kind, time.perf_counter() - t0)
         return output
@@ -583,8 +596,30 @@ def preflight(graph: Any, policy: ModulePolicy) -> None:
                 raise SetupPolicyError(str(exc)) from None
 
 
+_GRAPHS: dict[tuple[str, str | None], Any] = {}  # (source digest, file) -> graph; graphs are immutable
+_GRAPH_CACHE_SIZE = 32
+
+
+def remember_graph(graph: Any, file: str | None) -> None:
+    """Keep a compiled graph for resume/replay/fork in this process (the same source compiles the same)."""
+    if len(_GRAPHS) >= _GRAPH_CACHE_SIZE:
+        _GRAPHS.pop(next(iter(_GRAPHS)))
+    _GRAPHS[(graph.digest, file)] = graph
+
+
 def compile_source(source: str, file: str) -> Any:
     """Compile a workflow from its text (the source stored in a run row)."""
+    from interpreter.hashing import sha256_hex
+
+    cached = _GRAPHS.get((sha256_hex(source), file))
+    if cached is not None:
+        return cached
+    graph = _compile_source(source, file)
+    remember_graph(graph, file)
+    return graph
+
+
+def _compile_source(source: str, file: str) -> Any:
     from dsl import diagnostics
     from dsl.compiler import compile_workflow
     from dsl.loader import load_text
@@ -642,6 +677,7 @@ async def start_run(
     """Create a run row and its run.started event, then execute it."""
     check_inputs(graph, inputs)
     file = _file_of(graph)
+    remember_graph(graph, file or "<stored>")
     policy = build_policy(options.allow_modules, file)
     preflight(graph, policy)
     secrets = resolve_secrets(graph)

@@ -270,7 +270,7 @@ class McpConnection:
             raise McpServerError(f"{where}: the call failed: {reason}{self._stderr_tail()}")
         if died in done:
             raise McpServerError(
-                f"{where}: the server died during the call: {self._failure}{self._stderr_tail()}"
+                f"{where}: the server went away during the call: {self._failure}{self._stderr_tail()}"
             )
         raise McpServerError(f"{where}: no answer within {limit:g}s")
 

@@ -261,3 +261,46 @@ def test_concurrent_evaluation_of_one_program() -> None:
 def test_unchecked_program_references() -> None:
     program = cel.compile("a.b == c && [1].all(i, i > d) && type(x) == int")
     assert program.references == frozenset({"a", "c", "d", "x"})
+
+
+# --- generated fast paths agree with the library ----------------------------------------------------------
+
+_VALUES = [1, -7, 2.5, UInt(3), "s", b"b", True, None, [1], 2**62]
+_OPS = ["+", "-", "*", "<", "<=", ">", ">=", "==", "!="]
+
+
+def _outcome(program: cel.Program, bindings: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        value = program.evaluate(bindings)
+    except EvaluationError as e:
+        return "error", e.message.split(":")[0]
+    return type(value).__name__, value
+
+
+@pytest.mark.parametrize("op", _OPS)
+def test_fused_operator_trees_match_single_operators(op: str) -> None:
+    single = cel.compile(f"[x {op} y][0]")  # a list literal in between: no fusion
+    fused = cel.compile(f"(x {op} y) == w")  # an operator tree: fused code
+    literal_single = cel.compile(f"[x {op} 2][0]")
+    literal_fused = cel.compile(f"(x {op} 2) == w")
+    for x in _VALUES:
+        for y in _VALUES:
+            kind, value = _outcome(single, {"x": x, "y": y})
+            got = _outcome(fused, {"x": x, "y": y, "w": value})
+            assert got == (("error", value) if kind == "error" else ("bool", True)), (x, op, y, got)
+        kind, value = _outcome(literal_single, {"x": x})
+        got = _outcome(literal_fused, {"x": x, "w": value})
+        assert got == (("error", value) if kind == "error" else ("bool", True)), (x, op, got)
+
+
+def test_fused_arithmetic_values_and_overflow() -> None:
+    assert run("x + y * 2 > 10", {"x": 5, "y": 4}) is True
+    assert run("x * 2.0 + y", {"x": 1.5, "y": 0.5}) == 3.5
+    assert "overflow" in fails("x * 4 + 1 > 0", {"x": 2**62}).message
+    assert "no such overload" in fails("(1 + 2.0) > x", {"x": 1}).message
+    assert "undeclared reference to 'y'" in fails("x + y * 2 > 10", {"x": 1}).message
+    assert run("x + y * 2 > 10", {"a.x": 1, "x": 5, "y": 4}) is True
+
+
+def test_namespaced_function_is_not_a_reference() -> None:
+    assert cel.compile("strings.quote(s)").references == frozenset({"s"})

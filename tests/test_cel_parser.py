@@ -61,6 +61,7 @@ def test_number_and_constant_literals(source: str, value: object) -> None:
         ('b"\\377\\x00"', b"\xff\x00"),
         ('b"\u00ff"', b"\xc3\xbf"),
         ('br"\\x"', b"\\x"),
+        ('b"\\u00ff"', b"\xc3\xbf"),
     ],
 )
 def test_string_and_bytes_literals(source: str, value: object) -> None:
@@ -78,7 +79,7 @@ def test_string_and_bytes_literals(source: str, value: object) -> None:
         ('"\\s"', "invalid escape"),
         ('"\\uD83D"', "invalid unicode"),
         ('"\\U00110000"', "invalid unicode"),
-        ('b"\\u00ff"', "not allowed in bytes"),
+        ('b"\\U000000ff"', "not allowed in bytes"),
         ('"abc', "unterminated string"),
         ("'a\nb'", "unterminated string"),
     ],
@@ -245,6 +246,9 @@ def test_macro_variable_must_be_simple_name() -> None:
         ("a b", "unexpected name 'b'", 3),
         ("1 # 2", "unexpected character '#'", 3),
         ("-!x", "unexpected '!'", 2),
+        ("[1 2]", "unexpected number 2, expected an operator, ',' or ']'", 4),
+        ("1 2", "expected an operator or end of input", 3),
+        ("a.", "expected a field name", 3),
     ],
 )
 def test_syntax_error_messages_and_columns(source: str, message: str, column: int) -> None:

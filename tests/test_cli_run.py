@@ -16,7 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 APPROVAL_INPUT = json.dumps(
-    {"employee": "ann", "items": [{"category": "travel", "amount": 900}, {"category": "hotel", "amount": 300}]}
+    {
+        "employee": "ann",
+        "items": [{"category": "travel", "amount": 900}, {"category": "hotel", "amount": 300}],
+    }
 )
 
 TOOLS = """
@@ -35,7 +38,12 @@ def charter(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db"), **(env or {})}
     full_env.pop("CHARTER_ALLOW_MODULES", None)
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -82,14 +90,18 @@ def test_exit_codes_for_bad_input_file_and_module(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text('charter: "1.0"\nname: broken\nsteps: 3\n')
     assert charter("run", str(broken), cwd=tmp_path).returncode == 2
-    refused = charter("run", str(EXAMPLES / "approval.yaml"), "--input", APPROVAL_INPUT, cwd=tmp_path)
+    flow, log = _crashy(tmp_path)
+    refused = charter("run", str(flow), cwd=tmp_path)
     assert refused.returncode == 2 and "not allowed" in refused.stderr
+    assert not log.exists()
     assert "Traceback" not in refused.stderr + bad_input.stderr
 
 
 def test_failed_run_exits_1(tmp_path: Path) -> None:
     flow = tmp_path / "failing.yaml"
-    flow.write_text('charter: "1.0"\nname: failing\nsteps:\n  - {id: stop, fail: {message: "no way", code: nope}}\n')
+    flow.write_text(
+        'charter: "1.0"\nname: failing\nsteps:\n  - {id: stop, fail: {message: "no way", code: nope}}\n'
+    )
     proc = charter("run", str(flow), "--json", cwd=tmp_path)
     assert proc.returncode == 1
     assert run_json(proc)["error"]["code"] == "nope" and "no way" in proc.stderr
@@ -123,7 +135,9 @@ def test_deny_exits_1(tmp_path: Path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     run_id = run_json(first)["run_id"]
-    denied = charter("approve", run_id, "finance_ok", "--as", "bob", "--deny", "--allow-module", "examples.*", cwd=tmp_path)
+    denied = charter(
+        "approve", run_id, "finance_ok", "--as", "bob", "--deny", "--allow-module", "examples.*", cwd=tmp_path
+    )
     assert denied.returncode == 1 and "denied by bob" in denied.stderr
 
 
@@ -152,7 +166,9 @@ def _crashy(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_crash_then_resume_completes_without_repeating(tmp_path: Path) -> None:
     flow, log = _crashy(tmp_path)
-    crashed = charter("run", str(flow), "--allow-module", "h10_cli_tools", cwd=tmp_path, env={"H10_CRASH_AT": "c"})
+    crashed = charter(
+        "run", str(flow), "--allow-module", "h10_cli_tools", cwd=tmp_path, env={"H10_CRASH_AT": "c"}
+    )
     assert crashed.returncode == 9
     db = sqlite3.connect(tmp_path / "charter.db")
     run_id, status = db.execute("SELECT run_id, status FROM runs").fetchone()
@@ -172,7 +188,9 @@ def test_fork_from_a_node(tmp_path: Path) -> None:
     first = charter("run", str(flow), "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
     run_id = run_json(first)["run_id"]
     log.write_text("")
-    forked = charter("run", str(flow), "--from", f"{run_id}@c", "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
+    forked = charter(
+        "run", str(flow), "--from", f"{run_id}@c", "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path
+    )
     assert forked.returncode == 0, forked.stderr
     assert run_json(forked)["run_id"] != run_id
     assert [json.loads(line)["effect"] for line in log.read_text().splitlines()] == ["c", "d"]
@@ -193,7 +211,9 @@ def test_replay_with_an_edited_file_reports_the_node(tmp_path: Path) -> None:
 
 def test_verify_detects_tampering(tmp_path: Path) -> None:
     flow, _ = _crashy(tmp_path)
-    run_id = run_json(charter("run", str(flow), "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path))["run_id"]
+    run_id = run_json(charter("run", str(flow), "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path))[
+        "run_id"
+    ]
     db = sqlite3.connect(tmp_path / "charter.db")
     db.execute("UPDATE events SET payload = '{\"x\":1}' WHERE run_id = ? AND seq = 3", (run_id,))
     db.commit()

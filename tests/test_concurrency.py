@@ -23,6 +23,7 @@ from fixtures.charter_cli import (
     child_env,
     describe,
     events,
+    json_doc_or_lines,
     read_jsonl,
     run_json,
     run_row,
@@ -205,7 +206,7 @@ def test_approval_pauses_and_another_process_approves(tmp_path: Path) -> None:
 
     log = charter("log", run_id, "--json", "--db", str(db), env=ENV)
     assert log.returncode == 0, describe(log)
-    (decided,) = _approval_events(json.loads(log.stdout))
+    (decided,) = _approval_events(json_doc_or_lines(log.stdout))
     assert decided["payload"]["decision"] == "approved"
     assert decided["payload"]["by"] == "alice"
     assert decided["payload"]["reason"] == "within budget"
@@ -226,7 +227,7 @@ def test_denial_fails_the_run(tmp_path: Path) -> None:
     kinds = [e["kind"] for e in events(db, run_id)]
     assert "tool.called" not in kinds, "the payment ran although it was denied"
     log = charter("log", run_id, "--json", "--db", str(db), env=ENV)
-    (decided,) = _approval_events(json.loads(log.stdout))
+    (decided,) = _approval_events(json_doc_or_lines(log.stdout))
     assert (decided["payload"]["decision"], decided["payload"]["by"]) == ("denied", "bob")
 
 
@@ -245,10 +246,9 @@ def test_approving_a_run_twice_is_refused(tmp_path: Path) -> None:
 # --- several processes, one database ---------------------------------------------------------------------
 
 
-def test_runs_from_several_processes_on_one_database_all_finish(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
+def _concurrent_runs(db: Path, tmp_path: Path, count: int) -> None:
     procs = []
-    for n in range(3):
+    for n in range(count):
         inputs = {"log": str(tmp_path / f"t{n}.jsonl"), "items": list(range(12)), "hold": 0.01}
         cmd = charter_cmd("run", str(FIXTURES / "foreach_flow.yaml"), "--db", str(db), "--json")
         cmd += ["--input", json.dumps(inputs)]
@@ -261,7 +261,19 @@ def test_runs_from_several_processes_on_one_database_all_finish(tmp_path: Path) 
     for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, f"exit {p.returncode}\n{out}\n{err}"
     rows = run_rows(db)
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
+    assert len(rows) >= count and {r["status"] for r in rows} == {"completed"}
     for r in rows:
         check = charter("verify", r["run_id"], "--db", str(db), env=ENV)
         assert check.returncode == 0, describe(check)
+
+
+def test_runs_from_several_processes_share_an_existing_database(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    first = _run("trycatch_flow.yaml", db)
+    assert first.returncode == 0, describe(first)
+    _concurrent_runs(db, tmp_path, 3)
+
+
+def test_runs_from_several_processes_start_on_a_new_database(tmp_path: Path) -> None:
+    # the first processes race to create the file and its schema
+    _concurrent_runs(tmp_path / "new.db", tmp_path, 3)

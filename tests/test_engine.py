@@ -146,7 +146,10 @@ def test_tools_pipeline_example_runs_verifies_and_replays(store: Any) -> None:
 
 def test_approval_example_waits_then_approves(store: Any) -> None:
     graph = compiled(EXAMPLES / "approval.yaml")
-    inputs = {"employee": "ann", "items": [{"category": "travel", "amount": 900}, {"category": "hotel", "amount": 300}]}
+    inputs = {
+        "employee": "ann",
+        "items": [{"category": "travel", "amount": 900}, {"category": "hotel", "amount": 300}],
+    }
     first = run_workflow(graph, inputs, store=store, options=OPTS)
     assert first.status == "waiting" and first.pending == ["finance_ok"]
     assert store.run(first.run_id).status == "waiting"
@@ -168,7 +171,9 @@ def test_approval_denied_fails_with_code_denied(store: Any) -> None:
     graph = compiled(EXAMPLES / "approval.yaml")
     inputs = {"employee": "ann", "items": [{"category": "travel", "amount": 5000}]}
     first = run_workflow(graph, inputs, store=store, options=OPTS)
-    result = decide_approval(first.run_id, "finance_ok", store=store, person="eve", approved=False, reason="no")
+    result = decide_approval(
+        first.run_id, "finance_ok", store=store, person="eve", approved=False, reason="no"
+    )
     assert result.status == "failed"
     assert result.error["code"] == "denied" and "eve" in result.error["message"]
     with pytest.raises(RunSetupError):
@@ -267,7 +272,9 @@ def test_hanging_tool_is_cut_off_and_caught(store: Any, workdir: Path) -> None:
 
 def test_run_timeout_fails_the_run(store: Any, workdir: Path) -> None:
     flow = write_flow(
-        workdir, "run_timeout", "timeout: 200ms\nsteps:\n  - {id: h, tool: slow, args: {value: 1, seconds: 30}}\n"
+        workdir,
+        "run_timeout",
+        "timeout: 200ms\nsteps:\n  - {id: h, tool: slow, args: {value: 1, seconds: 30}}\n",
     )
     result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
     assert result.status == "failed" and result.error["code"] == "timeout"
@@ -316,7 +323,11 @@ def test_parallel_all_runs_branches_concurrently(store: Any, workdir: Path) -> N
     result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
     assert result.output == {"all": [1, 2, 3]}
     # Concurrency, without timing: every branch started before any completed.
-    events = [(e.node_path, e.kind) for e in store.events(result.run_id) if e.node_path in ("fan/branch-0/a", "fan/branch-1/b", "fan/branch-2/c")]
+    events = [
+        (e.node_path, e.kind)
+        for e in store.events(result.run_id)
+        if e.node_path in ("fan/branch-0/a", "fan/branch-1/b", "fan/branch-2/c")
+    ]
     firsts = [k for _, k in events[:3]]
     assert all(k in ("step.started", "tool.called") for k in firsts)
 
@@ -425,7 +436,9 @@ def test_resume_reuses_completed_work(store: Any, workdir: Path, tmp_path: Path)
     store.append_many(
         crashed.run_id,
         [
-            __import__("interpreter.store", fromlist=["NewEvent"]).NewEvent(e.kind, e.node_path, e.payload, e.actor)
+            __import__("interpreter.store", fromlist=["NewEvent"]).NewEvent(
+                e.kind, e.node_path, e.payload, e.actor
+            )
             for e in events
             if e.seq <= cut
         ],

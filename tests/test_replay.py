@@ -136,7 +136,7 @@ def test_approval_example_replays_after_approval(tmp_path: Path) -> None:
     assert replay.returncode == 0, describe(replay)
 
 
-@pytest.mark.parametrize("flow", ["crash_flow.yaml", "trycatch_flow.yaml"])
+@pytest.mark.parametrize("flow", ["crash_flow.yaml", "trycatch_flow.yaml", "timeout_flow.yaml"])
 def test_fixture_runs_replay(tmp_path: Path, flow: str) -> None:
     db = tmp_path / "c.db"
     proc = _run(FIXTURES / flow, db)

@@ -166,3 +166,31 @@ def test_unknown_run_is_a_clear_error(copy: tuple[str, Path, int]) -> None:
     proc = _verify("01NOSUCHRUN0000000000000000", db)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "new_data",
+    ["CAST(replace(data, 'line 7 ', 'line 8 ') AS BLOB)", "replace(data, 'line 7 ', 'line 8 ')"],
+    ids=["bytes", "stored-as-text"],  # SQL's replace() returns TEXT: a hand edit may change the type too
+)
+def test_altered_blob_is_named_at_the_first_event_using_it(tmp_path: Path, new_data: str) -> None:
+    db = tmp_path / "c.db"
+    text = "".join(f"line {i} of a long report\n" for i in range(600))
+    proc = charter(
+        "run", str(FIXTURES / "big_flow.yaml"), "--db", str(db), "--json", "--input", json.dumps({"text": text}),
+        env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, describe(proc)
+    run_id = run_json(proc)["run_id"]
+    assert run_json(proc)["output"] == {"size": len(text)}
+    with sqlite3.connect(db) as conn:
+        refs = conn.execute(
+            "SELECT seq, payload FROM events WHERE run_id = ? AND kind = 'tool.completed'", (run_id,)
+        ).fetchall()
+        (seq, payload), *_ = refs
+        digest = json.loads(payload)["result"]["$blob"]  # the result was moved to the blob table
+        (first,) = conn.execute(
+            "SELECT min(seq) FROM events WHERE run_id = ? AND instr(payload, ?) > 0", (run_id, digest)
+        ).fetchone()
+        conn.execute(f"UPDATE blobs SET data = {new_data} WHERE sha256 = ?", (digest,))
+    _assert_broken_at(run_id, db, first)

@@ -121,7 +121,9 @@ def test_policy_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         policy.check("os", "shell")
 
 
-def test_policy_reads_pyproject_of_the_workflow_ancestors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_reads_pyproject_of_the_workflow_ancestors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = tmp_path / "project"
     (project / "flows").mkdir(parents=True)
     (project / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["mytools.*"]\n')
@@ -136,7 +138,9 @@ def test_policy_reads_pyproject_of_the_workflow_ancestors(tmp_path: Path, monkey
 
 def test_disallowed_module_is_never_imported(store: Any, tmp_path: Path) -> None:
     marker = tmp_path / "imported"
-    (tmp_path / "h10_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef run():\n    return 1\n")
+    (tmp_path / "h10_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\ndef run():\n    return 1\n"
+    )
     graph = flow(
         tmp_path,
         "evil",
@@ -290,7 +294,9 @@ def test_http_tools(store: Any, workdir: Path, server: str, monkeypatch: pytest.
     assert all("s3cret" not in json.dumps(e.payload) for e in store.events(result.run_id))
 
 
-def test_missing_secret_is_a_setup_error(store: Any, workdir: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_secret_is_a_setup_error(
+    store: Any, workdir: Path, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("H10_TOKEN", raising=False)
     with pytest.raises(RunSetupError, match="H10_TOKEN"):
         run_workflow(http_flow(workdir, server), {}, store=store, options=OPTS)

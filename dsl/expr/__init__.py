@@ -167,8 +167,10 @@ def unchecked_references(tree: ast.Expr, container: str | None = None) -> frozen
 
     try:
         type_names = set(_lib().TYPE_VALUES)
-    except Exception:  # noqa: BLE001 - library missing: no names are types
+        functions_: Mapping[str, Any] = _lib().GLOBALS
+    except Exception:  # noqa: BLE001 - library missing: no names are types or functions
         type_names = set()
+        functions_ = {}
     refs: set[str] = set()
     stack: list[tuple[ast.Expr, frozenset[str]]] = [(tree, frozenset())]
     while stack:
@@ -197,7 +199,7 @@ def unchecked_references(tree: ast.Expr, container: str | None = None) -> frozen
                 stack.append((child, inner))
             continue
         if t is ast.Call:
-            if node.target is not None:
+            if node.target is not None and not _is_namespace(node, scope, functions_):
                 stack.append((node.target, scope))
             stack.extend((a, scope) for a in node.args)
         elif t is ast.CreateList:
@@ -207,3 +209,16 @@ def unchecked_references(tree: ast.Expr, container: str | None = None) -> frozen
         elif t is ast.CreateStruct:
             stack.extend((v, scope) for _, v in node.fields)
     return frozenset(refs)
+
+
+def _is_namespace(call: ast.Call, scope: frozenset[str], functions_: Mapping[str, Any]) -> bool:
+    """True for `strings.quote(x)`: the target names a function namespace, not a variable."""
+    parts = [call.function]
+    e = call.target
+    while type(e) is ast.Select and not e.test_only:
+        parts.append(e.field)
+        e = e.operand
+    if type(e) is not ast.Ident or e.name in scope:
+        return False
+    parts.append(e.name.lstrip("."))
+    return ".".join(reversed(parts)) in functions_

@@ -8,6 +8,12 @@ Errors are Python exceptions (`EvaluationError`); the only places that absorb th
 (commutatively, as langdef "Logical Operators" requires), `?:` (only the taken branch runs) and the
 all/exists macros. Constant sub-expressions are folded at compile time, and the hot operators have
 fast paths for same-typed operands that fall back to the library (`functions.GLOBALS`/`MEMBERS`).
+
+For speed, three node kinds get small generated functions (fixed templates, compiled once per
+template shape and cached; values and names enter only as namespace variables): select chains
+(`request.user.role` indexes the dicts directly), binary operators, and trees of binary operators
+(`x + y * 2 > 10` becomes one function). Each falls back to the plain closures whenever anything is
+irregular, so the closures alone define the semantics.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import builtins
 import copy
 import importlib
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
@@ -127,6 +134,7 @@ class Evaluator:
         self.needs_private_act = False
         self._slot_counter = 0
         self._scope: dict[str, str] = {}
+        self._memo: dict[tuple[int, int], tuple[Fn, Any]] = {}
 
     # ---- entry -----------------------------------------------------------------------------------
 
@@ -140,6 +148,14 @@ class Evaluator:
         return fn
 
     def node(self, node: ast.Expr, scope: dict[str, str]) -> tuple[Fn, Any]:
+        # memoised per (node, scope): fusion revisits subtrees, and must not recompile them
+        key = (id(node), id(scope))
+        done = self._memo.get(key)
+        if done is None:
+            done = self._memo[key] = self.compile_node(node, scope)
+        return done
+
+    def compile_node(self, node: ast.Expr, scope: dict[str, str]) -> tuple[Fn, Any]:
         t = type(node)
         if t is ast.Literal:
             v = node.value
@@ -538,7 +554,7 @@ class Evaluator:
             fast_set = _FAST_EQ if name in ("_==_", "_!=_") else _FAST_ORD
             if len(known) == 1 and next(iter(known)) in fast_set:
                 ns[f"T{k}"] = next(iter(known))
-                lines += [f"if type({xa}) is T{k} and type({xb}) is T{k}:", f"    {r} = {xa} {op} {xb}"]
+                lines += [f"if {_type_test(node, xa, xb, f'T{k}')}:", f"    {r} = {xa} {op} {xb}"]
             else:
                 fast = "FAST_EQ" if fast_set is _FAST_EQ else "FAST_ORD"
                 lines += [
@@ -548,18 +564,19 @@ class Evaluator:
             lines += generic
             return r
         int_branch = [
-            f"if type({xa}) is int and type({xb}) is int:",
+            f"if {_type_test(node, xa, xb, 'int')}:",
             f"    {r} = {xa} {op} {xb}",
             f"    if not LO <= {r} <= HI:",
             f"        raise _err('integer overflow', OFF{k})",
         ]
-        float_branch = [f"if type({xa}) is float and type({xb}) is float:", f"    {r} = {xa} {op} {xb}"]
-        if known == {float}:
-            lines += float_branch
-        elif known == {int}:
+        float_branch = [f"if {_type_test(node, xa, xb, 'float')}:", f"    {r} = {xa} {op} {xb}"]
+        # a branch is emitted only when every literal operand has its type (so `1 + 2.0` has none)
+        if not known or known == {int}:
             lines += int_branch
-        else:
-            lines += int_branch + ["el" + float_branch[0], float_branch[1]]
+        if not known or known == {float}:
+            lines += (["el" + float_branch[0]] if not known else [float_branch[0]]) + [float_branch[1]]
+        if known and known != {int} and known != {float}:
+            generic = ["if True:", *generic[1:]]
         lines += generic
         if name == "_+_":
             lines += [
@@ -1215,6 +1232,31 @@ def _fast_not(impl: Callable[..., Any], a: Fn, off: int) -> Fn:
             raise locate(e, off) from None
 
     return not_
+
+
+def _type_test(node: ast.Call, xa: str, xb: str, type_src: str) -> str:
+    """`type(x) is T and type(y) is T`, leaving out literal operands (their type is known, and the
+    caller only asks for T when every literal operand has type T)."""
+    tests = [
+        f"type({x}) is {type_src}"
+        for x, n in zip((xa, xb), node.args, strict=True)
+        if type(n) is not ast.Literal
+    ]
+    return " and ".join(tests) or "True"
+
+
+_MIN_RECURSION_LIMIT = 10_000
+
+
+def _ensure_stack() -> None:
+    """Compiling and evaluating an AST of the parser's maximum depth (parser.MAX_DEPTH) takes a few
+    Python frames per level; make sure the interpreter allows that. The limit is only ever raised
+    (never lowered), so concurrent compiles cannot race each other into a lower value."""
+    if sys.getrecursionlimit() < _MIN_RECURSION_LIMIT:
+        sys.setrecursionlimit(_MIN_RECURSION_LIMIT)
+
+
+_ensure_stack()  # at import, not mid-evaluation: changing it later surprises tools that track it
 
 
 def compile_program(

@@ -68,15 +68,16 @@ def _unescape(body: str, is_bytes: bool, offset: int) -> str | bytes:
             continue
         if bad is not None:
             raise _Fail(f"invalid escape sequence '\\{bad}'", where)
-        if (hex4 or hex8) and is_bytes:
-            raise _Fail("\\u and \\U escapes are not allowed in bytes literals", where)
+        if hex8 and is_bytes:
+            raise _Fail("\\U escapes are not allowed in bytes literals", where)
         code = int(octal, 8) if octal else int(hex2 or hex4 or hex8, 16)
         if hex2 or octal:
             out.append(bytes([code]) if is_bytes else chr(code))
             continue
         if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
             raise _Fail(f"invalid unicode code point in escape '{m.group(0)}'", where)
-        out.append(chr(code))
+        # \u in bytes (langdef): the UTF-8 encoding of the code point
+        out.append(chr(code).encode("utf-8") if is_bytes else chr(code))
     if pos < len(body):
         text = body[pos:]
         out.append(text.encode("utf-8") if is_bytes else text)
@@ -136,6 +137,8 @@ def _call(fn: str, offset: int, *args: ast.Expr) -> ast.Call:
 def _expand_macro(name: str, target: ast.Expr, args: list[ast.Expr], offset: int) -> ast.Expr | None:
     """Expand a receiver-style macro call, or None when `name`/arity is not a macro."""
     n = len(args)
+    if name == "existsOne" and n == 3:  # the two-variable macros' spelling (cel-go ext, macros2 suite)
+        name = "exists_one"
     two_var = n == 3 and name in ("all", "exists", "exists_one")
     if not (
         (name in ("all", "exists", "exists_one", "filter") and n == 2)
@@ -437,15 +440,48 @@ def _describe_token(tok: Token) -> str:
     return f"'{tok}'"
 
 
+_PUNCTUATION = {"COMMA", "RPAR", "RSQB", "RBRACE", "COLON"}
+
+
 def _describe_expected(expected: set[str]) -> str:
-    if expected & _EXPR_START:
+    if "INT" in expected:  # only where an operand may start
         return "an expression"
+    if expected <= {"IDENT", "QUOTED_IDENT"}:
+        return "a field name"
+    punctuation = expected & _PUNCTUATION
+    if punctuation and len(expected) > 4:  # after a complete operand: any operator, or the closer
+        names = ["an operator", *sorted(_TOKEN_TEXT.get(e, e.lower()) for e in punctuation)]
+        return ", ".join(names[:-1]) + " or " + names[-1]
     names = sorted({_TOKEN_TEXT.get(e, e.lower()) for e in expected})
     if not names:
         return "something else"
     if len(names) == 1:
         return names[0]
     return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+_CLOSERS = {
+    "LPAR": "an operator, ',' or ')'",
+    "LBRACK": "an operator, ',' or ']'",
+    "LBRACE": "an operator, ':', ',' or '}'",
+}
+
+
+def _after_operand(source: str, offset: int) -> str | None:
+    """What may follow a complete operand at `offset`, from the innermost unclosed bracket.
+
+    LALR merges lookahead sets, so the parser's own list names every closer; re-lexing the prefix
+    tells which one is actually open."""
+    stack: list[str] = []
+    try:
+        for tok in _parser(True).lex(source[:offset]):
+            if tok.type in _CLOSERS:
+                stack.append(tok.type)
+            elif tok.type in ("RPAR", "RSQB", "RBRACE") and stack:
+                stack.pop()
+    except Exception:  # noqa: BLE001 - best effort: keep the parser's own description
+        return None
+    return _CLOSERS[stack[-1]] if stack else "an operator or end of input"
 
 
 def _syntax_error(e: UnexpectedInput, source: str) -> ExpressionSyntaxError:
@@ -461,7 +497,11 @@ def _syntax_error(e: UnexpectedInput, source: str) -> ExpressionSyntaxError:
     if isinstance(e, UnexpectedToken):
         tok = e.token
         offset = len(source) if tok.type == "$END" else tok.start_pos
-        msg = f"unexpected {_describe_token(tok)}, expected {_describe_expected(set(e.expected))}"
+        expected = set(e.expected)
+        wanted = _describe_expected(expected)
+        if wanted.startswith("an operator"):
+            wanted = _after_operand(source, offset) or wanted
+        msg = f"unexpected {_describe_token(tok)}, expected {wanted}"
         return ExpressionSyntaxError(msg, source, offset)
     if isinstance(e, UnexpectedEOF):
         return ExpressionSyntaxError(
