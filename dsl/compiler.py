@@ -419,7 +419,8 @@ class _Compiler:
         elif isinstance(step, m.SetStep):
             values["set"] = self._value(step.set, (*path, "set"), scope)
         elif isinstance(step, m.ForEachStep):
-            values["in"] = self._value(step.for_each.in_, (*path, "for_each", "in"), scope)
+            values["in"] = items = self._value(step.for_each.in_, (*path, "for_each", "in"), scope)
+            self._check_list(step.for_each.in_, items, (*path, "for_each", "in"))
         elif isinstance(step, m.FailStep):
             values["message"] = self._value(step.fail.message, (*path, "fail", "message"), scope)
         elif isinstance(step, m.ApprovalStep):
@@ -427,6 +428,20 @@ class _Compiler:
         elif isinstance(step, m.WorkflowStep):
             values["input"] = self._value(step.workflow.input, (*path, "workflow", "input"), scope)
             self._workflow_file(step.workflow.path, (*path, "workflow", "path"))
+
+    def _check_list(self, raw: Any, value: templates.CompiledValue, path: Path) -> None:
+        """A for_each `in` must be a list: a literal list, or an expression of type list or dyn."""
+        if value.constant:
+            kind = None if isinstance(raw, list) else type(raw).__name__
+        else:
+            kind = None if value.type.name in ("list", "dyn") else str(value.type)
+        if kind is not None:
+            self.err(
+                "CH302",
+                f"for_each `in` must be a list, not {kind}",
+                path,
+                hint='write a list, or an expression that yields one, e.g. "${{ input.items }}"',
+            )
 
     def _model_step(
         self,

@@ -342,7 +342,7 @@ class Execution:
     async def _attempt(
         self, runner: Any, node: Any, scope: Scope, path: str, attempt: int, timeout: float | None
     ) -> Any:
-        if timeout is None or self.replaying:
+        if timeout is None:
             return await runner(self, node, scope, path, attempt)
         try:
             async with asyncio.timeout(timeout):

@@ -30,6 +30,7 @@ class NodeRecord:
     error: dict[str, Any] | None = None
     skip: dict[str, Any] | None = None
     attempts_failed: int = 0
+    attempt_errors: dict[int, dict[str, Any]] = field(default_factory=dict)  # how each failed attempt ended
     tools: dict[int, ToolCall] = field(default_factory=dict)
     vars_delta: dict[str, Any] | None = None
     vars_seq: int = 0
@@ -60,11 +61,13 @@ def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
             rec.status, rec.output, rec.error, rec.seq = "completed", payload.get("output"), None, event.seq
         elif kind == s.STEP_FAILED:
             rec.status, rec.error, rec.seq = "failed", payload.get("error"), event.seq
+            rec.attempt_errors[int(payload.get("attempt", 1))] = payload.get("error") or {}
         elif kind == s.STEP_SKIPPED:
             if payload.get("reason") != "cancelled":  # a cancelled step did not finish: it may run again
                 rec.status, rec.skip, rec.seq = "skipped", payload, event.seq
         elif kind == s.STEP_RETRYING:
             rec.attempts_failed = int(payload.get("attempt", rec.attempts_failed + 1))
+            rec.attempt_errors[rec.attempts_failed] = payload.get("error") or {}
             rec.status = None
             _forget_descendants(records, path)  # the next attempt runs the children again
         elif kind in (s.TOOL_CALLED, s.TOOL_COMPLETED, s.TOOL_FAILED):

@@ -56,7 +56,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     key = f"{ex.run_id}/{path}/{attempt}"
     validate_args(name, tool.args, args, ex.schema_cache)
     if ex.replaying:
-        return _replayed_call(ex, path, attempt, name, tool, args)
+        return await _replayed_call(ex, path, attempt, name, tool, args)
     called = {"tool": name, "attempt": attempt, "idempotency_key": key, "args": args, "effect": tool.effect}
     python = ex.python_tool(name, tool.python) if tool.python else None
     if python is not None and python.code:
@@ -79,6 +79,20 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
                 "attempt": attempt,
                 "idempotency_key": key,
                 "error": err.to_dict(),
+                "duration_ms": (time.perf_counter() - t0) * 1000,
+            },
+        )
+        raise
+    except asyncio.CancelledError:
+        # Cut off from outside: a step or run timeout, or a sibling branch that won the join.
+        ex.emit(
+            s.TOOL_FAILED,
+            path,
+            {
+                "tool": name,
+                "attempt": attempt,
+                "idempotency_key": key,
+                "error": CANCELLED,
                 "duration_ms": (time.perf_counter() - t0) * 1000,
             },
         )
@@ -121,7 +135,15 @@ async def _call(
         ) from None
 
 
-def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool: Any, args: Any) -> Any:
+CANCELLED = {
+    "type": "Cancelled",
+    "code": "cancelled",
+    "message": "the call was cut off (a timeout, or another branch won the join)",
+    "retryable": False,
+}
+
+
+async def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool: Any, args: Any) -> Any:
     rec = ex.records.get(path)
     call = rec.tools.get(attempt) if rec is not None else None
     ex.checked += 1
@@ -139,9 +161,20 @@ def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool: Any,
             ex.diverge(path, recorded_code, current, f"the code of tool '{name}' ({tool.python}) changed")
     if call.completed is not None:
         return call.completed.get("result")
-    if call.failed is not None:
-        raise StepError.from_dict(call.failed.get("error") or {})
-    ex.diverge(path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)")
+    failed = call.failed.get("error") or {} if call.failed is not None else None
+    if failed is not None and failed.get("code") != "cancelled":
+        raise StepError.from_dict(failed)
+    if failed is None:
+        ex.diverge(
+            path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
+        )
+    # The call was cut off. When this step's own timeout did it, fail the attempt the same way; otherwise
+    # (an enclosing timeout, a sibling that won the join) wait to be cancelled as the recording was.
+    assert rec is not None
+    ended = rec.attempt_errors.get(attempt)
+    if ended is not None and ended.get("code") == "timeout" and ended.get("node_path") == path:
+        raise StepError.from_dict(ended)
+    await asyncio.Future()
     return None
 
 

@@ -397,3 +397,51 @@ def test_internal_error_becomes_a_diagnostic(monkeypatch: pytest.MonkeyPatch) ->
       - {id: a, set: {x: 1}}
     """)
     assert graph is None and codes(diags) == ["CH299"]
+
+
+def test_for_each_in_must_be_a_list() -> None:
+    _, diags = build("""
+    steps:
+      - {id: a, for_each: {in: "${{ size(input.items) }}", steps: [{id: b, set: {x: 1}}]}}
+      - {id: c, for_each: {in: "just text", steps: [{id: d, set: {x: 1}}]}}
+      - {id: e, for_each: {in: [1, 2], steps: [{id: f, set: {x: "${{ item + index }}"}}]}}
+      - {id: g, for_each: {in: "${{ input.items.filter(i, i > 0) }}", steps: [{id: h, set: {x: 1}}]}}
+    """)
+    assert [(d.code, d.line) for d in diags] == [("CH302", 9), ("CH302", 10)]
+    assert "not int" in diags[0].message and "not str" in diags[1].message
+
+
+def test_on_behalf_of_and_step_guardrails() -> None:
+    header = HEADER + textwrap.dedent("""\
+    identities:
+      bot: {kind: agent}
+      alice: {kind: user}
+    grants:
+      - {id: g, to: bot, tools: [search]}
+    """)
+    graph, diags = build(
+        """
+    steps:
+      - id: a
+        agent: {identity: bot, on_behalf_of: alice, tools: [search], prompt: go}
+        guardrails:
+          - {id: short, on: agent.output, check: size(output) < 10}
+      - id: b
+        agent: {identity: bot, on_behalf_of: alicia, prompt: go}
+    """,
+        header=header,
+    )
+    assert codes(diags) == ["CH206"] and "alicia" in diags[0].message
+    graph, diags = build(
+        """
+    steps:
+      - id: a
+        agent: {identity: bot, on_behalf_of: "${{ run.principal }}", tools: [search], prompt: go}
+        guardrails:
+          - {id: short, on: agent.output, check: size(output) < 10}
+    """,
+        header=header,
+    )
+    assert diags == [] and graph is not None
+    rule = graph.node("a").guardrails[0]
+    assert rule.check is not None and rule.check.evaluate({"output": "hello"}) is True

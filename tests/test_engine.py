@@ -268,6 +268,9 @@ def test_hanging_tool_is_cut_off_and_caught(store: Any, workdir: Path) -> None:
     assert result.output == {"result": "timeout:h"}
     failed = [e for e in store.events(result.run_id) if e.kind == "step.failed"]
     assert failed[0].payload["caught_by"] == "guarded"
+    cut = next(e for e in store.events(result.run_id) if e.kind == "tool.failed")
+    assert cut.payload["error"]["code"] == "cancelled"
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
 
 
 def test_run_timeout_fails_the_run(store: Any, workdir: Path) -> None:
@@ -278,6 +281,7 @@ def test_run_timeout_fails_the_run(store: Any, workdir: Path) -> None:
     )
     result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
     assert result.status == "failed" and result.error["code"] == "timeout"
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
 
 
 def test_parallel_any_cancels_the_losers(store: Any, workdir: Path) -> None:
@@ -303,6 +307,7 @@ def test_parallel_any_cancels_the_losers(store: Any, workdir: Path) -> None:
     assert joined.payload["completed"] == ["fast"] and joined.payload["cancelled"] == ["slow"]
     cancelled = [e for e in events if e.kind == "step.skipped" and e.node_path.endswith("lazy")]
     assert cancelled and cancelled[0].payload["reason"] == "cancelled"
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
 
 
 def test_parallel_all_runs_branches_concurrently(store: Any, workdir: Path) -> None:
