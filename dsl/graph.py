@@ -27,6 +27,7 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 def _empty() -> Mapping[str, Any]:
     return EMPTY
 
+
 # Variables the compiler declares for each kind of place; the interpreter must bind the same names.
 # Everywhere in steps and the run's output/vars: `input`, `vars`, `run`, `steps`, `secrets`.
 STEP_SCOPE = ("input", "vars", "run", "steps", "secrets")
@@ -58,7 +59,8 @@ class Node:
     kind: str  # agent llm tool switch parallel for_each loop set try fail approval workflow steps
     step: model.StepBase
     condition: Program | None = None  # the compiled `if`
-    values: Mapping[str, CompiledValue] = field(default_factory=_empty)  # "args", "output", "in", "set", "message", "input", ...
+    # compiled ${{ }} fields: "args", "output", "in", "set", "message", "input", "on_behalf_of", "vars"
+    values: Mapping[str, CompiledValue] = field(default_factory=_empty)
     conditions: Mapping[str, Program] = field(default_factory=_empty)  # other bare CEL fields: "until" (loop)
     prompts: Mapping[str, Prompt] = field(default_factory=_empty)  # "instructions", "prompt" (agent/llm)
     blocks: tuple[Block, ...] = ()

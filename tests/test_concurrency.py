@@ -196,6 +196,13 @@ def test_approval_pauses_and_another_process_approves(tmp_path: Path) -> None:
     assert len(requested) == 1 and requested[0]["node_path"] == "ok"
     assert requested[0]["payload"]["message"] == "Pay 1200?"
 
+    # a resume does not get past a pending approval, and a decision must name a pending node
+    still = charter("resume", run_id, "--db", str(db), env=ENV)
+    assert still.returncode == 3, describe(still)
+    wrong = charter("approve", run_id, "pay", "--as", "alice", "--db", str(db), env=ENV)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, describe(wrong)
+    assert run_row(db, run_id)["status"] == "waiting"
+
     approve = charter(
         "approve", run_id, "ok", "--as", "alice", "--reason", "within budget", "--db", str(db), env=ENV
     )

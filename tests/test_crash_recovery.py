@@ -298,3 +298,38 @@ def test_enough_distinct_kill_points(outcomes: dict[str, Outcome]) -> None:
     assert len({o.kinds_at_kill.total() for o in killed}) >= 10, (
         "kills landed at too few distinct log positions"
     )
+
+
+def _kill_when(cmd: list[str], env: dict[str, str], db: Path, kind: str, count: int) -> int:
+    """Start `cmd`, SIGKILL it once the log holds `count` events of `kind`; its exit status."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + KILL_DEADLINE
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _count(db, kind) >= count:
+            proc.kill()
+            break
+        time.sleep(0.002)
+    else:
+        proc.kill()
+    return proc.wait(timeout=30)
+
+
+def test_a_resume_killed_in_turn_is_resumed_again(tmp_path: Path, baseline: dict[str, Any]) -> None:
+    db, effects = tmp_path / "charter.db", tmp_path / "effects.txt"
+    env = child_env({"CRASH_EFFECTS": str(effects)}, allow=ALLOW)
+    assert _kill_when(charter_cmd("run", str(FLOW), "--db", str(db)), env, db, "tool.completed", 3) == -9
+    (row,) = run_rows(db)
+    run_id = row["run_id"]
+    resume = charter_cmd("resume", run_id, "--db", str(db))
+    assert _kill_when(resume, env, db, "tool.completed", 9) == -9, "the first resume finished before the kill"
+    assert run_row(db, run_id)["status"] != "completed"
+    final = charter("resume", run_id, "--db", str(db), env=env, timeout=60)
+    assert final.returncode == 0, describe(final)
+    assert json.loads(run_row(db, run_id)["output"]) == baseline["output"]
+    got = _effects(effects, run_id)
+    assert set(got) == set(baseline["effects"])
+    assert all(1 <= n <= 2 for n in got.values()), got
+    kinds = [e["kind"] for e in events(db, run_id)]
+    assert kinds.count("run.resumed") == 2 and kinds.count("run.completed") == 1
+    with SQLiteEventStore(db) as store:
+        assert store.verify(run_id).ok
