@@ -668,7 +668,7 @@ class _Compiler:
             else:
                 self._type_error(exc.message, where, exc.offset, scope)
 
-        compiled = templates.compile_value(value, scope.names, on_error=on_error)
+        compiled = templates.compile_value(value, scope.names, on_error=on_error, compiler=self._compile)
         if all(self._refs_ok(p, scope) for p in compiled.programs):
             return compiled  # nothing to report: skip locating each program in its string
         programs = iter(compiled.programs)

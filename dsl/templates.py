@@ -128,20 +128,29 @@ def _find_close(text: str, i: int) -> int:
     return -1
 
 
+ExprCompiler = Callable[[str, Any], expr.Program]
+
+
 def compile_string(
-    text: str, declarations: Mapping[str, Any] | None, limits: expr.Limits | None = None
+    text: str,
+    declarations: Mapping[str, Any] | None,
+    limits: expr.Limits | None = None,
+    compiler: ExprCompiler | None = None,
 ) -> CompiledValue:
-    """Compile one string value. Raises TemplateError with the offset inside `text`."""
+    """Compile one string value. Raises TemplateError with the offset inside `text`.
+
+    `compiler(source, declarations)` replaces `dsl.expr.compile`, e.g. with a cache.
+    """
     if OPEN not in text:
         return _constant(text)
     pieces = split_template(text)
     if len(pieces) == 1 and pieces[0][0] is None and text.startswith(OPEN) and text.endswith("}}"):
-        program = _compile_expr(pieces[0][1], pieces[0][2], declarations, limits)
+        program = _compile_expr(pieces[0][1], pieces[0][2], declarations, limits, compiler)
         return CompiledValue(program.evaluate, (program,), program.type, False)
     parts: list[str | expr.Program] = []
     for piece in pieces:
         if piece[0] is None:
-            parts.append(_compile_expr(piece[1], piece[2], declarations, limits))
+            parts.append(_compile_expr(piece[1], piece[2], declarations, limits, compiler))
         else:
             parts.append(piece[0])
     programs = tuple(p for p in parts if type(p) is not str)
@@ -151,13 +160,19 @@ def compile_string(
 
 
 def _compile_expr(
-    source: str, offset: int, declarations: Mapping[str, Any] | None, limits: expr.Limits | None
+    source: str,
+    offset: int,
+    declarations: Mapping[str, Any] | None,
+    limits: expr.Limits | None,
+    compiler: ExprCompiler | None,
 ) -> expr.Program:
     stripped = source.strip()
     lead = len(source) - len(source.lstrip())
     if not stripped:
         raise TemplateError("empty expression in `${{ }}`", offset, "syntax")
     try:
+        if compiler is not None:
+            return compiler(stripped, declarations)
         return expr.compile(stripped, declarations, limits=limits)
     except expr.ExpressionSyntaxError as e:
         raise TemplateError(e.message, offset + lead + e.offset, "syntax") from None
@@ -177,6 +192,7 @@ def compile_value(
     limits: expr.Limits | None = None,
     on_error: Callable[[TemplateError, tuple[str | int, ...]], None] | None = None,
     path: tuple[str | int, ...] = (),
+    compiler: ExprCompiler | None = None,
 ) -> CompiledValue:
     """Compile a JSON-like value whose strings may hold `${{ }}`.
 
@@ -185,18 +201,22 @@ def compile_value(
     """
     if type(value) is str:
         try:
-            return compile_string(value, declarations, limits)
+            return compile_string(value, declarations, limits, compiler)
         except TemplateError as e:
             if on_error is None:
                 raise
             on_error(e, path)
             return _constant(value)
     if isinstance(value, Mapping):
-        items = {k: compile_value(v, declarations, limits, on_error, (*path, k)) for k, v in value.items()}
+        items = {
+            k: compile_value(v, declarations, limits, on_error, (*path, k), compiler)
+            for k, v in value.items()
+        }
         return _combine(items, lambda evaluated: evaluated)
     if isinstance(value, list | tuple):
         elements = {
-            i: compile_value(v, declarations, limits, on_error, (*path, i)) for i, v in enumerate(value)
+            i: compile_value(v, declarations, limits, on_error, (*path, i), compiler)
+            for i, v in enumerate(value)
         }
         return _combine(elements, lambda evaluated: list(evaluated.values()))
     return _constant(value)
