@@ -528,7 +528,15 @@ def approve(
 def verify(run_id: str, db: str | None) -> None:
     """Check a run's hash chain and checkpoint. Exit 0 intact, 1 with the first bad sequence number."""
     store = _open_store(db)
-    result = _guarded(lambda: store.verify(run_id))
+
+    def check():  # type: ignore[no-untyped-def]
+        try:
+            return store.verify(run_id)
+        except (LookupError, ValueError, TypeError) as exc:  # data so damaged the checker trips on it
+            click.echo(f"run {run_id}: cannot be verified, the log is damaged: {type(exc).__name__}: {exc}")
+            sys.exit(1)
+
+    result = _guarded(check)
     if result.ok:
         click.echo(f"run {run_id}: intact ({result.events_checked} events)")
         sys.exit(0)

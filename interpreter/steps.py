@@ -68,7 +68,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         ex.emit(s.TOOL_CALLED, path, called, ex.actor)
     t0 = time.perf_counter()
     try:
-        result = await _call(ex, name, tool, compiled, python, args, key, scope)
+        result = await _call(ex, name, tool, compiled, python, args, key, scope, path)
     except StepError as err:
         err.step, err.node_path = node.id, path
         ex.emit(
@@ -112,7 +112,15 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
 
 
 async def _call(
-    ex: Execution, name: str, tool: Any, compiled: Any, python: Any, args: Any, key: str, scope: Scope
+    ex: Execution,
+    name: str,
+    tool: Any,
+    compiled: Any,
+    python: Any,
+    args: Any,
+    key: str,
+    scope: Scope,
+    path: str,
 ) -> Any:
     timeout = parse_duration(tool.timeout) if tool.timeout else None
     if python is not None:
@@ -121,9 +129,10 @@ async def _call(
         bindings = {"args": args, **ex.bindings(scope)}
         values = compiled.values if compiled is not None else {}
         call = call_http(name, tool.http, values, bindings, args, key, await ex.http())
+    elif tool.workflow is not None:
+        call = child_run(ex, path, tool.workflow, args)
     else:
-        kind = "mcp" if tool.mcp is not None else "workflow"
-        raise StepError("unsupported", f"tool '{name}': {kind} tools are not supported yet", retryable=False)
+        raise StepError("unsupported", f"tool '{name}': MCP tools are not supported yet", retryable=False)
     if timeout is None:
         return await call
     try:
@@ -258,9 +267,14 @@ async def _cancel(tasks: set[asyncio.Task[Any]]) -> None:
 
 @runner("parallel")
 async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    """Branches run as tasks. join all: every branch (with on_failure continue, a failed branch counts
+    as finished with output null); any / first-n: the first 1 / n successes, the others are cancelled.
+    on_failure fail: the first failure cancels the rest and fails the step."""
     spec = node.step.parallel
     blocks = node.blocks
-    need = len(blocks) if spec.join == "all" else 1 if spec.join == "any" else int(spec.n)
+    join_all = spec.join == "all"
+    need = len(blocks) if join_all else 1 if spec.join == "any" else int(spec.n)
+    tolerant = spec.on_failure == "continue"
     tasks = {asyncio.ensure_future(ex.exec_block(block, scope)): i for i, block in enumerate(blocks)}
     outputs: list[Any] = [None] * len(blocks)
     done_ok: list[int] = []
@@ -268,8 +282,12 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     suspended: list[str] = []
     first_error: StepError | None = None
     pending = set(tasks)
+
+    def satisfied() -> bool:
+        return len(done_ok) + (len(failed) if join_all and tolerant else 0) >= need
+
     try:
-        while pending and len(done_ok) < need:
+        while pending and not satisfied():
             finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 i = tasks[task]
@@ -284,10 +302,10 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
                     first_error = first_error or exc
                 else:
                     raise exc
-            if first_error is not None and spec.on_failure == "fail":
+            if first_error is not None and not tolerant:
                 break
-            if len(done_ok) + len(pending) + (len(suspended) > 0) < need and not suspended:
-                break
+            if not join_all and len(done_ok) + len(pending) < need and not suspended:
+                break  # too many failures: the join can no longer be met
     finally:
         cancelled = [tasks[t] for t in pending]
         await _cancel(pending)
@@ -303,12 +321,16 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
             "cancelled": [labels[i] for i in sorted(cancelled)],
         },
     )
-    if len(done_ok) < need:
-        if first_error is not None and (spec.on_failure == "fail" or not suspended):
+    if not satisfied():
+        if first_error is not None and not tolerant:
             raise first_error
         if suspended:
             raise Suspend(suspended)
-        raise StepError("parallel", f"only {len(done_ok)} of the {need} branches needed succeeded")
+        raise StepError(
+            first_error.code if first_error else "parallel",
+            f"only {len(done_ok)} of the {need} branches needed succeeded"
+            + (f"; first failure: {first_error.message}" if first_error else ""),
+        )
     if isinstance(spec.branches, dict):
         return dict(zip(spec.branches.keys(), outputs, strict=True))
     return outputs
@@ -452,19 +474,24 @@ def _expired(request: dict[str, Any]) -> bool:
 
 @runner("workflow")
 async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
-    from interpreter.engine import continue_run, start_run
-
-    call = node.step.workflow
     inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input") or {}
     if ex.replaying:
         rec = ex.records.get(path)
         return rec.output if rec is not None else None
+    return await child_run(ex, path, node.step.workflow.path, inputs)
+
+
+async def child_run(ex: Execution, path: str, relative: str, inputs: Any) -> Any:
+    """Run another workflow file as a child run linked to this one (or continue the one already
+    started for this node), and return its output."""
+    from interpreter.engine import continue_run, start_run
+
     child_id = _existing_child(ex, path)
     if child_id is not None:
         result = await continue_run(child_id, ex.store, ex.options, "manual")
     else:
         base = Path(ex.file).parent if ex.file else Path.cwd()
-        target = (base / call.path).resolve()
+        target = (base / relative).resolve()
         from dsl import diagnostics
         from dsl.frontend import compile_file
 
@@ -473,14 +500,14 @@ async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, a
         if graph is None or errors:
             raise StepError(
                 "workflow",
-                f"workflow {call.path} does not compile: {diagnostics.format_text(errors or diags)}",
+                f"workflow {relative} does not compile: {diagnostics.format_text(errors or diags)}",
                 retryable=False,
             )
         ex.commit()  # the parent's started events precede the child run
         try:
             result = await start_run(graph, inputs, ex.store, ex.options, parent=(ex.run_id, path))
         except Exception as exc:  # noqa: BLE001 - bad child input, policy, secrets
-            raise StepError("workflow", f"workflow {call.path}: {exc}", retryable=False) from None
+            raise StepError("workflow", f"workflow {relative}: {exc}", retryable=False) from None
     if result.status == "waiting":
         raise Suspend([path])
     if result.status != "completed":

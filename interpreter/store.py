@@ -613,9 +613,10 @@ class SQLiteEventStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._configure()
+            # Several processes may open a new file at once: both steps wait for each other's locks.
+            self._polling(self._configure)
             self.db = sqlite_utils.Database(self._conn)
-            self._ensure_schema()
+            self._polling(self._ensure_schema_atomically)
             # From here on a busy database is polled by `_polling` instead of SQLite's busy handler.
             self._conn.execute("PRAGMA busy_timeout = 0")
 
@@ -633,6 +634,17 @@ class SQLiteEventStore:
         # default interval they cost about a third of a small commit's time.
         conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+
+    def _ensure_schema_atomically(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._ensure_schema()
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _ensure_schema(self) -> None:
         db = self.db
@@ -938,8 +950,8 @@ class SQLiteEventStore:
         rows = self._query("SELECT data, size FROM blobs WHERE sha256 = ?", (digest,), "reading a blob")
         if not rows:
             return seq, f"event seq {seq} refers to blob {digest}, which is missing"
-        data, size = bytes(rows[0][0]), rows[0][1]
-        if sha256_hex(data) != digest or size != len(data):
+        data, size = rows[0][0], rows[0][1]
+        if not isinstance(data, bytes) or sha256_hex(data) != digest or size != len(data):
             return seq, f"blob {digest} of event seq {seq} was modified"
         return None
 

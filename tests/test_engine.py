@@ -550,3 +550,66 @@ def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     assert result.output == {"answer": 42}
     children = [r for r in store.runs() if r.parent_run_id == result.run_id]
     assert len(children) == 1 and children[0].parent_node == "call" and children[0].status == "completed"
+
+
+def test_workflow_tool_runs_a_child(store: Any, workdir: Path) -> None:
+    write_flow(
+        workdir,
+        "child_tool",
+        """\
+        input: {type: object}
+        steps:
+          - {id: shout, tool: echo, args: {value: "${{ input.word + '!' }}"}}
+        output: {loud: "${{ steps.shout.output }}"}
+        """,
+    )
+    parent = workdir / "tool_parent.yaml"
+    parent.write_text(
+        textwrap.dedent(
+            """\
+            charter: "1.0"
+            name: tool-parent
+            tools:
+              shout: {workflow: child_tool.yaml, effect: read}
+            steps:
+              - {id: s, tool: shout, args: {word: hey}}
+            output: {said: "${{ steps.s.output.loud }}"}
+            """
+        )
+    )
+    result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"said": "hey!"}
+    assert [r.parent_node for r in store.runs() if r.parent_run_id == result.run_id] == ["s"]
+
+
+def test_parallel_first_n_and_continue_on_failure(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    flow = write_flow(
+        workdir,
+        "first_n",
+        f"""\
+        steps:
+          - id: two
+            parallel:
+              join: first-n
+              n: 2
+              branches:
+                - [{{id: a, tool: slow, args: {{value: a, seconds: 0.01}}}}]
+                - [{{id: b, tool: slow, args: {{value: b, seconds: 30}}}}]
+                - [{{id: c, tool: slow, args: {{value: c, seconds: 0.02}}}}]
+          - id: tolerant
+            parallel:
+              on_failure: continue
+              branches:
+                ok: [{{id: fine, tool: echo, args: {{value: 1}}}}]
+                broken: [{{id: boom, tool: flaky, args: {{key: z, fails: 9, log: "{log}"}}}}]
+        output: {{two: "${{{{ steps.two.output }}}}", tolerant: "${{{{ steps.tolerant.output }}}}"}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"two": ["a", None, "c"], "tolerant": {"ok": 1, "broken": None}}
+    joins = [e.payload for e in store.events(result.run_id) if e.kind == "parallel.joined"]
+    assert joins[0]["cancelled"] == ["branch-1"] and joins[1]["failed"] == ["broken"]
+    assert replay_run(result.run_id, store=store, options=OPTS).ok

@@ -193,8 +193,10 @@ class Evaluator:
         return out
 
     def ident(self, node: ast.Ident, scope: dict[str, str]) -> Fn:
-        name = node.name
-        if not name.startswith(".") and name in scope:
+        # a leading dot only skips the container prefixes: comprehension variables still shadow
+        # (cel-spec namespace/comprehension_shadowing_namespaced_selector_disambiguation)
+        name = node.name.lstrip(".")
+        if name in scope:
             slot = scope[name]
             return lambda act: act[slot]
         return self.resolve(node, [], [])
@@ -277,11 +279,11 @@ class Evaluator:
             e = e.operand
         fields.reverse()
         offsets.reverse()
-        if type(e) is ast.Ident and (e.name.startswith(".") or e.name not in scope):
+        if type(e) is ast.Ident and e.name.lstrip(".") not in scope:
             return self.resolve(e, fields, offsets)
         slow = self.select_one(node, scope)
         if type(e) is ast.Ident:  # a comprehension variable: same direct indexing as for bindings
-            return _fast_chain([(scope[e.name], tuple(fields), tuple(offsets))], slow)
+            return _fast_chain([(scope[e.name.lstrip(".")], tuple(fields), tuple(offsets))], slow)
         return slow
 
     def select_one(self, node: ast.Select, scope: dict[str, str]) -> Fn:
@@ -811,7 +813,7 @@ def _qualified_name(e: ast.Expr, scope: dict[str, str]) -> str | None:
     while type(e) is ast.Select and not e.test_only:
         parts.append(e.field)
         e = e.operand
-    if type(e) is not ast.Ident or e.name in scope:
+    if type(e) is not ast.Ident or e.name.lstrip(".") in scope:
         return None
     parts.append(e.name.lstrip("."))
     return ".".join(reversed(parts))
@@ -895,7 +897,7 @@ def _macro_parts(node: ast.Comprehension) -> tuple[str, ast.Expr | None, ast.Exp
         return m, step.args[1], None
     if m == "exists_one" and step.function == "_?_:_":
         return m, step.args[0], None
-    if m == "map":
+    if m == "map" or m == "transformList":
         value = append_of(step)
         if value is not None:
             return "map", None, value
@@ -905,6 +907,29 @@ def _macro_parts(node: ast.Comprehension) -> tuple[str, ast.Expr | None, ast.Exp
                 return "map", step.args[0], value
     if m == "filter" and step.function == "_?_:_" and is_accu(step.args[2]) and append_of(step.args[1]):
         return "filter", step.args[0], None
+    if m == "transformMap":
+        value = insert_of(step, node.iter_var, accu)
+        if value is not None:
+            return "transformMap", None, value
+        if step.function == "_?_:_" and is_accu(step.args[2]):
+            value = insert_of(step.args[1], node.iter_var, accu)
+            if value is not None:
+                return "transformMap", step.args[0], value
+    return None
+
+
+def insert_of(e: ast.Expr, key_var: str, accu: str) -> ast.Expr | None:
+    """The value of `cel.@mapInsert(accu, key_var, value)` (transformMap's step), else None."""
+    if (
+        type(e) is ast.Call
+        and e.function == "cel.@mapInsert"
+        and e.target is None
+        and len(e.args) == 3
+        and all(type(a) is ast.Ident for a in e.args[:2])
+        and e.args[0].name == accu  # type: ignore[attr-defined]
+        and e.args[1].name == key_var  # type: ignore[attr-defined]
+    ):
+        return e.args[2]
     return None
 
 
@@ -977,7 +1002,10 @@ def _build_map(
         items, _n, _budget, over = _metered(items_of(rng(act), off), act, max_iter)
         out = []
         for x in items:
-            act[slot] = x
+            if slot2:
+                act[slot], act[slot2] = x
+            else:
+                act[slot] = x
             if pred is not None:
                 keep = pred(act)
                 if keep is False:
@@ -1012,12 +1040,38 @@ def _build_filter(
     return filter_
 
 
+def _build_transform_map(
+    rng: Fn, pred: Fn | None, value: Fn, slot: str, slot2: str, off: int, max_iter: int, items_of: Any
+) -> Fn:
+    """`m.transformMap(k, v, [filter,] value)`: a map from each key (list index) to its new value."""
+
+    def transform_map(act: dict[str, Any]) -> dict[Any, Any]:
+        items, _n, _budget, over = _metered(items_of(rng(act), off), act, max_iter)
+        out: dict[Any, Any] = {}
+        for key, v in items:
+            act[slot] = key
+            act[slot2] = v
+            if pred is not None:
+                keep = pred(act)
+                if keep is False:
+                    continue
+                if keep is not True:
+                    raise _err(f"transformMap() filter must be a bool, got {_type_name(keep)}", off)
+            out[key] = value(act)
+        if over:
+            raise _cost(off, max_iter)
+        return out
+
+    return transform_map
+
+
 _MACROS: dict[str, Callable[..., Fn]] = {
     "all": _make_quantifier(True),
     "exists": _make_quantifier(False),
     "exists_one": _build_exists_one,
     "map": _build_map,
     "filter": _build_filter,
+    "transformMap": _build_transform_map,
 }
 
 

@@ -1380,3 +1380,10 @@ __all__ = [
     "type_name",
     "type_of",
 ]
+
+# The extension libraries (math, encoders, lists, sets) live in extensions.py, which builds on the
+# helpers above; imported last so that module sees this one fully initialised.
+from .extensions import EXT_GLOBALS, EXT_MEMBERS  # noqa: E402
+
+GLOBALS.update({name: _guarded(name, fn) for name, fn in EXT_GLOBALS.items()})
+MEMBERS.update({name: _guarded(name, fn) for name, fn in EXT_MEMBERS.items()})

@@ -1,7 +1,8 @@
 """CEL source -> `ast.Expr`, with Lark's LALR parser (grammar in cel.lark) built once per process.
 
 The tree is built during parsing (Lark's inline transformer), so no intermediate parse tree exists.
-Macros (`has`, `all`, `exists`, `exists_one`, `map`, `filter`) are expanded here into
+Macros (`has`, `all`, `exists`, `exists_one`/`existsOne`, `map`, `filter`, the two-variable
+`transformList`/`transformMap`, `cel.bind` and the lists extension's `sortBy`) are expanded here into
 `Comprehension` nodes exactly as langdef "Macros" describes; the evaluator recognises them by
 `Comprehension.macro` to take fast paths.
 """
@@ -134,26 +135,48 @@ def _call(fn: str, offset: int, *args: ast.Expr) -> ast.Call:
     return ast.Call(offset, fn, tuple(args))
 
 
-def _expand_macro(name: str, target: ast.Expr, args: list[ast.Expr], offset: int) -> ast.Expr | None:
-    """Expand a receiver-style macro call, or None when `name`/arity is not a macro."""
-    n = len(args)
-    if name == "existsOne" and n == 3:  # the two-variable macros' spelling (cel-go ext, macros2 suite)
-        name = "exists_one"
-    two_var = n == 3 and name in ("all", "exists", "exists_one")
-    if not (
-        (name in ("all", "exists", "exists_one", "filter") and n == 2)
-        or (name == "map" and n in (2, 3))
-        or two_var
-    ):
-        return None
-    var_count = 2 if two_var else 1
+# Receiver macros: name -> accepted argument counts (variables included).
+_RECEIVER_MACROS: dict[str, tuple[int, ...]] = {
+    "all": (2, 3),
+    "exists": (2, 3),
+    "exists_one": (2, 3),
+    "existsOne": (2, 3),  # cel-go's newer spelling of exists_one
+    "filter": (2,),
+    "map": (2, 3),
+    "transformList": (3, 4),  # two-variable comprehensions (cel-go ext, cel-spec macros2)
+    "transformMap": (3, 4),
+    "sortBy": (2,),  # lists extension
+}
+_TWO_VARIABLE = frozenset(("transformList", "transformMap"))
+
+
+def _macro_vars(name: str, args: list[ast.Expr], count: int) -> list[str]:
     names: list[str] = []
-    for v in args[:var_count]:
+    for v in args[:count]:
         if type(v) is not ast.Ident or v.name.startswith("."):
             raise _Fail(f"{name}() macro: argument must be a simple name", v.offset)
         if v.name == ACCU:
             raise _Fail(f"{name}() macro: variable name '{ACCU}' is reserved", v.offset)
         names.append(v.name)
+    if count == 2 and names[0] == names[1]:
+        raise _Fail(f"{name}() macro: the two variables must have different names", args[1].offset)
+    return names
+
+
+def _expand_macro(name: str, target: ast.Expr, args: list[ast.Expr], offset: int) -> ast.Expr | None:
+    """Expand a receiver-style macro call, or None when `name`/arity is not a macro."""
+    n = len(args)
+    if n not in _RECEIVER_MACROS.get(name, ()):
+        return None
+    if name == "existsOne":
+        name = "exists_one"
+    if name == "sortBy":
+        # lists extension: sort by computed keys; the keys are a map() over the same list
+        keys = _expand_macro("map", target, args, offset)
+        return _call("@sortByAssociatedKeys", offset, target, keys)  # type: ignore[arg-type]
+    two_var = name in _TWO_VARIABLE or (n == 3 and name in ("all", "exists", "exists_one"))
+    var_count = 2 if two_var else 1
+    names = _macro_vars(name, args, var_count)
     var = names[0]
     var2 = names[1] if two_var else ""
     body = args[var_count:]
@@ -173,11 +196,17 @@ def _expand_macro(name: str, target: ast.Expr, args: list[ast.Expr], offset: int
         cond = ast.Literal(offset, True)
         step = _call("_?_:_", offset, body[0], _call("_+_", offset, accu, ast.Literal(offset, 1)), accu)
         result = _call("_==_", offset, accu, ast.Literal(offset, 1))
-    elif name == "map":
+    elif name in ("map", "transformList"):
         init = ast.CreateList(offset, ())
         cond = ast.Literal(offset, True)
         append = _call("_+_", offset, accu, ast.CreateList(offset, (body[-1],)))
         step = append if len(body) == 1 else _call("_?_:_", offset, body[0], append, accu)
+        result = accu
+    elif name == "transformMap":
+        init = ast.CreateMap(offset, ())
+        cond = ast.Literal(offset, True)
+        insert = _call("cel.@mapInsert", offset, accu, _ident(var, offset), body[-1])
+        step = insert if len(body) == 1 else _call("_?_:_", offset, body[0], insert, accu)
         result = accu
     else:  # filter
         init = ast.CreateList(offset, ())
@@ -186,6 +215,26 @@ def _expand_macro(name: str, target: ast.Expr, args: list[ast.Expr], offset: int
         step = _call("_?_:_", offset, body[0], append, accu)
         result = accu
     return ast.Comprehension(offset, var, target, ACCU, init, cond, step, result, macro=name, iter_var2=var2)
+
+
+def _expand_bind(args: list[ast.Expr], offset: int) -> ast.Expr:
+    """`cel.bind(name, init, expr)` (bindings extension): a comprehension over an empty list whose
+    accumulator is the bound name, as cel-go expands it, so `expr` sees `name` = `init`."""
+    if len(args) != 3:
+        raise _Fail("cel.bind() macro: expected 3 arguments (name, value, expression)", offset)
+    (name,) = _macro_vars("cel.bind", args, 1)
+    var, init, body = args
+    return ast.Comprehension(
+        offset,
+        "#unused",
+        ast.CreateList(offset, ()),
+        name,
+        init,
+        ast.Literal(offset, False),
+        _ident(name, var.offset),
+        body,
+        macro="cel.bind",
+    )
 
 
 class _Builder(Transformer):
@@ -244,6 +293,8 @@ class _Builder(Transformer):
         _check_selector(sel)
         name = str(sel)
         if self.macros:
+            if name == "bind" and type(target) is ast.Ident and target.name == "cel":
+                return _expand_bind(args, sel.start_pos)
             expanded = _expand_macro(name, target, args, sel.start_pos)
             if expanded is not None:
                 return expanded
@@ -265,7 +316,8 @@ class _Builder(Transformer):
     def ident(self, c: list[Any]) -> ast.Expr:
         tok = c[-1]
         name = str(tok)
-        if name in RESERVED:
+        if name in RESERVED or name in _KEYWORDS:
+            # keywords reach here as IDENT where the contextual lexer cannot take them (e.g. `in`)
             raise _Fail(f"reserved identifier '{name}'", tok.start_pos)
         if len(c) == 2:
             return ast.Ident(c[0].start_pos, "." + name)
@@ -277,7 +329,7 @@ class _Builder(Transformer):
             c = c[1:]
         tok, _lpar, *rest = c
         name = str(tok)
-        if name in RESERVED:
+        if name in RESERVED or name in _KEYWORDS:
             raise _Fail(f"reserved identifier '{name}' cannot be a function name", tok.start_pos)
         args = rest[0] if rest else []
         if self.macros and name == "has" and not dotted and len(args) == 1:
@@ -288,7 +340,11 @@ class _Builder(Transformer):
         return ast.Call(tok.start_pos, ("." if dotted else "") + name, tuple(args))
 
     def paren(self, c: list[Any]) -> ast.Expr:
-        return c[1]
+        e = c[1]
+        if type(e) is ast.Literal and type(e.value) is _BigInt:
+            # only a literal directly after '-' folds: -(9223372036854775808) stays out of range
+            raise _Fail(f"integer literal out of range: {e.value}", e.offset)
+        return e
 
     def list_lit(self, c: list[Any]) -> ast.Expr:
         return ast.CreateList(c[0].start_pos, tuple(c[1]) if len(c) > 1 else ())
