@@ -323,6 +323,8 @@ def run(
     from interpreter import fork_run, run_workflow
 
     if fork_from:
+        if input_json is not None or input_file is not None:
+            raise click.UsageError("--from reuses the original run's input; do not combine it with --input")
         run_id, sep, node_path = fork_from.partition("@")
         if not sep or not run_id or not node_path:
             raise click.UsageError("--from takes RUN@NODE_PATH, e.g. 01JC...@priced")

@@ -10,9 +10,9 @@ from typing import Any
 _EXPORTS = {
     "run_workflow": "interpreter.engine",
     "resume_run": "interpreter.engine",
-    "replay_run": "interpreter.engine",
+    "replay_run": "interpreter.replay",
     "fork_run": "interpreter.engine",
-    "decide_approval": "interpreter.engine",
+    "decide_approval": "interpreter.approvals",
     "INTERPRETER_VERSION": "interpreter.engine",
     "RunOptions": "interpreter.runtime",
     "RunResult": "interpreter.runtime",

@@ -1,9 +1,11 @@
 """The interpreter: runs an ExecutionGraph on asyncio and records every transition in the event log.
 
 One `Execution` drives one run. Its modes:
-- live: steps run; events are buffered and committed with each step's completion (one commit per
-  step, before anything that depends on it starts). `records` (from the run's own log on resume, or
-  from another run's log before a fork point) lets finished nodes be reused instead of run again.
+- live: steps run. A step's events are buffered and committed with its completion, in one
+  transaction. With durability "full" every completion is its own commit (fsynced) before the next
+  step starts; with "normal", completions of side-effect-free work are group-committed within a 5 ms
+  window, and every side effect is a barrier (see `Execution.settle`). `records` (from the run's own
+  log on resume, or from another run's log before a fork point) lets finished nodes be reused.
 - replay: nothing is written and no tool is called; recorded tool results stand in for the calls and
   every step's outcome is compared with the recording. The first difference stops the replay.
 
@@ -34,7 +36,6 @@ from interpreter.runtime import (
     Divergence,
     InputError,
     ProgressEvent,
-    ReplayResult,
     RunOptions,
     RunResult,
     RunSetupError,
@@ -127,6 +128,7 @@ class Execution:
         self.schema_cache: dict[str, Any] = {}
         self.http_client: Any = None
         self.checked = 0
+        self.visited: set[str] = set()  # replay: nodes whose outcome was compared
         from interpreter.steps import STEP_RUNNERS
 
         self.runners = STEP_RUNNERS
@@ -413,6 +415,7 @@ class Execution:
     def check(self, path: str, rec: NodeRecord | None, status: str, value: Any) -> None:
         """Replay: compare a node's outcome with the recording."""
         self.checked += 1
+        self.visited.add(path)
         if rec is None or rec.status is None:
             self.diverge(
                 path, None, {"status": status, "output": value}, "the step did not finish in the recorded run"
@@ -812,126 +815,3 @@ def fork_run(
     return asyncio.run(
         start_run(graph, row.inputs, store, options or RunOptions(), forked_from=forked, records=records)
     )
-
-
-def replay_run(
-    run_id: str, *, store: s.EventStore, graph: Any = None, options: RunOptions | None = None
-) -> ReplayResult:
-    """Re-execute a recorded run offline (no tool is called) and report the first divergence."""
-    return asyncio.run(_replay(run_id, store, graph, options or RunOptions()))
-
-
-async def _replay(run_id: str, store: s.EventStore, graph: Any, options: RunOptions) -> ReplayResult:
-    row = store.run(run_id)
-    events = list(store.events(run_id))
-    started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
-    file = started.get("file")
-    if graph is None:
-        graph = compile_source(row.workflow_source or "", file or "<stored>")
-    else:
-        file = _file_of(graph) or file
-    records = build_records(events)
-    execution = Execution(
-        store,
-        graph,
-        run_id,
-        row.inputs,
-        options=RunOptions(allow_modules=options.allow_modules),
-        principal=row.principal or "unknown",
-        started_at=row.created_at,
-        file=file,
-        policy=build_policy(options.allow_modules, file),
-        secrets={name: os.environ.get(name, "") for name in graph.workflow.secrets},
-        mode="replay",
-        records=records,
-    )
-    try:
-        result = await execution.execute()
-    except Diverged as exc:
-        return ReplayResult(run_id, False, exc.divergence, execution.checked)
-    recorded = (row.status, row.output if row.status == "completed" else None)
-    got = (result.status, result.output if result.status == "completed" else None)
-    if row.status in ("completed", "failed", "waiting") and recorded != got:
-        reason = "the run's output differs" if row.status == result.status else "the run ended differently"
-        return ReplayResult(
-            run_id,
-            False,
-            Divergence(
-                "",
-                {"status": recorded[0], "output": recorded[1]},
-                {"status": got[0], "output": got[1]},
-                reason,
-            ),
-            execution.checked,
-        )
-    return ReplayResult(run_id, True, None, len(events))
-
-
-def decide_approval(
-    run_id: str,
-    node_path: str,
-    *,
-    store: s.EventStore,
-    person: str,
-    approved: bool,
-    reason: str | None = None,
-    options: RunOptions | None = None,
-) -> RunResult:
-    """Record a person's decision on a pending approval, then resume the run."""
-    options = options or RunOptions()
-    row = store.run(run_id)
-    events = list(store.events(run_id))
-    records = build_records(events)
-    pending = [p for p, r in records.items() if r.approval_requested and not r.approval_decided]
-    rec = records.get(node_path)
-    if rec is None or rec.approval_requested is None:
-        raise RunSetupError(
-            f"run {run_id} has no approval request at '{node_path}'"
-            + (f"; pending: {', '.join(pending)}" if pending else "; nothing is pending")
-        )
-    if rec.approval_decided is not None:
-        raise RunSetupError(
-            f"the approval at '{node_path}' was already decided by {rec.approval_decided[0].get('by')}"
-        )
-    if row.status in s.TERMINAL_STATUSES:
-        raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
-    approvers = rec.approval_requested[0].get("approvers") or []
-    verified = _check_approver(approvers, person, options, row)
-    store.append(
-        run_id,
-        s.APPROVAL_DECIDED,
-        node_path,
-        {
-            "decision": "approved" if approved else "denied",
-            "by": person,
-            "reason": reason,
-            "verified": verified,
-        },
-        actor={"sub": person},
-    )
-    return resume_run(run_id, store=store, options=options, reason="approval")
-
-
-def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:
-    """True when the person is known to be an approver; False when approvers name only roles that
-    cannot be checked (no identity or claims say who the person is). Raises when the person is known
-    not to be one."""
-    if not approvers or person in approvers:
-        return bool(not approvers or person in approvers)
-    roles = {a[5:] for a in approvers if a.startswith("role:")}
-    claimed = set((options.claims or {}).get("roles", []) or [])
-    known_roles: set[str] | None = set(claimed) if options.claims else None
-    try:
-        graph_identities = compile_source(row.workflow_source or "", "<stored>").workflow.identities
-    except RunSetupError:
-        graph_identities = {}
-    identity = graph_identities.get(person)
-    if identity is not None:
-        known_roles = (known_roles or set()) | set(identity.roles)
-    if known_roles is not None:
-        if roles & known_roles:
-            return True
-        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
-    if not roles:
-        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
-    return False

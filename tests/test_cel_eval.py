@@ -85,9 +85,12 @@ def test_container_resolution_and_root_scope() -> None:
     assert run(".v", bindings, container="x.y") == 3
 
 
-def test_comprehension_variables_shadow_and_leading_dot_escapes() -> None:
+def test_comprehension_variables_shadow_even_with_leading_dot() -> None:
     assert run("[1].exists(x, x == 1)", {"x": 5}) is True
-    assert run("[1].exists(x, .x == 5)", {"x": 5}) is True
+    # the leading dot skips container prefixes, not comprehension variables (cel-spec namespace suite)
+    assert run("[1].exists(x, .x == 1)", {"x": 5}) is True
+    assert run("[{'z': 0}].exists(y, .y.z == 0)", {"y.z": 42}) is True
+    assert run(".y", {"y": "root", "com.example.y": "inner"}, container="com.example") == "root"
     assert run("[[1, 2]].all(x, x.all(x, x > 0))") is True
     assert run("[1, 2].map(x, [10].map(y, x + y))") == [[11], [12]]
 

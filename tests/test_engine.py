@@ -613,3 +613,28 @@ def test_parallel_first_n_and_continue_on_failure(store: Any, workdir: Path, tmp
     joins = [e.payload for e in store.events(result.run_id) if e.kind == "parallel.joined"]
     assert joins[0]["cancelled"] == ["branch-1"] and joins[1]["failed"] == ["broken"]
     assert replay_run(result.run_id, store=store, options=OPTS).ok
+
+
+def test_replay_notices_a_removed_step(store: Any, workdir: Path) -> None:
+    long = write_flow(
+        workdir,
+        "removable",
+        """\
+        steps:
+          - {id: a, tool: echo, args: {value: 1}}
+          - {id: extra, tool: echo, args: {value: 2}}
+        output: {a: "${{ steps.a.output }}"}
+        """,
+    )
+    short = write_flow(
+        workdir,
+        "removable_v2",
+        """\
+        steps:
+          - {id: a, tool: echo, args: {value: 1}}
+        output: {a: "${{ steps.a.output }}"}
+        """,
+    )
+    result = run_workflow(compiled(long), {}, store=store, options=OPTS)
+    replay = replay_run(result.run_id, store=store, graph=compiled(short), options=OPTS)
+    assert not replay.ok and replay.divergence.node_path == "extra"

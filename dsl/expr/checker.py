@@ -154,6 +154,7 @@ def _standard_functions() -> dict[str, list[Overload]]:
     g["@not_strictly_false"] = ["bool -> bool"]
     # Internal helper of the two-variable transformMap() macro (cel-go's expansion).
     g["cel.@mapInsert"] = ["map(K, V), K, V -> map(K, V)"]
+    _extension_functions(g, m)
 
     table: dict[str, list[Overload]] = {}
     for name, sigs in g.items():
@@ -163,7 +164,40 @@ def _standard_functions() -> dict[str, list[Overload]]:
     return table
 
 
+def _extension_functions(g: dict[str, list[str]], m: dict[str, list[str]]) -> None:
+    """Signatures of the extension libraries in extensions.py (cel-go ext: math, encoders, lists,
+    sets). math.greatest/math.least are variadic: see `_Checker.visit_extremum`."""
+    for name in ("math.ceil", "math.floor", "math.round", "math.trunc"):
+        g[name] = ["double -> double"]
+    for name in ("math.isInf", "math.isNaN", "math.isFinite"):
+        g[name] = ["double -> bool"]
+    g["math.abs"] = ["int -> int", "uint -> uint", "double -> double"]
+    g["math.sign"] = ["int -> int", "uint -> uint", "double -> double"]
+    g["math.sqrt"] = ["int -> double", "uint -> double", "double -> double"]
+    for name in ("math.bitAnd", "math.bitOr", "math.bitXor"):
+        g[name] = ["int, int -> int", "uint, uint -> uint"]
+    g["math.bitNot"] = ["int -> int", "uint -> uint"]
+    for name in ("math.bitShiftLeft", "math.bitShiftRight"):
+        g[name] = ["int, int -> int", "uint, int -> uint"]
+    g["base64.encode"] = ["bytes -> string"]
+    g["base64.decode"] = ["string -> bytes"]
+    g["lists.range"] = ["int -> list(int)"]
+    for name in ("sets.contains", "sets.equivalent", "sets.intersects"):
+        g[name] = ["list(A), list(A) -> bool"]
+    g["@sortByAssociatedKeys"] = ["list(A), list(B) -> list(A)"]
+    m["distinct"] = ["list(A) -> list(A)"]
+    m["flatten"] = ["list(list(A)) -> list(A)", "list(dyn), int -> list(dyn)"]
+    m["reverse"] = m.get("reverse", []) + ["list(A) -> list(A)"]
+    m["slice"] = ["list(A), int, int -> list(A)"]
+    m["sort"] = ["list(A) -> list(A)"]
+
+
+# Variadic numeric functions: one list of numbers, or one or more numbers.
+_EXTREMA = frozenset(("math.greatest", "math.least"))
+
 FUNCTIONS: dict[str, list[Overload]] = _standard_functions()
+for _name in _EXTREMA:
+    FUNCTIONS[_name] = [_sig("dyn -> dyn")]  # placeholder: arity and types are checked by the checker
 # Overloads by (name, member-style), the lookup done for every call.
 _BY_STYLE: dict[tuple[str, bool], tuple[Overload, ...]] = {
     (name, member): tuple(o for o in overloads if o.member == member)
@@ -292,10 +326,12 @@ class _Checker:
 
     def resolve(self, name: str) -> tuple[str, Type] | None:
         """(resolved name, type) of an identifier or qualified name, recording references."""
-        if not name.startswith(".") and "." not in name:
+        # A leading dot skips the container prefixes only; comprehension variables still shadow.
+        local = name[1:] if name.startswith(".") else name
+        if "." not in local:
             for scope in reversed(self.scopes):
-                if name in scope:
-                    return name, scope[name]
+                if local in scope:
+                    return local, scope[local]
         for candidate in self.candidates(name):
             if candidate in self.declarations:
                 # The contract (cel-contract.md): references are root names, so a qualified
@@ -341,7 +377,7 @@ class _Checker:
         return self.select_field(operand, node)
 
     def is_local(self, qualified: str) -> bool:
-        root = qualified.split(".", 1)[0]
+        root = qualified.lstrip(".").split(".", 1)[0]
         return any(root in scope for scope in self.scopes)
 
     def select_field(self, operand: Type, node: ast.Select) -> Type:
@@ -397,12 +433,28 @@ class _Checker:
             qualified = self.qualified_name(node.target)
             if qualified is not None and not self.is_local(qualified):
                 global_name = self.global_function(qualified + "." + fn)
+                if global_name in _EXTREMA:
+                    return self.visit_extremum(global_name, node, node.args)
                 if global_name is not None:
                     return self.resolve_overload(global_name, node, node.args, member=False)
             receiver = node.target
             return self.resolve_overload(fn, node, (receiver, *node.args), member=True)
         name = self.global_function(fn) or fn
+        if name in _EXTREMA:
+            return self.visit_extremum(name, node, node.args)
         return self.resolve_overload(name, node, node.args, member=False)
+
+    def visit_extremum(self, name: str, node: ast.Call, args: tuple[ast.Expr, ...]) -> Type:
+        """math.greatest/least: numbers, or one list of numbers; mixed numeric types give dyn."""
+        types = [self.visit(a) for a in args]
+        if len(types) == 1 and types[0].name == "list":
+            types = [types[0].params[0]]
+        numeric = (INT, UINT, DOUBLE)
+        if not types or not all(t in numeric or is_dynamic(t) or t.is_param for t in types):
+            shown = ", ".join(str(finalize(t)) for t in types)
+            raise self.fail(f"found no matching overload for '{name}' applied to '({shown})'", node)
+        first = types[0]
+        return first if first in numeric and all(t == first for t in types) else DYN
 
     def global_function(self, name: str) -> str | None:
         """The standard global function a (possibly qualified) call name refers to."""

@@ -281,7 +281,9 @@ def _slice(items: Any, *args: Any) -> list[Any]:
     if start < 0 or end < 0:
         raise EvaluationError(f"cannot slice({start}, {end}), negative indexes not supported")
     if start > end:
-        raise EvaluationError(f"cannot slice({start}, {end}), start index must be less than or equal to end index")
+        raise EvaluationError(
+            f"cannot slice({start}, {end}), start index must be less than or equal to end index"
+        )
     if end > len(items):
         raise EvaluationError(f"cannot slice({start}, {end}), list is length {len(items)}")
     return list(items[start:end])

@@ -630,8 +630,9 @@ def _to_bytes(value: Any, *extra: Any) -> bytes:
     raise _no_overload("bytes", value, *extra)
 
 
-_TRUE_WORDS = frozenset(("1", "t", "true", "TRUE", "True"))
-_FALSE_WORDS = frozenset(("0", "f", "false", "FALSE", "False"))
+# Go's strconv.ParseBool, which cel-go's bool(string) uses.
+_TRUE_WORDS = frozenset(("1", "t", "T", "true", "TRUE", "True"))
+_FALSE_WORDS = frozenset(("0", "f", "F", "false", "FALSE", "False"))
 
 
 def _to_bool(value: Any, *extra: Any) -> bool:
@@ -1228,6 +1229,7 @@ def _format_clause(verb: str, value: Any, precision: int | None) -> str:
 
 
 _FORMAT_VERBS = frozenset("sdfexXbo")
+MAX_FORMAT_PRECISION = 1000  # digits after the point in %f/%e; far beyond a double's 17 significant
 
 
 def _format(template: Any, *args: Any) -> str:
@@ -1257,6 +1259,11 @@ def _format(template: Any, *args: Any) -> str:
                 k += 1
             if k == i + 1:
                 raise EvaluationError("could not parse formatting clause: missing precision after '.'")
+            # checked before formatting: "%.999999999f" must not build a gigabyte string first
+            if k - i - 1 > len(str(MAX_FORMAT_PRECISION)) or int(template[i + 1 : k]) > MAX_FORMAT_PRECISION:
+                raise EvaluationError(
+                    f"cost limit exceeded: format precision {template[i + 1 : k]} > {MAX_FORMAT_PRECISION}"
+                )
             precision = int(template[i + 1 : k])
             i = k
         verb = template[i : i + 1]

@@ -237,6 +237,86 @@ def _expand_bind(args: list[ast.Expr], offset: int) -> ast.Expr:
     )
 
 
+# cel.block (cel-go's common-subexpression form, cel-spec block_ext): `cel.block([e0, e1, ...], r)`
+# where `cel.index(i)` (also spelled `@index<i>`) refers to entry i, and entries are evaluated lazily
+# where used. Expressions are pure, so substituting each entry for its references means the same.
+# Entries may refer to comprehension variables of the place they are used in: `cel.iterVar(i, j)` and
+# `cel.accuVar(i, j)` name those (`@it:i:j`, `@ac:i:j`).
+MAX_BLOCK_NODES = 100_000  # expanded size limit: entries referring to each other could otherwise double
+
+
+def _block_ref(name: str, args: list[ast.Expr], offset: int) -> ast.Expr:
+    """`cel.index(i)`, `cel.iterVar(i, j)`, `cel.accuVar(i, j)` as the identifiers they stand for."""
+    want = 1 if name == "index" else 2
+    if len(args) != want or any(type(a) is not ast.Literal or type(a.value) is not int for a in args):
+        raise _Fail(f"cel.{name}() needs {want} integer literal argument{'s' * (want > 1)}", offset)
+    numbers = [a.value for a in args]  # type: ignore[attr-defined]
+    if name == "index":
+        return ast.Ident(offset, f"@index{numbers[0]}")
+    prefix = "@it" if name == "iterVar" else "@ac"
+    return ast.Ident(offset, f"{prefix}:{numbers[0]}:{numbers[1]}")
+
+
+def _expand_block(args: list[ast.Expr], offset: int) -> ast.Expr:
+    if len(args) != 2 or type(args[0]) is not ast.CreateList:
+        raise _Fail("cel.block() needs a list literal of expressions and a result expression", offset)
+    entries: dict[str, tuple[ast.Expr, int]] = {}  # "@index<i>" -> (substituted entry, its size)
+    for i, entry in enumerate(args[0].elements):
+        entries[f"@index{i}"] = _substitute(entry, entries)
+    return _substitute(args[1], entries)[0]
+
+
+def _substitute(node: ast.Expr, entries: dict[str, tuple[ast.Expr, int]]) -> tuple[ast.Expr, int]:
+    """`node` with block references replaced, and its expanded size (shared entries counted per use)."""
+    t = type(node)
+    if t is ast.Ident:
+        found = entries.get(node.name)  # type: ignore[attr-defined]
+        return found if found is not None else (node, 1)
+    children = _children(node)
+    if not children:
+        return node, 1
+    done = [_substitute(c, entries) for c in children]
+    size = 1 + sum(n for _, n in done)
+    if size > MAX_BLOCK_NODES:
+        raise _Fail(f"cel.block() expands to more than {MAX_BLOCK_NODES} nodes", node.offset)
+    new = [c for c, _ in done]
+    if all(a is b for a, b in zip(new, children, strict=True)):
+        return node, size
+    return _rebuild(node, new), size
+
+
+def _rebuild(node: ast.Expr, new: list[ast.Expr]) -> ast.Expr:
+    """A copy of `node` with its children (in `_children` order) replaced by `new`."""
+    t = type(node)
+    if t is ast.Call:
+        if node.target is None:  # type: ignore[attr-defined]
+            return ast.Call(node.offset, node.function, tuple(new))  # type: ignore[attr-defined]
+        return ast.Call(node.offset, node.function, tuple(new[1:]), new[0])  # type: ignore[attr-defined]
+    if t is ast.Select:
+        return ast.Select(node.offset, new[0], node.field, node.test_only)  # type: ignore[attr-defined]
+    if t is ast.CreateList:
+        return ast.CreateList(node.offset, tuple(new))
+    if t is ast.CreateMap:
+        return ast.CreateMap(node.offset, tuple(zip(new[::2], new[1::2], strict=True)))
+    if t is ast.CreateStruct:
+        names = [name for name, _ in node.fields]  # type: ignore[attr-defined]
+        return ast.CreateStruct(node.offset, node.message, tuple(zip(names, new, strict=True)))  # type: ignore[attr-defined]
+    assert type(node) is ast.Comprehension
+    rng, init, cond, step, result = new
+    return ast.Comprehension(
+        node.offset,
+        node.iter_var,
+        rng,
+        node.accu_var,
+        init,
+        cond,
+        step,
+        result,
+        macro=node.macro,
+        iter_var2=node.iter_var2,
+    )
+
+
 class _Builder(Transformer):
     """Inline (parse-time) transformer: each callback gets the children of one reduced rule."""
 
@@ -293,8 +373,13 @@ class _Builder(Transformer):
         _check_selector(sel)
         name = str(sel)
         if self.macros:
-            if name == "bind" and type(target) is ast.Ident and target.name == "cel":
-                return _expand_bind(args, sel.start_pos)
+            if type(target) is ast.Ident and target.name == "cel":
+                if name == "bind":
+                    return _expand_bind(args, sel.start_pos)
+                if name in ("block", "@block"):
+                    return _expand_block(args, sel.start_pos)
+                if name in ("index", "iterVar", "accuVar"):
+                    return _block_ref(name, args, sel.start_pos)
             expanded = _expand_macro(name, target, args, sel.start_pos)
             if expanded is not None:
                 return expanded

@@ -1,0 +1,78 @@
+"""Human decisions on pending approvals: check who may decide, record it, resume the run."""
+
+from __future__ import annotations
+
+from interpreter import store as s
+from interpreter.engine import compile_source, resume_run
+from interpreter.records import build_records
+from interpreter.runtime import RunOptions, RunResult, RunSetupError
+
+
+def decide_approval(
+    run_id: str,
+    node_path: str,
+    *,
+    store: s.EventStore,
+    person: str,
+    approved: bool,
+    reason: str | None = None,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """Record a person's decision on a pending approval, then resume the run."""
+    options = options or RunOptions()
+    row = store.run(run_id)
+    events = list(store.events(run_id))
+    records = build_records(events)
+    pending = [p for p, r in records.items() if r.approval_requested and not r.approval_decided]
+    rec = records.get(node_path)
+    if rec is None or rec.approval_requested is None:
+        raise RunSetupError(
+            f"run {run_id} has no approval request at '{node_path}'"
+            + (f"; pending: {', '.join(pending)}" if pending else "; nothing is pending")
+        )
+    if rec.approval_decided is not None:
+        raise RunSetupError(
+            f"the approval at '{node_path}' was already decided by {rec.approval_decided[0].get('by')}"
+        )
+    if row.status in s.TERMINAL_STATUSES:
+        raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
+    approvers = rec.approval_requested[0].get("approvers") or []
+    verified = _check_approver(approvers, person, options, row)
+    store.append(
+        run_id,
+        s.APPROVAL_DECIDED,
+        node_path,
+        {
+            "decision": "approved" if approved else "denied",
+            "by": person,
+            "reason": reason,
+            "verified": verified,
+        },
+        actor={"sub": person},
+    )
+    return resume_run(run_id, store=store, options=options, reason="approval")
+
+
+def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:
+    """True when the person is known to be an approver; False when approvers name only roles that
+    cannot be checked (no identity or claims say who the person is). Raises when the person is known
+    not to be one."""
+    if not approvers or person in approvers:
+        return bool(not approvers or person in approvers)
+    roles = {a[5:] for a in approvers if a.startswith("role:")}
+    claimed = set((options.claims or {}).get("roles", []) or [])
+    known_roles: set[str] | None = set(claimed) if options.claims else None
+    try:
+        graph_identities = compile_source(row.workflow_source or "", "<stored>").workflow.identities
+    except RunSetupError:
+        graph_identities = {}
+    identity = graph_identities.get(person)
+    if identity is not None:
+        known_roles = (known_roles or set()) | set(identity.roles)
+    if known_roles is not None:
+        if roles & known_roles:
+            return True
+        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
+    if not roles:
+        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
+    return False
