@@ -7,6 +7,10 @@
 
 `compile` raises ExpressionSyntaxError or ExpressionTypeError; `Program.evaluate` raises
 EvaluationError. Nothing else escapes either of them.
+
+Besides the standard library: cel-go's extension libraries strings, math, encoders (base64), lists,
+sets, bindings (`cel.bind`), `cel.block`, and the two-variable comprehensions (`all`/`exists`/
+`existsOne` with two variables, `transformList`, `transformMap`). Optional types are not supported.
 """
 
 from __future__ import annotations

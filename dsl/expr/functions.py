@@ -1008,6 +1008,9 @@ def _upper_ascii(s: Any, *extra: Any) -> str:
     return s.translate(_UPPER_ASCII)
 
 
+MAX_STRING_RESULT = 1 << 24  # characters; the evaluator's configured size limit applies after this
+
+
 def _replace(s: Any, *args: Any) -> str:
     n = len(args)
     if (
@@ -1018,8 +1021,16 @@ def _replace(s: Any, *args: Any) -> str:
         or (n == 3 and type(args[2]) is not int)
     ):
         raise _no_overload("replace", s, *args)
+    old, new = args[0], args[1]
     count = args[2] if n == 3 else -1
-    return s.replace(args[0], args[1], count if count >= 0 else -1)
+    if len(new) > len(old):
+        # checked before replacing: the only string function whose result can be the product of
+        # its inputs' sizes ('x' * 10**6).replace('', 'y' * 10**6) would need terabytes
+        hits = s.count(old) if count < 0 else min(count, s.count(old))
+        size = len(s) + hits * (len(new) - len(old))
+        if size > MAX_STRING_RESULT:
+            raise EvaluationError(f"cost limit exceeded: replace() result of {size} characters")
+    return s.replace(old, new, count if count >= 0 else -1)
 
 
 def _split(s: Any, *args: Any) -> list[str]:

@@ -242,6 +242,7 @@ def _expand_bind(args: list[ast.Expr], offset: int) -> ast.Expr:
 # where used. Expressions are pure, so substituting each entry for its references means the same.
 # Entries may refer to comprehension variables of the place they are used in: `cel.iterVar(i, j)` and
 # `cel.accuVar(i, j)` name those (`@it:i:j`, `@ac:i:j`).
+_BLOCK_INDEX = re.compile(r"@index[0-9]+")  # the only '@' names source may contain (cel.block entries)
 MAX_BLOCK_NODES = 100_000  # expanded size limit: entries referring to each other could otherwise double
 
 
@@ -362,7 +363,7 @@ class _Builder(Transformer):
     # -- members --
     def select(self, c: list[Any]) -> ast.Expr:
         operand, dot, sel = c
-        _check_selector(sel)
+        _check_field(sel)
         return ast.Select(dot.start_pos, operand, _field_name(sel))
 
     def member_call(self, c: list[Any]) -> ast.Expr:
@@ -372,6 +373,8 @@ class _Builder(Transformer):
             raise _Fail("a quoted field name cannot be called", sel.start_pos)
         _check_selector(sel)
         name = str(sel)
+        if name[0] == "@" and not (name == "@block" and type(target) is ast.Ident and target.name == "cel"):
+            raise _Fail(f"invalid function name '{name}'", sel.start_pos)
         if self.macros:
             if type(target) is ast.Ident and target.name == "cel":
                 if name == "bind":
@@ -404,6 +407,10 @@ class _Builder(Transformer):
         if name in RESERVED or name in _KEYWORDS:
             # keywords reach here as IDENT where the contextual lexer cannot take them (e.g. `in`)
             raise _Fail(f"reserved identifier '{name}'", tok.start_pos)
+        if name[0] == "@" and not _BLOCK_INDEX.fullmatch(name):
+            raise _Fail(
+                f"invalid identifier '{name}': only cel.block references start with '@'", tok.start_pos
+            )
         if len(c) == 2:
             return ast.Ident(c[0].start_pos, "." + name)
         return ast.Ident(tok.start_pos, name)
@@ -416,6 +423,8 @@ class _Builder(Transformer):
         name = str(tok)
         if name in RESERVED or name in _KEYWORDS:
             raise _Fail(f"reserved identifier '{name}' cannot be a function name", tok.start_pos)
+        if name[0] == "@":
+            raise _Fail(f"invalid function name '{name}'", tok.start_pos)
         args = rest[0] if rest else []
         if self.macros and name == "has" and not dotted and len(args) == 1:
             arg = args[0]
@@ -450,7 +459,7 @@ class _Builder(Transformer):
         return _extend(c)
 
     def fieldinit(self, c: list[Any]) -> tuple[str, ast.Expr]:
-        _check_selector(c[0])
+        _check_field(c[0])
         return (_field_name(c[0]), c[2])
 
     def literal(self, c: list[Any]) -> ast.Expr:
@@ -488,6 +497,12 @@ def _check_selector(tok: Token) -> None:
     # after '.', the contextual lexer reads keywords as IDENT; langdef forbids them as selectors
     if tok.type == "IDENT" and str(tok) in _KEYWORDS:
         raise _Fail(f"keyword '{tok}' cannot be used as a field name", tok.start_pos)
+
+
+def _check_field(tok: Token) -> None:
+    _check_selector(tok)
+    if str(tok)[0] == "@":  # '@' names are tool-generated block references, never fields
+        raise _Fail(f"invalid field name '{tok}'", tok.start_pos)
 
 
 def _extend(c: list[Any]) -> list[Any]:
