@@ -644,6 +644,8 @@ def _syntax_diagnostic(exc: yaml.MarkedYAMLError, text: str, file: str) -> Diagn
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     index = mark.index if mark is not None else 0
     problem = (exc.problem or exc.context or "invalid YAML").strip()
+    if "maximum nesting depth" in problem:  # PyYAML >= 6.0.4 has a nesting limit of its own
+        return error("CH016", f"the document nests more than {MAX_DEPTH} levels deep", file, line, col)
     if "\t" in text[index : index + 1] or "tab" in problem:
         return error(
             "CH008",

@@ -1,0 +1,402 @@
+"""Enforcement: one `RunGuard` per run joins the pure policy logic (authz.py, guardrails.py, redact.py)
+to the event log. The engine creates it (`Execution.guard`); step runners and the agent loop call it.
+
+What it adds to the pure layer:
+- the run's principal, built only from `--as`/`--claims` (or the host's API) and, in a child run, the
+  parent's actor chain, which the child can only narrow;
+- an `authz.decided` event for every decision and a `guardrail.evaluated` event for every trip or error;
+- the guardrail levels of a call: workflow rules, then the rules of every enclosing step, then the
+  tool's own rules, each level with its budget (run, step execution, tool) that lives as long as the run;
+- escalations: a verdict `escalate` raises `EscalationRequired`; the engine turns it into a durable
+  approval request at the node path; once decided, the same check passes (approved) or denies;
+- masking: declared secrets never reach the log in clear (`mask`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from interpreter import store as s
+from interpreter.authz import (
+    DEFAULT_DENY,
+    WORKFLOW_GRANT,
+    Actor,
+    ActorChain,
+    Authorizer,
+    AuthzError,
+    Decision,
+    Principal,
+)
+from interpreter.guardrails import Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
+from interpreter.redact import MASK, compile_pattern, mask_matches
+from interpreter.runtime import StepError
+
+Emit = Callable[[str, str, Any, dict[str, Any] | None], None]
+
+# The chain a tool call runs under, for a child workflow started by that call (a workflow tool or step).
+CURRENT_CHAIN: contextvars.ContextVar[ActorChain | None] = contextvars.ContextVar("charter_chain", default=None)
+
+
+class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the engine handles
+    """A guardrail escalated: the engine records a durable approval request at `key` and the run waits."""
+
+    def __init__(self, verdict: Verdict, key: str, hook: str, *, requested: bool = False) -> None:
+        super().__init__(verdict.message or "approval required")
+        self.verdict = verdict
+        self.key = key  # the node path the approval is requested at (`charter approve RUN KEY`)
+        self.hook = hook
+        self.requested = requested  # already pending in the log: just wait
+
+    def request_payload(self) -> dict[str, Any]:
+        esc = dict(self.verdict.escalation or {})
+        payload: dict[str, Any] = {
+            "message": esc.get("message") or self.verdict.message or "approval required",
+            "approvers": list(esc.get("approvers") or []),
+            "data": {"guardrail": esc.get("rule"), "hook": self.hook, "rules": list(self.verdict.rules)},
+        }
+        timeout = esc.get("timeout_s")
+        if timeout:
+            payload["expires_at"] = (datetime.now(UTC) + timedelta(seconds=float(timeout))).isoformat()
+        return payload
+
+
+def policy_error(message: str, *, details: Any = None) -> StepError:
+    """The step error of a denied call or a tripped rule (code `policy`, never retried)."""
+    return StepError("policy", message, type="PolicyDenied", category="policy", retryable=False, details=details)
+
+
+# --- serialising chains (a child run records its parent's chain to rebuild it on resume) -----------------
+
+
+def chain_to_json(chain: ActorChain) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for party in chain.links:
+        kind = "principal" if isinstance(party, Principal) else "actor"
+        out.append({"type": kind, "id": party.id, "kind": party.kind, "roles": list(party.roles)})
+    return out
+
+
+def chain_from_json(data: Any, claims: Mapping[str, Any] | None) -> ActorChain | None:
+    if not isinstance(data, list):
+        return None
+    links: list[Principal | Actor] = []
+    for item in data:
+        if not isinstance(item, dict):
+            return None
+        roles = tuple(item.get("roles") or ())
+        if item.get("type") == "principal":
+            links.append(Principal(str(item["id"]), roles, dict(claims or {}), str(item.get("kind", "user"))))
+        else:
+            links.append(Actor(str(item["id"]), str(item.get("kind", "agent")), roles))
+    return ActorChain(tuple(links))
+
+
+# --- the guard -----------------------------------------------------------------------------------------
+
+
+class RunGuard:
+    """Authorization, guardrails, budgets and masking of one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        graph: Any,
+        *,
+        principal: str,
+        claims: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, str] | None = None,
+        emit: Emit | None = None,
+        state: Callable[[], Mapping[str, Any]] | None = None,
+        parent_chain: ActorChain | None = None,
+        approvals: Mapping[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.authorizer = Authorizer.from_graph(graph)
+        try:
+            self.principal = self.authorizer.principal(principal, claims)
+        except AuthzError as exc:
+            from interpreter.runtime import RunSetupError
+
+            raise RunSetupError(f"principal '{principal}': {exc}") from None
+        self.workflow_actor = Actor(graph.workflow.name, "workflow")
+        # The workflow itself acts when a tool step names no identity; in a child run it acts within
+        # the parent's chain (so it can only narrow what the parent's caller held).
+        self.base_chain = parent_chain if parent_chain is not None else ActorChain(())
+        self.parent_chain = parent_chain
+        self._emit = emit
+        self.pending: list[tuple[str, str, Any, dict[str, Any] | None]] = []  # before the sink exists
+        self._state = state or (lambda: {})
+        self._secret_regex = self._secrets_pattern(secrets or {})
+        self.run_budget = Budget()
+        self._workflow = GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
+        self._tool_budgets: dict[str, Budget] = {}
+        self._step_budgets: dict[str, Budget] = {}
+        self._sets: dict[tuple[str, str | None], tuple[GuardrailSet, tuple[str, ...]]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.approvals = dict(approvals or {})  # key -> (requested payload, decided payload)
+
+    # -- wiring
+
+    @staticmethod
+    def _secrets_pattern(secrets: Mapping[str, str]) -> Any:
+        import re2
+
+        literals = sorted({v for v in secrets.values() if isinstance(v, str) and v}, key=len, reverse=True)
+        return compile_pattern("|".join(re2.escape(v) for v in literals)) if literals else None
+
+    def attach(self, emit: Emit) -> None:
+        """Write events through `emit` from now on, starting with those held before the run existed."""
+        self._emit = emit
+        held, self.pending = self.pending, []
+        for kind, path, payload, actor in held:
+            emit(kind, path, payload, actor)
+
+    def _write(self, kind: str, path: str, payload: Any, actor: dict[str, Any] | None) -> None:
+        payload = self.mask(payload)
+        if self._emit is None:
+            self.pending.append((kind, path, payload, actor))
+        else:
+            self._emit(kind, path, payload, actor)
+
+    def run_actor(self) -> dict[str, Any]:
+        """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""
+        claim = self.base_chain.to_act_claim() if self.base_chain.links else None
+        return claim or {"sub": self.principal.sub}
+
+    # -- identities
+
+    def chain_for(
+        self, identity: str | None, on_behalf_of: str | None = None, parent: ActorChain | None = None
+    ) -> ActorChain:
+        """The chain a call runs under. No identity: the workflow itself (within a parent run's chain).
+        `parent` (a sub-agent's caller) or the run's parent chain can only be narrowed by appending.
+        `on_behalf_of` must name the run's principal or a declared identity, never anyone else."""
+        if identity is None:
+            return parent if parent is not None else self.base_chain
+        try:
+            actor = self.authorizer.actor(identity)
+        except AuthzError as exc:
+            raise policy_error(str(exc)) from None
+        if parent is not None:
+            return parent.delegate(actor)
+        base = self.base_chain
+        if on_behalf_of is not None:
+            if on_behalf_of in (self.principal.id, self.principal.sub):
+                base = ActorChain((*base.links, self.principal)) if not base.links else base
+            elif on_behalf_of in self.graph.workflow.identities:
+                base = base.delegate(self.authorizer.actor(on_behalf_of))
+            else:
+                raise policy_error(
+                    f"on_behalf_of '{on_behalf_of}' is neither the run's principal "
+                    f"('{self.principal.id}') nor a declared identity"
+                )
+        return base.delegate(actor)
+
+    # -- authorization
+
+    def authorize_tool(
+        self, chain: ActorChain, tool: str, args: dict[str, Any], node_path: str, *, bindings: Mapping[str, Any]
+    ) -> Decision:
+        """Decide one call and write `authz.decided` (always, allowed or not)."""
+        spec = self.graph.workflow.tools.get(tool)
+        action = (spec.action or spec.effect) if spec is not None else None
+        resource = self._resource(tool, args, bindings)
+        cel_bindings = {k: bindings.get(k) for k in ("input", "vars", "run")}
+        if not chain.links:
+            decision = Decision(
+                True, WORKFLOW_GRANT, "the workflow itself calls the tool (no identity)", "", tool, action,
+                resource, chain,
+            )  # fmt: skip
+            decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
+        else:
+            decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
+        if spec is None:
+            decision = Decision(False, DEFAULT_DENY, f"unknown tool '{tool}'", decision.args_digest, tool,
+                                action, resource, chain)  # fmt: skip
+        payload = decision.to_event_payload()
+        if not chain.links:
+            payload["principal"] = self.principal.id
+            payload["actor_chain"] = [self.principal.sub, self.workflow_actor.sub]
+        elif payload["principal"] is None:
+            payload["run_principal"] = self.principal.id
+        self._write(s.AUTHZ_DECIDED, node_path, payload, self._actor(chain))
+        return decision
+
+    def _actor(self, chain: ActorChain) -> dict[str, Any]:
+        if not chain.links:
+            return {"sub": self.principal.sub, "act": {"sub": self.workflow_actor.sub}}
+        return chain.to_act_claim() or {"sub": self.principal.sub}
+
+    def _resource(self, tool: str, args: Any, bindings: Mapping[str, Any]) -> str | None:
+        compiled = (self.graph.tools or {}).get(tool)
+        value = compiled.values.get("resource") if compiled is not None else None
+        if value is None:
+            return None
+        try:
+            from dsl.expr import from_cel
+
+            out = value.evaluate({**bindings, "args": args}) if not value.constant else value.evaluate({})
+            out = from_cel(out)
+        except Exception:  # noqa: BLE001 - no resource: grants that list resources do not match (closed)
+            return None
+        return out if isinstance(out, str) else None
+
+    # -- guardrails
+
+    def check(
+        self,
+        hook: str,
+        context: dict[str, Any],
+        node_path: str,
+        *,
+        node: Any = None,
+        tool: str | None = None,
+        ledger: RetryLedger | None = None,
+    ) -> Verdict:
+        """Evaluate every rule of every level at `hook`; write its events; settle escalations.
+
+        Raises `EscalationRequired` for `escalate` (unless the approval at `node_path` was granted:
+        then the verdict is allow; a denied or expired approval gives `deny`)."""
+        if tool is None:
+            tool = context.get("tool") if isinstance(context.get("tool"), str) else None
+        rules, step_ids = self._set_for(node_path, tool)
+        full = {**self._state(), "principal": self.principal.to_binding(), "history": list(self.history)}
+        full.update(context)
+        if tool is not None:
+            full.setdefault("tool", tool)
+        verdict = rules.evaluate(hook, full, step_ids=step_ids, ledger=ledger)
+        if verdict.action == "escalate":
+            verdict = self._settle_escalation(verdict, node_path, hook)
+        for event in verdict.events:
+            self._write(s.GUARDRAIL_EVALUATED, node_path, self._event_payload(event, verdict), None)
+        return verdict
+
+    @staticmethod
+    def _event_payload(event: GuardrailEvent, verdict: Verdict) -> dict[str, Any]:
+        payload = event.to_event_payload()
+        payload["verdict"] = verdict.action
+        return payload
+
+    def _settle_escalation(self, verdict: Verdict, key: str, hook: str) -> Verdict:
+        requested, decided = self.approvals.get(key, (None, None))
+        if requested is None:
+            raise EscalationRequired(verdict, key, hook)
+        if decided is None:
+            if _expired(requested):
+                decided = {"decision": "denied", "by": "system:timeout", "reason": "the approval timed out"}
+                self._write(s.APPROVAL_DECIDED, key, decided, {"sub": "system:timeout"})
+                self.approvals[key] = (requested, decided)
+            else:
+                raise EscalationRequired(verdict, key, hook, requested=True)
+        if decided.get("decision") == "approved":
+            return Verdict("allow", verdict.rules, f"approved by {decided.get('by')}", verdict.value,
+                           verdict.redacted, verdict.events)  # fmt: skip
+        why = f": {decided['reason']}" if decided.get("reason") else ""
+        return Verdict("deny", verdict.rules, f"escalation denied by {decided.get('by')}{why}", verdict.value,
+                       verdict.redacted, verdict.events)  # fmt: skip
+
+    def _set_for(self, node_path: str, tool: str | None) -> tuple[GuardrailSet, tuple[str, ...]]:
+        key = (node_path, tool)
+        cached = self._sets.get(key)
+        if cached is not None:
+            return cached
+        rules = self._workflow
+        ids: list[str] = []
+        for runtime, node in self._ancestors(node_path):
+            ids.append(node.id)
+            own = getattr(node, "guardrails", ())
+            if own:
+                rules = rules.extend(own, level="step", budget=self._step_budgets.setdefault(runtime, Budget()))
+        compiled = (self.graph.tools or {}).get(tool) if tool else None
+        if compiled is not None and compiled.guardrails:
+            rules = rules.extend(
+                compiled.guardrails, level="tool", budget=self._tool_budgets.setdefault(tool, Budget())
+            )
+        self._sets[key] = (rules, tuple(ids))
+        return self._sets[key]
+
+    def _ancestors(self, node_path: str) -> list[tuple[str, Any]]:
+        """(runtime path, node) of every step enclosing `node_path`, outermost first, itself included."""
+        from interpreter.engine import static_path
+
+        out: list[tuple[str, Any]] = []
+        parts = node_path.split("/") if node_path else []
+        for i in range(1, len(parts) + 1):
+            runtime = "/".join(parts[:i])
+            try:
+                out.append((runtime, self.graph.node(static_path(runtime))))
+            except KeyError:
+                continue
+        return out
+
+    # -- budgets and history
+
+    def record_tool_call(
+        self, tool: str, args: dict[str, Any], *, node_path: str | None = None, result: Any = None
+    ) -> None:
+        cached = self._sets.get((node_path, tool)) if node_path is not None else None
+        if cached is not None:
+            cached[0].record_tool_call(tool, args)
+        else:
+            self.run_budget.record_tool_call(tool, args)
+            if tool in self._tool_budgets:
+                self._tool_budgets[tool].record_tool_call(tool, args)
+        self.history.append({"kind": "tool", "tool": tool, "args": args, "result": result})
+
+    def record_model_call(
+        self, input_tokens: int, output_tokens: int, cost: float, *, node_path: str | None = None
+    ) -> None:
+        cached = next((v for k, v in self._sets.items() if k[0] == node_path), None) if node_path else None
+        if cached is not None:
+            cached[0].record_model_call(input_tokens, output_tokens, cost)
+        else:
+            self.run_budget.record_model_call(input_tokens, output_tokens, cost)
+        self.history.append(
+            {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
+        )
+
+    def usage(self) -> dict[str, Any]:
+        return self.run_budget.usage()
+
+    # -- masking
+
+    def mask(self, value: Any) -> Any:
+        """`value` with every declared secret's text masked (applied to everything the log receives)."""
+        if self._secret_regex is None:
+            return value
+        return mask_matches(value, self._secret_regex, MASK)[0]
+
+
+def _expired(request: Mapping[str, Any]) -> bool:
+    expires = request.get("expires_at")
+    if not isinstance(expires, str):
+        return False
+    try:
+        return datetime.now(UTC) >= datetime.fromisoformat(expires)
+    except ValueError:
+        return False
+
+
+def approvals_from_records(records: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """Escalation approvals already in the log (requests whose data names a guardrail), by node path."""
+    out: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
+    for path, rec in records.items():
+        requested = rec.approval_requested[0] if rec.approval_requested else None
+        data = requested.get("data") if isinstance(requested, dict) else None
+        if isinstance(data, dict) and data.get("guardrail"):
+            decided = rec.approval_decided[0] if rec.approval_decided else None
+            out[path] = (requested, decided)
+    return out
+
+
+__all__ = [
+    "CURRENT_CHAIN",
+    "EscalationRequired",
+    "RunGuard",
+    "approvals_from_records",
+    "chain_from_json",
+    "chain_to_json",
+    "policy_error",
+]
