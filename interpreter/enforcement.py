@@ -22,7 +22,6 @@ from typing import Any
 from interpreter import store as s
 from interpreter.authz import (
     DEFAULT_DENY,
-    WORKFLOW_GRANT,
     Actor,
     ActorChain,
     Authorizer,
@@ -37,7 +36,9 @@ from interpreter.runtime import StepError
 Emit = Callable[[str, str, Any, dict[str, Any] | None], None]
 
 # The chain a tool call runs under, for a child workflow started by that call (a workflow tool or step).
-CURRENT_CHAIN: contextvars.ContextVar[ActorChain | None] = contextvars.ContextVar("charter_chain", default=None)
+CURRENT_CHAIN: contextvars.ContextVar[ActorChain | None] = contextvars.ContextVar(
+    "charter_chain", default=None
+)
 
 
 class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the engine handles
@@ -65,7 +66,9 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
 
 def policy_error(message: str, *, details: Any = None) -> StepError:
     """The step error of a denied call or a tripped rule (code `policy`, never retried)."""
-    return StepError("policy", message, type="PolicyDenied", category="policy", retryable=False, details=details)
+    return StepError(
+        "policy", message, type="PolicyDenied", category="policy", retryable=False, details=details
+    )
 
 
 # --- serialising chains (a child run records its parent's chain to rebuild it on resume) -----------------
@@ -197,21 +200,20 @@ class RunGuard:
     # -- authorization
 
     def authorize_tool(
-        self, chain: ActorChain, tool: str, args: dict[str, Any], node_path: str, *, bindings: Mapping[str, Any]
+        self,
+        chain: ActorChain,
+        tool: str,
+        args: dict[str, Any],
+        node_path: str,
+        *,
+        bindings: Mapping[str, Any],
     ) -> Decision:
         """Decide one call and write `authz.decided` (always, allowed or not)."""
         spec = self.graph.workflow.tools.get(tool)
         action = (spec.action or spec.effect) if spec is not None else None
         resource = self._resource(tool, args, bindings)
         cel_bindings = {k: bindings.get(k) for k in ("input", "vars", "run")}
-        if not chain.links:
-            decision = Decision(
-                True, WORKFLOW_GRANT, "the workflow itself calls the tool (no identity)", "", tool, action,
-                resource, chain,
-            )  # fmt: skip
-            decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
-        else:
-            decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
+        decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
         if spec is None:
             decision = Decision(False, DEFAULT_DENY, f"unknown tool '{tool}'", decision.args_digest, tool,
                                 action, resource, chain)  # fmt: skip
@@ -308,7 +310,9 @@ class RunGuard:
             ids.append(node.id)
             own = getattr(node, "guardrails", ())
             if own:
-                rules = rules.extend(own, level="step", budget=self._step_budgets.setdefault(runtime, Budget()))
+                rules = rules.extend(
+                    own, level="step", budget=self._step_budgets.setdefault(runtime, Budget())
+                )
         compiled = (self.graph.tools or {}).get(tool) if tool else None
         if compiled is not None and compiled.guardrails:
             rules = rules.extend(
@@ -379,7 +383,9 @@ def _expired(request: Mapping[str, Any]) -> bool:
         return False
 
 
-def approvals_from_records(records: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+def approvals_from_records(
+    records: Mapping[str, Any],
+) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
     """Escalation approvals already in the log (requests whose data names a guardrail), by node path."""
     out: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
     for path, rec in records.items():

@@ -29,6 +29,7 @@ from typing import Any
 from dsl import __version__
 from dsl.model import parse_duration
 from interpreter import store as s
+from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from_records, policy_error
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendants
 from interpreter.runtime import (
@@ -50,6 +51,7 @@ NewEvent = s.NewEvent
 GROUP_WINDOW = 0.005  # seconds a side-effect-free completion may wait for a group commit
 GROUP_EVENTS = 512
 _ITERATION = re.compile(r"\[\d+\]")
+INPUT_GATE = "run.input"  # node path of run.input guardrail events and of their escalation
 
 
 def static_path(runtime_path: str) -> str:
@@ -101,6 +103,7 @@ class Execution:
         records: dict[str, NodeRecord] | None = None,
         write_reused: bool = False,
         reused_from: str | None = None,
+        guard: RunGuard | None = None,
     ) -> None:
         self.store = store
         self.graph = graph
@@ -123,7 +126,19 @@ class Execution:
         self.group = options.durability != "full"
         self.timer: asyncio.TimerHandle | None = None
         self.code_digests: dict[str, str | None] = {}
-        self.actor = {"sub": principal}
+        # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
+        # never from model output or tool results.
+        self.guard = guard or RunGuard(
+            graph,
+            principal=principal,
+            claims=options.claims,
+            secrets=secrets,
+            approvals=approvals_from_records(self.records),
+        )
+        self.guard._state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
+        self.guard.attach(self.emit)
+        self.input_gate: Any = None  # the run.input verdict (or escalation) found before the run was created
+        self.actor = self.guard.run_actor()
         self.python_tools: dict[str, PythonTool] = {}
         self.schema_cache: dict[str, Any] = {}
         self.http_client: Any = None
@@ -151,7 +166,7 @@ class Execution:
         batch.extend(events)
         if batch:
             try:
-                self.store.append_many(self.run_id, batch)
+                self.store.append_many(self.run_id, self._masked(batch))
             except BaseException:
                 self.buffer = batch + self.buffer  # nothing was written: keep the events for the next try
                 raise
@@ -176,6 +191,20 @@ class Execution:
             self.commit()
         elif self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(GROUP_WINDOW, self._flush_window)
+
+    def _masked(self, batch: list[s.NewEvent]) -> list[s.NewEvent]:
+        """Secrets never reach the log in clear: every payload is masked before it is written."""
+        guard = self.guard
+        return [NewEvent(e.kind, e.node_path, guard.mask(e.payload), e.actor) for e in batch]
+
+    def escalate(self, esc: EscalationRequired) -> None:
+        """An `escalate` guardrail: a durable approval request at `esc.key`; the run waits."""
+        if not esc.requested and not self.replaying:
+            payload = esc.request_payload()
+            self.commit(NewEvent(s.APPROVAL_REQUESTED, esc.key, payload))
+            self.guard.approvals[esc.key] = (payload, None)
+        self.notify("waiting", esc.key, "guardrail", esc.verdict.message)
+        raise Suspend([esc.key])
 
     def _flush_window(self) -> None:
         self.timer = None
@@ -302,6 +331,8 @@ class Execution:
                         node.values["output"], scope, f"step '{node.id}': output", {"result": result}
                     )
                 break
+            except EscalationRequired as esc:
+                self.escalate(esc)
             except StepError as err:
                 if err.step is None:
                     err.step, err.node_path = node.id, path
@@ -414,6 +445,7 @@ class Execution:
 
     def check(self, path: str, rec: NodeRecord | None, status: str, value: Any) -> None:
         """Replay: compare a node's outcome with the recording."""
+        value = self.guard.mask(value)  # the recording holds secrets masked
         self.checked += 1
         self.visited.add(path)
         if rec is None or rec.status is None:
@@ -496,6 +528,7 @@ class Execution:
             try:
                 initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
                 self.vars = dict(initial or {})
+                self.gate_input()
                 timeout = graph.workflow.timeout
                 async with asyncio.timeout(parse_duration(timeout) if timeout else None):
                     await self.exec_block(graph.root, root)
@@ -523,6 +556,19 @@ class Execution:
                 await self.http_client.aclose()
         return self.finish("completed", output, None, None)
 
+    def gate_input(self) -> None:
+        """run.input rules complete before the first step: deny fails the run, escalate waits."""
+        gate = self.input_gate
+        if gate is None and INPUT_GATE in self.guard.approvals:  # resumed: settle the pending escalation
+            try:
+                gate = self.guard.check("run.input", {"input": self.input}, INPUT_GATE)
+            except EscalationRequired as esc:
+                gate = esc
+        if isinstance(gate, EscalationRequired):
+            self.escalate(gate)
+        if gate is not None and not gate.allowed:
+            raise policy_error(f"the run input was refused: {gate.message}", details={"rules": list(gate.rules)})
+
     def finish(
         self, status: str, output: Any, error: dict[str, Any] | None, pending: list[str] | None
     ) -> RunResult:
@@ -536,7 +582,8 @@ class Execution:
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
-            batch, self.buffer = [*self.buffer, event], []
+            batch, self.buffer = self._masked([*self.buffer, event]), []
+            output, error = self.guard.mask(output), self.guard.mask(error)
             try:
                 with self.store.transaction() as tx:
                     tx.append_many(self.run_id, batch)

@@ -419,7 +419,13 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
                     "chosen": "exit",
                 },
             )
-            break
+            return out
+    if until is not None:  # the bound is a safety net: a half-finished loop is a failure (spec §13.7)
+        raise StepError(
+            "loop_exhausted",
+            f"loop '{node.id}': `until` was still false after {spec.max_iterations} iterations",
+            retryable=False,
+        )
     return out
 
 

@@ -390,6 +390,29 @@ def test_switch_if_set_and_fail(store: Any, workdir: Path) -> None:
     assert decision.payload["chosen"] == "case-0"
 
 
+def test_loop_until_exits_early_and_fails_when_exhausted(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "looping",
+        """\
+        steps:
+          - id: count
+            loop:
+              max_iterations: 5
+              until: steps.tick.output >= input.stop
+              steps: [{id: tick, tool: echo, args: {value: "${{ index }}"}}]
+        output: {last: "${{ steps.count.output }}"}
+        """,
+    )
+    graph = compiled(flow)
+    early = run_workflow(graph, {"stop": 2}, store=store, options=OPTS)
+    assert early.status == "completed" and early.output == {"last": 2}
+    exhausted = run_workflow(graph, {"stop": 99}, store=store, options=OPTS)
+    assert exhausted.status == "failed" and exhausted.error["code"] == "loop_exhausted"
+    iterations = [e for e in store.events(exhausted.run_id) if e.kind == "loop.iteration"]
+    assert len(iterations) == 5
+
+
 def test_unserialisable_result_is_a_step_error(store: Any, workdir: Path) -> None:
     flow = write_flow(workdir, "unserialisable", "steps:\n  - {id: b, tool: bad_result}\n")
     result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
