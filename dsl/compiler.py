@@ -57,6 +57,7 @@ _BASE_TYPES: dict[str, t.Type] = {
     "steps": _STEPS_TYPE,
     "secrets": t.map_of(t.STRING, t.STRING),
 }
+_BUILTIN_NAMES = frozenset({*_BASE_TYPES, "result"})
 _STEP_FIELDS = ("output", "status", "error")
 _UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
 _MAX_WORKFLOW_DEPTH = 50
@@ -308,14 +309,25 @@ class _Compiler:
             else:
                 self.steps[step.id] = _StepInfo(here, step, kind, chain)
             if isinstance(step, m.ForEachStep):
-                for name in (step.for_each.as_, step.for_each.index_as):
+                for key, name in (("as", step.for_each.as_), ("index_as", step.for_each.index_as)):
                     self.scoped.setdefault(name, []).append(f"inside for_each '{step.id}'")
+                    self._not_builtin(name, (*here, "for_each", key))
             elif isinstance(step, m.LoopStep):
                 self.scoped.setdefault("index", []).append(f"inside loop '{step.id}'")
             elif isinstance(step, m.TryStep):
                 self.scoped.setdefault(step.try_.catch.as_, []).append(f"inside the catch of try '{step.id}'")
+                self._not_builtin(step.try_.catch.as_, (*here, "try", "catch", "as"))
             for label, block_path, inner, _ in _blocks(step, here):
                 self._collect(inner, block_path, (*chain, (step.id, label)))
+
+    def _not_builtin(self, name: str, path: Path) -> None:
+        if name in _BUILTIN_NAMES:
+            self.err(
+                "CH212",
+                f"'{name}' is a built-in variable; a for_each or catch cannot bind it",
+                path,
+                hint=f"choose another name, e.g. '{name}_item'",
+            )
 
     # --- pass 2: steps ---
 
@@ -418,6 +430,15 @@ class _Compiler:
             self._model_step(step, path, scope, values, prompts)
         elif isinstance(step, m.SetStep):
             values["set"] = self._value(step.set, (*path, "set"), scope)
+            for name in step.set:
+                if name not in self.workflow.vars:
+                    guess = closest(name, self.workflow.vars)
+                    self.err(
+                        "CH211",
+                        f"set step '{step.id}' assigns '{name}', which is not declared in `vars`",
+                        (*path, "set", name),
+                        hint=f"did you mean '{guess}'?" if guess else f"declare it: vars: {{{name}: null}}",
+                    )
         elif isinstance(step, m.ForEachStep):
             values["in"] = items = self._value(step.for_each.in_, (*path, "for_each", "in"), scope)
             self._check_list(step.for_each.in_, items, (*path, "for_each", "in"))

@@ -92,6 +92,8 @@ CODES: dict[str, str] = {
     "CH208": "duplicate grant or guardrail id",
     "CH209": "called workflow file does not exist",
     "CH210": "guardrail tool pattern matches no declared tool",
+    "CH211": "set of a variable not declared in `vars`",
+    "CH212": "for_each or catch binds a built-in variable name",
     "CH299": "internal compiler error",
     # CH3xx: expressions and templates
     "CH301": "CEL syntax error",

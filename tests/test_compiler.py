@@ -29,11 +29,17 @@ tools:
   refund: {python: "examples.tools:issue_refund", effect: write}
 """
 
+# The variables the snippets below `set` (a set step may only assign declared variables).
+SNIPPET_VARS = "vars: {x: null, y: null, z: null, done: null, why: null, r: null, k: null, auth: null}\n"
+
 
 def build(
     body: str, header: str = HEADER, file: str = "<string>"
 ) -> tuple[ExecutionGraph | None, list[Diagnostic]]:
-    doc, diags = load_text(header + textwrap.dedent(body), file)
+    text = header + textwrap.dedent(body)
+    if "\nvars:" not in text:
+        text += SNIPPET_VARS  # appended, so that line numbers asserted below stay put
+    doc, diags = load_text(text, file)
     assert doc is not None and not diags, diags
     workflow, shape = validate(doc)
     assert workflow is not None, shape
