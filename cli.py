@@ -5,6 +5,7 @@ Imports of the front and back end happen inside the commands so that `charter --
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -210,7 +211,7 @@ def _report(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     sys.exit(_EXIT.get(result.status, 1))
 
 
-def _options(principal, claims_file, allow_modules, durability, quiet=False):  # type: ignore[no-untyped-def]
+def _options(principal, claims_file, allow_modules, durability, quiet=False, models=()):  # type: ignore[no-untyped-def]
     import json
 
     from interpreter import RunOptions
@@ -228,6 +229,55 @@ def _options(principal, claims_file, allow_modules, durability, quiet=False):  #
         allow_modules=tuple(allow_modules),
         durability=durability,
         progress=None if quiet else _progress_printer(),
+        model_overrides=_model_overrides(models),
+    )
+
+
+def _model_overrides(models: tuple[str, ...]) -> dict[str, str]:
+    """`--model NAME=PROVIDER:MODEL[@BASE_URL]` / `NAME=scripted:FILE` options as {NAME: spec}."""
+    from interpreter.providers import ModelOverrideError, parse_model_override
+
+    out: dict[str, str] = {}
+    for text in models:
+        try:
+            name, _ = parse_model_override(text)
+        except ModelOverrideError as exc:
+            raise click.UsageError(str(exc)) from None
+        spec = text.partition("=")[2].strip()
+        if spec.startswith("scripted:"):  # a responses file named on the command line: from the cwd
+            spec = "scripted:" + os.path.abspath(spec.removeprefix("scripted:"))
+        out[name] = spec
+    return out
+
+
+def _model_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--model",
+        "models",
+        multiple=True,
+        metavar="NAME=PROVIDER:MODEL[@URL]",
+        help="Use another model for the workflow's model NAME, e.g. default=openai:gpt-4.1-mini, "
+        "default=openai:llama3.1@http://localhost:11434/v1 or default=scripted:answers.yaml. Repeatable.",
+    )(fn)
+
+
+def _show_usage(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """One stderr line of model usage (calls, tokens, cost, latency) when the run called models."""
+    from interpreter.agent import usage_of_events
+
+    try:
+        usage = usage_of_events(store.events(run_id)).to_dict()
+    except Exception:  # noqa: BLE001 - a summary must never turn a finished run into an error
+        return
+    if usage["model_calls"]:
+        click.echo(_usage_text(usage), err=True)
+
+
+def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
+    cost = f", cost {usage['cost']:.6f}" if usage["cost"] is not None else ""
+    return (
+        f"model usage: {usage['model_calls']} calls, {usage['input_tokens']} input + "
+        f"{usage['output_tokens']} output tokens{cost}, {usage['latency_ms']:.1f} ms in model calls"
     )
 
 
@@ -269,6 +319,7 @@ def _allow_option(fn):  # type: ignore[no-untyped-def]
     help="full: fsync every commit.",
 )
 @_allow_option
+@_model_option
 @click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}.")
 @click.option(
     "--from",
@@ -285,6 +336,7 @@ def run(
     db: str | None,
     durability: str,
     allow_modules: tuple[str, ...],
+    models: tuple[str, ...],
     as_json: bool,
     fork_from: str | None,
 ) -> None:
@@ -318,7 +370,8 @@ def run(
             inputs = json.loads(input_json)
     except (OSError, ValueError) as exc:
         _die(f"invalid input: {exc}")
-    options = _options(principal, claims_file, allow_modules, durability)
+    options = _options(principal, claims_file, allow_modules, durability, models=models)
+    _check_mcp(graph_, allow_modules)
     store = _open_store(db, durability)
     from interpreter import fork_run, run_workflow
 
@@ -331,7 +384,20 @@ def run(
         result = _guarded(lambda: fork_run(run_id, node_path, store=store, options=options, graph=graph_))
     else:
         result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options))
+    _show_usage(store, result.run_id)
     _report(result, as_json)
+
+
+def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """A stdio MCP server the allow-list does not permit is refused before the run starts (exit 2)."""
+    from interpreter.engine import _file_of
+    from interpreter.policy import PolicyError, build_policy
+    from interpreter.tools import check_mcp_commands
+
+    try:
+        check_mcp_commands(graph_, build_policy(allow_modules, _file_of(graph_)))
+    except PolicyError as exc:
+        _die(str(exc))
 
 
 @main.command()
@@ -412,6 +478,12 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
                 text = text[:117] + "..."
             who = f" [{e.actor.get('sub')}]" if e.actor else ""
             click.echo(f"{e.seq:>5}  {e.ts}  {e.kind:<19} {e.node_path or '-'}{who}  {text}")
+        if not as_json:
+            from interpreter.agent import usage_of_events
+
+            usage = usage_of_events(store.events(run_id)).to_dict()
+            if usage["model_calls"]:
+                click.echo(_usage_text(usage))
 
     _guarded(show)
 
@@ -420,14 +492,20 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
 @click.argument("run_id", metavar="RUN")
 @_db_option
 @_allow_option
+@_model_option
 @click.option("--json", "as_json", is_flag=True)
-def resume(run_id: str, db: str | None, allow_modules: tuple[str, ...], as_json: bool) -> None:
-    """Continue an interrupted or waiting run from its log (finished work is not repeated)."""
+def resume(
+    run_id: str, db: str | None, allow_modules: tuple[str, ...], models: tuple[str, ...], as_json: bool
+) -> None:
+    """Continue an interrupted or waiting run from its log (finished work is not repeated; recorded
+    model answers are reused, so only the calls still to make need the model)."""
     from interpreter import resume_run
 
     store = _open_store(db)
-    options = _options(None, None, allow_modules, "normal")
-    _report(_guarded(lambda: resume_run(run_id, store=store, options=options)), as_json)
+    options = _options(None, None, allow_modules, "normal", models=models)
+    result = _guarded(lambda: resume_run(run_id, store=store, options=options))
+    _show_usage(store, result.run_id)
+    _report(result, as_json)
 
 
 @main.command()
@@ -499,6 +577,7 @@ def replay(
 )
 @_db_option
 @_allow_option
+@_model_option
 @click.option("--json", "as_json", is_flag=True)
 def approve(
     run_id: str,
@@ -509,13 +588,14 @@ def approve(
     claims_file: str | None,
     db: str | None,
     allow_modules: tuple[str, ...],
+    models: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Record a decision on a pending approval and resume the run."""
     from interpreter import decide_approval
 
     store = _open_store(db)
-    options = _options(None, claims_file, allow_modules, "normal")
+    options = _options(None, claims_file, allow_modules, "normal", models=models)
     result = _guarded(
         lambda: decide_approval(
             run_id, node_path, store=store, person=person, approved=not deny, reason=reason, options=options
@@ -539,11 +619,41 @@ def verify(run_id: str, db: str | None) -> None:
             sys.exit(1)
 
     result = _guarded(check)
-    if result.ok:
-        click.echo(f"run {run_id}: intact ({result.events_checked} events)")
-        sys.exit(0)
-    click.echo(f"run {run_id}: broken at seq {result.first_bad_seq}: {result.reason}")
-    sys.exit(1)
+    if not result.ok:
+        click.echo(f"run {run_id}: broken at seq {result.first_bad_seq}: {result.reason}")
+        sys.exit(1)
+    from interpreter.audit import audit_authz
+
+    problems = audit_authz(store.events(run_id))  # every tool call was authorized before it ran
+    if problems:
+        click.echo(f"run {run_id}: hash chain intact, but the authorization audit failed:")
+        for problem in problems:
+            click.echo(f"  {problem}")
+        sys.exit(1)
+    click.echo(f"run {run_id}: intact ({result.events_checked} events; every tool call authorized)")
+    sys.exit(0)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--node", "node", metavar="PATH", help="Only this node and what ran inside it.")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="The complete trace as JSON.")
+def explain(run_id: str, node: str | None, db: str | None, as_json: bool) -> None:
+    """The decisions of a run in order: routes, authorizations, guardrails, tool and model calls,
+    approvals, budgets used."""
+    import json
+
+    from interpreter.explain import build_trace, format_text
+
+    store = _open_store(db)
+    trace = _guarded(lambda: build_trace(store, run_id, node))
+    if node is not None and not trace["trace"]:
+        _die(f"run {run_id} has no events at node '{node}'")
+    if as_json:
+        click.echo(json.dumps(trace, indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_text(trace))
 
 
 if __name__ == "__main__":

@@ -44,24 +44,51 @@ CURRENT_CHAIN: contextvars.ContextVar[ActorChain | None] = contextvars.ContextVa
 class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the engine handles
     """A guardrail escalated: the engine records a durable approval request at `key` and the run waits."""
 
-    def __init__(self, verdict: Verdict, key: str, hook: str, *, requested: bool = False) -> None:
+    def __init__(
+        self,
+        verdict: Verdict,
+        key: str,
+        hook: str,
+        *,
+        requested: bool = False,
+        fingerprint: str | None = None,
+    ) -> None:
         super().__init__(verdict.message or "approval required")
         self.verdict = verdict
         self.key = key  # the node path the approval is requested at (`charter approve RUN KEY`)
         self.hook = hook
         self.requested = requested  # already pending in the log: just wait
+        self.fingerprint = fingerprint  # which call is approved: the hook, the tool and its payload
 
     def request_payload(self) -> dict[str, Any]:
         esc = dict(self.verdict.escalation or {})
         payload: dict[str, Any] = {
             "message": esc.get("message") or self.verdict.message or "approval required",
             "approvers": list(esc.get("approvers") or []),
-            "data": {"guardrail": esc.get("rule"), "hook": self.hook, "rules": list(self.verdict.rules)},
+            "data": {
+                "guardrail": esc.get("rule"),
+                "hook": self.hook,
+                "rules": list(self.verdict.rules),
+                "fingerprint": self.fingerprint,
+            },
         }
         timeout = esc.get("timeout_s")
         if timeout:
             payload["expires_at"] = (datetime.now(UTC) + timedelta(seconds=float(timeout))).isoformat()
         return payload
+
+
+CREDENTIAL_CLAIMS = frozenset({"token", "access_token", "id_token", "refresh_token", "password", "secret",
+                               "api_key", "authorization"})  # fmt: skip
+
+
+def claims_without_credentials(claims: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Claims as the run keeps them: a credential handed in with the claims (the principal's own token)
+    is dropped, so it can reach neither the log, nor a condition, nor a tool. Tools get credentials for
+    the identity that acts from `secrets`."""
+    if claims is None:
+        return None
+    return {k: v for k, v in claims.items() if not (isinstance(k, str) and k.lower() in CREDENTIAL_CLAIMS)}
 
 
 def policy_error(message: str, *, details: Any = None) -> StepError:
@@ -114,11 +141,12 @@ class RunGuard:
         state: Callable[[], Mapping[str, Any]] | None = None,
         parent_chain: ActorChain | None = None,
         approvals: Mapping[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] | None = None,
+        outer: tuple[tuple[Authorizer, ActorChain], ...] = (),
     ) -> None:
         self.graph = graph
         self.authorizer = Authorizer.from_graph(graph)
         try:
-            self.principal = self.authorizer.principal(principal, claims)
+            self.principal = self.authorizer.principal(principal, claims_without_credentials(claims))
         except AuthzError as exc:
             from interpreter.runtime import RunSetupError
 
@@ -128,9 +156,12 @@ class RunGuard:
         # the parent's chain (so it can only narrow what the parent's caller held).
         self.base_chain = parent_chain if parent_chain is not None else ActorChain(())
         self.parent_chain = parent_chain
+        # The parent runs' authorizers with the chain that started this run: every call here must also
+        # be allowed there, so a child file cannot widen its caller's scope by granting itself more.
+        self.outer = outer
         self._emit = emit
         self.pending: list[tuple[str, str, Any, dict[str, Any] | None]] = []  # before the sink exists
-        self._state = state or (lambda: {})
+        self.state = state or (lambda: {})
         self._secret_regex = self._secrets_pattern(secrets or {})
         self.run_budget = Budget()
         self._workflow = GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
@@ -162,6 +193,10 @@ class RunGuard:
             self.pending.append((kind, path, payload, actor))
         else:
             self._emit(kind, path, payload, actor)
+
+    def outer_for_child(self, chain: ActorChain) -> tuple[tuple[Authorizer, ActorChain], ...]:
+        """What a child run started under `chain` must also satisfy."""
+        return (*self.outer, (self.authorizer, chain))
 
     def run_actor(self) -> dict[str, Any]:
         """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""
@@ -214,6 +249,16 @@ class RunGuard:
         resource = self._resource(tool, args, bindings)
         cel_bindings = {k: bindings.get(k) for k in ("input", "vars", "run")}
         decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
+        for authorizer, outer_chain in self.outer if decision.allowed else ():
+            if not outer_chain.links:
+                continue
+            upstream = authorizer.decide(outer_chain, tool, action, resource, args, cel_bindings)
+            if not upstream.allowed:
+                decision = Decision(
+                    False, upstream.grant, f"the parent run's chain may not: {upstream.reason}",
+                    decision.args_digest, tool, action, resource, chain, decision.grants_by_party,
+                )  # fmt: skip
+                break
         if spec is None:
             decision = Decision(False, DEFAULT_DENY, f"unknown tool '{tool}'", decision.args_digest, tool,
                                 action, resource, chain)  # fmt: skip
@@ -264,13 +309,13 @@ class RunGuard:
         if tool is None:
             tool = context.get("tool") if isinstance(context.get("tool"), str) else None
         rules, step_ids = self._set_for(node_path, tool)
-        full = {**self._state(), "principal": self.principal.to_binding(), "history": list(self.history)}
+        full = {**self.state(), "principal": self.principal.to_binding(), "history": list(self.history)}
         full.update(context)
         if tool is not None:
             full.setdefault("tool", tool)
         verdict = rules.evaluate(hook, full, step_ids=step_ids, ledger=ledger)
         if verdict.action == "escalate":
-            verdict = self._settle_escalation(verdict, node_path, hook)
+            verdict = self._settle_escalation(verdict, node_path, hook, _fingerprint(hook, tool, context))
         for event in verdict.events:
             self._write(s.GUARDRAIL_EVALUATED, node_path, self._event_payload(event, verdict), None)
         return verdict
@@ -281,10 +326,14 @@ class RunGuard:
         payload["verdict"] = verdict.action
         return payload
 
-    def _settle_escalation(self, verdict: Verdict, key: str, hook: str) -> Verdict:
+    def _settle_escalation(self, verdict: Verdict, key: str, hook: str, fingerprint: str) -> Verdict:
         requested, decided = self.approvals.get(key, (None, None))
-        if requested is None:
-            raise EscalationRequired(verdict, key, hook)
+        data = requested.get("data") if isinstance(requested, dict) else None
+        if requested is None or (
+            isinstance(data, dict) and data.get("fingerprint") not in (None, fingerprint)
+        ):
+            # nothing asked yet here, or an approval of another call (an agent step makes several)
+            raise EscalationRequired(verdict, key, hook, fingerprint=fingerprint)
         if decided is None:
             if _expired(requested):
                 decided = {"decision": "denied", "by": "system:timeout", "reason": "the approval timed out"}
@@ -373,6 +422,76 @@ class RunGuard:
         return mask_matches(value, self._secret_regex, MASK)[0]
 
 
+# --- the tool-step path (steps.run_tool; the agent loop uses the RunGuard methods directly) --------------
+
+
+def _who(chain: ActorChain) -> str:
+    return " on behalf of ".join(reversed(chain.subs())) if chain.links else "the workflow"
+
+
+def enforce_tool_input(
+    guard: RunGuard,
+    chain: ActorChain,
+    tool: str,
+    args: dict[str, Any],
+    node_path: str,
+    *,
+    node: Any = None,
+    bindings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Authorize the call and run the tool.input rules; returns the arguments to call with (redacted
+    when a rule says so). A denial is a `policy` step error; an escalation raises EscalationRequired."""
+    decision = guard.authorize_tool(chain, tool, args, node_path, bindings=bindings)
+    if not decision.allowed:
+        raise policy_error(
+            f"tool '{tool}' denied to {_who(chain)} ({decision.grant}): {decision.reason}",
+            details={"grant": decision.grant, "tool": tool},
+        )
+    context = {"tool": tool, "args": args, "identity": _identity(chain)}
+    verdict = guard.check("tool.input", context, node_path, node=node, tool=tool)
+    if not verdict.allowed:  # deny, or retry (no model to re-ask in a tool step)
+        raise policy_error(
+            verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
+        )
+    return verdict.value if verdict.redacted and isinstance(verdict.value, dict) else args
+
+
+def enforce_tool_output(
+    guard: RunGuard,
+    chain: ActorChain,
+    tool: str,
+    args: dict[str, Any],
+    result: Any,
+    node_path: str,
+    *,
+    node: Any = None,
+) -> Verdict:
+    """Count the call, then run the tool.output rules. The caller logs `verdict.value` (redacted when
+    a rule masked it), then acts: not allowed -> policy error; escalate is raised from here."""
+    guard.record_tool_call(tool, args, node_path=node_path, result=result)
+    context = {"tool": tool, "args": args, "result": result, "identity": _identity(chain)}
+    verdict = guard.check("tool.output", context, node_path, node=node, tool=tool)
+    if not verdict.redacted:
+        verdict = Verdict(verdict.action, verdict.rules, verdict.message, result, False, verdict.events)
+    return verdict
+
+
+def _identity(chain: ActorChain) -> dict[str, Any] | None:
+    actor = chain.actor
+    return actor.to_binding() if isinstance(actor, Actor) else None
+
+
+def _fingerprint(hook: str, tool: str | None, context: Mapping[str, Any]) -> str:
+    from interpreter.guardrails import PAYLOAD_OF
+    from interpreter.hashing import NotCanonicalizable, canonical_json, sha256_hex
+
+    payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
+    try:
+        return sha256_hex(canonical_json([hook, tool, payload]))
+    except NotCanonicalizable:
+        return sha256_hex(repr([hook, tool, payload]))
+
+
 def _expired(request: Mapping[str, Any]) -> bool:
     expires = request.get("expires_at")
     if not isinstance(expires, str):
@@ -399,6 +518,8 @@ def approvals_from_records(
 
 __all__ = [
     "CURRENT_CHAIN",
+    "enforce_tool_input",
+    "enforce_tool_output",
     "EscalationRequired",
     "RunGuard",
     "approvals_from_records",

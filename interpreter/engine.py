@@ -135,7 +135,7 @@ class Execution:
             secrets=secrets,
             approvals=approvals_from_records(self.records),
         )
-        self.guard._state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
+        self.guard.state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
         self.guard.attach(self.emit)
         self.input_gate: Any = None  # the run.input verdict (or escalation) found before the run was created
         self.actor = self.guard.run_actor()
@@ -410,7 +410,12 @@ class Execution:
             self.emit(
                 s.STEP_SKIPPED,
                 path,
-                {"reason": "condition", "expression": node.condition.source, "value": False},
+                {
+                    "reason": "condition",
+                    "expression": node.condition.source,
+                    "value": False,
+                    "values": _condition_values(node.condition, self.bindings(scope)),
+                },
             )
         self.notify("skipped", path, node.kind)
         return None
@@ -567,7 +572,9 @@ class Execution:
         if isinstance(gate, EscalationRequired):
             self.escalate(gate)
         if gate is not None and not gate.allowed:
-            raise policy_error(f"the run input was refused: {gate.message}", details={"rules": list(gate.rules)})
+            raise policy_error(
+                f"the run input was refused: {gate.message}", details={"rules": list(gate.rules)}
+            )
 
     def finish(
         self, status: str, output: Any, error: dict[str, Any] | None, pending: list[str] | None
@@ -601,6 +608,12 @@ class Execution:
                 return RunResult(self.run_id, "failed", None, error)
         self.notify(status, "", "", pending or error)
         return RunResult(self.run_id, status, output, error, list(pending or []))  # type: ignore[arg-type]
+
+
+def _condition_values(program: Any, bindings: dict[str, Any]) -> dict[str, Any]:
+    from interpreter.explain import referenced_values
+
+    return referenced_values(program, bindings)
 
 
 def _binding(rec: NodeRecord) -> dict[str, Any]:
@@ -723,6 +736,8 @@ async def start_run(
     parent: tuple[str, str] | None = None,
     forked_from: dict[str, str] | None = None,
     records: dict[str, NodeRecord] | None = None,
+    parent_chain: Any = None,
+    outer: tuple[Any, ...] = (),
 ) -> RunResult:
     """Create a run row and its run.started event, then execute it."""
     check_inputs(graph, inputs)
@@ -733,6 +748,15 @@ async def start_run(
     secrets = resolve_secrets(graph)
     principal = _principal(options)
     name = graph.workflow.name
+    guard = RunGuard(
+        graph,
+        principal=principal,
+        claims=options.claims,
+        secrets=secrets,
+        parent_chain=parent_chain,
+        outer=outer,
+    )
+    gate, inputs = _input_gate(guard, inputs)
     with store.transaction() as tx:
         row = tx.create_run(
             name,
@@ -743,7 +767,9 @@ async def start_run(
             parent_run_id=parent[0] if parent else None,
             parent_node=parent[1] if parent else None,
         )
-        tx.append(row.run_id, s.RUN_STARTED, "", {"workflow": name, "forked_from": forked_from, "file": file})
+        started = {"workflow": name, "forked_from": forked_from, "file": file}
+        started.update(_identity_record(options, parent_chain))
+        tx.append(row.run_id, s.RUN_STARTED, "", guard.mask(started), guard.run_actor())
     execution = Execution(
         store,
         graph,
@@ -758,8 +784,53 @@ async def start_run(
         records=records,
         write_reused=records is not None,
         reused_from=forked_from["run_id"] if forked_from else None,
+        guard=guard,
     )
+    execution.input_gate = gate
     return await execution.execute()
+
+
+def _input_gate(guard: RunGuard, inputs: Any) -> tuple[Any, Any]:
+    """run.input rules, before the run row exists: a redacted input is what the log and the steps see."""
+    try:
+        verdict = guard.check("run.input", {"input": inputs}, INPUT_GATE)
+    except EscalationRequired as esc:
+        return esc, inputs
+    if verdict.redacted:
+        inputs = verdict.value
+    return (verdict if verdict.action != "allow" else None), inputs
+
+
+def _identity_record(options: RunOptions, parent_chain: Any) -> dict[str, Any]:
+    """What resume needs to rebuild the principal: its claims, and a child run's parent chain."""
+    from interpreter.enforcement import chain_to_json
+
+    out: dict[str, Any] = {}
+    if options.claims is not None:
+        from interpreter.enforcement import claims_without_credentials
+
+        out["claims"] = claims_without_credentials(options.claims)
+    if parent_chain is not None:
+        out["parent_chain"] = chain_to_json(parent_chain)
+    return out
+
+
+def _guard_for(
+    graph: Any, started: dict[str, Any], principal: str, secrets: dict[str, str], records: Any
+) -> RunGuard:
+    """The guard of a continued run: principal, claims and parent chain from the log, never from the
+    options of whoever resumes it (an approver's claims are not the principal's)."""
+    from interpreter.enforcement import chain_from_json
+
+    claims = started.get("claims") if isinstance(started.get("claims"), dict) else None
+    return RunGuard(
+        graph,
+        principal=principal,
+        claims=claims,
+        secrets=secrets,
+        parent_chain=chain_from_json(started.get("parent_chain"), claims),
+        approvals=approvals_from_records(records),
+    )
 
 
 async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, reason: str) -> RunResult:
@@ -774,6 +845,14 @@ async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, re
     preflight(graph, policy)
     secrets = resolve_secrets(graph)
     records = build_records(events)
+    principal = row.principal or _principal(options)
+    guard = _guard_for(graph, started, principal, secrets, records)
+    if guard.parent_chain is not None and row.parent_run_id:  # a child run: its parent still bounds it
+        from interpreter.authz import Authorizer
+
+        parent = store.run(row.parent_run_id)
+        parent_graph = compile_source(parent.workflow_source or "", "<stored>")
+        guard.outer = ((Authorizer.from_graph(parent_graph), guard.parent_chain),)
     store.append(
         run_id,
         s.RUN_RESUMED,
@@ -787,12 +866,13 @@ async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, re
         run_id,
         row.inputs,
         options=options,
-        principal=row.principal or _principal(options),
+        principal=principal,
         started_at=row.created_at,
         file=file,
         policy=policy,
         secrets=secrets,
         records=records,
+        guard=guard,
     )
     return await execution.execute()
 

@@ -22,6 +22,12 @@ class ToolCall:
 
 
 @dataclass(slots=True)
+class ModelCall:
+    called: dict[str, Any] | None = None
+    completed: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
 class NodeRecord:
     seq: int = 0  # seq of the node's last step-level event (orders vars deltas)
     started: dict[str, Any] | None = None
@@ -37,6 +43,8 @@ class NodeRecord:
     approval_requested: tuple[dict[str, Any], str] | None = None
     approval_decided: tuple[dict[str, Any], str] | None = None
     iterations: set[int] = field(default_factory=set)
+    models: dict[tuple[int, int], ModelCall] = field(default_factory=dict)  # (attempt, call) of agent/llm
+    agent_tools: dict[tuple[int, int], ToolCall] = field(default_factory=dict)  # an agent's tool calls
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -70,8 +78,19 @@ def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
             rec.attempt_errors[rec.attempts_failed] = payload.get("error") or {}
             rec.status = None
             _forget_descendants(records, path)  # the next attempt runs the children again
+        elif kind in (s.MODEL_CALLED, s.MODEL_COMPLETED):
+            key = (int(payload.get("attempt", 1)), int(payload.get("call", 1)))
+            model_call = rec.models.setdefault(key, ModelCall())
+            if kind == s.MODEL_CALLED:
+                model_call.called, model_call.completed = payload, None
+            else:
+                model_call.completed = payload
         elif kind in (s.TOOL_CALLED, s.TOOL_COMPLETED, s.TOOL_FAILED):
-            call = rec.tools.setdefault(int(payload.get("attempt", 1)), ToolCall())
+            attempt = int(payload.get("attempt", 1))
+            if "call" in payload:  # a tool call an agent made: numbered within the attempt
+                call = rec.agent_tools.setdefault((attempt, int(payload["call"])), ToolCall())
+            else:
+                call = rec.tools.setdefault(attempt, ToolCall())
             if kind == s.TOOL_CALLED:
                 call.called, call.completed, call.failed = payload, None, None
             elif kind == s.TOOL_COMPLETED:

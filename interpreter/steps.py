@@ -16,9 +16,16 @@ from typing import Any
 
 from dsl.model import parse_duration
 from interpreter import store as s
+from interpreter.enforcement import (
+    CURRENT_CHAIN,
+    EscalationRequired,
+    enforce_tool_input,
+    enforce_tool_output,
+    policy_error,
+)
 from interpreter.engine import Execution, Scope
 from interpreter.runtime import StepError, Suspend
-from interpreter.tools import call_http, call_python, validate_args
+from interpreter.tools import call_tool, validate_args
 
 StepRunner = Callable[[Execution, Any, Scope, str, int], Awaitable[Any]]
 STEP_RUNNERS: dict[str, StepRunner] = {}
@@ -55,8 +62,17 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
     key = f"{ex.run_id}/{path}/{attempt}"
     validate_args(name, tool.args, args, ex.schema_cache)
+    # Enforcement (issue 6): authorized under the step's identity (none: the workflow itself), then the
+    # tool.input rules; a redacted argument is what the tool and the log receive.
+    chain = ex.guard.chain_for(node.step.identity)
+    args = enforce_tool_input(ex.guard, chain, name, args, path, node=node, bindings=ex.bindings(scope))
     if ex.replaying:
-        return await _replayed_call(ex, path, attempt, name, tool, args)
+        return _guard_output(
+            ex, chain, name, args, await _replayed_call(ex, path, attempt, name, tool, args), path, node
+        )
+    reused = _completed_call(ex, path, attempt)
+    if reused is not None:  # called before an escalation at tool.output: a completed call is not repeated
+        return _guard_output(ex, chain, name, args, reused.get("result"), path, node)
     called = {"tool": name, "attempt": attempt, "idempotency_key": key, "args": args, "effect": tool.effect}
     python = ex.python_tool(name, tool.python) if tool.python else None
     if python is not None and python.code:
@@ -67,6 +83,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     else:
         ex.emit(s.TOOL_CALLED, path, called, ex.actor)
     t0 = time.perf_counter()
+    token = CURRENT_CHAIN.set(chain)  # a child workflow started by this call narrows this chain
     try:
         result = await _call(ex, name, tool, compiled, python, args, key, scope, path)
     except StepError as err:
@@ -97,6 +114,14 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
             },
         )
         raise
+    finally:
+        CURRENT_CHAIN.reset(token)
+    escalation: EscalationRequired | None = None
+    try:
+        verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node)
+        logged = verdict.value
+    except EscalationRequired as esc:
+        verdict, escalation, logged = esc.verdict, esc, esc.verdict.value
     ex.emit(
         s.TOOL_COMPLETED,
         path,
@@ -104,11 +129,32 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
             "tool": name,
             "attempt": attempt,
             "idempotency_key": key,
-            "result": result,
+            "result": logged,
             "duration_ms": (time.perf_counter() - t0) * 1000,
         },
     )
-    return result
+    if escalation is not None:
+        raise escalation
+    if not verdict.allowed:
+        raise policy_error(
+            verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
+        )
+    return logged
+
+
+def _guard_output(ex: Execution, chain: Any, name: str, args: Any, result: Any, path: str, node: Any) -> Any:
+    verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node)
+    if not verdict.allowed:
+        raise policy_error(
+            verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
+        )
+    return verdict.value
+
+
+def _completed_call(ex: Execution, path: str, attempt: int) -> dict[str, Any] | None:
+    rec = ex.records.get(path) if not ex.write_reused else None
+    call = rec.tools.get(attempt) if rec is not None else None
+    return call.completed if call is not None and call.completed is not None else None
 
 
 async def _call(
@@ -122,26 +168,8 @@ async def _call(
     scope: Scope,
     path: str,
 ) -> Any:
-    timeout = parse_duration(tool.timeout) if tool.timeout else None
-    if python is not None:
-        call = call_python(python, args, key)
-    elif tool.http is not None:
-        bindings = {"args": args, **ex.bindings(scope)}
-        values = compiled.values if compiled is not None else {}
-        call = call_http(name, tool.http, values, bindings, args, key, await ex.http())
-    elif tool.workflow is not None:
-        call = child_run(ex, path, tool.workflow, args)
-    else:
-        raise StepError("unsupported", f"tool '{name}': MCP tools are not supported yet", retryable=False)
-    if timeout is None:
-        return await call
-    try:
-        async with asyncio.timeout(timeout):
-            return await call
-    except TimeoutError:
-        raise StepError(
-            "timeout", f"tool '{name}' timed out after {tool.timeout}", type="ToolError", category="tool"
-        ) from None
+    # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
+    return await call_tool(ex, name, args, key=key, scope=scope, path=path)
 
 
 CANCELLED = {
@@ -217,22 +245,38 @@ async def run_steps(ex: Execution, node: Any, scope: Scope, path: str, attempt: 
 
 @runner("switch")
 async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    from interpreter.explain import referenced_values
+
+    rejected: list[dict[str, Any]] = []  # the cases tried before the one chosen, and what they read
     for block in node.blocks:
         if block.when is None or ex.condition(block.when, scope, f"step '{node.id}': when"):
+            values = referenced_values(block.when, ex.bindings(scope)) if block.when is not None else {}
             ex.emit(
                 s.DECISION,
                 path,
                 {
                     "step": "switch",
                     "expression": block.when.source if block.when is not None else "default",
-                    "values": {},
+                    "values": values,
                     "result": True,
                     "chosen": block.label,
+                    "rejected": rejected,
                 },
             )
             return await ex.exec_block(block, scope)
+        values = referenced_values(block.when, ex.bindings(scope))
+        rejected.append({"case": block.label, "expression": block.when.source, "values": values})
     ex.emit(
-        s.DECISION, path, {"step": "switch", "expression": "", "values": {}, "result": False, "chosen": None}
+        s.DECISION,
+        path,
+        {
+            "step": "switch",
+            "expression": "",
+            "values": {},
+            "result": False,
+            "chosen": None,
+            "rejected": rejected,
+        },
     )
     return None
 
@@ -396,6 +440,8 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
 
 @runner("loop")
 async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    from interpreter.explain import referenced_values
+
     spec = node.step.loop
     until = node.conditions.get("until")
     body = node.blocks[0]
@@ -414,7 +460,7 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
                 {
                     "step": "loop",
                     "expression": until.source,
-                    "values": {"index": i},
+                    "values": {"index": i, **referenced_values(until, ex.bindings(inner))},
                     "result": True,
                     "chosen": "exit",
                 },
@@ -511,7 +557,16 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any) -> Any
             )
         ex.commit()  # the parent's started events precede the child run
         try:
-            result = await start_run(graph, inputs, ex.store, ex.options, parent=(ex.run_id, path))
+            chain = CURRENT_CHAIN.get() or ex.guard.base_chain
+            result = await start_run(
+                graph,
+                inputs,
+                ex.store,
+                ex.options,
+                parent=(ex.run_id, path),
+                parent_chain=chain if chain.links else None,
+                outer=ex.guard.outer_for_child(chain),
+            )
         except Exception as exc:  # noqa: BLE001 - bad child input, policy, secrets
             raise StepError("workflow", f"workflow {relative}: {exc}", retryable=False) from None
     if result.status == "waiting":
@@ -535,14 +590,7 @@ def _existing_child(ex: Execution, path: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-async def _needs_agents(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
-    raise StepError(
-        "unsupported",
-        f"{node.kind} steps need the agents feature (issue 5)",
-        type="Unsupported",
-        retryable=False,
-    )
+from interpreter.agent import run_agent, run_llm  # noqa: E402 - the agents feature (issue 5)
 
-
-register_step_runner("agent", _needs_agents)
-register_step_runner("llm", _needs_agents)
+register_step_runner("agent", run_agent)
+register_step_runner("llm", run_llm)

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import json
 import queue
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -296,3 +297,204 @@ def validate_args(name: str, schema: dict[str, Any] | None, args: Any, cache: di
             type="ToolError",
             retryable=False,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# One path for every tool call (tool steps and agents' tool calls): resolve, dispatch, bound in time.
+# Events, authorization and guardrails are the caller's.
+
+
+async def call_tool(
+    ex: Any,
+    name: str,
+    args: dict[str, Any],
+    *,
+    key: str,
+    scope: Any,
+    path: str,
+    child_path: str | None = None,
+) -> Any:
+    """Call the declared tool `name` with `args` (already validated) and return its JSON result.
+    `child_path` is the node a workflow tool's child run hangs from (default: `path`)."""
+    compiled = ex.graph.tools.get(name) if ex.graph.tools else None
+    tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
+    timeout = parse_duration(tool.timeout) if tool.timeout else None
+    if tool.python:
+        call = call_python(ex.python_tool(name, tool.python), args, key)
+    elif tool.http is not None:
+        bindings = {"args": args, **ex.bindings(scope)}
+        values = compiled.values if compiled is not None else {}
+        call = call_http(name, tool.http, values, bindings, args, key, await ex.http())
+    elif tool.workflow is not None:
+        from interpreter.steps import child_run
+
+        call = child_run(ex, child_path or path, tool.workflow, args)
+    elif tool.mcp is not None:
+        call = call_mcp(ex, name, tool, compiled, args, scope)
+    else:
+        raise StepError("unsupported", f"tool '{name}' has no kind", retryable=False)
+    if timeout is None:
+        return await call
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except TimeoutError:
+        raise StepError(
+            "timeout", f"tool '{name}' timed out after {tool.timeout}", type="ToolError", category="tool"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# MCP tools. A stdio server's command is code execution, so it passes the same allow-list as python
+# modules: `[python, -m, pkg.server]` and `[python, path/to/server.py]` are checked as the module they
+# run (and started with this interpreter, from the allowing project's root); any other program is
+# checked by its name (allow it with `--allow-module PROGRAM`). Servers reached by `url` need no check.
+
+_PYTHON = re.compile(r"^python(\d+(\.\d+)?)?(\.exe)?$")
+
+
+def mcp_command(
+    command: list[str] | tuple[str, ...], policy: ModulePolicy, tool: str
+) -> tuple[list[str], str | None]:
+    """The command to start (and its working directory) once the policy allows it; PolicyError if not."""
+    from interpreter.policy import PolicyError
+
+    program, rest = command[0], list(command[1:])
+    if _PYTHON.match(Path(program).name) and rest:
+        if rest[0] == "-m" and len(rest) >= 2:
+            allowance = policy.check(rest[1], tool)
+            root = policy.import_roots(allowance)[0]
+            return [sys.executable, *rest], str(root)
+        if rest[0].endswith(".py"):
+            for root in policy.roots:
+                script = (root / rest[0]).resolve()
+                if script.is_file() and script.is_relative_to(root.resolve()):
+                    module = ".".join(script.relative_to(root.resolve()).with_suffix("").parts)
+                    allowance = policy.check(module, tool)
+                    return [sys.executable, str(script), *rest[1:]], str(policy.import_roots(allowance)[0])
+            raise PolicyError(f"tool '{tool}': MCP server script '{rest[0]}' is not found in the project")
+    name = Path(program).name
+    if policy.allowance_for(name) is None:
+        raise PolicyError(
+            f"tool '{tool}': MCP server command '{program}' is not allowed; allow it with --allow-module {name} "
+            f"(or CHARTER_ALLOW_MODULES, or [tool.charter] allow-modules in pyproject.toml)"
+        )
+    return list(command), None
+
+
+def check_mcp_commands(graph: Any, policy: ModulePolicy) -> None:
+    """Every stdio MCP server of a workflow must be allowed (checked before a run; nothing is started)."""
+    for name, tool in graph.workflow.tools.items():
+        if tool.mcp is not None and tool.mcp.command:
+            mcp_command(tool.mcp.command, policy, name)
+
+
+def _mcp_config(ex: Any, name: str, tool: Any, scope: Any) -> Any:
+    from interpreter.mcp_client import McpError, McpServerConfig
+    from interpreter.policy import PolicyError
+
+    spec = tool.mcp
+    command, cwd = None, None
+    if spec.command:
+        try:
+            command, cwd = mcp_command(spec.command, ex.policy, name)
+        except PolicyError as exc:
+            raise StepError("policy", str(exc), type="PolicyError", retryable=False) from None
+    env = spec.env
+    compiled = ex.graph.tools.get(name) if ex.graph.tools else None
+    if compiled is not None and compiled.values.get("env") is not None:
+        env = ex.evaluate(compiled.values["env"], scope, f"tool '{name}': env")
+    try:
+        return McpServerConfig.create(command=command, url=spec.url, env=env, cwd=cwd)
+    except McpError as exc:
+        raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", retryable=False) from None
+
+
+async def mcp_tool_info(ex: Any, name: str, tool: Any, scope: Any) -> Any:
+    """The server's description of an MCP tool (`McpToolInfo`): starts or reuses the run's session."""
+    from interpreter.mcp_client import McpError
+
+    config = _mcp_config(ex, name, tool, scope)
+    remote = tool.mcp.tool or name
+    try:
+        tools = {t.name: t for t in await run_resources(ex).mcp().list_tools(config)}
+    except McpError as exc:
+        raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", category="mcp") from None
+    if remote not in tools:
+        have = ", ".join(sorted(tools)) or "none"
+        raise StepError(
+            "tool",
+            f"tool '{name}': {config.label} has no tool {remote!r}; its tools: {have}",
+            retryable=False,
+        )
+    return tools[remote]
+
+
+async def call_mcp(ex: Any, name: str, tool: Any, compiled: Any, args: dict[str, Any], scope: Any) -> Any:
+    from interpreter.mcp_client import McpArgumentError, McpError, McpToolError
+
+    config = _mcp_config(ex, name, tool, scope)
+    try:
+        result = await run_resources(ex).mcp().call(config, tool.mcp.tool or name, args)
+    except McpToolError as exc:
+        raise StepError("tool", f"tool '{name}': {exc}", type="ToolError") from None
+    except McpArgumentError as exc:
+        raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", retryable=False) from None
+    except McpError as exc:  # the server failed to start, died, or did not answer
+        raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", category="mcp") from None
+    return normalise_result(name, result.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a run opens on first use and closes at its end: MCP sessions, model providers.
+
+
+class RunResources:
+    def __init__(self) -> None:
+        self.closers: list[Callable[[], Any]] = []
+        self._mcp: Any = None
+
+    def mcp(self) -> Any:
+        if self._mcp is None:
+            from interpreter.mcp_client import McpClientPool
+
+            self._mcp = McpClientPool()
+            self.closers.append(self._mcp.close)
+        return self._mcp
+
+    async def aclose(self) -> None:
+        closers, self.closers = self.closers, []
+        for close in reversed(closers):
+            try:
+                await close()
+            except Exception:  # noqa: BLE001, S110 - closing must not hide the run's outcome
+                pass
+
+
+def run_resources(ex: Any) -> RunResources:
+    resources = getattr(ex, "resources", None)
+    if resources is None:
+        resources = ex.resources = RunResources()
+        _close_with_run(ex, resources)
+    return resources
+
+
+def _close_with_run(ex: Any, resources: RunResources) -> None:
+    """Close `resources` when the run ends. The engine closes `ex.http_client` at the end of every
+    execution (live or replay), so the run's HTTP client is made to close these first."""
+    closers = getattr(ex, "closers", None)
+    if isinstance(closers, list):  # an engine that keeps a list of closers
+        closers.append(resources.aclose)
+        return
+    import httpx
+
+    previous = ex.http_client
+
+    class _RunClient(httpx.AsyncClient):
+        async def aclose(self) -> None:
+            await resources.aclose()
+            if previous is not None:
+                await previous.aclose()
+            await super().aclose()
+
+    ex.http_client = _RunClient()

@@ -1,0 +1,693 @@
+"""Agent and llm steps (spec §13.2, §13.3): model calls, the tool-calling loop, structured output.
+
+One execution of a step is a `StepCall`. It renders the step's instructions and prompt with the
+compiled `Prompt.render` over the CEL-evaluated `vars` (nothing else is visible to a template), then asks
+the model. An agent offers only the step's tools; each tool call the model makes goes through the
+guard hooks and authorization (when the run has a guard), argument validation and the one tool-calling
+path (`interpreter.tools.call_tool`), and its result or error is returned to the model as the call's
+result. A request for a tool the step does not list is refused and the model is told.
+
+Every model call is a `model.called` event (provider, model, parameters, the messages, the tools
+offered) and a `model.completed` event (the answer, its tool calls, usage, cost, latency), keyed by
+(attempt, call) within the node. Resume reuses a recorded answer instead of calling again, and replay
+takes every answer from the log: neither needs the network, a key or even the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interpreter import store as s
+from interpreter.providers import (
+    Message,
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    ToolSpec,
+    compute_cost,
+    parse_model_spec,
+    provider_factory,
+    resolve_config,
+)
+from interpreter.providers.base import parse_structured
+from interpreter.runtime import StepError
+from interpreter.tools import call_tool, mcp_tool_info, run_resources, validate_args
+
+try:  # the chain a child workflow started by a tool call narrows (enforcement, issue 6)
+    from interpreter.enforcement import CURRENT_CHAIN as _CURRENT_CHAIN
+except ImportError:  # pragma: no cover - enforcement not installed
+    _CURRENT_CHAIN = None  # type: ignore[assignment]
+
+_CANCELLED = {
+    "type": "Cancelled",
+    "code": "cancelled",
+    "message": "the call was cut off (a timeout, or another branch won the join)",
+    "retryable": False,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Usage accounting
+
+
+@dataclass
+class Usage:
+    """Model consumption: per run (live counters on the run's `AgentRuntime`) or summed from a log."""
+
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None  # None while no call had declared prices
+    latency_ms: float = 0.0
+
+    def add(self, input_tokens: int, output_tokens: int, cost: float | None, latency_ms: float) -> None:
+        self.model_calls += 1
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + cost
+        self.latency_ms += latency_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_calls": self.model_calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens": self.input_tokens + self.output_tokens,
+            "cost": round(self.cost, 8) if self.cost is not None else None,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+def usage_of_events(events: Iterable[Any]) -> Usage:
+    """The model usage of a run, summed over its `model.completed` events (what `charter log` shows)."""
+    total = Usage()
+    for event in events:
+        if event.kind != s.MODEL_COMPLETED or not isinstance(event.payload, dict):
+            continue
+        usage = event.payload.get("usage") or {}
+        total.add(
+            int(usage.get("input_tokens", 0)),
+            int(usage.get("output_tokens", 0)),
+            event.payload.get("cost"),
+            float(event.payload.get("duration_ms", 0.0)),
+        )
+    return total
+
+
+def usage_of(ex: Any) -> dict[str, Any]:
+    """The model usage of the whole run (for the run.completed payload): the calls recorded before
+    this execution (a resumed run's earlier ones) plus the live calls it made."""
+    total = Usage()
+    for rec in ex.records.values():
+        for call in rec.models.values():
+            done = call.completed
+            if done is not None:
+                usage = done.get("usage") or {}
+                total.add(
+                    int(usage.get("input_tokens", 0)),
+                    int(usage.get("output_tokens", 0)),
+                    done.get("cost"),
+                    float(done.get("duration_ms", 0.0)),
+                )
+    rt = getattr(ex, "agent_runtime", None)
+    if rt is not None and not ex.replaying:
+        live = rt.usage
+        total.model_calls += live.model_calls
+        total.input_tokens += live.input_tokens
+        total.output_tokens += live.output_tokens
+        total.latency_ms += live.latency_ms
+        if live.cost is not None:
+            total.cost = (total.cost or 0.0) + live.cost
+    return total.to_dict()
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-run state: providers are built on the first live call (replay never builds one)
+
+
+@dataclass
+class _Model:
+    provider: Any
+    name: str  # provider name, e.g. "openai"
+    model: str | None
+    parameters: dict[str, Any]
+    prices: Any
+
+
+class AgentRuntime:
+    def __init__(self, ex: Any) -> None:
+        self.ex = ex
+        self.models: dict[str, _Model] = {}
+        self.usage = Usage()
+        self._lock = asyncio.Lock()
+
+    async def model(self, name: str) -> _Model:
+        async with self._lock:  # parallel branches asking at once build one provider
+            built = self.models.get(name)
+            if built is None:
+                built = self.models[name] = self._build(name)
+                run_resources(self.ex).closers.append(built.provider.close)
+                self._skip_recorded(name, built.provider)
+            return built
+
+    def _build(self, name: str) -> _Model:
+        ex = self.ex
+        declared = ex.graph.workflow.models.get(name)
+        override = ex.options.model_overrides.get(name)
+        if declared is None and override is None:
+            known = ", ".join(sorted(ex.graph.workflow.models)) or "none"
+            raise StepError(
+                "model", f"no model named '{name}' is declared (models: {known})", retryable=False
+            )
+        if isinstance(override, str):
+            override = parse_model_spec(override)
+        base_dir = Path(ex.file).parent if ex.file else Path.cwd()
+        try:
+            config = resolve_config(declared, override, secrets=ex.secrets, base_dir=base_dir)
+            provider = provider_factory(config.provider)(config)
+        except (ModelError, ValueError) as exc:
+            raise StepError("model", str(exc), type="ModelError", retryable=False) from None
+        return _Model(provider, config.provider, config.model, dict(config.parameters), config.prices)
+
+    def _skip_recorded(self, name: str, provider: Any) -> None:
+        """A resumed or forked run takes earlier answers from the log; a scripted provider must skip the
+        entries those answers used, so that the next live call gets the next entry."""
+        mark = getattr(provider, "mark_used", None)
+        if mark is None:
+            return
+        for rec in self.ex.records.values():
+            for call in rec.models.values():
+                done = call.completed
+                if done is not None and done.get("model_name", "default") == name:
+                    mark(done.get("step", ""), int(done.get("turn", 1)))
+
+
+def runtime(ex: Any) -> AgentRuntime:
+    rt = getattr(ex, "agent_runtime", None)
+    if rt is None:
+        rt = ex.agent_runtime = AgentRuntime(ex)
+    return rt
+
+
+# --------------------------------------------------------------------------------------------------
+# The step runners
+
+
+async def run_agent(ex: Any, node: Any, scope: Any, path: str, attempt: int) -> Any:
+    return await StepCall(ex, node, scope, path, attempt, node.step.agent, is_agent=True).run()
+
+
+async def run_llm(ex: Any, node: Any, scope: Any, path: str, attempt: int) -> Any:
+    return await StepCall(ex, node, scope, path, attempt, node.step.llm, is_agent=False).run()
+
+
+class StepCall:
+    """One execution (attempt) of an agent or llm step."""
+
+    def __init__(self, ex: Any, node: Any, scope: Any, path: str, attempt: int, spec: Any, *, is_agent: bool):
+        self.ex, self.node, self.scope, self.path, self.attempt = ex, node, scope, path, attempt
+        self.spec = spec
+        self.is_agent = is_agent
+        self.what = f"{'agent' if is_agent else 'llm'} step '{node.id}'"
+        self.guard = getattr(ex, "guard", None)
+        self.ledger = _ledger() if self.guard is not None else None
+        self.calls = 0  # model calls so far (the scripted provider's "turn")
+        self.turns = 0  # model turns that count against max_turns (re-asks do not)
+        self.tool_calls = 0
+        self.messages: list[Message] = []
+        self.identity: str | None = getattr(spec, "identity", None)
+        self.chain: Any = None
+        self.actor: dict[str, Any] | None = {"sub": self.identity} if self.identity else ex.actor
+        self.tools: dict[str, ToolSpec] = {}
+        self.rec = ex.records.get(path)
+
+    # -- the loop
+
+    async def run(self) -> Any:
+        self.messages = self._render()
+        if self.is_agent:
+            self.tools = {name: await self._tool_spec(name) for name in self.spec.tools}
+            self._identity_chain()
+        schema = self.spec.output_schema
+        max_turns = getattr(self.spec, "max_turns", 1)
+        reasks = 0
+        reasking = False
+        while True:
+            if not reasking:
+                self.turns += 1
+            reasking = False
+            response = await self._ask()
+            answer = self._answer(response, schema)
+            verdict = self._check("model.output", {"output": answer, "tool_calls": _calls(response)})
+            if verdict is not None:
+                if verdict.action == "retry":
+                    self._reask(response, verdict.message or "Your answer was not accepted; answer again.")
+                    reasking = True
+                    continue
+                if verdict.action == "redact" and not response.tool_calls:
+                    response = _redacted(response, verdict.value, schema)
+            if response.tool_calls and self.is_agent:
+                if self.turns >= max_turns:
+                    raise StepError(
+                        "max_turns",
+                        f"{self.what} did not answer within max_turns={max_turns} turns "
+                        f"(it still asked for {', '.join(c.name for c in response.tool_calls)})",
+                        type="AgentError",
+                    )
+                await self._use_tools(response)
+                continue
+            if schema is not None:
+                value, problem = self._validate(response, schema)
+                if problem is not None:
+                    reasks += 1
+                    if reasks > self.spec.max_retries:
+                        raise StepError(
+                            "model",
+                            f"{self.what}: the answer did not fit output_schema after "
+                            f"{self.spec.max_retries} re-ask(s): {problem}",
+                            type="ModelError",
+                        )
+                    self._reask(
+                        response,
+                        f"Your answer does not match the required JSON schema: {problem}. "
+                        "Answer again with only the JSON value.",
+                    )
+                    reasking = True
+                    continue
+            else:
+                value = response.text or ""
+            if self.is_agent:
+                verdict = self._check("agent.output", {"output": value})
+                if verdict is not None:
+                    if verdict.action == "retry":
+                        self._reask(
+                            response, verdict.message or "Your answer was not accepted; answer again."
+                        )
+                        reasking = True
+                        continue
+                    if verdict.action == "redact":
+                        value = verdict.value
+            return value
+
+    def _render(self) -> list[Message]:
+        from dsl.templates import PromptRenderError
+
+        variables = self.ex.evaluate(self.node.values.get("vars"), self.scope, f"{self.what}: vars") or {}
+        # Keys in a fixed order: a value read back from the log (resume, replay) renders as it did live.
+        variables = _sorted(variables)
+        messages = []
+        try:
+            instructions = self.node.prompts.get("instructions")
+            if instructions is not None:
+                messages.append(Message("system", instructions.render(variables)))
+            messages.append(Message("user", self.node.prompts["prompt"].render(variables)))
+        except PromptRenderError as exc:
+            raise StepError(
+                "expression",
+                f"{self.what}: the prompt does not render: {exc}",
+                type="TemplateError",
+                retryable=False,
+            ) from None
+        return messages
+
+    async def _tool_spec(self, name: str) -> ToolSpec:
+        """What the model sees of a tool: its description and argument schema. An MCP tool that declares
+        no `args` is described by its server (started now; replay needs no description)."""
+        tool = self.ex.graph.workflow.tools[name]
+        if tool.args is None and tool.mcp is not None and not self.ex.replaying:
+            info = await mcp_tool_info(self.ex, name, tool, self.scope)
+            return ToolSpec(name, tool.description or info.description, dict(info.input_schema))
+        schema = tool.args if tool.args is not None else {"type": "object", "properties": {}}
+        return ToolSpec(name, tool.description or "", dict(schema))
+
+    def _identity_chain(self) -> None:
+        if self.guard is None:
+            return
+        on_behalf_of = self.ex.evaluate(
+            self.node.values.get("on_behalf_of"), self.scope, f"{self.what}: on_behalf_of"
+        )
+        self.chain = self.guard.chain_for(self.identity, on_behalf_of)
+        claim = self.chain.to_act_claim() if self.chain is not None else None
+        if claim:
+            self.actor = claim
+
+    def _answer(self, response: ModelResponse, schema: Any) -> Any:
+        if schema is not None and response.structured is not None:
+            return response.structured
+        return response.text
+
+    def _validate(self, response: ModelResponse, schema: dict[str, Any]) -> tuple[Any, str | None]:
+        value = response.structured if response.structured is not None else parse_structured(response.text)
+        if value is None:
+            return None, "the answer is not JSON"
+        from jsonschema import Draft202012Validator
+
+        error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+        if error is None:
+            return value, None
+        where = "/".join(str(p) for p in error.absolute_path)
+        return value, f"{'at ' + where + ': ' if where else ''}{error.message}"
+
+    def _reask(self, response: ModelResponse, feedback: str) -> None:
+        self.messages.append(Message("assistant", response.text or ""))
+        self.messages.append(Message("user", feedback))
+
+    # -- guard hooks
+
+    def _check(self, hook: str, context: dict[str, Any], tool: str | None = None) -> Any:
+        """Run a guard hook; deny (where nothing can be re-asked) fails the step. Returns the verdict or
+        None without a guard. An escalation propagates as the guard's EscalationRequired."""
+        if self.guard is None:
+            return None
+        context = {"identity": self._identity_binding(), **context}
+        verdict = self.guard.check(hook, context, self.path, node=self.node, tool=tool, ledger=self.ledger)
+        if verdict.action == "deny" and tool is None:
+            raise _policy_error(f"{self.what}: {_refusal(verdict).removeprefix('refused: ')}", verdict)
+        return verdict
+
+    def _identity_binding(self) -> dict[str, Any] | None:
+        actor = self.chain.actor if self.chain is not None else None
+        to_binding = getattr(actor, "to_binding", None)
+        return to_binding() if to_binding is not None and getattr(actor, "kind", None) != "user" else None
+
+    # -- model calls
+
+    async def _ask(self) -> ModelResponse:
+        self.calls += 1
+        verdict = self._check("model.input", {"messages": [m.to_record() for m in self.messages]})
+        if verdict is not None and verdict.action == "retry":  # nothing to re-ask before the call
+            raise _policy_error(f"{self.what}: {_refusal(verdict).removeprefix('refused: ')}", verdict)
+        if verdict is not None and verdict.action == "redact" and isinstance(verdict.value, list):
+            self.messages = [_message(m) for m in verdict.value]
+        request = ModelRequest(
+            messages=tuple(self.messages),
+            tools=tuple(self.tools.values()),
+            response_schema=self.spec.output_schema,
+            step=self.node.id,
+            turn=self.calls,
+        )
+        response, cost, latency, live = await self._complete(request)
+        if live:  # answers taken from the log are counted from the log (usage_of)
+            runtime(self.ex).usage.add(
+                response.usage.input_tokens, response.usage.output_tokens, cost, latency
+            )
+        if self.guard is not None:
+            self.guard.record_model_call(
+                response.usage.input_tokens, response.usage.output_tokens, cost or 0.0, node_path=self.path
+            )
+        return response
+
+    async def _complete(self, request: ModelRequest) -> tuple[ModelResponse, float | None, float, bool]:
+        """The answer to a request: from the log (replay, resume) or from the provider (recorded)."""
+        ex, path = self.ex, self.path
+        messages = [m.to_record() for m in request.messages]
+        logged = self.guard.mask(messages) if self.guard is not None else messages
+        recorded = self.rec.models.get((self.attempt, self.calls)) if self.rec is not None else None
+        if ex.replaying:
+            return (*self._replayed(recorded, logged), False)
+        if recorded is not None and recorded.completed is not None:
+            done = recorded.completed
+            return ModelResponse.from_record(done.get("response") or {}), done.get("cost"), 0.0, False
+        model = await runtime(ex).model(self.spec.model)
+        request = _with_model(request, model)
+        ids = {"attempt": self.attempt, "call": self.calls, "step": self.node.id, "turn": self.calls}
+        ex.emit(
+            s.MODEL_CALLED,
+            path,
+            {
+                "provider": model.name,
+                "model": model.model,
+                "model_name": self.spec.model,
+                **ids,
+                "messages": logged,
+                "tools": list(self.tools),
+                "params": model.parameters,
+                "response_schema": request.response_schema,
+            },
+            self.actor,
+        )
+        t0 = time.perf_counter()
+        try:
+            response = await model.provider.complete(request)
+        except ModelError as exc:
+            raise StepError(
+                "model",
+                f"{self.what}: {exc}",
+                type="ModelError",
+                retryable=exc.retryable,
+                details=exc.to_record(),
+            ) from None
+        latency = response.latency_ms or (time.perf_counter() - t0) * 1000
+        # Used as the log will give it back (sorted keys), so resume and replay see the same answer.
+        response = ModelResponse.from_record(_sorted(response.to_record()))
+        cost = compute_cost(response.usage, model.prices)
+        answer = response.to_record()
+        ex.emit(
+            s.MODEL_COMPLETED,
+            path,
+            {
+                "provider": model.name,
+                "model": response.model or model.model,
+                "model_name": self.spec.model,
+                **ids,
+                "response": self.guard.mask(answer) if self.guard is not None else answer,
+                "usage": response.usage.to_record(),
+                "cost": cost,
+                "duration_ms": latency,
+            },
+            self.actor,
+        )
+        ex.commit()  # an answer costs money and time: durable before it is used, so resume reuses it
+        return response, cost, latency, True
+
+    def _replayed(
+        self, recorded: Any, logged: list[dict[str, Any]]
+    ) -> tuple[ModelResponse, float | None, float]:
+        ex, path = self.ex, self.path
+        ex.checked += 1
+        if recorded is None or recorded.called is None:
+            ex.diverge(
+                path,
+                None,
+                {"call": self.calls, "messages": logged},
+                "this model call is not in the recorded run",
+            )
+        if recorded.called.get("messages") != logged:
+            ex.diverge(path, recorded.called.get("messages"), logged, "the messages sent to the model differ")
+        done = recorded.completed
+        if done is None:
+            error = self.rec.attempt_errors.get(self.attempt) if self.rec is not None else None
+            if error:
+                raise StepError.from_dict(error)
+            ex.diverge(
+                path, None, {"call": self.calls}, "the recorded model call has no answer (interrupted run)"
+            )
+        return (
+            ModelResponse.from_record(done.get("response") or {}),
+            done.get("cost"),
+            float(done.get("duration_ms", 0.0)),
+        )
+
+    # -- tool calls
+
+    async def _use_tools(self, response: ModelResponse) -> None:
+        self.messages.append(Message("assistant", response.text or "", tool_calls=response.tool_calls))
+        for call in response.tool_calls:
+            content, is_error = await self._use_tool(call)
+            self.messages.append(
+                Message("tool", content, tool_call_id=call.id, name=call.name, is_error=is_error)
+            )
+
+    async def _use_tool(self, call: Any) -> tuple[str, bool]:
+        name, args = call.name, dict(call.arguments)
+        if call.error is not None:
+            return (
+                f"error: the arguments for {name} are not a JSON object ({call.error}); call it again",
+                True,
+            )
+        if name not in self.tools:
+            have = ", ".join(self.tools) or "none"
+            return f"error: there is no tool named {name!r} available to you; your tools: {have}", True
+        refused = self._tool_hook("tool.select", {"tool": name, "args": args}, name)
+        if refused is not None:
+            return refused, True
+        if self.guard is not None:
+            decision = self.guard.authorize_tool(
+                self.chain, name, args, self.path, bindings=self.ex.bindings(self.scope)
+            )
+            if not decision.allowed:
+                return (
+                    f"refused: {self.identity or 'this agent'} is not authorized to call {name} ({decision.reason})",
+                    True,
+                )
+        try:
+            validate_args(name, self.ex.graph.workflow.tools[name].args, args, self.ex.schema_cache)
+        except StepError as err:
+            return f"error: {err.message}; fix the arguments and call it again", True
+        verdict = self._check("tool.input", {"tool": name, "args": args}, tool=name)
+        if verdict is not None:
+            if verdict.action in ("deny", "retry"):
+                return _refusal(verdict), True
+            if verdict.action == "redact":
+                args = verdict.value
+        self.tool_calls += 1
+        result, error = await self._invoke(name, args, self.tool_calls, call.id)
+        if self.guard is not None:
+            self.guard.record_tool_call(name, args, node_path=self.path, result=result)
+        if error is not None:
+            return f"error: {error.message}", True
+        verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, tool=name)
+        if verdict is not None:
+            if verdict.action in ("deny", "retry"):
+                return "refused: the result was withheld: " + _refusal(verdict).removeprefix(
+                    "refused: "
+                ), True
+            if verdict.action == "redact":
+                result = verdict.value
+        return result if isinstance(result, str) else _json(result), False
+
+    def _tool_hook(self, hook: str, context: dict[str, Any], tool: str) -> str | None:
+        verdict = self._check(hook, context, tool=tool)
+        if verdict is not None and verdict.action in ("deny", "retry"):
+            return _refusal(verdict)
+        return None
+
+    async def _invoke(
+        self, name: str, args: dict[str, Any], n: int, call_id: str
+    ) -> tuple[Any, StepError | None]:
+        """Call a tool for the model through the shared tool path, with the normal tool events."""
+        ex, path, attempt = self.ex, self.path, self.attempt
+        key = f"{ex.run_id}/{path}/{attempt}/{n}"
+        recorded = self.rec.agent_tools.get((attempt, n)) if self.rec is not None else None
+        if ex.replaying:
+            return self._replayed_tool(recorded, name, args)
+        if recorded is not None and recorded.called is not None and recorded.called.get("args") == args:
+            if recorded.completed is not None:  # resume: the result is in the log
+                return recorded.completed.get("result"), None
+            failed = (recorded.failed or {}).get("error")
+            if failed and failed.get("code") != "cancelled":
+                return None, StepError.from_dict(failed)
+        tool = ex.graph.workflow.tools[name]
+        ids = {"tool": name, "attempt": attempt, "call": n, "tool_call_id": call_id, "idempotency_key": key}
+        called = {**ids, "args": args, "effect": tool.effect}
+        if tool.effect == "write":
+            ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, self.actor))
+        else:
+            ex.emit(s.TOOL_CALLED, path, called, self.actor)
+        t0 = time.perf_counter()
+        token = _CURRENT_CHAIN.set(self.chain) if _CURRENT_CHAIN is not None else None
+        try:
+            result = await call_tool(
+                ex, name, args, key=key, scope=self.scope, path=path, child_path=f"{path}/call[{n}]"
+            )
+        except StepError as err:
+            err.step, err.node_path = self.node.id, path
+            ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, self.actor)
+            return None, err
+        except asyncio.CancelledError:
+            ex.emit(s.TOOL_FAILED, path, {**ids, "error": _CANCELLED, "duration_ms": _ms(t0)}, self.actor)
+            raise
+        finally:
+            if token is not None:
+                _CURRENT_CHAIN.reset(token)
+        ex.emit(s.TOOL_COMPLETED, path, {**ids, "result": result, "duration_ms": _ms(t0)}, self.actor)
+        if tool.effect == "write":
+            ex.commit()  # a completed write is never repeated
+        return result, None
+
+    def _replayed_tool(self, recorded: Any, name: str, args: dict[str, Any]) -> tuple[Any, StepError | None]:
+        ex, path = self.ex, self.path
+        ex.checked += 1
+        if recorded is None or recorded.called is None:
+            ex.diverge(path, None, {"tool": name, "args": args}, "this tool call is not in the recorded run")
+        if recorded.called.get("tool") != name:
+            ex.diverge(path, recorded.called.get("tool"), name, "the agent called a different tool")
+        if recorded.called.get("args") != args:
+            ex.diverge(path, recorded.called.get("args"), args, f"the arguments of tool '{name}' differ")
+        if recorded.completed is not None:
+            return recorded.completed.get("result"), None
+        failed = (recorded.failed or {}).get("error")
+        if failed:
+            return None, StepError.from_dict(failed)
+        ex.diverge(
+            path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
+        )
+        return None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _policy_error(message: str, verdict: Any) -> StepError:
+    from interpreter.enforcement import policy_error
+
+    return policy_error(message, details={"rules": list(verdict.rules)})
+
+
+def _ledger() -> Any:
+    from interpreter.guardrails import RetryLedger
+
+    return RetryLedger()
+
+
+def _sorted(value: Any) -> Any:
+    """`value` with every object's keys in sorted order (as the event log stores them)."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+def _calls(response: ModelResponse) -> list[dict[str, Any]]:
+    return [c.to_record() for c in response.tool_calls]
+
+
+def _refusal(verdict: Any) -> str:
+    why = verdict.message or f"denied by guardrail {', '.join(verdict.rules) or '?'}"
+    return f"refused: {why}"
+
+
+def _redacted(response: ModelResponse, value: Any, schema: Any) -> ModelResponse:
+    from dataclasses import replace
+
+    if schema is not None and response.structured is not None:
+        return replace(response, structured=value, text=json.dumps(value))
+    return replace(response, text=value if isinstance(value, str) else json.dumps(value))
+
+
+def _with_model(request: ModelRequest, model: _Model) -> ModelRequest:
+    from dataclasses import replace
+
+    return replace(request, model=model.model)
+
+
+def _message(record: Any) -> Message:
+    from interpreter.providers.base import ToolCall
+
+    if isinstance(record, Message):
+        return record
+    return Message(
+        role=record.get("role", "user"),
+        content=record.get("content", ""),
+        tool_calls=tuple(ToolCall.from_record(c) for c in record.get("tool_calls") or ()),
+        tool_call_id=record.get("tool_call_id"),
+        name=record.get("name"),
+        is_error=bool(record.get("is_error", False)),
+    )

@@ -1,0 +1,352 @@
+"""`charter explain`: what sequence of decisions and actions occurred in a run, and why.
+
+The trace is read from the event log only (nothing is re-run): each route taken with the condition and
+the values of the variables it read, each skipped step with its `if`, each authorization decision with
+the grant that allowed or the rule that stopped it, each guardrail that tripped, each tool call, each
+model turn (prompt, answer, tool chosen, arguments), approvals with who and when, and the budgets used.
+`format_text` renders one line per decision, indented by node depth; `build_trace` is the complete JSON.
+
+`referenced_values` is also what the engine records in `decision` events: the values of the
+variables (and field selections such as `steps.classify.output.intent`) an expression read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from interpreter import store as s
+
+ABSENT = "<absent>"
+_TEXT_LIMIT = 160
+
+
+# --- the values a condition read ------------------------------------------------------------------------
+
+
+def _selections(node: Any, out: set[str]) -> None:
+    from dsl.expr import ast
+
+    if isinstance(node, ast.Select) and not node.test_only:
+        chain: list[str] = []
+        cur: Any = node
+        while isinstance(cur, ast.Select):
+            chain.append(cur.field)
+            cur = cur.operand
+        if isinstance(cur, ast.Ident):
+            out.add(".".join([cur.name.lstrip("."), *reversed(chain)]))
+            return
+    if isinstance(node, ast.Ident):
+        out.add(node.name.lstrip("."))
+        return
+    for value in vars(node).values() if hasattr(node, "__dict__") else _slots(node):
+        for child in value if isinstance(value, tuple) else (value,):
+            if isinstance(child, tuple):
+                for item in child:
+                    _selections(item, out)
+            elif isinstance(child, ast.Expr):
+                _selections(child, out)
+
+
+def _slots(node: Any) -> list[Any]:
+    names = [n for cls in type(node).__mro__ for n in getattr(cls, "__slots__", ())]
+    return [getattr(node, n, None) for n in names]
+
+
+def referenced_values(program: Any, bindings: Mapping[str, Any]) -> dict[str, Any]:
+    """{"steps.classify.output.intent": "billing", "index": 2}: every variable path the expression reads
+    that the bindings hold (comprehension variables are not bindings and are left out)."""
+    found: set[str] = set()
+    try:
+        _selections(program.ast, found)
+    except Exception:  # noqa: BLE001 - an unfamiliar tree: record no values rather than fail a run
+        return {}
+    out: dict[str, Any] = {}
+    for path in sorted(found):
+        root, *rest = path.split(".")
+        if root not in bindings:
+            continue
+        value: Any = bindings[root]
+        for part in rest:
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            else:
+                value = ABSENT
+                break
+        out[path] = _plain(value)
+    return {k: v for k, v in out.items() if not any(k.startswith(o + ".") for o in out if o != k)}
+
+
+def _plain(value: Any) -> Any:
+    try:
+        from dsl.expr import from_cel
+
+        value = from_cel(value)
+    except Exception:  # noqa: BLE001 - already plain
+        pass
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+# --- the trace ------------------------------------------------------------------------------------------
+
+
+def _short(value: Any, limit: int = _TEXT_LIMIT) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _prompt_of(messages: Any) -> str | None:
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else _short(content)
+    return None
+
+
+def _answer_of(response: Any) -> tuple[str | None, list[dict[str, Any]]]:
+    if not isinstance(response, dict):
+        return (response if isinstance(response, str) else None), []
+    text = response.get("text") if isinstance(response.get("text"), str) else response.get("content")
+    calls = response.get("tool_calls") or []
+    chosen = [{"tool": c.get("name"), "arguments": c.get("arguments")} for c in calls if isinstance(c, dict)]
+    return (text if isinstance(text, str) else None), chosen
+
+
+def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch per event kind
+    p = event.payload if isinstance(event.payload, dict) else {}
+    kind = event.kind
+    base: dict[str, Any] = {"seq": event.seq, "ts": event.ts, "node_path": event.node_path, "kind": kind}
+    if event.actor:
+        base["actor"] = event.actor
+    if kind == s.RUN_STARTED:
+        return {**base, "what": "run", "workflow": p.get("workflow"), "file": p.get("file"),
+                "claims": p.get("claims"), "forked_from": p.get("forked_from")}  # fmt: skip
+    if kind == s.DECISION:
+        return {**base, "what": "route", "step": p.get("step"), "expression": p.get("expression"),
+                "values": p.get("values") or {}, "result": p.get("result"), "chosen": p.get("chosen"),
+                "rejected": p.get("rejected") or []}  # fmt: skip
+    if kind == s.STEP_SKIPPED:
+        return {**base, "what": "skip", "reason": p.get("reason"), "expression": p.get("expression"),
+                "values": p.get("values") or {}}  # fmt: skip
+    if kind == s.AUTHZ_DECIDED:
+        return {**base, "what": "authz", **{k: p.get(k) for k in (
+            "tool", "decision", "grant", "reason", "principal", "actor_chain", "action", "resource",
+            "args_digest", "grants")}}  # fmt: skip
+    if kind == s.GUARDRAIL_EVALUATED:
+        return {**base, "what": "guardrail", **{k: p.get(k) for k in (
+            "rule", "hook", "outcome", "action", "mode", "decision", "reason", "verdict")}}  # fmt: skip
+    if kind == s.TOOL_CALLED:
+        return {**base, "what": "tool.call", "tool": p.get("tool"), "args": p.get("args"),
+                "attempt": p.get("attempt"), "effect": p.get("effect")}  # fmt: skip
+    if kind == s.TOOL_COMPLETED:
+        return {**base, "what": "tool.result", "tool": p.get("tool"), "result": p.get("result")}
+    if kind == s.TOOL_FAILED:
+        return {**base, "what": "tool.error", "tool": p.get("tool"), "error": p.get("error")}
+    if kind == s.MODEL_CALLED:
+        return {**base, "what": "model.prompt", "model": p.get("model") or p.get("model_name"), "turn": p.get("turn", p.get("call")),
+                "prompt": _prompt_of(p.get("messages")), "messages": p.get("messages"),
+                "tools": p.get("tools")}  # fmt: skip
+    if kind == s.MODEL_COMPLETED:
+        text, chosen = _answer_of(p.get("response"))
+        return {**base, "what": "model.answer", "model": p.get("model") or p.get("model_name"), "turn": p.get("turn", p.get("call")),
+                "answer": text, "tool_calls": chosen, "usage": p.get("usage"), "cost": p.get("cost")}  # fmt: skip
+    if kind == s.APPROVAL_REQUESTED:
+        return {**base, "what": "approval.request", "message": p.get("message"),
+                "approvers": p.get("approvers"), "data": p.get("data"), "expires_at": p.get("expires_at")}  # fmt: skip
+    if kind == s.APPROVAL_DECIDED:
+        return {**base, "what": "approval", "decision": p.get("decision"), "by": p.get("by"),
+                "reason": p.get("reason"), "verified": p.get("verified"), "at": event.ts}  # fmt: skip
+    if kind == s.STEP_FAILED:
+        return {**base, "what": "failure", "error": p.get("error"), "caught_by": p.get("caught_by")}
+    if kind == s.STEP_RETRYING:
+        return {**base, "what": "retry", "attempt": p.get("attempt"), "error": p.get("error")}
+    if kind == s.PARALLEL_JOINED:
+        return {**base, "what": "join", **{k: p.get(k) for k in ("join", "completed", "failed", "cancelled")}}
+    if kind in (s.RUN_COMPLETED, s.RUN_FAILED, s.RUN_WAITING):
+        return {**base, "what": "end", "status": kind.split(".", 1)[1], "output": p.get("output"),
+                "error": p.get("error"), "pending": p.get("pending")}  # fmt: skip
+    if kind == s.RUN_RESUMED:
+        return {**base, "what": "resume", "reason": p.get("reason")}
+    return None
+
+
+def _in_node(path: str, node: str | None) -> bool:
+    if node is None:
+        return True
+    return path == node or path.startswith(node + "/") or path.startswith(node + "[")
+
+
+def budgets_used(events: Iterable[s.Event]) -> dict[str, Any]:
+    """What the run spent, counted from its log (the same quantities guardrail budgets limit)."""
+    per_tool: dict[str, int] = {}
+    model_calls = input_tokens = output_tokens = 0
+    cost = 0.0
+    first = last = None
+    for event in events:
+        first = first or event.ts
+        last = event.ts
+        p = event.payload if isinstance(event.payload, dict) else {}
+        if event.kind == s.TOOL_CALLED:
+            per_tool[str(p.get("tool"))] = per_tool.get(str(p.get("tool")), 0) + 1
+        elif event.kind == s.MODEL_COMPLETED:
+            model_calls += 1
+            usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
+            input_tokens += int(usage.get("input_tokens") or 0)
+            output_tokens += int(usage.get("output_tokens") or 0)
+            cost += float(p.get("cost") or 0.0)
+    elapsed = None
+    if first and last:
+        try:
+            elapsed = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+        except ValueError:
+            elapsed = None
+    return {
+        "tool_calls": sum(per_tool.values()),
+        "calls_per_tool": per_tool,
+        "model_calls": model_calls,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "tokens": input_tokens + output_tokens,
+        "cost": cost,
+        "elapsed_s": elapsed,
+    }
+
+
+def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> dict[str, Any]:
+    """The complete decision trace of a run (optionally only `node` and what ran inside it)."""
+    row = store.run(run_id)
+    events = list(store.events(run_id))
+    entries = [e for e in (_entry(ev) for ev in events if _in_node(ev.node_path, node)) if e is not None]
+    if node is not None:
+        entries = [e for e in entries if e["node_path"]]  # run-level lines only without --node
+    from interpreter.audit import audit_authz
+
+    return {
+        "run_id": run_id,
+        "workflow": row.workflow_name,
+        "principal": row.principal,
+        "status": row.status,
+        "node": node,
+        "error": row.error,
+        "trace": entries,
+        "budgets": budgets_used(ev for ev in events if _in_node(ev.node_path, node) or node is None),
+        "audit": audit_authz(events),
+    }
+
+
+# --- text -----------------------------------------------------------------------------------------------
+
+
+def _who(entry: Mapping[str, Any]) -> str:
+    chain = entry.get("actor_chain") or []
+    return " > ".join(chain) if chain else str(entry.get("principal") or "?")
+
+
+def _values(values: Any) -> str:
+    if not isinstance(values, Mapping):
+        return ""
+    return ", ".join(
+        f"{k}={_short(json.dumps(v, ensure_ascii=False, sort_keys=True), 60)}" for k, v in values.items()
+    )
+
+
+def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per entry kind
+    what = e["what"]
+    if what == "run":
+        claims = f" claims {_short(e['claims'], 80)}" if e.get("claims") else ""
+        actor = (e.get("actor") or {}).get("sub", "?")
+        return f"run of {e.get('workflow')} as {actor}{claims}"
+    if what == "route":
+        values = _values(e.get("values"))
+        text = f"{e.get('step')}: `{e.get('expression')}` -> {e.get('result')}; chose {e.get('chosen')}"
+        text += f" [{values}]" if values else ""
+        for case in e.get("rejected") or []:
+            text += f"; not {case.get('case')} [{_values(case.get('values'))}]"
+        return text
+    if what == "skip":
+        if e.get("reason") != "condition":
+            return f"skipped ({e.get('reason')})"
+        values = _values(e.get("values"))
+        return f"skipped: if `{e.get('expression')}` is false" + (f" [{values}]" if values else "")
+    if what == "authz":
+        verb = "ALLOW" if e.get("decision") == "allow" else "DENY"
+        tail = f": {e.get('reason')}" if verb == "DENY" else ""
+        return f"authz {verb} {e.get('tool')} for {_who(e)} by {e.get('grant')}{tail}"
+    if what == "guardrail":
+        return (f"guardrail {e.get('rule')} at {e.get('hook')}: {e.get('outcome')} -> {e.get('decision')}"
+                f" ({e.get('reason')})")  # fmt: skip
+    if what == "tool.call":
+        return f"call {e.get('tool')}({_short(e.get('args'), 100)})"
+    if what == "tool.result":
+        return f"  = {_short(e.get('result'), 100)}"
+    if what == "tool.error":
+        return f"  ! {e.get('tool')}: {(e.get('error') or {}).get('message')}"
+    if what == "model.prompt":
+        return f"model {e.get('model')} turn {e.get('turn')}: prompt {_short(e.get('prompt') or '', 100)}"
+    if what == "model.answer":
+        chosen = "; ".join(
+            f"{c['tool']}({_short(c.get('arguments'), 60)})" for c in e.get("tool_calls") or []
+        )
+        said = _short(e["answer"], 100) if e.get("answer") else ""
+        return "  answer: " + (said or "") + (f" -> chose {chosen}" if chosen else "")
+    if what == "approval.request":
+        approvers = ", ".join(e.get("approvers") or []) or "anyone"
+        return f"approval requested from {approvers}: {_short(e.get('message') or '', 100)}"
+    if what == "approval":
+        verified = "" if e.get("verified") in (None, True) else " (unverified)"
+        why = f": {e.get('reason')}" if e.get("reason") else ""
+        return f"approval {e.get('decision')} by {e.get('by')}{verified} at {e.get('at')}{why}"
+    if what == "failure":
+        err = e.get("error") or {}
+        caught = f" (caught by {e['caught_by']})" if e.get("caught_by") else ""
+        return f"FAILED [{err.get('code')}] {err.get('message')}{caught}"
+    if what == "retry":
+        return f"retry after attempt {e.get('attempt')}: {(e.get('error') or {}).get('message')}"
+    if what == "join":
+        return f"join {e.get('join')}: completed {e.get('completed')}, failed {e.get('failed')}"
+    if what == "end":
+        if e["status"] == "failed":
+            return f"run failed: {(e.get('error') or {}).get('message')}"
+        if e["status"] == "waiting":
+            return f"run waiting for approval at {', '.join(e.get('pending') or [])}"
+        return f"run completed: {_short(e.get('output'), 120)}"
+    if what == "resume":
+        return f"resumed ({e.get('reason')})"
+    return None
+
+
+def format_text(trace: Mapping[str, Any]) -> str:
+    """One line per decision, indented by node depth."""
+    head = f"run {trace['run_id']} ({trace['workflow']}) principal {trace['principal']}: {trace['status']}"
+    lines = [head + (f" — node {trace['node']}" if trace.get("node") else "")]
+    for entry in trace["trace"]:
+        text = _line(entry)
+        if text is None:
+            continue
+        path = entry["node_path"]
+        depth = path.count("/") + 1 if path else 0
+        where = f"{path}: " if path else ""
+        lines.append(f"{entry['seq']:>5} {'  ' * depth}{where}{text}")
+    b = trace["budgets"]
+    per = ", ".join(f"{k} {v}" for k, v in sorted(b["calls_per_tool"].items()))
+    lines.append(
+        f"budgets used: {b['tool_calls']} tool call(s){' (' + per + ')' if per else ''}, "
+        f"{b['model_calls']} model call(s), {b['tokens']} tokens, cost {b['cost']:g}"
+        + (f", {b['elapsed_s']:.3f}s" if b.get("elapsed_s") is not None else "")
+    )
+    problems = trace.get("audit") or []
+    lines.append(
+        "audit: every tool call was authorized first" if not problems else "audit: " + "; ".join(problems)
+    )
+    return "\n".join(lines)
+
+
+__all__ = ["ABSENT", "budgets_used", "build_trace", "format_text", "referenced_values"]

@@ -1,0 +1,417 @@
+"""The agent loop and llm steps against a real OpenAI-compatible HTTP server on 127.0.0.1.
+
+Each test writes a workflow whose model points at the server, queues the model's answers, runs it with
+the engine and checks the output, what the agent sent to the model, and the event log.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsl import diagnostics
+from dsl.frontend import compile_file
+from interpreter import RunOptions, replay_run, resume_run, run_workflow
+from interpreter.store import open_store
+from tests.fixtures.openai_server import OpenAIServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEAD = """
+charter: "1.0"
+name: agent-test
+input: {{type: object, properties: {{q: {{type: string}}}}}}
+models:
+  default:
+    provider: openai
+    model: test-model
+    base_url: {url}
+    prices: {{input_per_1k: 1.0, output_per_1k: 2.0}}
+tools:
+  lookup_company:
+    python: "examples.tools:lookup_company"
+    description: Public facts about a company.
+    args: {{type: object, required: [name], properties: {{name: {{type: string}}}}}}
+    effect: read
+  lookup_invoice:
+    python: "examples.tools:lookup_invoice"
+    description: An invoice by id.
+    args: {{type: object, required: [invoice_id], properties: {{invoice_id: {{type: string}}}}}}
+    effect: read
+  send_email:
+    python: "examples.tools:send_email"
+    description: Email someone.
+    args:
+      type: object
+      required: [to, subject, body]
+      properties: {{to: {{type: string}}, subject: {{type: string}}, body: {{type: string}}}}
+    effect: write
+identities:
+  analyst: {{kind: agent}}
+grants:
+  - {{id: analyst-read, to: analyst, tools: [lookup_company, lookup_invoice]}}
+  - {{id: analyst-mail-inside, to: analyst, tools: [send_email], when: 'args.to.endsWith("@example.com")'}}
+"""
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(ROOT)  # examples.* is allowed by the project's pyproject.toml
+
+
+def workflow(tmp_path: Path, url: str, body: str) -> Any:
+    path = tmp_path / "flow.yaml"
+    path.write_text(HEAD.format(url=url) + textwrap.dedent(body), encoding="utf-8")
+    graph, diags = compile_file(path)
+    errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
+    assert graph is not None and not errors, diagnostics.format_text(errors)
+    return graph
+
+
+def run(tmp_path: Path, graph: Any, inputs: Any = None) -> tuple[Any, Any]:
+    store = open_store(str(tmp_path / "charter.db"))
+    return run_workflow(graph, inputs or {}, store=store, options=RunOptions(principal="tester")), store
+
+
+def events(store: Any, run_id: str, kind: str) -> list[dict[str, Any]]:
+    return [e.payload for e in store.events(run_id) if e.kind == kind]
+
+
+AGENT = """
+steps:
+  - id: assess
+    agent:
+      identity: analyst
+      tools: [lookup_company, lookup_invoice]
+      max_turns: {max_turns}
+      instructions: You assess companies.
+      prompt: "Assess {{{{ name }}}}."
+      vars: {{name: "${{{{ input.q }}}}"}}
+output: {{answer: "${{{{ steps.assess.output }}}}"}}
+"""
+
+
+def agent(max_turns: int = 5) -> str:
+    return AGENT.format(max_turns=max_turns)
+
+
+def tool_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in request["messages"] if m["role"] == "tool"]
+
+
+def test_agent_chooses_a_tool_and_answers(tmp_path: Path, server: OpenAIServer) -> None:
+    server.call_tools(("lookup_company", {"name": "Globex"}), usage=(200, 10))
+    server.reply("Globex is rated BBB: medium risk.", usage=(300, 20))
+    graph = workflow(tmp_path, server.url, agent())
+    result, store = run(tmp_path, graph, {"q": "Globex"})
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "Globex is rated BBB: medium risk."}
+    first, second = server.requests
+    # The prompt is the rendered template; only the step's tools are offered, described by their schema.
+    assert first["messages"] == [
+        {"role": "system", "content": "You assess companies."},
+        {"role": "user", "content": "Assess Globex."},
+    ]
+    offered = {t["function"]["name"]: t["function"] for t in first["tools"]}
+    assert set(offered) == {"lookup_company", "lookup_invoice"}
+    assert offered["lookup_company"]["parameters"]["required"] == ["name"]
+    assert offered["lookup_company"]["description"] == "Public facts about a company."
+    (answer,) = tool_messages(second)
+    assert json.loads(answer["content"])["rating"] == "BBB"
+    # Every model call and tool call is in the log, with usage and cost from the declared prices.
+    called = events(store, result.run_id, "model.called")
+    completed = events(store, result.run_id, "model.completed")
+    assert [c["call"] for c in called] == [1, 2]
+    assert called[0]["provider"] == "openai" and called[0]["model"] == "test-model"
+    assert called[0]["tools"] == ["lookup_company", "lookup_invoice"]
+    assert completed[0]["response"]["tool_calls"][0]["name"] == "lookup_company"
+    assert completed[1]["usage"] == {"input_tokens": 300, "output_tokens": 20}
+    assert completed[1]["cost"] == pytest.approx((300 * 1.0 + 20 * 2.0) / 1000)
+    (tool_called,) = events(store, result.run_id, "tool.called")
+    assert tool_called["tool"] == "lookup_company" and tool_called["args"] == {"name": "Globex"}
+    assert events(store, result.run_id, "tool.completed")[0]["result"]["rating"] == "BBB"
+
+
+def test_a_tool_error_goes_back_to_the_model(tmp_path: Path, server: OpenAIServer) -> None:
+    server.call_tools(("lookup_invoice", {"invoice_id": "INV-404"}))
+    server.reply("There is no such invoice.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, agent()), {"q": "x"})
+    assert result.status == "completed", result.error
+    (message,) = tool_messages(server.requests[1])
+    assert message["content"].startswith("error:") and "no invoice INV-404" in message["content"]
+    (failed,) = events(store, result.run_id, "tool.failed")
+    assert failed["tool"] == "lookup_invoice" and failed["error"]["code"] == "tool"
+
+
+def test_the_turn_limit_fails_the_step(tmp_path: Path, server: OpenAIServer) -> None:
+    for _ in range(3):
+        server.call_tools(("lookup_company", {"name": "Globex"}))
+    result, store = run(tmp_path, workflow(tmp_path, server.url, agent(max_turns=2)), {"q": "x"})
+    assert result.status == "failed"
+    assert result.error["code"] == "max_turns"
+    assert "max_turns=2" in result.error["message"]
+    assert len(server.requests) == 2  # no third turn is asked for
+    assert len(events(store, result.run_id, "tool.called")) == 1  # the last turn's tools are not run
+
+
+def test_an_unknown_tool_is_refused_and_the_model_told(tmp_path: Path, server: OpenAIServer) -> None:
+    server.call_tools(("send_email", {"to": "a@b.c", "subject": "s", "body": "b"}), ("drop_tables", {}))
+    server.reply("I cannot do that.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, agent()), {"q": "x"})
+    assert result.status == "completed", result.error
+    email, drop = tool_messages(server.requests[1])
+    # send_email is declared in the workflow but not listed by this step: not available either.
+    assert "no tool named 'send_email'" in email["content"]
+    assert "no tool named 'drop_tables'" in drop["content"]
+    assert "lookup_company, lookup_invoice" in drop["content"]
+    assert events(store, result.run_id, "tool.called") == []
+
+
+def test_malformed_tool_arguments_are_reported_to_the_model(tmp_path: Path, server: OpenAIServer) -> None:
+    server.call_tools(("lookup_company", "{not json"), ("lookup_company", {"nom": "Globex"}))
+    server.reply("Sorry.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, agent()), {"q": "x"})
+    assert result.status == "completed", result.error
+    bad_json, bad_args = tool_messages(server.requests[1])
+    assert "not a JSON object" in bad_json["content"]
+    assert "invalid arguments" in bad_args["content"] and "name" in bad_args["content"]
+    assert events(store, result.run_id, "tool.called") == []
+
+
+def test_a_tool_the_identity_may_not_use_is_refused(tmp_path: Path, server: OpenAIServer) -> None:
+    body = """
+    steps:
+      - id: mailer
+        agent:
+          identity: analyst
+          tools: [send_email]
+          prompt: "Mail the report."
+    """
+    server.call_tools(("send_email", {"to": "someone@elsewhere.test", "subject": "s", "body": "b"}))
+    server.reply("I am not allowed to send email there.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, body))
+    assert result.status == "completed", result.error
+    (message,) = tool_messages(server.requests[1])
+    assert message["content"].startswith("refused:") and "not authorized" in message["content"]
+    assert events(store, result.run_id, "tool.called") == []
+    (decision,) = events(store, result.run_id, "authz.decided")
+    assert decision["decision"] == "deny"
+
+
+SCHEMA_STEP = """
+steps:
+  - id: rate
+    {kind}:
+      {extra}prompt: "Rate {{{{ name }}}}."
+      vars: {{name: "${{{{ input.q }}}}"}}
+      max_retries: {retries}
+      output_schema:
+        type: object
+        required: [risk]
+        properties: {{risk: {{enum: [low, medium, high]}}}}
+output: {{risk: "${{{{ steps.rate.output.risk }}}}"}}
+"""
+
+
+@pytest.mark.parametrize("kind", ["agent", "llm"])
+def test_an_answer_that_does_not_fit_the_schema_is_re_asked(
+    tmp_path: Path, server: OpenAIServer, kind: str
+) -> None:
+    server.reply("medium, I think")
+    server.reply('{"risk": "moderate"}')
+    server.reply('{"risk": "medium"}')
+    body = SCHEMA_STEP.format(kind=kind, extra="", retries=2)
+    result, store = run(tmp_path, workflow(tmp_path, server.url, body), {"q": "Globex"})
+    assert result.status == "completed", result.error
+    assert result.output == {"risk": "medium"}
+    assert len(server.requests) == 3
+    assert server.requests[0]["response_format"]["type"] == "json_schema"
+    feedback = server.requests[1]["messages"][-1]
+    assert feedback["role"] == "user" and "not JSON" in feedback["content"]
+    feedback = server.requests[2]["messages"][-1]["content"]
+    assert "does not match the required JSON schema" in feedback and "moderate" in feedback
+    assert len(events(store, result.run_id, "model.completed")) == 3
+
+
+def test_re_asks_are_bounded_by_max_retries(tmp_path: Path, server: OpenAIServer) -> None:
+    server.reply('{"risk": "unknown"}')
+    server.reply('{"risk": "unknowable"}')
+    body = SCHEMA_STEP.format(kind="llm", extra="", retries=1)
+    result, _ = run(tmp_path, workflow(tmp_path, server.url, body), {"q": "x"})
+    assert result.status == "failed"
+    assert result.error["code"] == "model"
+    assert "after 1 re-ask" in result.error["message"]
+    assert len(server.requests) == 2
+
+
+def test_a_model_that_refuses_the_request_fails_the_step_clearly(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.fail(400, "model 'test-model' does not exist")
+    body = SCHEMA_STEP.format(kind="llm", extra="", retries=0)
+    result, _ = run(tmp_path, workflow(tmp_path, server.url, body), {"q": "x"})
+    assert result.status == "failed" and result.error["code"] == "model"
+    assert "does not exist" in result.error["message"]
+
+
+def test_replay_of_an_agentic_run_needs_no_model(tmp_path: Path, server: OpenAIServer) -> None:
+    server.call_tools(("lookup_company", {"name": "ACME Corp"}))
+    server.reply("ACME Corp is rated A.")
+    graph = workflow(tmp_path, server.url, agent())
+    result, store = run(tmp_path, graph, {"q": "ACME Corp"})
+    assert result.status == "completed", result.error
+    asked = len(server.requests)
+    server.httpd.shutdown()  # no server any more: replay must not need one
+    replayed = replay_run(result.run_id, store=store)
+    assert replayed.ok, replayed.divergence
+    assert replayed.events_checked > 0
+    assert len(server.requests) == asked
+
+
+def test_replay_reports_a_changed_prompt(tmp_path: Path, server: OpenAIServer) -> None:
+    server.reply("fine")
+    graph = workflow(tmp_path, server.url, agent())
+    result, store = run(tmp_path, graph, {"q": "ACME Corp"})
+    changed = workflow(tmp_path, server.url, agent().replace("Assess", "Judge"))
+    replayed = replay_run(result.run_id, store=store, graph=changed)
+    assert not replayed.ok
+    assert replayed.divergence.node_path == "assess"
+    assert "messages sent to the model differ" in replayed.divergence.reason
+
+
+ESCALATING = """
+guardrails:
+  - id: company-lookups-need-a-person
+    on: tool.input
+    tools: [lookup_company]
+    check: "false"
+    action: escalate
+    message: A person must approve company lookups.
+    escalation: {approvers: [tester]}
+"""
+
+
+def test_resume_reuses_recorded_model_answers(tmp_path: Path, server: OpenAIServer) -> None:
+    """An escalation pauses the agent mid-loop; after approval the run resumes, the first answer comes
+    from the log (the server is not asked again) and only the next turn calls the model."""
+    server.call_tools(("lookup_company", {"name": "Globex"}))
+    graph = workflow(tmp_path, server.url, ESCALATING + agent())
+    result, store = run(tmp_path, graph, {"q": "Globex"})
+    assert result.status == "waiting", result.error
+    assert len(server.requests) == 1
+    from interpreter import decide_approval
+
+    server.reply("Globex: BBB.")
+    resumed = decide_approval(
+        result.run_id,
+        result.pending[0],
+        store=store,
+        person="tester",
+        approved=True,
+        reason="ok",
+        options=RunOptions(),
+    )
+    if resumed.status == "waiting":  # an engine that records the decision without continuing
+        resumed = resume_run(result.run_id, store=store)
+    assert resumed.status == "completed", resumed.error
+    assert resumed.output == {"answer": "Globex: BBB."}
+    assert len(server.requests) == 2  # turn 1 was not asked again
+    assert [c["call"] for c in events(store, result.run_id, "model.called")] == [1, 2]
+    assert replay_run(result.run_id, store=store).ok
+
+
+def test_run_usage_sums_tokens_and_cost(tmp_path: Path, server: OpenAIServer) -> None:
+    from types import SimpleNamespace
+
+    from interpreter.agent import usage_of, usage_of_events
+    from interpreter.records import build_records
+
+    server.call_tools(("lookup_company", {"name": "Globex"}), usage=(200, 10))
+    server.reply("ok", usage=(300, 20))
+    result, store = run(tmp_path, workflow(tmp_path, server.url, agent()), {"q": "Globex"})
+    totals = usage_of_events(store.events(result.run_id)).to_dict()
+    assert totals["model_calls"] == 2
+    assert (totals["input_tokens"], totals["output_tokens"], totals["tokens"]) == (500, 30, 530)
+    assert totals["cost"] == pytest.approx((500 * 1.0 + 30 * 2.0) / 1000)
+    recorded = SimpleNamespace(records=build_records(store.events(result.run_id)), replaying=True)
+    assert usage_of(recorded) == totals
+
+
+GUARDED = """
+guardrails:
+  - id: no-invoices-here
+    on: tool.select
+    tools: [lookup_invoice]
+    check: "false"
+    message: Invoices are off limits in this step.
+  - id: answers-name-a-rating
+    on: agent.output
+    check: output.contains("rated")
+    action: retry
+    max_retries: 1
+    message: Say how the company is rated.
+"""
+
+
+def test_guard_hooks_refuse_a_tool_and_re_ask_an_answer(tmp_path: Path, server: OpenAIServer) -> None:
+    server.call_tools(("lookup_invoice", {"invoice_id": "INV-1001"}))
+    server.reply("Looks fine.")
+    server.reply("Globex is rated BBB.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, GUARDED + agent()), {"q": "Globex"})
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "Globex is rated BBB."}
+    (refused,) = tool_messages(server.requests[1])
+    assert refused["content"] == "refused: Invoices are off limits in this step."
+    assert server.requests[2]["messages"][-1] == {"role": "user", "content": "Say how the company is rated."}
+    assert events(store, result.run_id, "tool.called") == []
+    rules = [e["rule"] for e in events(store, result.run_id, "guardrail.evaluated")]
+    assert rules == ["no-invoices-here", "answers-name-a-rating"]
+
+
+MCP_STEPS = """
+steps:
+  - id: find
+    tool: search_docs
+    args: {query: "backoff"}
+  - id: broken
+    tool: broken_server
+    args: {query: x}
+output: {found: "${{ steps.find.output }}"}
+"""
+
+
+def test_mcp_tool_steps_use_the_same_path_and_a_dead_server_is_a_clear_error(tmp_path: Path) -> None:
+    head = """
+    charter: "1.0"
+    name: mcp-steps
+    tools:
+      search_docs:
+        mcp: {command: [python, -m, examples.mcp_docs_server]}
+        effect: read
+      broken_server:
+        mcp: {command: [python, -m, examples.no_such_server], tool: search_docs}
+        effect: read
+    """
+    path = tmp_path / "mcp.yaml"
+    path.write_text(textwrap.dedent(head) + textwrap.dedent(MCP_STEPS), encoding="utf-8")
+    graph, diags = compile_file(path)
+    assert graph is not None, diags
+    result, store = run(tmp_path, graph)
+    assert result.status == "failed"
+    assert result.error["node_path"] == "broken" and result.error["code"] == "tool"
+    assert "failed to start" in result.error["message"] and "no_such_server" in result.error["message"]
+    (found,) = [e["result"] for e in events(store, result.run_id, "tool.completed")]
+    assert [hit["title"] for hit in found["result"]] == ["Retries"]

@@ -1,0 +1,449 @@
+"""Identity grants and guardrails enforced end to end: workflows of Python tool steps run by the real
+`charter` CLI on a real SQLite file; the log is read back to check what was decided and recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TOOLS = """
+import json, os
+
+def _log(name, **kw):
+    with open(os.path.join(os.path.dirname(__file__), "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"tool": name, **kw}) + "\\n")
+
+def echo(**kw):
+    _log("echo", **kw)
+    return kw
+
+def lookup(id: str) -> dict:
+    _log("lookup", id=id)
+    return {"id": id, "card": "4111 1111 1111 1111", "owner": "dana"}
+
+def send(to: str, body: str) -> dict:
+    _log("send", to=to, body=body)
+    return {"sent": True, "to": to}
+
+def tick(n: int) -> dict:
+    _log("tick", n=n)
+    return {"n": n}
+
+def same() -> dict:
+    _log("same")
+    return {"ok": True}
+"""
+
+
+def project(tmp_path: Path, workflow: str, name: str = "wf.yaml") -> Path:
+    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["h16tools"]\n')
+    (tmp_path / "h16tools.py").write_text(TOOLS)
+    path = tmp_path / name
+    path.write_text(HEAD + textwrap.dedent(workflow))
+    return path
+
+
+def charter(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db"), **(env or {})}
+    full.pop("CHARTER_ALLOW_MODULES", None)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=120
+    )
+
+
+def run(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    proc = charter("run", "wf.yaml", "--json", *extra, cwd=tmp_path, env=env)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def events(tmp_path: Path, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    db = sqlite3.connect(tmp_path / "charter.db")
+    rows = db.execute(
+        "SELECT seq, node_path, kind, actor, payload FROM events WHERE run_id = ? ORDER BY seq", [run_id]
+    ).fetchall()
+    db.close()
+    out = [
+        {"seq": r[0], "path": r[1], "kind": r[2], "actor": json.loads(r[3] or "null"), **json.loads(r[4])}
+        for r in rows
+    ]
+    return [e for e in out if kind is None or e["kind"] == kind]
+
+
+def calls(tmp_path: Path) -> list[dict[str, Any]]:
+    log = tmp_path / "calls.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def verify_ok(tmp_path: Path, run_id: str) -> None:
+    proc = charter("verify", run_id, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every tool call authorized" in proc.stdout
+
+
+HEAD = """\
+charter: "1.0"
+name: h16
+tools:
+  echo: {python: "h16tools:echo", effect: read}
+  lookup: {python: "h16tools:lookup", effect: read}
+  send: {python: "h16tools:send", effect: write}
+  tick: {python: "h16tools:tick", effect: read}
+  same: {python: "h16tools:same", effect: read}
+identities:
+  bot: {kind: agent, roles: [support]}
+  supervisor: {kind: user, roles: [lead]}
+"""
+
+
+# --- authorization -------------------------------------------------------------------------------------
+
+
+def test_tool_outside_grants_is_denied_with_default_deny(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+grants:
+  - {id: bot-read, to: bot, tools: [lookup]}
+  - {id: bot-mail-own, to: bot, tools: [send], when: 'args.to.endsWith("@example.com")'}
+steps:
+  - {id: ok, tool: lookup, identity: bot, args: {id: A1}}
+  - {id: mail, tool: send, identity: bot, args: {to: x@evil.test, body: hi}}
+""",
+    )
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 1 and result["error"]["code"] == "policy"
+    assert "default-deny" in result["error"]["message"]
+    decided = events(tmp_path, result["run_id"], "authz.decided")
+    assert [(d["tool"], d["decision"], d["grant"]) for d in decided] == [
+        ("lookup", "allow", "bot-read"),
+        ("send", "deny", "default-deny"),
+    ]
+    assert decided[1]["actor_chain"] == ["agent:bot"] and len(decided[1]["args_digest"]) == 64
+    assert [c["tool"] for c in calls(tmp_path)] == ["lookup"]  # the denied tool never ran
+    verify_ok(tmp_path, result["run_id"])
+
+
+def test_deny_grant_overrides_allow_and_is_named(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+grants:
+  - {id: support-all, to: "role:support", tools: ["*"]}
+  - {id: no-big-ticks, to: bot, tools: [tick], effect: deny, when: "args.n > 10"}
+steps:
+  - {id: small, tool: tick, identity: bot, args: {n: 3}}
+  - {id: big, tool: tick, identity: bot, args: {n: 30}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1
+    decided = events(tmp_path, result["run_id"], "authz.decided")
+    assert [(d["decision"], d["grant"]) for d in decided] == [
+        ("allow", "support-all"),
+        ("deny", "no-big-ticks"),
+    ]
+
+
+def test_tool_step_without_identity_runs_as_the_workflow(tmp_path: Path) -> None:
+    project(tmp_path, "steps:\n  - {id: a, tool: echo, args: {x: 1}}\n")
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 0
+    (decided,) = events(tmp_path, result["run_id"], "authz.decided")
+    assert decided["grant"] == "workflow" and decided["decision"] == "allow"
+    assert decided["principal"] == "alice"
+    assert decided["actor_chain"] == ["user:alice", "workflow:h16"]
+    assert decided["actor"] == {"sub": "user:alice", "act": {"sub": "workflow:h16"}}
+
+
+def test_condition_on_claims_fails_closed_when_no_principal_is_acted_for(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+grants:
+  - {id: acme-only, to: bot, tools: [echo], when: 'principal.tenant == "acme" && args.tenant == principal.tenant'}
+steps:
+  - {id: a, tool: echo, identity: bot, args: {tenant: "${{ input.tenant }}"}}
+""",
+    )
+    # a tool step's identity acts for nobody: `principal` is null and the condition fails closed
+    (tmp_path / "acme.json").write_text(json.dumps({"tenant": "acme", "roles": ["staff"]}))
+    code, result = run(tmp_path, "--as", "alice", "--claims", "acme.json", "--input", '{"tenant": "acme"}')
+    assert code == 1
+    decided = events(tmp_path, result["run_id"], "authz.decided")
+    assert decided[0]["decision"] == "deny" and "condition" in decided[0]["reason"]
+
+
+# --- guardrail actions ---------------------------------------------------------------------------------
+
+
+def test_deny_at_tool_input_stops_before_the_call(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-evil, on: tool.input, tools: [send], check: '!args.to.endsWith("@evil.test")', message: "no mail to evil"}
+steps:
+  - {id: mail, tool: send, args: {to: x@evil.test, body: hi}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert (
+        code == 1 and result["error"]["code"] == "policy" and result["error"]["message"] == "no mail to evil"
+    )
+    (ev,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert (ev["rule"], ev["hook"], ev["outcome"], ev["decision"]) == (
+        "no-evil",
+        "tool.input",
+        "trip",
+        "deny",
+    )
+    assert calls(tmp_path) == [] and not events(tmp_path, result["run_id"], "tool.called")
+
+
+def test_redact_masks_the_log_and_the_next_step(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-cards, on: tool.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+steps:
+  - {id: find, tool: lookup, args: {id: A1}}
+  - {id: tell, tool: send, args: {to: dana@example.com, body: "${{ steps.find.output.card }}"}}
+output: {card: "${{ steps.find.output.card }}"}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 0
+    assert result["output"]["card"] == "[REDACTED:no-cards]"
+    assert calls(tmp_path)[1]["body"] == "[REDACTED:no-cards]"  # the next step got the masked value
+    raw = (tmp_path / "charter.db").read_bytes()
+    assert b"4111 1111 1111 1111" not in raw  # never in the log, in clear
+    kinds = {e["rule"]: e["decision"] for e in events(tmp_path, result["run_id"], "guardrail.evaluated")}
+    assert kinds == {"no-cards": "redact"}
+
+
+def test_warn_records_and_goes_on(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: big-tick, on: tool.input, check: 'args.n < 5', action: warn}
+steps:
+  - {id: a, tool: tick, args: {n: 9}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 0
+    (ev,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert ev["decision"] == "warn" and ev["verdict"] == "warn"
+
+
+def test_observe_mode_records_without_enforcing(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: would-deny, on: tool.input, check: 'args.n < 5', mode: observe}
+steps:
+  - {id: a, tool: tick, args: {n: 9}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 0 and calls(tmp_path) == [{"tool": "tick", "n": 9}]
+    (ev,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert (ev["outcome"], ev["mode"], ev["decision"]) == ("trip", "observe", "observed")
+
+
+def test_a_check_that_errors_denies(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: broken, on: tool.input, check: 'args.missing.deeper > 1', action: warn}
+steps:
+  - {id: a, tool: tick, args: {n: 1}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["code"] == "policy"
+    (ev,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert (ev["outcome"], ev["action"], ev["decision"]) == ("error", "deny", "deny")
+    assert calls(tmp_path) == []
+
+
+def test_strictest_action_wins(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: w, on: tool.input, check: 'args.n < 5', action: warn}
+  - {id: d, on: tool.input, check: 'args.n < 8', action: deny, message: "too big"}
+  - {id: e, on: tool.input, check: 'args.n < 7', action: escalate}
+steps:
+  - {id: a, tool: tick, args: {n: 9}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["message"] == "too big"
+    evs = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert {e["rule"]: e["action"] for e in evs} == {"w": "warn", "d": "deny", "e": "escalate"}
+    assert {e["verdict"] for e in evs} == {"deny"}
+    assert not events(tmp_path, result["run_id"], "approval.requested")  # deny beats escalate
+
+
+def test_step_level_rules_add_to_workflow_rules(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+steps:
+  - id: group
+    guardrails:
+      - {id: inner, on: tool.input, check: 'args.n != 2', message: "two is forbidden here"}
+    steps:
+      - {id: one, tool: tick, args: {n: 1}}
+      - {id: two, tool: tick, args: {n: 2}}
+  - {id: outside, tool: tick, args: {n: 2}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["step"] == "two"
+    assert [c["n"] for c in calls(tmp_path)] == [1]
+
+
+def test_escalate_waits_and_charter_approve_decides_across_processes(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - id: cap
+    on: tool.input
+    tools: [send]
+    check: 'size(args.body) < 10'
+    action: escalate
+    message: "long mail to ${{ args.to }}"
+    escalation: {approvers: ["role:lead"], timeout: 1h}
+steps:
+  - {id: before, tool: tick, args: {n: 1}}
+  - {id: mail, tool: send, args: {to: dana@example.com, body: "a rather long body"}}
+  - {id: after, tool: tick, args: {n: 2}}
+""",
+    )
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 3 and result["status"] == "waiting"
+    run_id = result["run_id"]
+    (req,) = events(tmp_path, run_id, "approval.requested")
+    assert req["path"] == "mail" and req["message"] == "long mail to dana@example.com"
+    assert req["approvers"] == ["role:lead"] and req["data"]["guardrail"] == "cap" and "expires_at" in req
+    assert [c["tool"] for c in calls(tmp_path)] == ["tick"]  # the write waits
+    refused = charter("approve", run_id, "mail", "--as", "bot", cwd=tmp_path)  # roles: support
+    assert refused.returncode == 2 and "may not decide" in refused.stderr
+    ok = charter("approve", run_id, "mail", "--as", "supervisor", "--json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert [c["tool"] for c in calls(tmp_path)] == ["tick", "send", "tick"]
+    (decided,) = events(tmp_path, run_id, "approval.decided")
+    assert decided["by"] == "supervisor" and decided["decision"] == "approved"
+    verify_ok(tmp_path, run_id)
+
+
+def test_escalation_denied_fails_the_step_with_policy(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: cap, on: tool.input, tools: [send], check: 'size(args.body) < 10', action: escalate}
+steps:
+  - {id: mail, tool: send, args: {to: dana@example.com, body: "a rather long body"}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 3
+    denied = charter("approve", result["run_id"], "mail", "--as", "bob", "--deny", "--reason", "no", "--json",
+                     cwd=tmp_path)  # fmt: skip
+    assert denied.returncode == 1
+    final = json.loads(denied.stdout)
+    assert final["error"]["code"] == "policy" and "denied by bob: no" in final["error"]["message"]
+    assert calls(tmp_path) == []
+
+
+def test_run_input_rules_run_before_the_first_step(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-drop, on: run.input, check: '!input.q.contains("DROP")', message: "bad input"}
+  - {id: mask-mail, on: run.input, regex: '[a-z]+@secret\\.test', action: redact}
+steps:
+  - {id: a, tool: echo, args: {q: "${{ input.q }}"}}
+""",
+    )
+    code, result = run(tmp_path, "--input", '{"q": "DROP TABLE"}')
+    assert code == 1 and "bad input" in result["error"]["message"] and calls(tmp_path) == []
+    code, result = run(tmp_path, "--input", '{"q": "write to eve@secret.test"}')
+    assert code == 0 and calls(tmp_path) == [{"tool": "echo", "q": "write to [REDACTED:mask-mail]"}]
+    assert b"eve@secret.test" not in (tmp_path / "charter.db").read_bytes()
+
+
+def test_budget_stops_a_looping_workflow_with_a_clear_reason(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: budget, limits: {max_tool_calls: 5}}
+steps:
+  - id: spin
+    loop:
+      max_iterations: 100
+      until: "false"
+      steps:
+        - {id: t, tool: tick, args: {n: "${{ index }}"}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["code"] == "policy"
+    assert "budget exceeded: tool call 6 exceeds max_tool_calls 5" in result["error"]["message"]
+    assert len(calls(tmp_path)) == 5
+
+
+def test_repeated_identical_calls_budget(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-spin, limits: {max_repeated_calls: 2}}
+steps:
+  - id: spin
+    loop:
+      max_iterations: 10
+      until: "false"
+      steps:
+        - {id: t, tool: same}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and "identical call 3 in a row" in result["error"]["message"]
+
+
+def test_secrets_are_masked_everywhere_in_the_log(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+secrets: [H16_TOKEN]
+steps:
+  - {id: a, tool: echo, args: {auth: "Bearer ${{ secrets.H16_TOKEN }}"}}
+output: {seen: "${{ steps.a.output.auth }}"}
+""",
+    )
+    code, result = run(tmp_path, env={"H16_TOKEN": "s3cr3t-value-42"})
+    assert code == 0
+    assert calls(tmp_path) == [{"tool": "echo", "auth": "Bearer s3cr3t-value-42"}]  # the tool gets it
+    assert result["output"] == {"seen": "Bearer [REDACTED]"}
+    assert b"s3cr3t-value-42" not in (tmp_path / "charter.db").read_bytes()
