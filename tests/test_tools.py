@@ -223,6 +223,7 @@ def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path
         f"""\
         charter: "1.0"
         name: wrong
+        vars: {{first: null}}
         tools:
           plain: {{python: "{MODULE}:plain", effect: read}}
           nan: {{python: "{MODULE}:nan", effect: read}}
@@ -253,6 +254,7 @@ def http_flow(workdir: Path, server: str) -> Any:
         charter: "1.0"
         name: http-tools
         secrets: [H10_TOKEN]
+        vars: {{error: null}}
         tools:
           get_thing:
             effect: read
