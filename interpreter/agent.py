@@ -44,6 +44,8 @@ try:  # the chain a child workflow started by a tool call narrows (enforcement, 
 except ImportError:  # pragma: no cover - enforcement not installed
     _CURRENT_CHAIN = None  # type: ignore[assignment]
 
+_REASKED = object()  # the model was asked again; no output yet
+_NOT_ACCEPTED = "Your answer was not accepted; answer again."
 _CANCELLED = {
     "type": "Cancelled",
     "code": "cancelled",
@@ -220,6 +222,7 @@ class StepCall:
         self.ledger = _ledger() if self.guard is not None else None
         self.calls = 0  # model calls so far (the scripted provider's "turn")
         self.turns = 0  # model turns that count against max_turns (re-asks do not)
+        self.reasks = 0  # re-asks because the answer did not fit output_schema
         self.tool_calls = 0
         self.messages: list[Message] = []
         self.identity: str | None = getattr(spec, "identity", None)
@@ -235,66 +238,70 @@ class StepCall:
         if self.is_agent:
             self.tools = {name: await self._tool_spec(name) for name in self.spec.tools}
             self._identity_chain()
-        schema = self.spec.output_schema
-        max_turns = getattr(self.spec, "max_turns", 1)
-        reasks = 0
         reasking = False
         while True:
-            if not reasking:
+            if not reasking:  # a re-ask (schema, guardrail retry) is not a new turn
                 self.turns += 1
-            reasking = False
             response = await self._ask()
-            answer = self._answer(response, schema)
-            verdict = self._check("model.output", {"output": answer, "tool_calls": _calls(response)})
-            if verdict is not None:
-                if verdict.action == "retry":
-                    self._reask(response, verdict.message or "Your answer was not accepted; answer again.")
-                    reasking = True
-                    continue
-                if verdict.action == "redact" and not response.tool_calls:
-                    response = _redacted(response, verdict.value, schema)
+            verdict = self._check(
+                "model.output", {"output": self._answer(response), "tool_calls": _calls(response)}
+            )
+            reasking = verdict is not None and verdict.action == "retry"
+            if reasking:
+                self._reask(response, verdict.message or _NOT_ACCEPTED)
+                continue
+            if verdict is not None and verdict.action == "redact" and not response.tool_calls:
+                response = _redacted(response, verdict.value, self.spec.output_schema)
             if response.tool_calls and self.is_agent:
-                if self.turns >= max_turns:
-                    raise StepError(
-                        "max_turns",
-                        f"{self.what} did not answer within max_turns={max_turns} turns "
-                        f"(it still asked for {', '.join(c.name for c in response.tool_calls)})",
-                        type="AgentError",
-                    )
+                self._check_turns(response)
                 await self._use_tools(response)
                 continue
-            if schema is not None:
-                value, problem = self._validate(response, schema)
-                if problem is not None:
-                    reasks += 1
-                    if reasks > self.spec.max_retries:
-                        raise StepError(
-                            "model",
-                            f"{self.what}: the answer did not fit output_schema after "
-                            f"{self.spec.max_retries} re-ask(s): {problem}",
-                            type="ModelError",
-                        )
-                    self._reask(
-                        response,
-                        f"Your answer does not match the required JSON schema: {problem}. "
-                        "Answer again with only the JSON value.",
+            value = self._final(response)
+            reasking = value is _REASKED
+            if not reasking:
+                return value
+
+    def _check_turns(self, response: ModelResponse) -> None:
+        max_turns = self.spec.max_turns
+        if self.turns >= max_turns:  # the tools of the last turn are not run: nobody would read them
+            asked = ", ".join(c.name for c in response.tool_calls)
+            raise StepError(
+                "max_turns",
+                f"{self.what} did not answer within max_turns={max_turns} turns (it still asked for {asked})",
+                type="AgentError",
+            )
+
+    def _final(self, response: ModelResponse) -> Any:
+        """The step's output from a final answer, or `_REASKED` when the model was asked again (the
+        answer does not fit output_schema, or an agent.output rule said retry)."""
+        schema = self.spec.output_schema
+        if schema is None:
+            value: Any = response.text or ""
+        else:
+            value, problem = self._validate(response, schema)
+            if problem is not None:
+                self.reasks += 1
+                if self.reasks > self.spec.max_retries:
+                    raise StepError(
+                        "model",
+                        f"{self.what}: the answer did not fit output_schema after "
+                        f"{self.spec.max_retries} re-ask(s): {problem}",
+                        type="ModelError",
                     )
-                    reasking = True
-                    continue
-            else:
-                value = response.text or ""
-            if self.is_agent:
-                verdict = self._check("agent.output", {"output": value})
-                if verdict is not None:
-                    if verdict.action == "retry":
-                        self._reask(
-                            response, verdict.message or "Your answer was not accepted; answer again."
-                        )
-                        reasking = True
-                        continue
-                    if verdict.action == "redact":
-                        value = verdict.value
-            return value
+                self._reask(
+                    response,
+                    f"Your answer does not match the required JSON schema: {problem}. "
+                    "Answer again with only the JSON value.",
+                )
+                return _REASKED
+        if self.is_agent:
+            verdict = self._check("agent.output", {"output": value})
+            if verdict is not None and verdict.action == "retry":
+                self._reask(response, verdict.message or _NOT_ACCEPTED)
+                return _REASKED
+            if verdict is not None and verdict.action == "redact":
+                value = verdict.value
+        return value
 
     def _render(self) -> list[Message]:
         from dsl.templates import PromptRenderError
@@ -338,8 +345,8 @@ class StepCall:
         if claim:
             self.actor = claim
 
-    def _answer(self, response: ModelResponse, schema: Any) -> Any:
-        if schema is not None and response.structured is not None:
+    def _answer(self, response: ModelResponse) -> Any:
+        if self.spec.output_schema is not None and response.structured is not None:
             return response.structured
         return response.text
 

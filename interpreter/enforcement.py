@@ -29,7 +29,7 @@ from interpreter.authz import (
     Decision,
     Principal,
 )
-from interpreter.guardrails import Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
+from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import StepError
 
@@ -309,16 +309,29 @@ class RunGuard:
         if tool is None:
             tool = context.get("tool") if isinstance(context.get("tool"), str) else None
         rules, step_ids = self._set_for(node_path, tool)
-        full = {**self.state(), "principal": self.principal.to_binding(), "history": list(self.history)}
+        if not rules.rules:  # nothing to evaluate at any level: the common case, kept cheap
+            payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
+            return Verdict("allow", value=payload)
+        full = {**self.state(), "principal": self.principal.to_binding(), "history": self.history}
         full.update(context)
         if tool is not None:
             full.setdefault("tool", tool)
         verdict = rules.evaluate(hook, full, step_ids=step_ids, ledger=ledger)
-        if verdict.action == "escalate":
-            verdict = self._settle_escalation(verdict, node_path, hook, _fingerprint(hook, tool, context))
-        for event in verdict.events:
-            self._write(s.GUARDRAIL_EVALUATED, node_path, self._event_payload(event, verdict), None)
-        return verdict
+        final = verdict
+        try:
+            if verdict.action == "escalate":
+                final = self._settle_escalation(verdict, node_path, hook, _fingerprint(hook, tool, context))
+        finally:  # the trips are logged before the approval request they cause
+            for event in verdict.events:
+                self._write(s.GUARDRAIL_EVALUATED, node_path, self._event_payload(event, final), None)
+        budgets = {r.id for r in rules.rules if r.limits is not None}
+        if final.action == "deny" and budgets.intersection(final.rules):
+            # A spent budget does not come back: the step stops here (a model told "no" would only
+            # ask again until its turns run out), with the budget as the reason.
+            raise policy_error(
+                final.message or "budget exceeded", details={"rules": list(final.rules), "budget": True}
+            )
+        return final
 
     @staticmethod
     def _event_payload(event: GuardrailEvent, verdict: Verdict) -> dict[str, Any]:
@@ -410,6 +423,28 @@ class RunGuard:
             {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
         )
 
+    def restore(self, events: Any, records: Mapping[str, Any]) -> None:
+        """A continued run's budgets and history start from what its log says was spent by the steps that
+        finished (the run and per-tool budgets; a step that runs again records its calls again, and a
+        step's own budget counts one execution)."""
+        for event in events:
+            rec = records.get(event.node_path)
+            if rec is None or rec.status is None:
+                continue
+            payload = event.payload if isinstance(event.payload, dict) else {}
+            if event.kind == s.TOOL_CALLED:
+                tool, args = str(payload.get("tool")), payload.get("args")
+                self.run_budget.record_tool_call(tool, args)
+                self._tool_budgets.setdefault(tool, Budget()).record_tool_call(tool, args)
+                self.history.append({"kind": "tool", "tool": tool, "args": args, "result": None})
+            elif event.kind == s.MODEL_COMPLETED:
+                usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+                self.run_budget.record_model_call(
+                    int(usage.get("input_tokens") or 0),
+                    int(usage.get("output_tokens") or 0),
+                    float(payload.get("cost") or 0.0),
+                )
+
     def usage(self) -> dict[str, Any]:
         return self.run_budget.usage()
 
@@ -482,7 +517,6 @@ def _identity(chain: ActorChain) -> dict[str, Any] | None:
 
 
 def _fingerprint(hook: str, tool: str | None, context: Mapping[str, Any]) -> str:
-    from interpreter.guardrails import PAYLOAD_OF
     from interpreter.hashing import NotCanonicalizable, canonical_json, sha256_hex
 
     payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))

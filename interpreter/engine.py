@@ -128,13 +128,10 @@ class Execution:
         self.code_digests: dict[str, str | None] = {}
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
         # never from model output or tool results.
-        self.guard = guard or RunGuard(
-            graph,
-            principal=principal,
-            claims=options.claims,
-            secrets=secrets,
-            approvals=approvals_from_records(self.records),
-        )
+        if guard is None:  # replay: the principal's claims and parent chain as the log recorded them
+            started = _run_started(store, run_id) if self.replaying else {"claims": options.claims}
+            guard = _guard_for(graph, started, principal, secrets, self.records)
+        self.guard = guard
         self.guard.state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
         self.guard.attach(self.emit)
         self.input_gate: Any = None  # the run.input verdict (or escalation) found before the run was created
@@ -847,6 +844,7 @@ async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, re
     records = build_records(events)
     principal = row.principal or _principal(options)
     guard = _guard_for(graph, started, principal, secrets, records)
+    guard.restore(events, records)
     if guard.parent_chain is not None and row.parent_run_id:  # a child run: its parent still bounds it
         from interpreter.authz import Authorizer
 

@@ -281,8 +281,10 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
         tail = f": {e.get('reason')}" if verb == "DENY" else ""
         return f"authz {verb} {e.get('tool')} for {_who(e)} by {e.get('grant')}{tail}"
     if what == "guardrail":
+        final = e.get("verdict")
+        after = f"; verdict {final}" if final and final != e.get("decision") else ""
         return (f"guardrail {e.get('rule')} at {e.get('hook')}: {e.get('outcome')} -> {e.get('decision')}"
-                f" ({e.get('reason')})")  # fmt: skip
+                f" ({e.get('reason')}){after}")  # fmt: skip
     if what == "tool.call":
         return f"call {e.get('tool')}({_short(e.get('args'), 100)})"
     if what == "tool.result":

@@ -447,3 +447,53 @@ output: {seen: "${{ steps.a.output.auth }}"}
     assert calls(tmp_path) == [{"tool": "echo", "auth": "Bearer s3cr3t-value-42"}]  # the tool gets it
     assert result["output"] == {"seen": "Bearer [REDACTED]"}
     assert b"s3cr3t-value-42" not in (tmp_path / "charter.db").read_bytes()
+
+
+def test_budget_stops_a_looping_agent_with_a_clear_reason(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+models:
+  default: {provider: scripted, responses: answers.yaml}
+grants:
+  - {id: g, to: bot, tools: [same]}
+guardrails:
+  - {id: budget, limits: {max_tool_calls: 3}}
+steps:
+  - id: act
+    agent: {identity: bot, tools: [same], prompt: "spin", max_turns: 20}
+""",
+    )
+    spin = [{"step": "act", "turn": i, "tool_calls": [{"name": "same", "args": {}}]} for i in range(1, 21)]
+    (tmp_path / "answers.yaml").write_text(json.dumps({"responses": spin}))
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["code"] == "policy"
+    assert result["error"]["message"].endswith("budget exceeded: tool call 4 exceeds max_tool_calls 3")
+    assert len(calls(tmp_path)) == 3
+    assert len(events(tmp_path, result["run_id"], "model.called")) == 4  # stopped at once, not at max_turns
+
+
+def test_budgets_count_what_ran_before_a_resume(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: budget, limits: {max_tool_calls: 3}}
+steps:
+  - {id: one, tool: tick, args: {n: 1}}
+  - {id: two, tool: tick, args: {n: 2}}
+  - {id: wait, approval: {message: go on?}}
+  - {id: three, tool: tick, args: {n: 3}}
+  - {id: four, tool: tick, args: {n: 4}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 3
+    proc = charter("approve", result["run_id"], "wait", "--as", "bob", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    final = json.loads(proc.stdout)
+    assert (
+        final["error"]["step"] == "four"
+        and "tool call 4 exceeds max_tool_calls 3" in final["error"]["message"]
+    )
+    assert [c["n"] for c in calls(tmp_path)] == [1, 2, 3]

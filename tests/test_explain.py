@@ -138,7 +138,10 @@ def test_switch_route_records_the_values_that_chose_it(tmp_path: Path) -> None:
     )
     result = start(tmp_path, "wf.yaml", "--input", '{"kind": "b", "size": 3}')
     text = explain(tmp_path, result["run_id"])
-    assert 'pick: switch: `input.kind == "b"` -> True; chose case-1 [input.kind="b"]; not case-0 [input.kind="b", input.size=3]' in text
+    assert (
+        'pick: switch: `input.kind == "b"` -> True; chose case-1 [input.kind="b"]; not case-0 [input.kind="b", input.size=3]'
+        in text
+    )
     full = json.loads(explain(tmp_path, result["run_id"], "--json"))
     route = next(e for e in full["trace"] if e["what"] == "route")
     assert route["values"] == {"input.kind": "b"}
@@ -206,3 +209,29 @@ def test_audit_finds_calls_without_an_allowing_decision() -> None:
         _event(2, s.TOOL_CALLED, "b", {"tool": "t", "args": args}),
     ]
     assert audit_authz(elsewhere)
+
+
+@pytest.mark.skipif(not (ROOT / "interpreter" / "agent.py").exists(), reason="needs the agent loop")
+def test_agent_escalation_approved_across_processes_is_explained(tmp_path: Path) -> None:
+    workflow = (EXAMPLES / "guarded_agent.yaml").read_text().replace("guarded_agent.responses.yaml", "r.yaml")
+    (tmp_path / "wf.yaml").write_text(workflow)
+    answers = (EXAMPLES / "guarded_agent.responses.yaml").read_text()
+    (tmp_path / "r.yaml").write_text(answers.replace("amount: 64.5, reason", "amount: 150.0, reason"))
+    args = ["--allow-module", "examples.*", "--input", json.dumps({"order_id": "ORD-7", "message": "broken"})]
+    result = start(tmp_path, "wf.yaml", *args)
+    assert result["status"] == "waiting"
+    waiting = explain(tmp_path, result["run_id"])
+    trip = waiting.index("guardrail refund-cap at tool.input: trip -> escalate")
+    asked = waiting.index("approval requested from role:support_lead: Refund of 150.0 on ORD-7 exceeds")
+    assert trip < asked and "call issue_refund" not in waiting  # nothing was refunded while waiting
+    proc = charter("approve", result["run_id"], "resolve", "--as", "supervisor", "--allow-module", "examples.*",
+                   cwd=tmp_path)  # fmt: skip
+    assert "Traceback" not in proc.stderr
+    text = explain(tmp_path, result["run_id"])
+    assert "resolve: approval approved by supervisor at 20" in text
+    assert (
+        "guardrail refund-cap at tool.input: trip -> escalate (check is false: args.amount <= 100.0); verdict allow"
+        in text
+    )
+    assert 'call issue_refund({"amount": 150.0' in text
+    assert text.index("approval approved by supervisor") < text.index('call issue_refund({"amount": 150.0')

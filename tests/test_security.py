@@ -148,6 +148,8 @@ def test_agent_refused_outside_grants_and_smuggled_claims_are_inert(tmp_path: Pa
     models = events(tmp_path, result["run_id"], "model.called")
     refused = json.dumps(models[2]["messages"])
     assert "refused" in refused and "not authorized" in refused  # the agent was told, and continued
+    replay = charter("replay", result["run_id"], cwd=tmp_path)  # the same decisions from the log's claims
+    assert replay.returncode == 0, replay.stdout + replay.stderr
 
 
 CHILD = """\
