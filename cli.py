@@ -223,6 +223,8 @@ def _options(principal, claims_file, allow_modules, durability, quiet=False, mod
                 claims = json.load(handle)
         except (OSError, ValueError) as exc:
             _die(f"cannot read claims from {claims_file}: {exc}")
+        if not isinstance(claims, dict):
+            _die(f'claims in {claims_file} must be a JSON object, e.g. {{"roles": ["finance"]}}')
     return RunOptions(
         principal=principal,
         claims=claims,
@@ -371,6 +373,7 @@ def run(
     except (OSError, ValueError) as exc:
         _die(f"invalid input: {exc}")
     options = _options(principal, claims_file, allow_modules, durability, models=models)
+    _check_model_names(graph_, options.model_overrides)
     _check_mcp(graph_, allow_modules)
     store = _open_store(db, durability)
     from interpreter import fork_run, run_workflow
@@ -386,6 +389,22 @@ def run(
         result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options))
     _show_usage(store, result.run_id)
     _report(result, as_json)
+
+
+def _check_model_names(graph_, overrides: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """A `--model NAME=...` for a model the workflow does not declare is a typo, not a no-op."""
+    from dsl.diagnostics import closest
+
+    declared = list(graph_.workflow.models)
+    for name in overrides:
+        if name not in declared:
+            guess = closest(name, declared)
+            hint = (
+                f"; did you mean '{guess}'?"
+                if guess
+                else f"; the workflow declares: {', '.join(declared) or 'none'}"
+            )
+            raise click.UsageError(f"--model {name}=...: the workflow has no model '{name}'{hint}")
 
 
 def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]

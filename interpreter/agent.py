@@ -9,8 +9,12 @@ result. A request for a tool the step does not list is refused and the model is 
 
 Every model call is a `model.called` event (provider, model, parameters, the messages, the tools
 offered) and a `model.completed` event (the answer, its tool calls, usage, cost, latency), keyed by
-(attempt, call) within the node. Resume reuses a recorded answer instead of calling again, and replay
-takes every answer from the log: neither needs the network, a key or even the provider.
+(attempt, call) within the node. The answer's guard hooks (model.output, and output_schema and
+agent.output for a final answer) run before `model.completed` is written, so the log records the answer
+as the step uses it: with every `redact` match masked (spec/event-log.md). Resume reuses a recorded
+answer instead of calling again, and replay takes every answer from the log; both run the hooks again
+on it, which decide as they did live (masked text does not match again). Neither needs the network, a
+key or even the provider.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from interpreter import store as s
+from interpreter.enforcement import CURRENT_CHAIN as _CURRENT_CHAIN
+from interpreter.enforcement import EscalationKeys, EscalationRequired, guardrail_error
 from interpreter.providers import (
     Message,
     ModelError,
@@ -39,12 +45,6 @@ from interpreter.providers.base import parse_structured
 from interpreter.runtime import StepError
 from interpreter.tools import call_tool, mcp_tool_info, run_resources, validate_args
 
-try:  # the chain a child workflow started by a tool call narrows (enforcement, issue 6)
-    from interpreter.enforcement import CURRENT_CHAIN as _CURRENT_CHAIN
-except ImportError:  # pragma: no cover - enforcement not installed
-    _CURRENT_CHAIN = None  # type: ignore[assignment]
-
-_REASKED = object()  # the model was asked again; no output yet
 _NOT_ACCEPTED = "Your answer was not accepted; answer again."
 _CANCELLED = {
     "type": "Cancelled",
@@ -202,6 +202,16 @@ def runtime(ex: Any) -> AgentRuntime:
 # The step runners
 
 
+@dataclass
+class _Next:
+    """What an answer leads to, decided before the answer is written to the log."""
+
+    tools: bool = False  # run its tool calls, then ask again
+    value: Any = None  # the step's output (a final answer)
+    feedback: str | None = None  # ask again with this message (not a new turn)
+    error: BaseException | None = None  # raised once the answer is in the log
+
+
 async def run_agent(ex: Any, node: Any, scope: Any, path: str, attempt: int) -> Any:
     return await StepCall(ex, node, scope, path, attempt, node.step.agent, is_agent=True).run()
 
@@ -220,6 +230,7 @@ class StepCall:
         self.what = f"{'agent' if is_agent else 'llm'} step '{node.id}'"
         self.guard = getattr(ex, "guard", None)
         self.ledger = _ledger() if self.guard is not None else None
+        self.keys = EscalationKeys(path)  # each escalation of this execution is asked (and kept) apart
         self.calls = 0  # model calls so far (the scripted provider's "turn")
         self.turns = 0  # model turns that count against max_turns (re-asks do not)
         self.reasks = 0  # re-asks because the answer did not fit output_schema
@@ -242,24 +253,17 @@ class StepCall:
         while True:
             if not reasking:  # a re-ask (schema, guardrail retry) is not a new turn
                 self.turns += 1
-            response = await self._ask()
-            verdict = self._check(
-                "model.output", {"output": self._answer(response), "tool_calls": _calls(response)}
-            )
-            reasking = verdict is not None and verdict.action == "retry"
-            if reasking:
-                self._reask(response, verdict.message or _NOT_ACCEPTED)
-                continue
-            if verdict is not None and verdict.action == "redact" and not response.tool_calls:
-                response = _redacted(response, verdict.value, self.spec.output_schema)
-            if response.tool_calls and self.is_agent:
+            response, then = await self._ask()
+            if then.error is not None:
+                raise then.error
+            reasking = then.feedback is not None
+            if then.feedback is not None:
+                self._reask(response, then.feedback)
+            elif then.tools:
                 self._check_turns(response)
                 await self._use_tools(response)
-                continue
-            value = self._final(response)
-            reasking = value is _REASKED
-            if not reasking:
-                return value
+            else:
+                return then.value
 
     def _check_turns(self, response: ModelResponse) -> None:
         max_turns = self.spec.max_turns
@@ -271,9 +275,34 @@ class StepCall:
                 type="AgentError",
             )
 
-    def _final(self, response: ModelResponse) -> Any:
-        """The step's output from a final answer, or `_REASKED` when the model was asked again (the
-        answer does not fit output_schema, or an agent.output rule said retry)."""
+    def _screen(self, response: ModelResponse) -> tuple[ModelResponse, _Next]:
+        """Run the model.output rules on an answer and, for a final answer, output_schema and the
+        agent.output rules, before the answer is written to the log. Returns the answer as the log records
+        it and the step uses it (every `redact` match masked) and what it leads to; an error found here
+        is returned, to be raised once the answer is recorded (resume then reuses it)."""
+        context = {"output": self._answer(response), "tool_calls": _calls(response)}
+        try:
+            verdict = self._check("model.output", context)
+        except EscalationRequired as esc:
+            return self._masked(response, esc.verdict), _Next(error=esc)
+        except StepError as err:  # a spent budget
+            return response, _Next(error=err)
+        if verdict is not None:
+            response = self._masked(response, verdict)
+            if verdict.action == "retry":
+                return response, _Next(feedback=verdict.message or _NOT_ACCEPTED)
+            if verdict.action == "deny":
+                return response, _Next(error=self._denied(verdict))
+        if response.tool_calls and self.is_agent:
+            return response, _Next(tools=True)
+        try:
+            return self._final(response)
+        except StepError as err:
+            return response, _Next(error=err)
+
+    def _final(self, response: ModelResponse) -> tuple[ModelResponse, _Next]:
+        """A final answer: the step's output, or a re-ask (the answer does not fit output_schema, or an
+        agent.output rule said retry); agent.output redaction masks the answer the log records too."""
         schema = self.spec.output_schema
         if schema is None:
             value: Any = response.text or ""
@@ -288,20 +317,33 @@ class StepCall:
                         f"{self.spec.max_retries} re-ask(s): {problem}",
                         type="ModelError",
                     )
-                self._reask(
-                    response,
+                feedback = (
                     f"Your answer does not match the required JSON schema: {problem}. "
-                    "Answer again with only the JSON value.",
+                    "Answer again with only the JSON value."
                 )
-                return _REASKED
-        if self.is_agent:
+                return response, _Next(feedback=feedback)
+        if not self.is_agent:
+            return response, _Next(value=value)
+        try:
             verdict = self._check("agent.output", {"output": value})
-            if verdict is not None and verdict.action == "retry":
-                self._reask(response, verdict.message or _NOT_ACCEPTED)
-                return _REASKED
-            if verdict is not None and verdict.action == "redact":
-                value = verdict.value
-        return value
+        except EscalationRequired as esc:
+            return self._masked(response, esc.verdict), _Next(error=esc)
+        if verdict is None:
+            return response, _Next(value=value)
+        response = self._masked(response, verdict)
+        if verdict.redacted:
+            value = verdict.value
+        if verdict.action == "retry":
+            return response, _Next(feedback=verdict.message or _NOT_ACCEPTED)
+        if verdict.action == "deny":
+            return response, _Next(error=self._denied(verdict))
+        return response, _Next(value=value)
+
+    def _masked(self, response: ModelResponse, verdict: Any) -> ModelResponse:
+        """The answer with a hook's redaction applied (its payload is the answer: text or object)."""
+        if not verdict.redacted:
+            return response
+        return _redacted(response, verdict.value, self.spec.output_schema)
 
     def _render(self) -> list[Message]:
         from dsl.templates import PromptRenderError
@@ -368,16 +410,30 @@ class StepCall:
 
     # -- guard hooks
 
-    def _check(self, hook: str, context: dict[str, Any], tool: str | None = None) -> Any:
-        """Run a guard hook; deny (where nothing can be re-asked) fails the step. Returns the verdict or
-        None without a guard. An escalation propagates as the guard's EscalationRequired."""
+    def _check(
+        self, hook: str, context: dict[str, Any], tool: str | None = None, occurrence: str | None = None
+    ) -> Any:
+        """Run a guard hook; the caller acts on the verdict (None without a guard). An escalation
+        propagates as EscalationRequired, a spent budget as the `guardrail` step error. `occurrence`
+        names the call (default: this model call) so an approval covers that call only."""
         if self.guard is None:
             return None
         context = {"identity": self._identity_binding(), **context}
-        verdict = self.guard.check(hook, context, self.path, node=self.node, tool=tool, ledger=self.ledger)
-        if verdict.action == "deny" and tool is None:
-            raise _policy_error(f"{self.what}: {_refusal(verdict).removeprefix('refused: ')}", verdict)
-        return verdict
+        return self.guard.check(
+            hook,
+            context,
+            self.path,
+            node=self.node,
+            tool=tool,
+            ledger=self.ledger,
+            keys=self.keys,
+            occurrence=occurrence or f"{self.attempt}.{self.calls}",
+        )
+
+    def _denied(self, verdict: Any) -> StepError:
+        """The step error of a rule that denied where nothing is offered to a model to choose again."""
+        why = _refusal(verdict).removeprefix("refused: ")
+        return guardrail_error(f"{self.what}: {why}", details={"rules": list(verdict.rules)})
 
     def _identity_binding(self) -> dict[str, Any] | None:
         actor = self.chain.actor if self.chain is not None else None
@@ -386,12 +442,12 @@ class StepCall:
 
     # -- model calls
 
-    async def _ask(self) -> ModelResponse:
+    async def _ask(self) -> tuple[ModelResponse, _Next]:
         self.calls += 1
         verdict = self._check("model.input", {"messages": [m.to_record() for m in self.messages]})
-        if verdict is not None and verdict.action == "retry":  # nothing to re-ask before the call
-            raise _policy_error(f"{self.what}: {_refusal(verdict).removeprefix('refused: ')}", verdict)
-        if verdict is not None and verdict.action == "redact" and isinstance(verdict.value, list):
+        if verdict is not None and verdict.action in ("deny", "retry"):  # nothing to re-ask before the call
+            raise self._denied(verdict)
+        if verdict is not None and verdict.redacted and isinstance(verdict.value, list):
             self.messages = [_message(m) for m in verdict.value]
         request = ModelRequest(
             messages=tuple(self.messages),
@@ -400,7 +456,10 @@ class StepCall:
             step=self.node.id,
             turn=self.calls,
         )
-        response, cost, latency, live = await self._complete(request)
+        return await self._complete(request)
+
+    def _count(self, response: ModelResponse, cost: float | None, latency: float, *, live: bool) -> None:
+        """Usage and budgets, before the answer's hooks (a model.output budget sees this call)."""
         if live:  # answers taken from the log are counted from the log (usage_of)
             runtime(self.ex).usage.add(
                 response.usage.input_tokens, response.usage.output_tokens, cost, latency
@@ -409,19 +468,26 @@ class StepCall:
             self.guard.record_model_call(
                 response.usage.input_tokens, response.usage.output_tokens, cost or 0.0, node_path=self.path
             )
-        return response
 
-    async def _complete(self, request: ModelRequest) -> tuple[ModelResponse, float | None, float, bool]:
-        """The answer to a request: from the log (replay, resume) or from the provider (recorded)."""
+    async def _complete(self, request: ModelRequest) -> tuple[ModelResponse, _Next]:
+        """The answer to a request, screened (`_screen`): from the log (replay, resume, where it was
+        recorded screened) or from the provider (screened, then recorded)."""
         ex, path = self.ex, self.path
         messages = [m.to_record() for m in request.messages]
         logged = self.guard.mask(messages) if self.guard is not None else messages
         recorded = self.rec.models.get((self.attempt, self.calls)) if self.rec is not None else None
-        if ex.replaying:
-            return (*self._replayed(recorded, logged), False)
-        if recorded is not None and recorded.completed is not None:
-            done = recorded.completed
-            return ModelResponse.from_record(done.get("response") or {}), done.get("cost"), 0.0, False
+        if ex.replaying or (recorded is not None and recorded.completed is not None):
+            if ex.replaying:
+                response, cost, latency = self._replayed(recorded, logged)
+            else:
+                done = recorded.completed
+                response, cost, latency = (
+                    ModelResponse.from_record(done.get("response") or {}),
+                    done.get("cost"),
+                    0.0,
+                )
+            self._count(response, cost, latency, live=False)
+            return self._screen(response)
         model = await runtime(ex).model(self.spec.model)
         request = _with_model(request, model)
         ids = {"attempt": self.attempt, "call": self.calls, "step": self.node.id, "turn": self.calls}
@@ -455,6 +521,8 @@ class StepCall:
         # Used as the log will give it back (sorted keys), so resume and replay see the same answer.
         response = ModelResponse.from_record(_sorted(response.to_record()))
         cost = compute_cost(response.usage, model.prices)
+        self._count(response, cost, latency, live=True)
+        response, then = self._screen(response)  # redaction before the log
         answer = response.to_record()
         ex.emit(
             s.MODEL_COMPLETED,
@@ -472,7 +540,7 @@ class StepCall:
             self.actor,
         )
         ex.commit()  # an answer costs money and time: durable before it is used, so resume reuses it
-        return response, cost, latency, True
+        return response, then
 
     def _replayed(
         self, recorded: Any, logged: list[dict[str, Any]]
@@ -506,13 +574,13 @@ class StepCall:
 
     async def _use_tools(self, response: ModelResponse) -> None:
         self.messages.append(Message("assistant", response.text or "", tool_calls=response.tool_calls))
-        for call in response.tool_calls:
-            content, is_error = await self._use_tool(call)
+        for i, call in enumerate(response.tool_calls, 1):
+            content, is_error = await self._use_tool(call, f"{self.attempt}.{self.calls}.{i}")
             self.messages.append(
                 Message("tool", content, tool_call_id=call.id, name=call.name, is_error=is_error)
             )
 
-    async def _use_tool(self, call: Any) -> tuple[str, bool]:
+    async def _use_tool(self, call: Any, occurrence: str) -> tuple[str, bool]:
         name, args = call.name, dict(call.arguments)
         if call.error is not None:
             return (
@@ -522,7 +590,7 @@ class StepCall:
         if name not in self.tools:
             have = ", ".join(self.tools) or "none"
             return f"error: there is no tool named {name!r} available to you; your tools: {have}", True
-        refused = self._tool_hook("tool.select", {"tool": name, "args": args}, name)
+        refused = self._tool_hook("tool.select", {"tool": name, "args": args}, name, occurrence)
         if refused is not None:
             return refused, True
         if self.guard is not None:
@@ -538,7 +606,7 @@ class StepCall:
             validate_args(name, self.ex.graph.workflow.tools[name].args, args, self.ex.schema_cache)
         except StepError as err:
             return f"error: {err.message}; fix the arguments and call it again", True
-        verdict = self._check("tool.input", {"tool": name, "args": args}, tool=name)
+        verdict = self._check("tool.input", {"tool": name, "args": args}, name, occurrence)
         if verdict is not None:
             if verdict.action in ("deny", "retry"):
                 return _refusal(verdict), True
@@ -550,7 +618,7 @@ class StepCall:
             self.guard.record_tool_call(name, args, node_path=self.path, result=result)
         if error is not None:
             return f"error: {error.message}", True
-        verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, tool=name)
+        verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, name, occurrence)
         if verdict is not None:
             if verdict.action in ("deny", "retry"):
                 return "refused: the result was withheld: " + _refusal(verdict).removeprefix(
@@ -560,8 +628,8 @@ class StepCall:
                 result = verdict.value
         return result if isinstance(result, str) else _json(result), False
 
-    def _tool_hook(self, hook: str, context: dict[str, Any], tool: str) -> str | None:
-        verdict = self._check(hook, context, tool=tool)
+    def _tool_hook(self, hook: str, context: dict[str, Any], tool: str, occurrence: str) -> str | None:
+        verdict = self._check(hook, context, tool, occurrence)
         if verdict is not None and verdict.action in ("deny", "retry"):
             return _refusal(verdict)
         return None
@@ -631,12 +699,6 @@ class StepCall:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _policy_error(message: str, verdict: Any) -> StepError:
-    from interpreter.enforcement import policy_error
-
-    return policy_error(message, details={"rules": list(verdict.rules)})
 
 
 def _ledger() -> Any:

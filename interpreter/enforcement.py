@@ -8,7 +8,10 @@ What it adds to the pure layer:
 - the guardrail levels of a call: workflow rules, then the rules of every enclosing step, then the
   tool's own rules, each level with its budget (run, step execution, tool) that lives as long as the run;
 - escalations: a verdict `escalate` raises `EscalationRequired`; the engine turns it into a durable
-  approval request at the node path; once decided, the same check passes (approved) or denies;
+  approval request at the step's node path (the n-th of one step execution at `<path>/escalation[n]`,
+  see `EscalationKeys`); once decided, the same check of the same call passes (approved) or denies;
+- step errors with the codes of spec Appendix A: `guardrail` (a rule, an escalation denied, a budget),
+  `unauthorized` (the grants);
 - masking: declared secrets never reach the log in clear (`mask`).
 """
 
@@ -91,11 +94,45 @@ def claims_without_credentials(claims: Mapping[str, Any] | None) -> dict[str, An
     return {k: v for k, v in claims.items() if not (isinstance(k, str) and k.lower() in CREDENTIAL_CLAIMS)}
 
 
-def policy_error(message: str, *, details: Any = None) -> StepError:
-    """The step error of a denied call or a tripped rule (code `policy`, never retried)."""
+def guardrail_error(message: str, *, details: Any = None) -> StepError:
+    """The step error of a guardrail that denied (a rule, a denied or timed-out escalation, a budget):
+    code `guardrail` (spec Appendix A), never retried."""
     return StepError(
-        "policy", message, type="PolicyDenied", category="policy", retryable=False, details=details
+        "guardrail", message, type="GuardrailDenied", category="guardrail", retryable=False, details=details
     )
+
+
+def unauthorized_error(message: str, *, details: Any = None) -> StepError:
+    """The step error of a call the grants deny (or an identity that may not act): code `unauthorized`."""
+    return StepError(
+        "unauthorized", message, type="Unauthorized", category="authz", retryable=False, details=details
+    )
+
+
+# The first contract named one error for both; a guardrail denial is what its callers raise with it
+# (the engine's run.input gate), so it keeps that meaning.
+policy_error = guardrail_error
+
+
+class EscalationKeys:
+    """Where the escalations of one step execution are asked (`charter approve RUN KEY`).
+
+    The log keeps one pending request per node path, and an agent step can escalate many times (a
+    tool step up to three: tool.select, tool.input, tool.output). So the first escalation of an
+    execution is asked at the step's node path and the n-th at `<path>/escalation[n]`: each keeps its
+    own request and decision, and a resumed or replayed execution, which meets them in the same order,
+    finds each one where it was asked."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.settled = 0
+
+    def next(self) -> str:
+        return self.path if self.settled == 0 else f"{self.path}/escalation[{self.settled + 1}]"
+
+    def seen(self, verdict: Verdict) -> None:
+        if verdict.escalation is not None and verdict.action != "escalate":  # decided: the next is new
+            self.settled += 1
 
 
 # --- serialising chains (a child run records its parent's chain to rebuild it on resume) -----------------
@@ -216,7 +253,7 @@ class RunGuard:
         try:
             actor = self.authorizer.actor(identity)
         except AuthzError as exc:
-            raise policy_error(str(exc)) from None
+            raise unauthorized_error(str(exc)) from None
         if parent is not None:
             return parent.delegate(actor)
         base = self.base_chain
@@ -226,7 +263,7 @@ class RunGuard:
             elif on_behalf_of in self.graph.workflow.identities:
                 base = base.delegate(self.authorizer.actor(on_behalf_of))
             else:
-                raise policy_error(
+                raise unauthorized_error(
                     f"on_behalf_of '{on_behalf_of}' is neither the run's principal "
                     f"('{self.principal.id}') nor a declared identity"
                 )
@@ -301,11 +338,16 @@ class RunGuard:
         node: Any = None,
         tool: str | None = None,
         ledger: RetryLedger | None = None,
+        keys: EscalationKeys | None = None,
+        occurrence: str | None = None,
     ) -> Verdict:
         """Evaluate every rule of every level at `hook`; write its events; settle escalations.
 
-        Raises `EscalationRequired` for `escalate` (unless the approval at `node_path` was granted:
-        then the verdict is allow; a denied or expired approval gives `deny`)."""
+        Raises `EscalationRequired` for `escalate` (unless the approval at the key was granted: then the
+        verdict is allow; a denied or expired approval gives `deny`; either keeps `.escalation`). The key
+        is `keys.next()` (the step execution's next escalation), else `node_path`. `occurrence` names
+        the call within the execution (an agent's model call and tool call index): an approval covers
+        that call only, not a later identical one. A spent budget raises the `guardrail` step error."""
         if tool is None:
             tool = context.get("tool") if isinstance(context.get("tool"), str) else None
         rules, step_ids = self._set_for(node_path, tool)
@@ -320,7 +362,12 @@ class RunGuard:
         final = verdict
         try:
             if verdict.action == "escalate":
-                final = self._settle_escalation(verdict, node_path, hook, _fingerprint(hook, tool, context))
+                key = keys.next() if keys is not None else node_path
+                final = self._settle_escalation(
+                    verdict, key, hook, _fingerprint(hook, tool, context, occurrence)
+                )
+                if keys is not None:
+                    keys.seen(final)
         finally:  # the trips are logged before the approval request they cause
             for event in verdict.events:
                 self._write(s.GUARDRAIL_EVALUATED, node_path, self._event_payload(event, final), None)
@@ -328,7 +375,7 @@ class RunGuard:
         if final.action == "deny" and budgets.intersection(final.rules):
             # A spent budget does not come back: the step stops here (a model told "no" would only
             # ask again until its turns run out), with the budget as the reason.
-            raise policy_error(
+            raise guardrail_error(
                 final.message or "budget exceeded", details={"rules": list(final.rules), "budget": True}
             )
         return final
@@ -356,10 +403,10 @@ class RunGuard:
                 raise EscalationRequired(verdict, key, hook, requested=True)
         if decided.get("decision") == "approved":
             return Verdict("allow", verdict.rules, f"approved by {decided.get('by')}", verdict.value,
-                           verdict.redacted, verdict.events)  # fmt: skip
+                           verdict.redacted, verdict.events, verdict.escalation)  # fmt: skip
         why = f": {decided['reason']}" if decided.get("reason") else ""
         return Verdict("deny", verdict.rules, f"escalation denied by {decided.get('by')}{why}", verdict.value,
-                       verdict.redacted, verdict.events)  # fmt: skip
+                       verdict.redacted, verdict.events, verdict.escalation)  # fmt: skip
 
     def _set_for(self, node_path: str, tool: str | None) -> tuple[GuardrailSet, tuple[str, ...]]:
         key = (node_path, tool)
@@ -473,22 +520,31 @@ def enforce_tool_input(
     *,
     node: Any = None,
     bindings: Mapping[str, Any],
+    keys: EscalationKeys | None = None,
 ) -> dict[str, Any]:
-    """Authorize the call and run the tool.input rules; returns the arguments to call with (redacted
-    when a rule says so). A denial is a `policy` step error; an escalation raises EscalationRequired."""
+    """Run the tool.select rules, authorize the call, run the tool.input rules (the agent's order, spec
+    §13.3); returns the arguments to call with (redacted when a rule says so). A rule that denies is a
+    `guardrail` step error, the grants denying an `unauthorized` one; an escalation raises
+    EscalationRequired."""
+    context = {"tool": tool, "args": args, "identity": _identity(chain)}
+    _allowed(guard.check("tool.select", context, node_path, node=node, tool=tool, keys=keys))
     decision = guard.authorize_tool(chain, tool, args, node_path, bindings=bindings)
     if not decision.allowed:
-        raise policy_error(
+        raise unauthorized_error(
             f"tool '{tool}' denied to {_who(chain)} ({decision.grant}): {decision.reason}",
             details={"grant": decision.grant, "tool": tool},
         )
-    context = {"tool": tool, "args": args, "identity": _identity(chain)}
-    verdict = guard.check("tool.input", context, node_path, node=node, tool=tool)
-    if not verdict.allowed:  # deny, or retry (no model to re-ask in a tool step)
-        raise policy_error(
+    verdict = _allowed(guard.check("tool.input", context, node_path, node=node, tool=tool, keys=keys))
+    return verdict.value if verdict.redacted and isinstance(verdict.value, dict) else args
+
+
+def _allowed(verdict: Verdict) -> Verdict:
+    """The verdict, when the call may go on; deny, or retry (no model to re-ask in a tool step), fails."""
+    if not verdict.allowed:
+        raise guardrail_error(
             verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
         )
-    return verdict.value if verdict.redacted and isinstance(verdict.value, dict) else args
+    return verdict
 
 
 def enforce_tool_output(
@@ -500,12 +556,13 @@ def enforce_tool_output(
     node_path: str,
     *,
     node: Any = None,
+    keys: EscalationKeys | None = None,
 ) -> Verdict:
     """Count the call, then run the tool.output rules. The caller logs `verdict.value` (redacted when
-    a rule masked it), then acts: not allowed -> policy error; escalate is raised from here."""
+    a rule masked it), then acts: not allowed -> `guardrail` error; escalate is raised from here."""
     guard.record_tool_call(tool, args, node_path=node_path, result=result)
     context = {"tool": tool, "args": args, "result": result, "identity": _identity(chain)}
-    verdict = guard.check("tool.output", context, node_path, node=node, tool=tool)
+    verdict = guard.check("tool.output", context, node_path, node=node, tool=tool, keys=keys)
     if not verdict.redacted:
         verdict = Verdict(verdict.action, verdict.rules, verdict.message, result, False, verdict.events)
     return verdict
@@ -516,14 +573,15 @@ def _identity(chain: ActorChain) -> dict[str, Any] | None:
     return actor.to_binding() if isinstance(actor, Actor) else None
 
 
-def _fingerprint(hook: str, tool: str | None, context: Mapping[str, Any]) -> str:
+def _fingerprint(hook: str, tool: str | None, context: Mapping[str, Any], occurrence: str | None) -> str:
     from interpreter.hashing import NotCanonicalizable, canonical_json, sha256_hex
 
     payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
+    what = [hook, tool, payload] if occurrence is None else [hook, tool, payload, occurrence]
     try:
-        return sha256_hex(canonical_json([hook, tool, payload]))
+        return sha256_hex(canonical_json(what))
     except NotCanonicalizable:
-        return sha256_hex(repr([hook, tool, payload]))
+        return sha256_hex(repr(what))
 
 
 def _expired(request: Mapping[str, Any]) -> bool:
@@ -554,7 +612,10 @@ __all__ = [
     "CURRENT_CHAIN",
     "enforce_tool_input",
     "enforce_tool_output",
+    "EscalationKeys",
     "EscalationRequired",
+    "guardrail_error",
+    "unauthorized_error",
     "RunGuard",
     "approvals_from_records",
     "chain_from_json",

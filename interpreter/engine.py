@@ -21,7 +21,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from interpreter.runtime import (
     StepError,
     Suspend,
 )
-from interpreter.tools import PythonTarget, PythonTool, code_digest, resolve_python
+from interpreter.tools import PythonTarget, PythonTool, check_mcp_commands, code_digest, resolve_python
 
 INTERPRETER_VERSION = __version__
 NewEvent = s.NewEvent
@@ -126,6 +126,7 @@ class Execution:
         self.group = options.durability != "full"
         self.timer: asyncio.TimerHandle | None = None
         self.code_digests: dict[str, str | None] = {}
+        self.write_tools: dict[str, bool] = {}  # tool name -> effect is "write"
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
         # never from model output or tool results.
         if guard is None:  # replay: the principal's claims and parent chain as the log recorded them
@@ -139,6 +140,9 @@ class Execution:
         self.python_tools: dict[str, PythonTool] = {}
         self.schema_cache: dict[str, Any] = {}
         self.http_client: Any = None
+        # Per-run resources (MCP sessions, model providers) register an async close here; `execute`
+        # awaits each one (last registered first) when the run ends, whatever its outcome.
+        self.closers: list[Callable[[], Awaitable[Any]]] = []
         self.checked = 0
         self.visited: set[str] = set()  # replay: nodes whose outcome was compared
         from interpreter.steps import STEP_RUNNERS
@@ -191,6 +195,8 @@ class Execution:
 
     def _masked(self, batch: list[s.NewEvent]) -> list[s.NewEvent]:
         """Secrets never reach the log in clear: every payload is masked before it is written."""
+        if not self.secrets:  # nothing to mask (the guard masks the run's secrets only)
+            return batch
         guard = self.guard
         return [NewEvent(e.kind, e.node_path, guard.mask(e.payload), e.actor) for e in batch]
 
@@ -282,8 +288,12 @@ class Execution:
         return code_digest(target, roots)
 
     def writes(self, node: Any) -> bool:
-        tool = self.graph.workflow.tools.get(node.step.tool)
-        return tool is not None and tool.effect == "write"
+        name = node.step.tool
+        known = self.write_tools.get(name)
+        if known is None:
+            tool = self.graph.workflow.tools.get(name)
+            known = self.write_tools[name] = tool is not None and tool.effect == "write"
+        return known
 
     async def http(self) -> Any:
         if self.http_client is None:
@@ -554,9 +564,35 @@ class Execution:
             }
             return self.finish("failed", None, error, None)
         finally:
-            if self.http_client is not None:
-                await self.http_client.aclose()
+            await self.close()
         return self.finish("completed", output, None, None)
+
+    async def close(self) -> None:
+        """Close what the run opened: the closers (newest first), then the HTTP client. A failing
+        close must not hide the run's outcome."""
+        closers, self.closers = self.closers, []
+        if self.http_client is not None:
+            closers.insert(0, self.http_client.aclose)
+            self.http_client = None
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001, S110 - the run's outcome is what matters
+                pass
+
+    def usage(self) -> dict[str, Any]:
+        """The run's model usage (calls, tokens, cost, latency) for its end event. A fork's records are
+        another run's: only its own live calls count."""
+        from types import SimpleNamespace
+
+        from interpreter.agent import usage_of
+
+        if self.reused_from is not None:
+            live = SimpleNamespace(
+                records={}, replaying=False, agent_runtime=getattr(self, "agent_runtime", None)
+            )
+            return usage_of(live)
+        return usage_of(self)
 
     def gate_input(self) -> None:
         """run.input rules complete before the first step: deny fails the run, escalate waits."""
@@ -578,9 +614,9 @@ class Execution:
     ) -> RunResult:
         if not self.replaying:
             if status == "completed":
-                event = NewEvent(s.RUN_COMPLETED, "", {"output": output})
+                event = NewEvent(s.RUN_COMPLETED, "", {"output": output, "usage": self.usage()})
             elif status == "failed":
-                event = NewEvent(s.RUN_FAILED, "", {"error": error})
+                event = NewEvent(s.RUN_FAILED, "", {"error": error, "usage": self.usage()})
             else:
                 event = NewEvent(s.RUN_WAITING, "", {"reason": "approval", "pending": pending})
             if self.timer is not None:
@@ -600,7 +636,7 @@ class Execution:
             except s.PayloadError as exc:
                 error = {"type": "OutputError", "code": "output", "message": str(exc), "retryable": False}
                 with self.store.transaction() as tx:
-                    tx.append(self.run_id, s.RUN_FAILED, "", {"error": error})
+                    tx.append(self.run_id, s.RUN_FAILED, "", {"error": error, "usage": self.usage()})
                     tx.set_status(self.run_id, "failed", error=error)
                 return RunResult(self.run_id, "failed", None, error)
         self.notify(status, "", "", pending or error)
@@ -647,13 +683,15 @@ def resolve_secrets(graph: Any) -> dict[str, str]:
 
 
 def preflight(graph: Any, policy: ModulePolicy) -> None:
-    """Every python tool's module must be allowed before anything runs (nothing is imported here)."""
-    for name, tool in graph.workflow.tools.items():
-        if tool.python:
-            try:
+    """Every python tool's module and every stdio MCP server's command must be allowed before anything
+    runs (nothing is imported or started here)."""
+    try:
+        for name, tool in graph.workflow.tools.items():
+            if tool.python:
                 policy.check(PythonTarget.parse(tool.python).module, name)
-            except PolicyError as exc:
-                raise SetupPolicyError(str(exc)) from None
+        check_mcp_commands(graph, policy)
+    except PolicyError as exc:
+        raise SetupPolicyError(str(exc)) from None
 
 
 _GRAPHS: dict[tuple[str, str | None], Any] = {}  # (source digest, file) -> graph; graphs are immutable

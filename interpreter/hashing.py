@@ -36,9 +36,15 @@ class NotCanonicalizable(ValueError):
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of `value`; raises NotCanonicalizable for anything JSON cannot hold."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise NotCanonicalizable(str(exc)) from exc
+    if not text.isascii():
+        try:  # a lone surrogate ("\ud800") is a Python str but not Unicode text: it has no UTF-8 form
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotCanonicalizable("text with a lone surrogate code point is not valid Unicode") from None
+    return text
 
 
 def sha256_hex(data: bytes | str) -> str:

@@ -3,8 +3,9 @@
 A workflow file is data, not code: a shared file naming `os:system` must not become code execution.
 Modules are allowed by `--allow-module M` (M itself and its submodules, or a glob such as `pkg.*`),
 by `CHARTER_ALLOW_MODULES` (comma separated), or by `[tool.charter] allow-modules = [...]` in the
-pyproject.toml of the current directory or of an ancestor of the workflow file's directory.
-Nothing is imported before the check passes.
+pyproject.toml of the current directory — the project the person runs Charter from. A pyproject.toml
+that travels with a workflow file (beside it, or above it) is NOT trusted: whoever shares the file
+could otherwise allow `os:system` for it. Nothing is imported before the check passes.
 """
 
 from __future__ import annotations
@@ -79,19 +80,14 @@ def project_root(workflow_file: str | os.PathLike[str] | None) -> Path | None:
 def build_policy(
     allow_modules: tuple[str, ...] | list[str], workflow_file: str | os.PathLike[str] | None
 ) -> ModulePolicy:
-    """Collect every allowance that applies to a run of `workflow_file` from the current directory."""
+    """Collect every allowance that applies to a run of `workflow_file` started in the current directory."""
     allowances = [Allowance(m, None) for m in allow_modules if m]
     env = os.environ.get("CHARTER_ALLOW_MODULES", "")
     allowances += [Allowance(m.strip(), None) for m in env.split(",") if m.strip()]
     cwd = Path.cwd()
-    directories = [cwd]
-    if workflow_file is not None:
-        start = Path(workflow_file).resolve().parent
-        directories += [start, *start.parents]
-    for directory in dict.fromkeys(directories):
-        found = _pyproject_allowances(directory)
-        if found is not None:
-            allowances += [Allowance(m, found[0]) for m in found[1]]
+    found = _pyproject_allowances(cwd)
+    if found is not None:
+        allowances += [Allowance(m, found[0]) for m in found[1]]
     roots: list[Path] = []
     root = project_root(workflow_file)
     if root is not None:

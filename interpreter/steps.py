@@ -18,10 +18,11 @@ from dsl.model import parse_duration
 from interpreter import store as s
 from interpreter.enforcement import (
     CURRENT_CHAIN,
+    EscalationKeys,
     EscalationRequired,
     enforce_tool_input,
     enforce_tool_output,
-    policy_error,
+    guardrail_error,
 )
 from interpreter.engine import Execution, Scope
 from interpreter.runtime import StepError, Suspend
@@ -62,17 +63,19 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
     key = f"{ex.run_id}/{path}/{attempt}"
     validate_args(name, tool.args, args, ex.schema_cache)
-    # Enforcement (issue 6): authorized under the step's identity (none: the workflow itself), then the
-    # tool.input rules; a redacted argument is what the tool and the log receive.
+    # Enforcement (issue 6): tool.select rules, authorization under the step's identity (none: the
+    # workflow itself), then the tool.input rules; a redacted argument is what the tool and the log receive.
     chain = ex.guard.chain_for(node.step.identity)
-    args = enforce_tool_input(ex.guard, chain, name, args, path, node=node, bindings=ex.bindings(scope))
+    keys = EscalationKeys(path)
+    args = enforce_tool_input(
+        ex.guard, chain, name, args, path, node=node, bindings=ex.bindings(scope), keys=keys
+    )
     if ex.replaying:
-        return _guard_output(
-            ex, chain, name, args, await _replayed_call(ex, path, attempt, name, tool, args), path, node
-        )
+        result = await _replayed_call(ex, path, attempt, name, tool, args)
+        return _guard_output(ex, chain, name, args, result, path, node, keys)
     reused = _completed_call(ex, path, attempt)
     if reused is not None:  # called before an escalation at tool.output: a completed call is not repeated
-        return _guard_output(ex, chain, name, args, reused.get("result"), path, node)
+        return _guard_output(ex, chain, name, args, reused.get("result"), path, node, keys)
     called = {"tool": name, "attempt": attempt, "idempotency_key": key, "args": args, "effect": tool.effect}
     python = ex.python_tool(name, tool.python) if tool.python else None
     if python is not None and python.code:
@@ -118,7 +121,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         CURRENT_CHAIN.reset(token)
     escalation: EscalationRequired | None = None
     try:
-        verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node)
+        verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node, keys=keys)
         logged = verdict.value
     except EscalationRequired as esc:
         verdict, escalation, logged = esc.verdict, esc, esc.verdict.value
@@ -136,16 +139,18 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     if escalation is not None:
         raise escalation
     if not verdict.allowed:
-        raise policy_error(
+        raise guardrail_error(
             verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
         )
     return logged
 
 
-def _guard_output(ex: Execution, chain: Any, name: str, args: Any, result: Any, path: str, node: Any) -> Any:
-    verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node)
+def _guard_output(
+    ex: Execution, chain: Any, name: str, args: Any, result: Any, path: str, node: Any, keys: EscalationKeys
+) -> Any:
+    verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node, keys=keys)
     if not verdict.allowed:
-        raise policy_error(
+        raise guardrail_error(
             verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
         )
     return verdict.value

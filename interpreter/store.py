@@ -8,6 +8,7 @@ backend (one file, several processes). A PostgreSQL backend implements the same 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import random
@@ -321,11 +322,13 @@ _EVENT_COLUMNS = "run_id, seq, ts, node_path, kind, actor, payload, prev_hash, h
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PAGE = 2000
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
+_WAL_AUTOCHECKPOINT_PAGES_FULL = 1_000
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _BLOB_REF_PREFIX = '{"' + BLOB_REF_KEY + '":"'
 _BLOB_REF_LEN = len(_BLOB_REF_PREFIX) + 64 + 2
 _BLOB_REF_MARK = '"' + BLOB_REF_KEY + '":"'
+_BLOB_KEY_JSON = '"' + BLOB_REF_KEY + '"'
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -458,38 +461,45 @@ class _Tx:
 
     def write(self, run_id: str, prepared: _Prepared) -> Event:
         """Chain and insert an event whose JSON was encoded before the writer lock was taken."""
-        kind, node_path, payload, actor, actor_json, payload_json, blobs = prepared
-        for blob in blobs:
-            self.put_blob(blob, "application/json")
+        return self.write_many(run_id, [prepared])[0]
+
+    def write_many(self, run_id: str, prepared: list[_Prepared]) -> list[Event]:
+        """Chain a batch of encoded events and insert them with one statement."""
         seq, prev_hash = self._head(run_id)
-        seq += 1
-        ts = utc_now()
-        digest = event_hash_from_parts(
-            run_id=run_id,
-            seq=seq,
-            ts=ts,
-            node_path=node_path,
-            kind=kind,
-            actor_json=actor_json,
-            payload_json=payload_json,
-            prev_hash=prev_hash,
-        )
-        self._conn.execute(
-            _INSERT_EVENT,
-            (
-                run_id,
-                seq,
-                ts,
-                node_path,
-                kind,
-                None if actor is None else actor_json,
-                None if payload is None else payload_json,
-                prev_hash,
-                digest,
-            ),
-        )
-        self._heads[run_id] = (seq, digest)
-        return Event(run_id, seq, ts, node_path, kind, actor, payload, prev_hash, digest)
+        rows, events = [], []
+        for kind, node_path, payload, actor, actor_json, payload_json, blobs in prepared:
+            for blob in blobs:
+                self.put_blob(blob, "application/json")
+            seq += 1
+            ts = utc_now()
+            digest = event_hash_from_parts(
+                run_id=run_id,
+                seq=seq,
+                ts=ts,
+                node_path=node_path,
+                kind=kind,
+                actor_json=actor_json,
+                payload_json=payload_json,
+                prev_hash=prev_hash,
+            )
+            rows.append(
+                (
+                    run_id,
+                    seq,
+                    ts,
+                    node_path,
+                    kind,
+                    None if actor is None else actor_json,
+                    None if payload is None else payload_json,
+                    prev_hash,
+                    digest,
+                )
+            )
+            events.append(Event(run_id, seq, ts, node_path, kind, actor, payload, prev_hash, digest))
+            prev_hash = digest
+        self._conn.executemany(_INSERT_EVENT, rows)
+        self._heads[run_id] = (seq, prev_hash)
+        return events
 
     def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]:
         return [self.append(run_id, e.kind, e.node_path, e.payload, e.actor) for e in events]
@@ -530,17 +540,40 @@ def _prepare(kind: str, node_path: str, payload: Any, actor: Any, blob_threshold
         raise PayloadError(f"node_path must be a string, got {node_path!r}")
     _check_actor(actor)
     where = f"payload of {kind} at {node_path or '<run>'}"
-    if isinstance(payload, dict) and (
-        BLOB_REF_KEY in payload or any(isinstance(v, dict) and BLOB_REF_KEY in v for v in payload.values())
+    payload_json = _dumps(payload, where)
+    # The reserved key can only be there if its JSON string is in the text: look closer only then.
+    if (
+        _BLOB_KEY_JSON in payload_json
+        and isinstance(payload, dict)
+        and (
+            BLOB_REF_KEY in payload
+            or any(isinstance(v, dict) and BLOB_REF_KEY in v for v in payload.values())
+        )
     ):
         raise PayloadError(f"{where}: the key {BLOB_REF_KEY!r} is reserved for blob references")
-    payload_json = _dumps(payload, where)
     blobs: list[bytes] = []
     if len(payload_json) * 4 > blob_threshold:  # cheap test first: a char is at most 4 UTF-8 bytes
         data = payload_json.encode("utf-8")
         if len(data) > blob_threshold:
             payload_json, blobs = _externalise(payload, data, blob_threshold)
-    return kind, node_path, payload, actor, _dumps(actor, "actor"), payload_json, blobs
+    return kind, node_path, payload, actor, _actor_json(actor), payload_json, blobs
+
+
+_ACTORS: list[tuple[dict[str, Any], str]] = []  # a run's events share a few actors: encode each once
+_ACTORS_KEPT = 8
+
+
+def _actor_json(actor: dict[str, Any] | None) -> str:
+    if actor is None:
+        return "null"
+    for known, text in tuple(_ACTORS):  # a snapshot: safe when another thread appends
+        if known == actor:  # equal by value (deep), so a changed dict is encoded again
+            return text
+    text = _dumps(actor, "actor")
+    if len(_ACTORS) >= _ACTORS_KEPT:
+        _ACTORS.pop(0)
+    _ACTORS.append((copy.deepcopy(actor), text))  # a copy: later changes to the caller's dict cannot leak in
+    return text
 
 
 def _externalise(payload: Any, data: bytes, threshold: int) -> tuple[str, list[bytes]]:
@@ -610,32 +643,38 @@ class SQLiteEventStore:
         self._closed = False
         self._pid = os.getpid()
         with self._translate("opening the database"):
-            self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            # timeout=0: a busy database is polled by `_polling`, never by SQLite's own busy handler
+            # (which sleeps in long steps, and would double the wait on top of the polling).
+            self._conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
             # Several processes may open a new file at once: both steps wait for each other's locks.
             self._polling(self._configure)
             self.db = sqlite_utils.Database(self._conn)
             self._polling(self._ensure_schema_atomically)
-            # From here on a busy database is polled by `_polling` instead of SQLite's busy handler.
-            self._conn.execute("PRAGMA busy_timeout = 0")
 
     # -- setup
 
     def _configure(self) -> None:
         conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() not in ("wal", "memory"):
             raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys = ON")
-        # Checkpoint every ~40 MB of WAL instead of every 4 MB: each checkpoint fsyncs, and at the
-        # default interval they cost about a third of a small commit's time.
-        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+        # normal: checkpoint every ~40 MB of WAL instead of every 4 MB: each checkpoint fsyncs, and at
+        # the default interval they cost about a third of a small commit's time. full: every commit
+        # fsyncs anyway, and a WAL that is checkpointed every 4 MB is rewritten in place from then on;
+        # an fsync after overwriting is about half as costly as one after growing the file.
+        pages = _WAL_AUTOCHECKPOINT_PAGES if self.durability == "normal" else _WAL_AUTOCHECKPOINT_PAGES_FULL
+        conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
 
     def _ensure_schema_atomically(self) -> None:
+        # The common case, an existing current file, takes no write lock: readers never wait on writers.
+        if (
+            self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            and self.db["events"].exists()
+        ):
+            return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._ensure_schema()
@@ -798,7 +837,7 @@ class SQLiteEventStore:
     def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]:
         prepared = [_prepare(e.kind, e.node_path, e.payload, e.actor, self.blob_threshold) for e in events]
         with self.transaction() as tx:
-            return [tx.write(run_id, p) for p in prepared]
+            return tx.write_many(run_id, prepared) if prepared else []
 
     def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None:
         with self.transaction() as tx:

@@ -177,13 +177,15 @@ def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
 
 def normalise_result(name: str, value: Any) -> Any:
     """A tool's result as plain JSON, or a step error when it does not serialise."""
-    if type(value) in _SCALARS:
+    if type(value) in _SCALARS and type(value) is not str:
         if type(value) is float and (value != value or value in (float("inf"), float("-inf"))):
             raise StepError("tool", f"tool '{name}' returned {value}, which is not JSON", type="ToolError")
         return value
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate has no UTF-8 form: UnicodeEncodeError, a ValueError
+        return value if type(value) is str else json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise StepError(
             "tool", f"tool '{name}' returned a value that does not serialise to JSON: {exc}", type="ToolError"
         ) from None
@@ -203,7 +205,9 @@ async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
         raise
     except TypeError as exc:
         raise StepError("tool", f"tool '{tool.name}': {exc}", type="ToolError") from None
-    except Exception as exc:  # noqa: BLE001 - the tool's own failure becomes the step's error
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the tool's own failure (even SystemExit) is the step's error
         raise StepError(
             "tool", f"tool '{tool.name}' raised {type(exc).__name__}: {exc}", type="ToolError"
         ) from None
@@ -273,10 +277,11 @@ async def call_http(
         )
     if "json" in response.headers.get("content-type", ""):
         try:
-            return response.json()
-        except ValueError:
-            return response.text
-    return response.text
+            body = response.json()
+        except (ValueError, RecursionError):
+            return normalise_result(name, response.text)
+        return normalise_result(name, body)  # NaN, lone surrogates, absurd nesting: a step error
+    return normalise_result(name, response.text)
 
 
 def validate_args(name: str, schema: dict[str, Any] | None, args: Any, cache: dict[str, Any]) -> None:
@@ -480,21 +485,5 @@ def run_resources(ex: Any) -> RunResources:
 
 
 def _close_with_run(ex: Any, resources: RunResources) -> None:
-    """Close `resources` when the run ends. The engine closes `ex.http_client` at the end of every
-    execution (live or replay), so the run's HTTP client is made to close these first."""
-    closers = getattr(ex, "closers", None)
-    if isinstance(closers, list):  # an engine that keeps a list of closers
-        closers.append(resources.aclose)
-        return
-    import httpx
-
-    previous = ex.http_client
-
-    class _RunClient(httpx.AsyncClient):
-        async def aclose(self) -> None:
-            await resources.aclose()
-            if previous is not None:
-                await previous.aclose()
-            await super().aclose()
-
-    ex.http_client = _RunClient()
+    """Close `resources` when the run ends: the engine awaits every closer in `ex.closers`."""
+    ex.closers.append(resources.aclose)

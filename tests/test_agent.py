@@ -415,3 +415,70 @@ def test_mcp_tool_steps_use_the_same_path_and_a_dead_server_is_a_clear_error(tmp
     assert "failed to start" in result.error["message"] and "no_such_server" in result.error["message"]
     (found,) = [e["result"] for e in events(store, result.run_id, "tool.completed")]
     assert [hit["title"] for hit in found["result"]] == ["Retries"]
+
+
+def test_each_escalation_in_one_agent_step_needs_its_own_approval(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """Two escalating calls in one agent step (two turns): approving the first does not let the second
+    through; each is its own approval request, keyed by the node path and the call."""
+    from interpreter import decide_approval
+
+    server.call_tools(("lookup_company", {"name": "Globex"}))
+    server.call_tools(("lookup_company", {"name": "Initech"}))
+    server.reply("Both looked up.")
+    graph = workflow(tmp_path, server.url, ESCALATING + agent())
+    result, store = run(tmp_path, graph, {"q": "Globex"})
+    assert result.status == "waiting", result.error
+    (first,) = result.pending
+    assert first.startswith("assess")
+    second = decide_approval(result.run_id, first, store=store, person="tester", approved=True)
+    assert second.status == "waiting", second.error
+    (key,) = second.pending
+    assert key == "assess/escalation[2]"  # a new request, not settled by the first approval
+    requests = events(store, result.run_id, "approval.requested")
+    assert len(requests) == 2 and requests[0]["data"]["fingerprint"] != requests[1]["data"]["fingerprint"]
+    assert [c["args"]["name"] for c in events(store, result.run_id, "tool.called")] == ["Globex"]
+    final = decide_approval(result.run_id, key, store=store, person="tester", approved=True)
+    assert final.status == "completed", final.error
+    assert final.output == {"answer": "Both looked up."}
+    assert [c["args"]["name"] for c in events(store, result.run_id, "tool.called")] == ["Globex", "Initech"]
+    assert len(server.requests) == 3  # recorded answers were reused, never asked again
+    decided = events(store, result.run_id, "approval.decided")
+    assert [d["decision"] for d in decided] == ["approved", "approved"]
+    assert replay_run(result.run_id, store=store).ok
+
+
+REDACTING = r"""
+guardrails:
+  - id: no-cards
+    on: model.output
+    regex: '\b(?:\d[ -]?){13,16}\b'
+    action: redact
+"""
+
+
+def test_model_output_redaction_happens_before_the_log_and_the_next_turn(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """An answer that calls a tool and says a card number: the log records it masked, the model is sent
+    the masked text back on the next turn, and the final answer is masked too; resume and replay use
+    the masked answers."""
+    card = "4111 1111 1111 1111"
+    server.call_tools(("lookup_company", {"name": "Globex"}))
+    server.answers[-1][1]["choices"][0]["message"]["content"] = f"Card {card} noted; looking Globex up."
+    server.reply(f"Globex is fine; card {card}.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, REDACTING + agent()), {"q": "Globex"})
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "Globex is fine; card [REDACTED:no-cards]."}
+    first, final = events(store, result.run_id, "model.completed")
+    masked = "Card [REDACTED:no-cards]noted; looking Globex up."  # the pattern takes the space too
+    assert first["response"]["text"] == masked
+    assert first["response"]["tool_calls"][0]["name"] == "lookup_company"
+    assert final["response"]["text"] == result.output["answer"]
+    sent = [m for m in server.requests[1]["messages"] if m["role"] == "assistant"]
+    assert sent[0]["content"] == masked
+    kinds = [e.kind for e in store.events(result.run_id) if e.node_path == "assess"]
+    assert kinds.index("guardrail.evaluated") < kinds.index("model.completed")  # decided, then written
+    assert card.encode() not in (tmp_path / "charter.db").read_bytes()
+    assert replay_run(result.run_id, store=store).ok

@@ -120,7 +120,7 @@ steps:
 """,
     )
     code, result = run(tmp_path, "--as", "alice")
-    assert code == 1 and result["error"]["code"] == "policy"
+    assert code == 1 and result["error"]["code"] == "unauthorized"
     assert "default-deny" in result["error"]["message"]
     decided = events(tmp_path, result["run_id"], "authz.decided")
     assert [(d["tool"], d["decision"], d["grant"]) for d in decided] == [
@@ -197,7 +197,9 @@ steps:
     )
     code, result = run(tmp_path)
     assert (
-        code == 1 and result["error"]["code"] == "policy" and result["error"]["message"] == "no mail to evil"
+        code == 1
+        and result["error"]["code"] == "guardrail"
+        and result["error"]["message"] == "no mail to evil"
     )
     (ev,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
     assert (ev["rule"], ev["hook"], ev["outcome"], ev["decision"]) == (
@@ -274,7 +276,7 @@ steps:
 """,
     )
     code, result = run(tmp_path)
-    assert code == 1 and result["error"]["code"] == "policy"
+    assert code == 1 and result["error"]["code"] == "guardrail"
     (ev,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
     assert (ev["outcome"], ev["action"], ev["decision"]) == ("error", "deny", "deny")
     assert calls(tmp_path) == []
@@ -354,7 +356,7 @@ steps:
     verify_ok(tmp_path, run_id)
 
 
-def test_escalation_denied_fails_the_step_with_policy(tmp_path: Path) -> None:
+def test_escalation_denied_fails_the_step_with_guardrail(tmp_path: Path) -> None:
     project(
         tmp_path,
         """
@@ -370,7 +372,7 @@ steps:
                      cwd=tmp_path)  # fmt: skip
     assert denied.returncode == 1
     final = json.loads(denied.stdout)
-    assert final["error"]["code"] == "policy" and "denied by bob: no" in final["error"]["message"]
+    assert final["error"]["code"] == "guardrail" and "denied by bob: no" in final["error"]["message"]
     assert calls(tmp_path) == []
 
 
@@ -408,7 +410,7 @@ steps:
 """,
     )
     code, result = run(tmp_path)
-    assert code == 1 and result["error"]["code"] == "policy"
+    assert code == 1 and result["error"]["code"] == "guardrail"
     assert "budget exceeded: tool call 6 exceeds max_tool_calls 5" in result["error"]["message"]
     assert len(calls(tmp_path)) == 5
 
@@ -467,7 +469,7 @@ steps:
     spin = [{"step": "act", "turn": i, "tool_calls": [{"name": "same", "args": {}}]} for i in range(1, 21)]
     (tmp_path / "answers.yaml").write_text(json.dumps({"responses": spin}))
     code, result = run(tmp_path)
-    assert code == 1 and result["error"]["code"] == "policy"
+    assert code == 1 and result["error"]["code"] == "guardrail"
     assert result["error"]["message"].endswith("budget exceeded: tool call 4 exceeds max_tool_calls 3")
     assert len(calls(tmp_path)) == 3
     assert len(events(tmp_path, result["run_id"], "model.called")) == 4  # stopped at once, not at max_turns
@@ -497,3 +499,128 @@ steps:
         and "tool call 4 exceeds max_tool_calls 3" in final["error"]["message"]
     )
     assert [c["n"] for c in calls(tmp_path)] == [1, 2, 3]
+
+
+# --- tool.select on tool steps, deny vs budget in agents, escalations kept apart -----------------------
+
+
+def test_tool_select_rules_apply_to_tool_steps_before_authorization(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+grants:
+  - {id: bot-all, to: bot, tools: ["*"]}
+guardrails:
+  - {id: no-send, on: tool.select, tools: [send], check: "false", message: "sending is switched off"}
+steps:
+  - {id: ok, tool: lookup, identity: bot, args: {id: A1}}
+  - {id: mail, tool: send, identity: bot, args: {to: dana@example.com, body: hi}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["code"] == "guardrail" and result["error"]["step"] == "mail"
+    assert result["error"]["message"] == "sending is switched off"
+    (trip,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert (trip["rule"], trip["hook"], trip["path"]) == ("no-send", "tool.select", "mail")
+    # select comes before authorization: the refused call was never even decided
+    assert [d["tool"] for d in events(tmp_path, result["run_id"], "authz.decided")] == ["lookup"]
+    assert [c["tool"] for c in calls(tmp_path)] == ["lookup"]
+
+
+AGENT_ANSWERS = [
+    {"step": "act", "turn": 1, "tool_calls": [{"name": "send", "args": {"to": "x@evil.test", "body": "hi"}}]},
+    {
+        "step": "act",
+        "turn": 2,
+        "tool_calls": [{"name": "send", "args": {"to": "dana@example.com", "body": "hi"}}],
+    },
+    {"step": "act", "turn": 3, "text": "Mailed dana."},
+]
+
+
+def test_a_denying_rule_refuses_an_agents_call_and_the_agent_goes_on(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+models:
+  default: {provider: scripted, responses: answers.yaml}
+grants:
+  - {id: g, to: bot, tools: [send]}
+guardrails:
+  - id: inside-only
+    on: tool.input
+    tools: [send]
+    check: 'args.to.endsWith("@example.com")'
+    message: "mail stays inside example.com"
+steps:
+  - id: act
+    agent: {identity: bot, tools: [send], prompt: "mail dana"}
+output: {answer: "${{ steps.act.output }}"}
+""",
+    )
+    (tmp_path / "answers.yaml").write_text(json.dumps({"responses": AGENT_ANSWERS}))
+    code, result = run(tmp_path)
+    assert code == 0 and result["output"] == {"answer": "Mailed dana."}
+    assert calls(tmp_path) == [{"tool": "send", "to": "dana@example.com", "body": "hi"}]
+    told = events(tmp_path, result["run_id"], "model.called")[1]["messages"][-1]
+    assert told["role"] == "tool" and told["content"] == "refused: mail stays inside example.com"
+    (trip,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert (trip["rule"], trip["verdict"]) == ("inside-only", "deny")
+
+
+def test_a_budget_stops_the_agent_where_a_deny_would_not(tmp_path: Path) -> None:
+    """The same agent under a budget of one tool call: the second call is not refused-and-told, the step
+    fails with code `guardrail`, marked as a budget, and the agent is not asked again."""
+    project(
+        tmp_path,
+        """
+models:
+  default: {provider: scripted, responses: answers.yaml}
+grants:
+  - {id: g, to: bot, tools: [send]}
+steps:
+  - id: act
+    agent: {identity: bot, tools: [send], prompt: "mail dana"}
+    guardrails:
+      - {id: one-mail, limits: {max_tool_calls: 1}}
+""",
+    )
+    (tmp_path / "answers.yaml").write_text(json.dumps({"responses": AGENT_ANSWERS}))
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["code"] == "guardrail" and result["error"]["step"] == "act"
+    assert result["error"]["message"].endswith("budget exceeded: tool call 2 exceeds max_tool_calls 1")
+    assert len(calls(tmp_path)) == 1 and len(events(tmp_path, result["run_id"], "model.called")) == 2
+    (failed,) = events(tmp_path, result["run_id"], "step.failed")
+    assert failed["error"]["details"] == {"rules": ["one-mail"], "budget": True}
+
+
+def test_two_escalations_in_one_tool_step_are_asked_apart(tmp_path: Path) -> None:
+    """tool.select and tool.input both escalate: the first is asked at the step's path, the second at
+    `<path>/escalation[2]`; approving the first does not settle the second, and neither is asked again."""
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: pick, on: tool.select, tools: [send], check: "false", action: escalate, message: "send at all?"}
+  - {id: body, on: tool.input, tools: [send], check: "false", action: escalate, message: "this body?"}
+steps:
+  - {id: mail, tool: send, args: {to: dana@example.com, body: hi}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 3
+    run_id = result["run_id"]
+    first = charter("approve", run_id, "mail", "--as", "bob", "--json", cwd=tmp_path)
+    assert first.returncode == 3, first.stderr
+    assert json.loads(first.stdout)["status"] == "waiting" and calls(tmp_path) == []
+    assert "mail/escalation[2]" in first.stderr  # where to decide next
+    second = charter("approve", run_id, "mail/escalation[2]", "--as", "bob", "--json", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert [c["tool"] for c in calls(tmp_path)] == ["send"]
+    requested = events(tmp_path, run_id, "approval.requested")
+    assert [(r["path"], r["data"]["hook"]) for r in requested] == [
+        ("mail", "tool.select"),
+        ("mail/escalation[2]", "tool.input"),
+    ]
+    replayed = charter("replay", run_id, cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr

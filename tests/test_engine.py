@@ -663,3 +663,124 @@ def test_replay_notices_a_removed_step(store: Any, workdir: Path) -> None:
     result = run_workflow(compiled(long), {}, store=store, options=OPTS)
     replay = replay_run(result.run_id, store=store, graph=compiled(short), options=OPTS)
     assert not replay.ok and replay.divergence.node_path == "extra"
+
+
+# --------------------------------------------------------------------------------------------------
+# per-run resources, usage in the run's end event, MCP commands checked before a run
+
+
+def _closing_tool_runner(
+    monkeypatch: pytest.MonkeyPatch, closed: list[str], *, fail_first: bool = False
+) -> None:
+    """Wrap the tool runner so that every tool step registers a closer on its run."""
+    from interpreter.steps import STEP_RUNNERS
+
+    original = STEP_RUNNERS["tool"]
+
+    async def runner(ex: Any, node: Any, scope: Any, path: str, attempt: int) -> Any:
+        async def close() -> None:
+            closed.append(path)
+            if fail_first and len(closed) == 1:
+                raise RuntimeError("closing failed")
+
+        ex.closers.append(close)
+        return await original(ex, node, scope, path, attempt)
+
+    monkeypatch.setitem(STEP_RUNNERS, "tool", runner)
+
+
+def test_run_closers_are_awaited_newest_first_when_the_run_ends(
+    store: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = write_flow(
+        workdir,
+        "closers",
+        """\
+        steps:
+          - {id: a, tool: echo, args: {value: 1}}
+          - {id: b, tool: echo, args: {value: 2}}
+        output: {b: "${{ steps.b.output }}"}
+        """,
+    )
+    closed: list[str] = []
+    _closing_tool_runner(monkeypatch, closed, fail_first=True)
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed" and result.output == {"b": 2}  # a failing closer hides nothing
+    assert closed == ["b", "a"]
+
+
+def test_run_closers_are_awaited_when_the_run_fails(
+    store: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = write_flow(
+        workdir,
+        "closers_failing",
+        """\
+        steps:
+          - {id: a, tool: echo, args: {value: 1}}
+          - {id: boom, fail: {message: stop}}
+        """,
+    )
+    closed: list[str] = []
+    _closing_tool_runner(monkeypatch, closed)
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and closed == ["a"]
+
+
+def test_run_end_events_carry_the_model_usage(store: Any, workdir: Path) -> None:
+    from interpreter.agent import usage_of_events
+
+    graph = compiled(EXAMPLES / "sequential.yaml")
+    inputs = {"document": "ACME Corp sells Globex 1,250,000 EUR of parts until 2027-06-30."}
+    result = run_workflow(graph, inputs, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    events = list(store.events(result.run_id))
+    usage = events[-1].payload["usage"]
+    assert events[-1].kind == "run.completed"
+    assert usage == usage_of_events(events).to_dict() and usage["model_calls"] >= 3
+    assert usage["tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
+
+    flow = write_flow(workdir, "usage_failing", "steps:\n  - {id: boom, fail: {message: stop}}\n")
+    failed = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    end = list(store.events(failed.run_id))[-1]
+    assert end.kind == "run.failed" and end.payload["usage"]["model_calls"] == 0
+    assert end.payload["usage"]["tokens"] == 0
+
+
+@pytest.mark.parametrize(
+    "command", [["definitely-not-allowed-server"], ["python", "-m", "not_allowed_pkg.server"]]
+)
+def test_a_disallowed_mcp_command_is_a_setup_error_before_the_run(
+    store: Any, workdir: Path, command: list[str]
+) -> None:
+    from interpreter.runtime import SetupPolicyError
+
+    flow = workdir / "mcp_disallowed.yaml"
+    flow.write_text(
+        textwrap.dedent(
+            f"""\
+            charter: "1.0"
+            name: mcp_disallowed
+            tools:
+              search: {{mcp: {{command: {json.dumps(command)}}}, effect: read}}
+            steps:
+              - {{id: s, tool: search, args: {{q: x}}}}
+            """
+        )
+    )
+    with pytest.raises(SetupPolicyError, match="is not allowed"):
+        run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert list(store.runs()) == []
+
+
+def test_a_forked_run_counts_only_its_own_model_calls(store: Any) -> None:
+    from interpreter.agent import usage_of_events
+
+    graph = compiled(EXAMPLES / "sequential.yaml")
+    inputs = {"document": "ACME Corp sells Globex 1,250,000 EUR of parts until 2027-06-30."}
+    first = run_workflow(graph, inputs, store=store, options=OPTS)
+    forked = fork_run(first.run_id, "report", store=store, options=OPTS, graph=graph)
+    assert forked.status == "completed", forked.error
+    events = list(store.events(forked.run_id))
+    assert events[-1].payload["usage"] == usage_of_events(events).to_dict()
+    assert events[-1].payload["usage"]["model_calls"] == 1  # the report; the rest was reused

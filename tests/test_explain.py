@@ -107,7 +107,7 @@ def test_approval_example_explained(tmp_path: Path) -> None:
     assert "run waiting for approval at finance_ok" in waiting
     (tmp_path / "carol.json").write_text(json.dumps({"roles": ["finance"]}))
     proc = charter("approve", result["run_id"], "finance_ok", "--as", "carol", "--claims", "carol.json",
-                   "--reason", "receipts ok", cwd=tmp_path)  # fmt: skip
+                   "--reason", "receipts ok", "--allow-module", "examples.*", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     text = explain(tmp_path, result["run_id"])
     line = next(ln for ln in text.splitlines() if "approval approved" in ln)

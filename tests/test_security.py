@@ -334,3 +334,62 @@ steps:
     assert json.loads(request["body"]) == {"amount": 5, "who": "alice"}
     raw = (tmp_path / "charter.db").read_bytes()
     assert b"alice-own-token" not in raw and b"svc-token-777" not in raw
+
+
+# --- redaction happens before the log (issue 6: "redaction applies before writing") -------------------
+
+CARD = "4111 1111 1111 1111"
+
+
+def _log_bytes(tmp_path: Path) -> bytes:
+    """Every byte the store wrote: the SQLite file and its write-ahead log."""
+    files = [tmp_path / "charter.db", tmp_path / "charter.db-wal"]
+    return b"".join(f.read_bytes() for f in files if f.exists())
+
+
+def test_a_card_number_in_the_agents_answer_never_reaches_the_log(tmp_path: Path) -> None:
+    """The guarded example's final answer repeats a card number; agent.output redaction masks it in the
+    step's output and in the recorded answer (`model.completed`), so the file never holds it, and the
+    run replays from the masked answer."""
+    inputs = json.dumps({"order_id": "ORD-7", "message": "The lamp arrived broken."})
+    example = str(ROOT / "examples" / "guarded_agent.yaml")
+    proc = charter("run", example, "--json", "--allow-module", "examples.*", "--input", inputs, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert "[REDACTED:no-card-numbers]" in result["output"]["summary"]
+    assert CARD not in proc.stdout
+    assert CARD.encode() not in _log_bytes(tmp_path)
+    (*_, final) = events(tmp_path, result["run_id"], "model.completed")
+    assert "[REDACTED:no-card-numbers]" in json.dumps(final["response"])
+    replayed = charter("replay", result["run_id"], cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+def test_model_output_redaction_masks_structured_answers_before_the_log(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-cards, on: model.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+steps:
+  - id: extract
+    llm:
+      prompt: "Extract the payment."
+      output_schema: {type: object, required: [card, note], properties: {card: {type: string}, note: {type: string}}}
+  - {id: keep, tool: echo, args: {card: "${{ steps.extract.output.card }}"}}
+output: {payment: "${{ steps.extract.output }}"}
+""",
+        [{"step": "extract", "turn": 1, "json": {"card": CARD, "note": f"paid with {CARD}"}}],
+    )
+    code, result, stderr = run(tmp_path)
+    assert code == 0, stderr
+    masked = "[REDACTED:no-cards]"
+    assert result["output"] == {"payment": {"card": masked, "note": f"paid with {masked}"}}
+    assert calls(tmp_path) == [{"tool": "echo", "card": masked}]  # the next step gets the masked value
+    assert CARD.encode() not in _log_bytes(tmp_path)
+    (done,) = events(tmp_path, result["run_id"], "model.completed")
+    assert done["response"]["structured"] == {"card": masked, "note": f"paid with {masked}"}
+    (trip,) = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert (trip["rule"], trip["hook"], trip["action"]) == ("no-cards", "model.output", "redact")
+    replayed = charter("replay", result["run_id"], cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr

@@ -36,6 +36,12 @@ def plain(x):
 
 def nan():
     return float("nan")
+
+def surrogate():
+    return {"text": "a\\ud800b"}
+
+def exits():
+    raise SystemExit(3)
 """
 
 
@@ -121,19 +127,20 @@ def test_policy_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         policy.check("os", "shell")
 
 
-def test_policy_reads_pyproject_of_the_workflow_ancestors(
+def test_policy_trusts_only_the_pyproject_of_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = tmp_path / "project"
     (project / "flows").mkdir(parents=True)
     (project / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["mytools.*"]\n')
-    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CHARTER_ALLOW_MODULES", raising=False)
-    policy = build_policy((), project / "flows" / "f.yaml")
-    allowance = policy.allowance_for("mytools.billing")
+    # A pyproject.toml that travels with a shared workflow (above or beside it) allows nothing.
+    monkeypatch.chdir(tmp_path)
+    assert build_policy((), project / "flows" / "f.yaml").allowance_for("mytools.billing") is None
+    # Run from the project itself, its allow-list applies and its modules import from there.
+    monkeypatch.chdir(project)
+    allowance = build_policy((), project / "flows" / "f.yaml").allowance_for("mytools.billing")
     assert allowance is not None and allowance.root == project.resolve()
-    assert policy.import_roots(allowance)[0] == project.resolve()
-    assert build_policy((), tmp_path / "elsewhere.yaml").allowance_for("mytools.billing") is None
 
 
 def test_disallowed_module_is_never_imported(store: Any, tmp_path: Path) -> None:
@@ -240,6 +247,31 @@ def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path
     assert result.status == "failed" and "not JSON" in result.error["message"]
     caught = next(e for e in store.events(result.run_id) if e.kind == "vars.set")
     assert "unexpected keyword argument 'y'" in caught.payload["vars"]["first"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "message"),
+    [("surrogate", "does not serialise to JSON"), ("exits", "raised SystemExit: 3")],
+)
+def test_hostile_results_fail_the_step_not_the_process(
+    store: Any, workdir: Path, tool: str, message: str
+) -> None:
+    graph = flow(
+        workdir,
+        f"hostile_{tool}",
+        f"""\
+        charter: "1.0"
+        name: hostile
+        tools:
+          {tool}: {{python: "{MODULE}:{tool}", effect: read}}
+        steps:
+          - {{id: t, tool: {tool}}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "tool"
+    assert message in result.error["message"]
+    assert store.verify(result.run_id).ok
 
 
 # --------------------------------------------------------------------------------------------------
