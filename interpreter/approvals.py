@@ -54,11 +54,12 @@ def decide_approval(
 
 
 def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:
-    """True when the person is known to be an approver; False when approvers name only roles that
-    cannot be checked (no identity or claims say who the person is). Raises when the person is known
-    not to be one."""
+    """True when the person is known to be an approver. Raises when the person is not one, or when
+    nothing (claims, a declared identity) says which roles they hold."""
+    if person.startswith("role:"):
+        raise RunSetupError(f"'{person}' names a role, not a person: approve --as NAME --claims FILE")
     if not approvers or person in approvers:
-        return bool(not approvers or person in approvers)
+        return True
     roles = {a[5:] for a in approvers if a.startswith("role:")}
     claimed = set((options.claims or {}).get("roles", []) or [])
     known_roles: set[str] | None = set(claimed) if options.claims else None
@@ -69,10 +70,13 @@ def _check_approver(approvers: list[str], person: str, options: RunOptions, row:
     identity = graph_identities.get(person)
     if identity is not None:
         known_roles = (known_roles or set()) | set(identity.roles)
-    if known_roles is not None:
-        if roles & known_roles:
-            return True
-        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
-    if not roles:
-        raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
-    return False
+    if known_roles is not None and roles & known_roles:
+        return True
+    if known_roles is None and roles:
+        # Fail closed: nothing says which roles the person holds (spec: such a decision MUST be refused).
+        raise RunSetupError(
+            f"cannot tell whether {person} holds {', '.join(sorted('role:' + r for r in roles))}: "
+            f"give the person's roles with --claims FILE (e.g. {{\"roles\": [\"{sorted(roles)[0]}\"]}}) "
+            "or declare them as an identity with roles in the workflow"
+        )
+    raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")

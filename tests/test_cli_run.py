@@ -117,9 +117,16 @@ def test_approval_across_processes(tmp_path: Path) -> None:
     assert "finance_ok" in first.stderr
     wrong = charter("approve", run_id, "nowhere", "--as", "bob", cwd=tmp_path)
     assert wrong.returncode == 2 and "finance_ok" in wrong.stderr
+    unverified = charter(
+        "approve", run_id, "finance_ok", "--as", "bob", "--allow-module", "examples.*", cwd=tmp_path
+    )
+    assert unverified.returncode == 2 and "--claims" in unverified.stderr  # fail closed: who is bob?
+    posing = charter("approve", run_id, "finance_ok", "--as", "role:finance", cwd=tmp_path)
+    assert posing.returncode == 2 and "names a role" in posing.stderr
+    (tmp_path / "bob.json").write_text('{"roles": ["finance"]}')
     done = charter(
-        "approve", run_id, "finance_ok", "--as", "bob", "--reason", "receipts ok", "--allow-module", "examples.*",
-        "--json", cwd=tmp_path,
+        "approve", run_id, "finance_ok", "--as", "bob", "--claims", "bob.json", "--reason", "receipts ok",
+        "--allow-module", "examples.*", "--json", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert run_json(done)["output"] == {"booking": "EXP-ANN-120000", "total": 1200.0}
@@ -135,9 +142,11 @@ def test_deny_exits_1(tmp_path: Path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     run_id = run_json(first)["run_id"]
+    (tmp_path / "bob.json").write_text('{"roles": ["finance"]}')
     denied = charter(
-        "approve", run_id, "finance_ok", "--as", "bob", "--deny", "--allow-module", "examples.*", cwd=tmp_path
-    )
+        "approve", run_id, "finance_ok", "--as", "bob", "--claims", "bob.json", "--deny",
+        "--allow-module", "examples.*", cwd=tmp_path,
+    )  # fmt: skip
     assert denied.returncode == 1 and "denied by bob" in denied.stderr
 
 

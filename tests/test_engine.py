@@ -103,6 +103,8 @@ def compiled(path: Path) -> Any:
 
 
 OPTS = RunOptions(allow_modules=(MODULE, "examples.*"))
+# Who decides an approval for role:finance must be known to hold it (approvals fail closed).
+FINANCE = RunOptions(allow_modules=(MODULE, "examples.*"), claims={"roles": ["finance"]})
 
 
 @pytest.fixture
@@ -154,7 +156,7 @@ def test_approval_example_waits_then_approves(store: Any) -> None:
     assert first.status == "waiting" and first.pending == ["finance_ok"]
     assert store.run(first.run_id).status == "waiting"
     done = decide_approval(
-        first.run_id, "finance_ok", store=store, person="bob", approved=True, reason="fine", options=OPTS
+        first.run_id, "finance_ok", store=store, person="bob", approved=True, reason="fine", options=FINANCE
     )
     assert done.status == "completed", done.error
     assert done.output == {"booking": "EXP-ANN-120000", "total": 1200.0}
@@ -172,7 +174,7 @@ def test_approval_denied_fails_with_code_denied(store: Any) -> None:
     inputs = {"employee": "ann", "items": [{"category": "travel", "amount": 5000}]}
     first = run_workflow(graph, inputs, store=store, options=OPTS)
     result = decide_approval(
-        first.run_id, "finance_ok", store=store, person="eve", approved=False, reason="no"
+        first.run_id, "finance_ok", store=store, person="eve", approved=False, reason="no", options=FINANCE
     )
     assert result.status == "failed"
     assert result.error["code"] == "denied" and "eve" in result.error["message"]

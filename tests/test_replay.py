@@ -124,7 +124,11 @@ def test_approval_example_replays_after_approval(tmp_path: Path) -> None:
     proc = _run(EXAMPLES / "approval.yaml", db, {"employee": "dana", "items": items})
     assert proc.returncode == 3, describe(proc)
     run_id = run_json(proc)["run_id"]
-    approve = charter("approve", run_id, "finance_ok", "--as", "role:finance", "--db", str(db), env=ENV)
+    claims = tmp_path / "carol.json"
+    claims.write_text('{"roles": ["finance"]}')
+    approve = charter(
+        "approve", run_id, "finance_ok", "--as", "carol", "--claims", str(claims), "--db", str(db), env=ENV
+    )
     assert approve.returncode == 0, describe(approve)
     assert _replay(run_id, db).returncode == 0
     # and a small report that needs no approval
