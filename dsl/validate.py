@@ -20,23 +20,6 @@ from dsl.diagnostics import Diagnostic, closest, error
 
 Path = tuple[str | int, ...]
 
-# code -> title; the lead registers these in dsl.diagnostics.CODES.
-CH1_CODES: dict[str, str] = {
-    "CH100": "invalid workflow shape (other)",
-    "CH101": "unknown field",
-    "CH102": "missing required field",
-    "CH103": "wrong type",
-    "CH104": "invalid value (not one of the allowed values)",
-    "CH105": "step has no kind or several kinds",
-    "CH106": "invalid duration",
-    "CH107": "invalid name or format",
-    "CH108": "value out of range or empty",
-    "CH109": "conflicting or incomplete fields",
-    "CH110": "needs exactly one of several alternatives",
-    "CH111": "invalid JSON Schema",
-    "CH112": "invalid regular expression",
-}
-
 _CUSTOM_CODES = {
     "duration": "CH106",
     "json_schema": "CH111",

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dsl.diagnostics import Diagnostic
+from dsl.diagnostics import CODES, Diagnostic
 from dsl.loader import load_file, load_text
 from dsl.model import (
     AgentStep,
@@ -21,7 +21,9 @@ from dsl.model import (
     iter_expressions,
     parse_duration,
 )
-from dsl.validate import CH1_CODES, validate
+from dsl.validate import validate
+
+CH1_CODES = {code for code in CODES if code.startswith("CH1")}  # the shape-validation range
 
 EXAMPLES = sorted(
     p for p in (Path(__file__).parent.parent / "examples").glob("*.yaml") if ".responses." not in p.name

@@ -200,17 +200,10 @@ _STAGES = {
 
 
 def all_codes() -> dict[str, str]:
-    """`dsl.diagnostics.CODES`, plus shape codes `dsl.validate` defines that are not registered yet."""
+    """Every registered diagnostic code: `dsl.diagnostics.CODES`, sorted."""
     from dsl.diagnostics import CODES
 
-    codes = dict(CODES)
-    try:
-        from dsl.validate import CH1_CODES
-    except ImportError:
-        CH1_CODES = {}  # noqa: N806
-    for code, title in CH1_CODES.items():
-        codes.setdefault(code, title)
-    return dict(sorted(codes.items()))
+    return dict(sorted(CODES.items()))
 
 
 def codes_table() -> str:
