@@ -786,3 +786,46 @@ def test_a_forked_run_counts_only_its_own_model_calls(store: Any) -> None:
     events = list(store.events(forked.run_id))
     assert events[-1].payload["usage"] == usage_of_events(events).to_dict()
     assert events[-1].payload["usage"]["model_calls"] == 1  # the report; the rest was reused
+
+
+DURABILITY_TOOLS = '''
+import sqlite3
+
+def completed(db, idempotency_key=None):
+    """The steps whose completion another connection can read when this call starts."""
+    run_id = idempotency_key.split("/")[0]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT node_path FROM events WHERE run_id = ? AND kind = 'step.completed' ORDER BY seq", (run_id,)
+        ).fetchall()
+    return [r[0] for r in rows]
+'''
+
+
+def test_full_durability_commits_each_completion_before_the_next_step_starts(tmp_path: Path) -> None:
+    (tmp_path / "h17_durability_tools.py").write_text(DURABILITY_TOOLS)
+    db = tmp_path / "full.db"
+    flow = tmp_path / "durable.yaml"
+    flow.write_text(
+        textwrap.dedent(
+            f"""\
+            charter: "1.0"
+            name: durable
+            tools:
+              completed: {{python: "h17_durability_tools:completed", effect: read}}
+            steps:
+              - {{id: a, tool: completed, args: {{db: "{db}"}}}}
+              - {{id: b, tool: completed, args: {{db: "{db}"}}}}
+              - {{id: c, tool: completed, args: {{db: "{db}"}}}}
+            output: {{b: "${{{{ steps.b.output }}}}", c: "${{{{ steps.c.output }}}}"}}
+            """
+        )
+    )
+    options = RunOptions(allow_modules=("h17_durability_tools",), durability="full")
+    st = open_store(db, durability="full")
+    try:
+        result = run_workflow(compiled(flow), {}, store=st, options=options)
+    finally:
+        st.close()
+    assert result.status == "completed", result.error
+    assert result.output == {"b": ["a"], "c": ["a", "b"]}  # read-only steps too: no group commit
