@@ -205,6 +205,12 @@ class RunGuard:
         self._tool_budgets: dict[str, Budget] = {}
         self._step_budgets: dict[str, Budget] = {}
         self._sets: dict[tuple[str, str | None], tuple[GuardrailSet, tuple[str, ...]]] = {}
+        # A workflow without a single rule at any level (the common case) skips rule lookup entirely.
+        self._has_rules = bool(
+            graph.guardrails
+            or any(getattr(node, "guardrails", ()) for node in graph.nodes())
+            or any(getattr(t, "guardrails", ()) for t in (graph.tools or {}).values())
+        )
         self.history: list[dict[str, Any]] = []
         self.approvals = dict(approvals or {})  # key -> (requested payload, decided payload)
 
@@ -348,10 +354,13 @@ class RunGuard:
         is `keys.next()` (the step execution's next escalation), else `node_path`. `occurrence` names
         the call within the execution (an agent's model call and tool call index): an approval covers
         that call only, not a later identical one. A spent budget raises the `guardrail` step error."""
+        if not self._has_rules:
+            payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
+            return Verdict("allow", value=payload)
         if tool is None:
             tool = context.get("tool") if isinstance(context.get("tool"), str) else None
         rules, step_ids = self._set_for(node_path, tool)
-        if not rules.rules:  # nothing to evaluate at any level: the common case, kept cheap
+        if not rules.rules:  # nothing to evaluate at this place
             payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
             return Verdict("allow", value=payload)
         full = {**self.state(), "principal": self.principal.to_binding(), "history": self.history}
