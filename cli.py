@@ -425,7 +425,13 @@ def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[
 @click.option("--status", type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True)
 def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
-    """List runs, newest first."""
+    """List runs, newest first.
+
+    \b
+    Examples:
+      charter runs
+      charter runs --status waiting --json
+    """
     import json
 
     store = _open_store(db)
@@ -465,7 +471,13 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event (JSON lines).")
 def log(run_id: str, db: str | None, as_json: bool) -> None:
-    """Show the timeline of a run's events."""
+    """Show the timeline of a run's events.
+
+    \b
+    Examples:
+      charter log 01JC...
+      charter log 01JC... --json | jq 'select(.kind == "tool.called")'
+    """
     import json
 
     store = _open_store(db)
@@ -517,7 +529,12 @@ def resume(
     run_id: str, db: str | None, allow_modules: tuple[str, ...], models: tuple[str, ...], as_json: bool
 ) -> None:
     """Continue an interrupted or waiting run from its log (finished work is not repeated; recorded
-    model answers are reused, so only the calls still to make need the model)."""
+    model answers are reused, so only the calls still to make need the model).
+
+    \b
+    Example:
+      charter resume 01JC...
+    """
     from interpreter import resume_run
 
     store = _open_store(db)
@@ -541,6 +558,11 @@ def replay(
     """Re-execute a run offline from its recorded results (no tool is called).
 
     Exit 0 when the run is reproduced, 1 with the first divergence (node, expected, got).
+
+    \b
+    Examples:
+      charter replay 01JC...
+      charter replay 01JC... --file flow-edited.yaml    # does the edited workflow still reproduce it?
     """
     import json
 
@@ -610,7 +632,15 @@ def approve(
     models: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Record a decision on a pending approval and resume the run."""
+    """Record a decision on a pending approval and resume the run.
+
+    The person's roles must be known (--claims, or an identity with roles in the workflow).
+
+    \b
+    Examples:
+      charter approve 01JC... finance_ok --as carol --claims carol.json --reason "receipts ok"
+      charter approve 01JC... finance_ok --as carol --claims carol.json --deny
+    """
     from interpreter import decide_approval
 
     store = _open_store(db)
@@ -627,7 +657,14 @@ def approve(
 @click.argument("run_id", metavar="RUN")
 @_db_option
 def verify(run_id: str, db: str | None) -> None:
-    """Check a run's hash chain and checkpoint. Exit 0 intact, 1 with the first bad sequence number."""
+    """Check a run's hash chain and checkpoint, and that every tool call was authorized first.
+
+    Exit 0 intact, 1 with the first bad sequence number.
+
+    \b
+    Example:
+      charter verify 01JC...
+    """
     store = _open_store(db)
 
     def check():  # type: ignore[no-untyped-def]
@@ -660,7 +697,13 @@ def verify(run_id: str, db: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The complete trace as JSON.")
 def explain(run_id: str, node: str | None, db: str | None, as_json: bool) -> None:
     """The decisions of a run in order: routes, authorizations, guardrails, tool and model calls,
-    approvals, budgets used."""
+    approvals, budgets used.
+
+    \b
+    Examples:
+      charter explain 01JC...
+      charter explain 01JC... --node route --json
+    """
     import json
 
     from interpreter.explain import build_trace, format_text

@@ -240,3 +240,12 @@ def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
 def test_help(command: str, tmp_path: Path) -> None:
     proc = charter(command, "--help", cwd=tmp_path)
     assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["validate", "schema", "graph", "run", "runs", "log", "resume", "replay", "approve", "verify", "explain"],
+)
+def test_every_command_help_shows_an_example(command: str, tmp_path: Path) -> None:
+    proc = charter(command, "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "Example" in proc.stdout and "charter " + command in proc.stdout
