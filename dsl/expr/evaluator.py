@@ -72,22 +72,7 @@ def _lib() -> ModuleType:
 
 
 def _type_name(v: Any) -> str:
-    t = type(v)
-    return {
-        int: "int",
-        UInt: "uint",
-        float: "double",
-        bool: "bool",
-        str: "string",
-        bytes: "bytes",
-        type(None): "null_type",
-        list: "list",
-        tuple: "list",
-        dict: "map",
-        Timestamp: "google.protobuf.Timestamp",
-        Duration: "google.protobuf.Duration",
-        CelType: "type",
-    }.get(t, t.__name__)
+    return _lib().type_name(v)  # error paths only: the library's table is the one source of type names
 
 
 def _err(message: str, offset: int) -> EvaluationError:
