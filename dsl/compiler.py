@@ -562,6 +562,8 @@ class _Compiler:
             return "only in a step's `output` mapping (the step's natural result)"
         if name in ("steps", "vars"):
             return "in steps and in the workflow's output, not here"
+        if name == "identity":
+            return "only in guardrail checks and messages, grant conditions and HTTP tool requests"
         if name in GUARDRAIL_SCOPE or name in GRANT_SCOPE:
             return "only in guardrail checks and messages, grant conditions and tool definitions"
         return None
@@ -816,6 +818,9 @@ class _Compiler:
         out: dict[str, CompiledTool] = {}
         names = {n: t.DYN for n in TOOL_SCOPE} | {"secrets": _BASE_TYPES["secrets"], "run": _STEPS_TYPE}
         scope = _Scope(frozenset(), names, "a tool definition")
+        # An HTTP request is built per call, under the identity the call runs under (issue 6: credentials
+        # for the effective identity, from `secrets`): `identity` is that name ("" for none).
+        http_scope = _Scope(frozenset(), {**names, "identity": t.STRING}, "an HTTP tool definition")
         for name, tool in self.workflow.tools.items():
             base: Path = ("tools", name)
             values: dict[str, templates.CompiledValue] = {}
@@ -824,7 +829,7 @@ class _Compiler:
                     raw = getattr(tool.http, key)
                     if raw is not None and raw != {}:
                         yaml_key = key.rstrip("_")
-                        values[yaml_key] = self._value(raw, (*base, "http", yaml_key), scope)
+                        values[yaml_key] = self._value(raw, (*base, "http", yaml_key), http_scope)
             if tool.mcp is not None and tool.mcp.env:
                 values["env"] = self._value(tool.mcp.env, (*base, "mcp", "env"), scope)
             if tool.resource is not None:

@@ -37,7 +37,8 @@ GUARDRAIL_SCOPE = (
 )  # fmt: skip
 # Grant `when` conditions.
 GRANT_SCOPE = ("args", "principal", "identity", "tool", "action", "resource", "input", "vars", "run")
-# Tool definitions (HTTP url/headers/query/json/body, MCP env, resource).
+# Tool definitions (HTTP url/headers/query/json/body, MCP env, resource); HTTP values also see
+# `identity`, the name of the identity making the call (so each identity sends its own credential).
 TOOL_SCOPE = ("args", "secrets", "input", "vars", "run")
 
 

@@ -339,6 +339,20 @@ class StepCall:
             return response, _Next(error=self._denied(verdict))
         return response, _Next(value=value)
 
+    def _mask_tool_args(self, response: ModelResponse) -> ModelResponse:
+        """The answer with each tool call's arguments masked by that tool's `tool.input` redact rules.
+        The step goes on with the masked answer (as with model.output redaction), so the log, the next
+        turn's messages, the tool and a resume or replay all see the same arguments."""
+        if self.guard is None or not response.tool_calls:
+            return response
+        from dataclasses import replace
+
+        calls = tuple(
+            replace(c, arguments=self.guard.mask_tool_args(self.path, c.name, c.arguments))
+            for c in response.tool_calls
+        )
+        return replace(response, tool_calls=calls)
+
     def _masked(self, response: ModelResponse, verdict: Any) -> ModelResponse:
         """The answer with a hook's redaction applied (its payload is the answer: text or object)."""
         if not verdict.redacted:
@@ -522,6 +536,7 @@ class StepCall:
         response = ModelResponse.from_record(_sorted(response.to_record()))
         cost = compute_cost(response.usage, model.prices)
         self._count(response, cost, latency, live=True)
+        response = self._mask_tool_args(response)  # tool.input redaction of the arguments, before the log
         response, then = self._screen(response)  # redaction before the log
         answer = response.to_record()
         ex.emit(
@@ -660,7 +675,14 @@ class StepCall:
         token = _CURRENT_CHAIN.set(self.chain) if _CURRENT_CHAIN is not None else None
         try:
             result = await call_tool(
-                ex, name, args, key=key, scope=self.scope, path=path, child_path=f"{path}/call[{n}]"
+                ex,
+                name,
+                args,
+                key=key,
+                scope=self.scope,
+                path=path,
+                child_path=f"{path}/call[{n}]",
+                identity=self.identity,
             )
         except StepError as err:
             err.step, err.node_path = self.node.id, path

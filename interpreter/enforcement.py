@@ -389,6 +389,20 @@ class RunGuard:
             )
         return final
 
+    def mask_tool_args(self, node_path: str, tool: str, args: Any) -> Any:
+        """`args` with the `tool.input` redact rules for `tool` applied, each masking rule an event: the
+        arguments inside a model's answer are logged (`model.completed`) before the call reaches its
+        `tool.input` hook, and must not reach the log in clear."""
+        if not self._has_rules:
+            return args
+        rules, step_ids = self._set_for(node_path, tool)
+        masked, events = rules.mask_only("tool.input", args, tool=tool, step_ids=step_ids)
+        for event in events:
+            payload = event.to_event_payload()
+            payload["verdict"] = "redact"
+            self._write(s.GUARDRAIL_EVALUATED, node_path, payload, None)
+        return masked
+
     @staticmethod
     def _event_payload(event: GuardrailEvent, verdict: Verdict) -> dict[str, Any]:
         payload = event.to_event_payload()

@@ -370,6 +370,27 @@ class GuardrailSet:
             tripped.append((action, entry, reason))
         return _verdict(tripped, value, redacted, events, context)
 
+    def mask_only(
+        self, hook: str, payload: Any, *, tool: str | None = None, step_ids: Iterable[str] = ()
+    ) -> tuple[Any, list[GuardrailEvent]]:
+        """`payload` with the matches of every enforced `redact` regex rule at `hook` masked, and an event
+        per rule that masked something. No other rule runs and no budget or ledger moves: this masks a
+        value before it is logged ahead of the hook itself (the arguments inside a model's answer)."""
+        steps = set(step_ids)
+        value: Any = payload
+        events: list[GuardrailEvent] = []
+        for entry in self._entries:
+            rule = entry.rule
+            if rule.action != "redact" or rule.mode != "enforce" or entry.regex is None:
+                continue
+            if rule.limits is not None or not _applies(rule, hook, tool, steps):
+                continue
+            value, n = mask_matches(value, entry.regex, f"[REDACTED:{rule.id}]")
+            if n:
+                reason = f"{n} match(es) of the rule's pattern masked before the log"
+                events.append(GuardrailEvent(rule.id, hook, "trip", "redact", "enforce", reason, entry.level))
+        return value, events
+
 
 def _applies(rule: model.Guardrail, hook: str, tool: Any, steps: set[str]) -> bool:
     if rule.limits is None and rule.on != hook:

@@ -88,7 +88,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     t0 = time.perf_counter()
     token = CURRENT_CHAIN.set(chain)  # a child workflow started by this call narrows this chain
     try:
-        result = await _call(ex, name, tool, compiled, python, args, key, scope, path)
+        result = await _call(ex, name, tool, compiled, python, args, key, scope, path, node.step.identity)
     except StepError as err:
         err.step, err.node_path = node.id, path
         ex.emit(
@@ -172,9 +172,10 @@ async def _call(
     key: str,
     scope: Scope,
     path: str,
+    identity: str | None,
 ) -> Any:
     # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
-    return await call_tool(ex, name, args, key=key, scope=scope, path=path)
+    return await call_tool(ex, name, args, key=key, scope=scope, path=path, identity=identity)
 
 
 CANCELLED = {

@@ -318,16 +318,19 @@ async def call_tool(
     scope: Any,
     path: str,
     child_path: str | None = None,
+    identity: str | None = None,
 ) -> Any:
     """Call the declared tool `name` with `args` (already validated) and return its JSON result.
-    `child_path` is the node a workflow tool's child run hangs from (default: `path`)."""
+    `child_path` is the node a workflow tool's child run hangs from (default: `path`). `identity` is the
+    identity the call runs under (an agent's, a tool step's; None: the workflow itself), which an HTTP
+    tool's definition reads as `identity` to pick that identity's credentials from `secrets`."""
     compiled = ex.graph.tools.get(name) if ex.graph.tools else None
     tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
     timeout = parse_duration(tool.timeout) if tool.timeout else None
     if tool.python:
         call = call_python(ex.python_tool(name, tool.python), args, key)
     elif tool.http is not None:
-        bindings = {"args": args, **ex.bindings(scope)}
+        bindings = {"args": args, **ex.bindings(scope), "identity": identity or ""}
         values = compiled.values if compiled is not None else {}
         call = call_http(name, tool.http, values, bindings, args, key, await ex.http())
     elif tool.workflow is not None:

@@ -393,3 +393,151 @@ output: {payment: "${{ steps.extract.output }}"}
     assert (trip["rule"], trip["hook"], trip["action"]) == ("no-cards", "model.output", "redact")
     replayed = charter("replay", result["run_id"], cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+SECRET_ARG = "tok-ZQ93X-secret-77"
+
+
+def test_tool_input_redaction_masks_the_arguments_in_the_recorded_answer(tmp_path: Path) -> None:
+    """The model puts a secret into a tool call's arguments. The `tool.input` redact rule of that tool
+    masks it in the answer before `model.completed` is written (not only from `tool.called` on): the
+    raw database and its WAL never hold it, the tool gets the masked value, and the run replays."""
+    project(
+        tmp_path,
+        """
+grants:
+  - {id: bot-all, to: bot, tools: [echo, send]}
+guardrails:
+  - {id: no-tokens, on: tool.input, tools: [send], regex: 'tok-[A-Z0-9]+-secret-[0-9]+', action: redact}
+steps:
+  - id: act
+    agent: {identity: bot, tools: [echo, send], prompt: "Mail the token."}
+output: {answer: "${{ steps.act.output }}"}
+""",
+        [
+            {
+                "step": "act",
+                "turn": 1,
+                "tool_calls": [
+                    {"name": "send", "args": {"to": "a@example.com", "body": f"token {SECRET_ARG}"}},
+                    {"name": "echo", "args": {"note": "tok-AB1-secret-2"}},
+                ],
+            },
+            {"step": "act", "turn": 2, "text": "Sent."},
+        ],
+    )
+    code, result, stderr = run(tmp_path)
+    assert code == 0, stderr
+    assert result["output"] == {"answer": "Sent."}
+    masked = "token [REDACTED:no-tokens]"
+    # the rule names `send` only: echo's arguments are untouched
+    assert calls(tmp_path) == [
+        {"tool": "send", "to": "a@example.com", "body": masked},
+        {"tool": "echo", "note": "tok-AB1-secret-2"},
+    ]
+    assert SECRET_ARG.encode() not in _log_bytes(tmp_path)
+    first = events(tmp_path, result["run_id"], "model.completed")[0]
+    send_call = first["response"]["tool_calls"][0]
+    assert send_call["arguments"] == {"to": "a@example.com", "body": masked}
+    trips = events(tmp_path, result["run_id"], "guardrail.evaluated")
+    assert [(t["rule"], t["hook"], t["action"]) for t in trips] == [("no-tokens", "tool.input", "redact")]
+    replayed = charter("replay", result["run_id"], cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert SECRET_ARG.encode() not in _log_bytes(tmp_path)
+
+
+def test_http_tool_credentials_follow_the_effective_identity(tmp_path: Path) -> None:
+    """Issue 6: an HTTP tool's definition reads `identity` (the identity the call runs under) to pick that
+    identity's credentials from `secrets`. A tool step under `billing` and an agent under `bot` call the
+    same tool: each request carries its own identity's token, and never the principal's token or claims."""
+    import http.server
+    import threading
+
+    seen: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            seen.append({"headers": dict(self.headers), "body": body, "path": self.path})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/refunds"
+    auth = "Bearer ${{ secrets[identity.upperAscii() + '_TOKEN'] }}"
+    by_map = "${{ {'bot': secrets.BOT_TOKEN, 'billing': secrets.BILLING_TOKEN}[identity] }}"
+    try:
+        project(
+            tmp_path,
+            f"""
+secrets: [BOT_TOKEN, BILLING_TOKEN]
+tools:
+  refund:
+    http: {{method: POST, url: "{url}", headers: {{Authorization: "{auth}", X-Key: "{by_map}", X-Caller: "${{{{ identity }}}}"}}}}
+    effect: write
+    args: {{type: object, properties: {{amount: {{type: integer}}}}}}
+identities:
+  bot: {{kind: agent}}
+  billing: {{kind: service}}
+grants:
+  - {{id: bot-refund, to: bot, tools: [refund]}}
+  - {{id: billing-refund, to: billing, tools: [refund]}}
+steps:
+  - {{id: pay, tool: refund, identity: billing, args: {{amount: 5}}}}
+  - id: act
+    agent: {{identity: bot, tools: [refund], prompt: "Refund 7."}}
+""",
+            [
+                {"step": "act", "turn": 1, "tool_calls": [{"name": "refund", "args": {"amount": 7}}]},
+                {"step": "act", "turn": 2, "text": "Refunded."},
+            ],
+            head='charter: "1.0"\nname: http\nmodels:\n  default: {provider: scripted, responses: answers.yaml}\n',
+        )
+        claims = {"roles": ["staff"], "tenant": "tenant-zeta-9", "token": "alice-own-token"}
+        (tmp_path / "claims.json").write_text(json.dumps(claims))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(tmp_path / "charter.db")}
+        env.pop("CHARTER_ALLOW_MODULES", None)
+        env.update({"BOT_TOKEN": "bot-token-111", "BILLING_TOKEN": "billing-token-222"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", "run", "wf.yaml", "--json", "--as", "alice", "--claims", "claims.json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    step_call, agent_call = seen
+    assert step_call["headers"]["Authorization"] == "Bearer billing-token-222"
+    assert step_call["headers"]["X-Key"] == "billing-token-222"  # the map lookup picks the same
+    assert agent_call["headers"]["X-Key"] == "bot-token-111"
+    assert step_call["headers"]["X-Caller"] == "billing" and json.loads(step_call["body"]) == {"amount": 5}
+    assert agent_call["headers"]["Authorization"] == "Bearer bot-token-111"
+    assert agent_call["headers"]["X-Caller"] == "bot" and json.loads(agent_call["body"]) == {"amount": 7}
+    for request in seen:
+        text = json.dumps(request)
+        assert "alice-own-token" not in text and "tenant-zeta-9" not in text and "alice" not in text
+    raw = _log_bytes(tmp_path)
+    assert b"alice-own-token" not in raw and b"bot-token-111" not in raw and b"billing-token-222" not in raw
+
+
+def test_identity_is_only_in_scope_for_http_tool_definitions(tmp_path: Path) -> None:
+    """`identity` is a variable of HTTP tool definitions only: elsewhere in a tool definition it is an
+    unknown name, reported by `charter validate` rather than failing at run time."""
+    project(
+        tmp_path,
+        """
+tools:
+  guarded: {python: "sectools:echo", effect: read, resource: "${{ identity }}"}
+steps:
+  - {id: a, tool: guarded, args: {}}
+""",
+        head='charter: "1.0"\nname: scoped\n',
+    )
+    proc = charter("validate", "wf.yaml", cwd=tmp_path)
+    assert proc.returncode == 1 and "CH304 'identity' is not in scope here" in proc.stdout
+    assert "Traceback" not in proc.stderr
