@@ -384,8 +384,11 @@ class RunGuard:
         if final.action == "deny" and budgets.intersection(final.rules):
             # A spent budget does not come back: the step stops here (a model told "no" would only
             # ask again until its turns run out), with the budget as the reason.
+            # A workflow-level budget halts the run: no try/catch inside the run may swallow it (spec §11.3).
+            halts = bool({r.id for r in self._workflow.rules}.intersection(final.rules))
             raise guardrail_error(
-                final.message or "budget exceeded", details={"rules": list(final.rules), "budget": True}
+                final.message or "budget exceeded",
+                details={"rules": list(final.rules), "budget": True, "halts_run": halts},
             )
         return final
 

@@ -591,7 +591,7 @@ steps:
     assert result["error"]["message"].endswith("budget exceeded: tool call 2 exceeds max_tool_calls 1")
     assert len(calls(tmp_path)) == 1 and len(events(tmp_path, result["run_id"], "model.called")) == 2
     (failed,) = events(tmp_path, result["run_id"], "step.failed")
-    assert failed["error"]["details"] == {"rules": ["one-mail"], "budget": True}
+    assert failed["error"]["details"] == {"rules": ["one-mail"], "budget": True, "halts_run": False}
 
 
 def test_two_escalations_in_one_tool_step_are_asked_apart(tmp_path: Path) -> None:

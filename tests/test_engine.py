@@ -829,3 +829,30 @@ def test_full_durability_commits_each_completion_before_the_next_step_starts(tmp
         st.close()
     assert result.status == "completed", result.error
     assert result.output == {"b": ["a"], "c": ["a", "b"]}  # read-only steps too: no group commit
+
+
+def test_workflow_budget_halts_the_run_through_try_catch(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "budgeted",
+        """\
+        vars: {caught: false}
+        guardrails:
+          - {id: calls, limits: {max_tool_calls: 2}}
+        steps:
+          - id: guarded
+            try:
+              steps:
+                - id: spin
+                  loop:
+                    max_iterations: 5
+                    steps: [{id: call, tool: echo, args: {value: "${{ index }}"}}]
+              catch:
+                steps: [{id: swallow, set: {caught: true}}]
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "guardrail"
+    calls = [e for e in store.events(result.run_id) if e.kind == "tool.completed"]
+    assert len(calls) == 2
+    assert not [e for e in store.events(result.run_id) if e.node_path.endswith("swallow")]
