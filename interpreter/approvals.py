@@ -76,7 +76,7 @@ def _check_approver(approvers: list[str], person: str, options: RunOptions, row:
         # Fail closed: nothing says which roles the person holds (spec: such a decision MUST be refused).
         raise RunSetupError(
             f"cannot tell whether {person} holds {', '.join(sorted('role:' + r for r in roles))}: "
-            f"give the person's roles with --claims FILE (e.g. {{\"roles\": [\"{sorted(roles)[0]}\"]}}) "
+            f'give the person\'s roles with --claims FILE (e.g. {{"roles": ["{sorted(roles)[0]}"]}}) '
             "or declare them as an identity with roles in the workflow"
         )
     raise RunSetupError(f"{person} may not decide this approval; approvers: {', '.join(approvers)}")
