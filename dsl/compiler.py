@@ -862,21 +862,26 @@ class _Compiler:
                         else f"steps in this file: {_names(self.steps)}",
                     )
             for j, pattern in enumerate(rule.tools or ()):
-                if not self._matching_tools(pattern):
-                    guess = closest(pattern, self.workflow.tools)
-                    self.warn(
-                        "CH210",
-                        f"guardrail '{rule.id}' can never apply to tools '{pattern}': no declared tool matches",
-                        (*here, "tools", j),
-                        hint=f"did you mean '{guess}'?"
-                        if guess
-                        else _declared_hint("tools", self.workflow.tools),
-                    )
+                self._tool_pattern_used(
+                    "CH210", f"guardrail '{rule.id}' can never apply to tools", pattern, (*here, "tools", j)
+                )
             out.append(CompiledGuardrail(rule, check, message))
         return tuple(out)
 
     def _matching_tools(self, pattern: str) -> list[str]:
         return [name for name in self.workflow.tools if fnmatch.fnmatchcase(name, pattern)]
+
+    def _tool_pattern_used(self, code: str, what: str, pattern: str, path: Path) -> None:
+        """Warn when a tool name or glob of a rule or grant matches no declared tool."""
+        if self._matching_tools(pattern):
+            return
+        guess = closest(pattern, self.workflow.tools)
+        self.warn(
+            code,
+            f"{what} '{pattern}': no declared tool matches",
+            path,
+            hint=f"did you mean '{guess}'?" if guess else _declared_hint("tools", self.workflow.tools),
+        )
 
     def _grants(self) -> tuple[CompiledGrant, ...]:
         names = {n: t.DYN for n in GRANT_SCOPE} | {"run": _STEPS_TYPE}
@@ -909,16 +914,9 @@ class _Compiler:
                     else _declared_hint("identities", self.workflow.identities),
                 )
             for j, pattern in enumerate(grant.tools):
-                if not self._matching_tools(pattern):
-                    guess = closest(pattern, self.workflow.tools)
-                    self.warn(
-                        "CH503",
-                        f"grant '{grant.id}' can never apply to '{pattern}': no declared tool matches",
-                        (*here, "tools", j),
-                        hint=f"did you mean '{guess}'?"
-                        if guess
-                        else _declared_hint("tools", self.workflow.tools),
-                    )
+                self._tool_pattern_used(
+                    "CH503", f"grant '{grant.id}' can never apply to", pattern, (*here, "tools", j)
+                )
             out.append(CompiledGrant(grant, when))
         return tuple(out)
 
