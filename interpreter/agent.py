@@ -520,6 +520,7 @@ class StepCall:
             },
             self.actor,
         )
+        await ex.durable()  # what the run did so far is in the log before the provider is paid
         t0 = time.perf_counter()
         try:
             response = await model.provider.complete(request)

@@ -2,10 +2,11 @@
 
 One `Execution` drives one run. Its modes:
 - live: steps run. A step's events are buffered and committed with its completion, in one
-  transaction. With durability "full" every completion is its own commit (fsynced) before the next
-  step starts; with "normal", completions of side-effect-free work are group-committed within a 5 ms
-  window, and every side effect is a barrier (see `Execution.settle`). `records` (from the run's own
-  log on resume, or from another run's log before a fork point) lets finished nodes be reused.
+  transaction. With durability "full" the completions of one turn of the event loop share a commit
+  (fsynced) that every tool or model call waits for; with "normal", completions of side-effect-free
+  work are group-committed within a 5 ms window, and every side effect is a barrier (see
+  `Execution.settle`). `records` (from the run's own log on resume, or from another run's log before
+  a fork point) lets finished nodes be reused.
 - replay: nothing is written and no tool is called; recorded tool results stand in for the calls and
   every step's outcome is compared with the recording. The first difference stops the replay.
 
@@ -125,6 +126,9 @@ class Execution:
         self.buffer: list[s.NewEvent] = []
         self.group = options.durability != "full"
         self.timer: asyncio.TimerHandle | None = None
+        # durability "full": completions settled in one turn of the event loop share one commit at its
+        # end (`_commit_turn`); this future is that commit, which every effect awaits (`durable`).
+        self.turn_commit: asyncio.Future[None] | None = None
         self.code_digests: dict[str, str | None] = {}
         self.write_tools: dict[str, bool] = {}  # tool name -> effect is "write"
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
@@ -171,11 +175,32 @@ class Execution:
             except BaseException:
                 self.buffer = batch + self.buffer  # nothing was written: keep the events for the next try
                 raise
+        if self.turn_commit is not None:  # this commit carried the turn's completions
+            self.turn_commit.set_result(None)
+            self.turn_commit = None
+
+    def _commit_turn(self, turn: asyncio.Future[None]) -> None:
+        if turn is not self.turn_commit:  # an earlier commit carried it
+            return
+        try:
+            self.commit()
+        except BaseException as exc:  # noqa: BLE001 - raised by `durable` in the step that waits
+            self.turn_commit = None
+            turn.set_exception(exc)
+            turn.add_done_callback(asyncio.Future.exception)  # nobody may wait: not "never retrieved"
+
+    async def durable(self) -> None:
+        """Wait for the commit of the completions settled so far (durability "full"): called before
+        every tool and model call, so nothing acts on the world before the steps it follows are logged."""
+        if self.turn_commit is not None:
+            await asyncio.shield(self.turn_commit)
 
     def settle(self, *events: s.NewEvent, now: bool = False) -> None:
         """Record a step's completion.
 
-        durability "full": committed (and fsynced) at once. "normal": group commit -- completions of
+        durability "full": committed (and fsynced) at the end of the event loop's turn, together with
+        the other completions of that turn (the branches of a fan-out that finish together), and
+        before anything acts on the world (`durable`). "normal": group commit -- completions of
         side-effect-free work wait at most GROUP_WINDOW seconds (or GROUP_EVENTS events) so that one
         commit carries many steps. The log stays a consistent prefix of the execution, and every
         barrier commits first: a `write` tool's call, an approval, a child run, a retry, the run's end.
@@ -184,8 +209,15 @@ class Execution:
         """
         if self.replaying:
             return
-        if not self.group or now:
+        if now:
             self.commit(*events)
+            return
+        if not self.group:
+            self.buffer.extend(events)
+            if self.turn_commit is None:
+                loop = asyncio.get_running_loop()
+                self.turn_commit = loop.create_future()
+                loop.call_soon(self._commit_turn, self.turn_commit)
             return
         self.buffer.extend(events)
         if len(self.buffer) >= GROUP_EVENTS:

@@ -502,7 +502,9 @@ class _Tx:
         return events
 
     def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]:
-        return [self.append(run_id, e.kind, e.node_path, e.payload, e.actor) for e in events]
+        threshold = self._store.blob_threshold
+        prepared = [_prepare(e.kind, e.node_path, e.payload, e.actor, threshold) for e in events]
+        return self.write_many(run_id, prepared) if prepared else []
 
     def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None:
         _check_status(status)

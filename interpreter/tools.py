@@ -324,6 +324,7 @@ async def call_tool(
     `child_path` is the node a workflow tool's child run hangs from (default: `path`). `identity` is the
     identity the call runs under (an agent's, a tool step's; None: the workflow itself), which an HTTP
     tool's definition reads as `identity` to pick that identity's credentials from `secrets`."""
+    await ex.durable()  # what the run did so far is in the log before the call acts on the world
     compiled = ex.graph.tools.get(name) if ex.graph.tools else None
     tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
     timeout = parse_duration(tool.timeout) if tool.timeout else None

@@ -1,0 +1,127 @@
+"""When completions reach the disk: durability "full" and "normal", observed from inside the tools.
+
+Each tool opens its own connection to the run's database (as another process would) and records which
+steps it finds completed there. What a tool sees committed is what would survive a crash at that moment.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsl.frontend import compile_file
+from interpreter import RunOptions, run_workflow
+from interpreter.store import SQLiteEventStore, open_store
+
+MODULE = "durability_probe_tools"
+
+TOOLS = '''
+import json, sqlite3, threading
+
+_gate = {}
+
+def _committed(db):
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        rows = conn.execute("SELECT node_path FROM events WHERE kind = 'step.completed'").fetchall()
+    finally:
+        conn.close()
+    return sorted(r[0] for r in rows)
+
+def probe(db, log, me):
+    """Record the completed steps this call finds in the database before it acts."""
+    with open(log, "a") as f:
+        f.write(json.dumps({"me": me, "committed": _committed(db)}) + "\\n")
+    return me
+
+def together(n, me):
+    """Return only when `n` calls have arrived: the branches of a fan-out finish at once."""
+    barrier = _gate.setdefault(n, threading.Barrier(n, timeout=20))
+    barrier.wait()
+    return me
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("durability")
+    (d / f"{MODULE}.py").write_text(TOOLS)
+    return d
+
+
+def flow(workdir: Path, name: str, effect: str, steps: str) -> Any:
+    path = workdir / f"{name}.yaml"
+    header = f"""\
+        charter: "1.0"
+        name: {name}
+        tools:
+          probe: {{python: "{MODULE}:probe", effect: {effect}}}
+          together: {{python: "{MODULE}:together", effect: read}}
+        """
+    path.write_text(textwrap.dedent(header) + textwrap.dedent(steps))
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    return graph
+
+
+def probe_steps(n: int, db: Path, log: Path) -> str:
+    return "steps:\n" + "".join(
+        f"  - {{id: s{k}, tool: probe, args: {{db: '{db}', log: '{log}', me: s{k}}}}}\n" for k in range(n)
+    )
+
+
+def seen(log: Path) -> dict[str, list[str]]:
+    return {e["me"]: e["committed"] for e in map(json.loads, log.read_text().splitlines())}
+
+
+@pytest.mark.parametrize(("durability", "effect"), [("full", "read"), ("full", "write"), ("normal", "write")])
+def test_every_earlier_completion_is_committed_before_a_tool_acts(
+    workdir: Path, tmp_path: Path, durability: str, effect: str
+) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(workdir, f"probe-{durability}-{effect}", effect, probe_steps(6, db, log))
+    with open_store(db, durability=durability) as store:  # type: ignore[arg-type]
+        options = RunOptions(allow_modules=(MODULE,), durability=durability)  # type: ignore[arg-type]
+        result = run_workflow(graph, {}, store=store, options=options)
+    assert result.status == "completed", result.error
+    assert seen(log) == {f"s{k}": [f"s{j}" for j in range(k)] for k in range(6)}
+
+
+class CountingStore(SQLiteEventStore):
+    """Counts write transactions (each one fsync with durability "full")."""
+
+    commits = 0
+
+    def transaction(self):  # type: ignore[no-untyped-def]
+        if self._tx is None:
+            type(self).commits += 1
+        return super().transaction()
+
+
+def test_fan_out_completions_that_finish_together_share_commits(workdir: Path, tmp_path: Path) -> None:
+    n = 24
+    branches = "".join(
+        f"        b{k}:\n          - {{id: t{k}, tool: together, args: {{n: {n}, me: {k}}}}}\n"
+        for k in range(n)
+    )
+    graph = flow(workdir, "fan", "read", f"steps:\n  - id: fan\n    parallel:\n      branches:\n{branches}")
+    store = CountingStore(tmp_path / "charter.db", durability="full")
+    try:
+        before = CountingStore.commits
+        options = RunOptions(allow_modules=(MODULE,), durability="full")
+        result = run_workflow(graph, {}, store=store, options=options)
+        commits = CountingStore.commits - before
+        assert result.status == "completed", result.error
+        events = list(store.events(result.run_id))
+        assert store.verify(result.run_id).ok
+    finally:
+        store.close()
+    completed = [e for e in events if e.kind == "step.completed" and e.node_path.startswith("fan/")]
+    assert len(completed) == n
+    # Without grouping: one commit per branch plus the run's own. The branches finish together, so
+    # their completions share a few commits.
+    assert commits < n // 2, commits
