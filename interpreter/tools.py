@@ -7,6 +7,7 @@ import ast
 import asyncio
 import importlib
 import inspect
+import io
 import json
 import queue
 import re
@@ -111,12 +112,28 @@ def code_digest(target: str, roots: list[Path]) -> str | None:
         return None
     try:
         text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    key = (sha256_hex(text), parsed.qualname)
+    if key not in _DIGESTS:
+        if len(_DIGESTS) >= 1024:
+            _DIGESTS.clear()
+        _DIGESTS[key] = _source_digest(text, parsed.qualname)
+    return _DIGESTS[key]
+
+
+# Parsing a module costs milliseconds and every run asks again: kept by the module's content.
+_DIGESTS: dict[tuple[str, str], str | None] = {}
+
+
+def _source_digest(text: str, qualname: str) -> str | None:
+    try:
         tree = ast.parse(text)
-    except (OSError, SyntaxError, ValueError):
+    except (SyntaxError, ValueError):
         return None
     body: list[ast.stmt] = tree.body
     node: ast.AST | None = None
-    for name in parsed.qualname.split("."):
+    for name in qualname.split("."):
         node = next(
             (
                 n
@@ -128,8 +145,25 @@ def code_digest(target: str, roots: list[Path]) -> str | None:
         if node is None:
             return sha256_hex(text)
         body = getattr(node, "body", [])
-    segment = ast.get_source_segment(text, node) if node is not None else None
+    segment = _segment(text, node) if node is not None else None
     return sha256_hex(segment or text)
+
+
+def _segment(text: str, node: ast.AST) -> str | None:
+    """`ast.get_source_segment`, without its character-by-character split of the whole file."""
+    start, end = getattr(node, "lineno", None), getattr(node, "end_lineno", None)
+    first, last = getattr(node, "col_offset", None), getattr(node, "end_col_offset", None)
+    if start is None or end is None or first is None or last is None:
+        return None
+    lines = io.StringIO(text, newline="").readlines()[start - 1 : end]  # \n, \r\n, \r: as the parser
+    if not lines:
+        return None
+    # Offsets are in UTF-8 bytes.
+    if len(lines) == 1:
+        return lines[0].encode("utf-8")[first:last].decode("utf-8")
+    head = lines[0].encode("utf-8")[first:].decode("utf-8")
+    tail = lines[-1].encode("utf-8")[:last].decode("utf-8")
+    return head + "".join(lines[1:-1]) + tail
 
 
 @dataclass
