@@ -414,3 +414,33 @@ def test_wake_watch_picks_up_a_run_and_stops_cleanly(tmp_path: Path) -> None:
 def test_wake_rejects_a_bad_interval(tmp_path: Path) -> None:
     proc = _wake(tmp_path, "--watch", "--interval", "often")
     assert proc.returncode == 2 and "--interval" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- the segment rule --------------------------------------------------------------------------------
+
+
+def _event(seq: int, second: float, kind: str, payload: Any = None) -> Any:
+    from interpreter.store import Event
+
+    ts = datetime.fromtimestamp(1_800_000_000 + second, UTC).isoformat()
+    return Event("R", seq, ts, "", kind, None, payload or {}, "", "")
+
+
+def test_segments_end_at_run_waiting_or_at_the_last_event_before_a_resume() -> None:
+    from interpreter.timing import execution_time, segments
+
+    log_ = [
+        _event(1, 0, "run.started"),
+        _event(2, 3, "step.completed"),
+        _event(3, 4, "run.waiting"),  # paused: 4 s of execution
+        _event(4, 60, "approval.decided"),  # a person, a minute later: not execution
+        _event(5, 61, "run.resumed"),
+        _event(6, 63, "tool.called"),  # then killed: 2 s logged
+        _event(7, 500, "run.resumed"),
+        _event(8, 501, "step.completed"),
+    ]
+    spans = segments(log_)
+    base = 1_800_000_000
+    assert [(a - base, b - base) for a, b in spans] == [(0, 4), (61, 63), (500, 501)]
+    assert execution_time(spans) == pytest.approx(7.0)
+    assert execution_time(spans, since=base + 62) == pytest.approx(2.0)  # a step begun at second 62
