@@ -654,6 +654,110 @@ def approve(
 
 
 @main.command()
+@_db_option
+@click.option("--watch", is_flag=True, help="Keep looking until interrupted (Ctrl-C or SIGTERM).")
+@click.option(
+    "--interval",
+    default="5s",
+    show_default=True,
+    metavar="DURATION",
+    help="With --watch: the pause between two looks, e.g. 5s, 1m.",
+)
+@_allow_option
+@_model_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run woken (JSON lines).")
+def wake(
+    db: str | None,
+    watch: bool,
+    interval: str,
+    allow_modules: tuple[str, ...],
+    models: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Resume the waiting runs whose approvals have timed out, so that the timeout's decision
+    (`on_timeout`, or deny for an escalation) is taken; runs not yet expired are left alone.
+
+    Exit 0 when every such run was resumed (or another process holds it), 1 when one could not be
+    resumed, 2 for bad usage. With --watch it runs until interrupted, e.g. as a service or from cron.
+
+    \b
+    Examples:
+      charter wake
+      charter wake --db runs.db --watch --interval 30s --json
+    """
+    from dsl.model import parse_duration
+
+    try:
+        pause = parse_duration(interval)
+    except ValueError:
+        raise click.BadParameter(
+            f"not a duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
+        ) from None
+    store = _open_store(db)
+    options = _options(None, None, allow_modules, "normal", quiet=True, models=models)
+    if not watch:
+        woken = _guarded(lambda: _wake_once(store, options, as_json))
+        if not woken and not as_json:
+            click.echo("no waiting run has an expired approval", err=True)
+        sys.exit(1 if any(w.action == "error" for w in woken) else 0)
+    _wake_watch(store, options, as_json, pause)
+
+
+def _wake_once(store, options, as_json: bool):  # type: ignore[no-untyped-def]
+    import json
+
+    from interpreter.wake import wake_due
+
+    def show(w) -> None:  # type: ignore[no-untyped-def]
+        if as_json:
+            click.echo(json.dumps(w.to_dict(), ensure_ascii=False), nl=True)
+            return
+        what = {"resumed": f"resumed: {w.status}", "skipped": "skipped", "error": "not resumed"}[w.action]
+        why = f": {w.message}" if w.message else ""
+        click.echo(f"run {w.run_id} ({w.workflow}): expired {', '.join(w.expired)}; {what}{why}")
+
+    return wake_due(store, options, report=show)
+
+
+class _Stop(Exception):  # noqa: N818 - a signal asked the watcher to stop
+    pass
+
+
+def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: ignore[no-untyped-def]
+    """Look every `pause` seconds until SIGINT/SIGTERM. A signal while a run is being resumed lets that
+    resume finish first (a second one stops at once; the run is then recovered by its next resume)."""
+    import signal
+    import threading
+
+    from interpreter.store import StoreError
+
+    state = {"idle": True, "stop": False}
+
+    def on_signal(signum, frame) -> None:  # type: ignore[no-untyped-def]
+        if state["idle"] or state["stop"]:
+            raise _Stop
+        state["stop"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    pause_event = threading.Event()
+    try:
+        while not state["stop"]:
+            state["idle"] = False
+            try:
+                _wake_once(store, options, as_json)
+            except StoreError as exc:  # e.g. the database stayed locked: try again at the next look
+                click.echo(f"warning: {exc}", err=True)
+            state["idle"] = True
+            if not state["stop"]:
+                pause_event.wait(pause)
+    except _Stop:
+        pass
+    click.echo("charter wake: stopped", err=True)
+    sys.exit(0)
+
+
+@main.command()
 @click.argument("run_id", metavar="RUN")
 @_db_option
 def verify(run_id: str, db: str | None) -> None:

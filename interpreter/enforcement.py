@@ -35,6 +35,7 @@ from interpreter.authz import (
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import StepError
+from interpreter.timing import Segment, began_at, execution_time, segments
 
 Emit = Callable[[str, str, Any, dict[str, Any] | None], None]
 
@@ -498,25 +499,58 @@ class RunGuard:
 
     def restore(self, events: Any, records: Mapping[str, Any]) -> None:
         """A continued run's budgets and history start from what its log says was spent by the steps that
-        finished (the run and per-tool budgets; a step that runs again records its calls again, and a
-        step's own budget counts one execution)."""
+        finished: the run's, each tool's, and the own budget of each step with limits around them (a
+        step that runs again records its calls again). Wall time is execution time (interpreter.timing):
+        the run's since it started, a step's since its first event, neither counting the pauses."""
+        events = list(events)
+        spans = segments(events)
+        self.run_budget.started -= execution_time(spans)
+        enclosing = self._restore_step_budgets(events, spans) if self._has_rules else {}
         for event in events:
             rec = records.get(event.node_path)
             if rec is None or rec.status is None:
                 continue
             payload = event.payload if isinstance(event.payload, dict) else {}
+            steps = enclosing.get(event.node_path, ())
             if event.kind == s.TOOL_CALLED:
                 tool, args = str(payload.get("tool")), payload.get("args")
                 self.run_budget.record_tool_call(tool, args)
                 self._tool_budgets.setdefault(tool, Budget()).record_tool_call(tool, args)
+                for budget in steps:
+                    budget.record_tool_call(tool, args)
                 self.history.append({"kind": "tool", "tool": tool, "args": args, "result": None})
             elif event.kind == s.MODEL_COMPLETED:
                 usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-                self.run_budget.record_model_call(
+                spent = (
                     int(usage.get("input_tokens") or 0),
                     int(usage.get("output_tokens") or 0),
                     float(payload.get("cost") or 0.0),
                 )
+                self.run_budget.record_model_call(*spent)
+                for budget in steps:
+                    budget.record_model_call(*spent)
+
+    def _restore_step_budgets(self, events: list[Any], spans: list[Segment]) -> dict[str, list[Budget]]:
+        """The own budgets of the steps with limits that enclose each logged node path (keyed as
+        `_set_for` keys them), each one's clock set back by the execution time since the step began:
+        its earliest logged moment (an event with a duration began that long before its `ts`, which is
+        when it was committed)."""
+        enclosing: dict[str, list[Budget]] = {}
+        owners: dict[str, list[str]] = {}  # node path -> runtime paths of the steps with limits around it
+        began: dict[str, float] = {}
+        for event in events:
+            path = event.node_path
+            if not path:
+                continue
+            if path not in owners:
+                owners[path] = [runtime for runtime, node in self._ancestors(path) if _has_limits(node)]
+                enclosing[path] = [self._step_budgets.setdefault(r, Budget()) for r in owners[path]]
+            at = began_at(event)
+            for runtime in owners[path]:
+                began[runtime] = min(began.get(runtime, at), at)
+        for runtime, at in began.items():
+            self._step_budgets[runtime].started -= execution_time(spans, since=at)
+        return enclosing
 
     def usage(self) -> dict[str, Any]:
         return self.run_budget.usage()
@@ -608,6 +642,12 @@ def _fingerprint(hook: str, tool: str | None, context: Mapping[str, Any], occurr
         return sha256_hex(canonical_json(what))
     except NotCanonicalizable:
         return sha256_hex(repr(what))
+
+
+def _has_limits(node: Any) -> bool:
+    """Whether a step has a budget of its own (a rule with `limits`; compiled rules wrap the model's)."""
+    rules = getattr(node, "guardrails", ())
+    return any(getattr(getattr(r, "guardrail", r), "limits", None) is not None for r in rules)
 
 
 def _expired(request: Mapping[str, Any]) -> bool:

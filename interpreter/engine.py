@@ -573,8 +573,7 @@ class Execution:
                 initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
                 self.vars = dict(initial or {})
                 self.gate_input()
-                timeout = graph.workflow.timeout
-                async with asyncio.timeout(parse_duration(timeout) if timeout else None):
+                async with asyncio.timeout(self.time_left()):
                     await self.exec_block(graph.root, root)
                 output = (
                     self.evaluate(graph.output, root, "workflow output") if graph.output is not None else None
@@ -598,6 +597,19 @@ class Execution:
         finally:
             await self.close()
         return self.finish("completed", output, None, None)
+
+    def time_left(self) -> float | None:
+        """What remains of the workflow `timeout`: the run's execution time so far, earlier segments
+        included (the run budget's clock, restored from the log on resume), is spent (spec §12.5)."""
+        timeout = self.graph.workflow.timeout
+        if not timeout:
+            return None
+        left = parse_duration(timeout) - self.guard.run_budget.elapsed()
+        if left <= 0:
+            raise StepError(
+                "timeout", f"the run timed out: its {timeout} of execution time ran out before this resume"
+            )
+        return left
 
     async def close(self) -> None:
         """Close what the run opened: the closers (newest first), then the HTTP client. A failing

@@ -236,7 +236,7 @@ def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "NOPE" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "runs", "log", "resume", "replay", "approve", "verify"])
+@pytest.mark.parametrize("command", ["run", "runs", "log", "resume", "replay", "approve", "verify", "wake"])
 def test_help(command: str, tmp_path: Path) -> None:
     proc = charter(command, "--help", cwd=tmp_path)
     assert proc.returncode == 0 and "Usage" in proc.stdout
@@ -244,7 +244,8 @@ def test_help(command: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["validate", "schema", "graph", "run", "runs", "log", "resume", "replay", "approve", "verify", "explain"],
+    ["validate", "schema", "graph", "run", "runs", "log", "resume", "replay", "approve", "verify", "explain"]
+    + ["wake"],
 )
 def test_every_command_help_shows_an_example(command: str, tmp_path: Path) -> None:
     proc = charter(command, "--help", cwd=tmp_path)

@@ -1,0 +1,116 @@
+"""Waking runs whose approvals timed out (`charter wake`).
+
+A waiting run only applies an approval's timeout (`on_timeout` of an `approval` step, deny for an
+escalation) when a process continues it. `wake_due` finds the waiting runs that wait on at least one
+request whose `expires_at` has passed and resumes each one, so that the timeout takes effect without a
+person running `charter resume`. A run that another process holds (the store refuses the resume) is
+reported and left to that process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from interpreter import store as s
+from interpreter.records import build_records
+from interpreter.runtime import RunOptions
+
+WAKE_REASON = "timeout"  # the `run.resumed` reason of a run woken because an approval expired
+
+
+@dataclass(frozen=True, slots=True)
+class Woken:
+    """What waking one run did: `action` is `resumed` (then `status` is the run's new status),
+    `skipped` (another process holds the run, or it no longer waits) or `error` (it could not be
+    resumed; `message` says why)."""
+
+    run_id: str
+    workflow: str
+    expired: tuple[str, ...]
+    action: str
+    status: str | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "expired": list(self.expired),
+            "action": self.action,
+            "status": self.status,
+            "message": self.message,
+        }
+
+
+def expired(request: Any, now: datetime) -> bool:
+    """Whether an `approval.requested` payload's `expires_at` has passed at `now`."""
+    expires = request.get("expires_at") if isinstance(request, dict) else None
+    if not isinstance(expires, str):
+        return False
+    try:
+        return now >= datetime.fromisoformat(expires)
+    except ValueError:
+        return False
+
+
+def expired_requests(events: Iterable[s.Event], now: datetime) -> list[str]:
+    """The node paths the run waits on (its last `run.waiting`) whose undecided request has expired."""
+    events = list(events)
+    waiting = next((e for e in reversed(events) if e.kind == s.RUN_WAITING), None)
+    pending = (
+        waiting.payload.get("pending") if waiting is not None and isinstance(waiting.payload, dict) else []
+    )
+    records = build_records(events)
+    out = []
+    for path in pending or []:
+        rec = records.get(path)
+        if rec is not None and rec.approval_requested and not rec.approval_decided:
+            if expired(rec.approval_requested[0], now):
+                out.append(path)
+    return out
+
+
+def due_runs(store: s.EventStore, now: datetime | None = None) -> list[tuple[s.RunRecord, list[str]]]:
+    """The waiting runs with at least one expired request, oldest first, with those requests' paths."""
+    now = now or datetime.now(UTC)
+    out = []
+    for row in reversed(store.runs(limit=1_000_000, status="waiting")):
+        paths = expired_requests(store.events(row.run_id), now)
+        if paths:
+            out.append((row, paths))
+    return out
+
+
+def wake_due(
+    store: s.EventStore,
+    options: RunOptions,
+    *,
+    now: datetime | None = None,
+    report: Callable[[Woken], None] | None = None,
+) -> list[Woken]:
+    """Resume every waiting run whose approval timed out (the timeout's decision is taken then)."""
+    from interpreter.engine import resume_run
+    from interpreter.policy import PolicyError
+    from interpreter.runtime import RunSetupError
+
+    done: list[Woken] = []
+    for row, paths in due_runs(store, now):
+        base = {"run_id": row.run_id, "workflow": row.workflow_name, "expired": tuple(paths)}
+        try:
+            if store.run(row.run_id).status != "waiting":  # another process got there first
+                woken = Woken(**base, action="skipped", message="no longer waiting")
+            else:
+                result = resume_run(row.run_id, store=store, options=options, reason=WAKE_REASON)
+                message = (result.error or {}).get("message") if result.status == "failed" else None
+                woken = Woken(**base, action="resumed", status=result.status, message=message)
+        except s.StoreError as exc:  # e.g. held by a live process, or the database stayed locked
+            woken = Woken(**base, action="skipped", message=str(exc))
+        except (RunSetupError, PolicyError) as exc:  # e.g. a secret or an allowed module is missing here
+            woken = Woken(**base, action="error", message=str(exc))
+        done.append(woken)
+        if report is not None:
+            report(woken)
+    return done
