@@ -61,18 +61,23 @@ def compiled(
 ) -> Any:
     """A validator for `schema`, compiled once. With `cache` and `key` (e.g. a run's `schema_cache` and a
     tool's name) a lookup costs one dict access; otherwise validators are shared by schema content.
-    `check` first checks the schema itself (raises jsonschema's SchemaError)."""
+    `check` first checks the schema itself, every time (raises jsonschema's SchemaError): a validator
+    shared with a caller that did not check proves nothing."""
+    if check:
+        from jsonschema import Draft202012Validator
+
+        Draft202012Validator.check_schema(schema)
     if cache is not None and key is not None:
         validator = cache.get(key)
         if validator is None:
-            validator = cache[key] = _compile(schema, check)
+            validator = cache[key] = _compile(schema)
         return validator
     text = _canonical(schema)
-    if text is None:  # not JSON (keys that are not strings): nothing stable to share it by
-        return _compile(schema, check)
+    if text is None:  # keys that cannot be sorted, values that are not JSON: no content to share it by
+        return _compile(schema)
     validator = _SHARED.get(text)
     if validator is None:
-        validator = _compile(schema, check)
+        validator = _compile(json.loads(text))  # a copy: a caller changing its dict later changes nothing
         if len(_SHARED) >= _SHARED_SIZE:
             _SHARED.pop(next(iter(_SHARED)))
         _SHARED[text] = validator
@@ -110,11 +115,9 @@ def describe(
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _compile(schema: Any, check: bool) -> Any:
+def _compile(schema: Any) -> Any:
     from jsonschema import Draft202012Validator
 
-    if check:
-        Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
 

@@ -92,6 +92,7 @@ def test_validators_are_compiled_once() -> None:
 def test_an_invalid_schema_is_refused_when_asked() -> None:
     from jsonschema.exceptions import SchemaError
 
+    schemas.compiled({"type": 12})  # compiled and shared unchecked (an MCP server's schema, say)
     with pytest.raises(SchemaError):
         schemas.compiled({"type": 12}, check=True)
 
