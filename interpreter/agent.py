@@ -410,13 +410,10 @@ class StepCall:
         value = response.structured if response.structured is not None else parse_structured(response.text)
         if value is None:
             return None, "the answer is not JSON"
-        from jsonschema import Draft202012Validator
+        from interpreter import schemas
 
-        error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
-        if error is None:
-            return value, None
-        where = "/".join(str(p) for p in error.absolute_path)
-        return value, f"{'at ' + where + ': ' if where else ''}{error.message}"
+        problems = schemas.errors(schema, value)
+        return value, (schemas.describe(problems, "the answer") if problems else None)
 
     def _reask(self, response: ModelResponse, feedback: str) -> None:
         self.messages.append(Message("assistant", response.text or ""))

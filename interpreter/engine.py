@@ -708,15 +708,13 @@ def check_inputs(graph: Any, inputs: Any) -> None:
     schema = graph.workflow.input
     if schema is None:
         return
-    from jsonschema import Draft202012Validator
+    from interpreter import schemas
 
-    errors = sorted(Draft202012Validator(schema).iter_errors(inputs), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for err in errors[:5]:
-            where = "/".join(str(p) for p in err.absolute_path)
-            lines.append(f"input{'/' + where if where else ''}: {err.message}")
-        raise InputError("the run input does not match the workflow's input schema:\n  " + "\n  ".join(lines))
+    problems = schemas.errors(schema, inputs)
+    if problems:
+        raise InputError(
+            schemas.describe(problems, "the run input does not match the workflow's input schema")
+        )
 
 
 def resolve_secrets(graph: Any) -> dict[str, str]:

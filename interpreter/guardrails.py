@@ -268,10 +268,9 @@ def _prepare(item: Any, level: str, budget: Budget) -> _Entry:
         if rule.regex is not None:
             entry.regex = compile_pattern(rule.regex)
         if rule.schema_ is not None:
-            from jsonschema import Draft202012Validator
+            from interpreter import schemas
 
-            Draft202012Validator.check_schema(rule.schema_)
-            entry.validator = Draft202012Validator(rule.schema_)
+            entry.validator = schemas.compiled(rule.schema_, check=True)
     except (expr.ExpressionError, PatternError) as exc:
         entry.setup_error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a rule that cannot be set up denies, it never crashes
@@ -438,14 +437,13 @@ def _run_check(entry: _Entry, hook: str, payload: Any, context: Mapping[str, Any
 
 
 def _schema_check(validator: Any, payload: Any) -> tuple[str, str]:
-    from jsonschema.exceptions import best_match
+    from interpreter import schemas
 
-    error = best_match(validator.iter_errors(payload))
-    if error is None:
+    problems = schemas.errors(validator, payload)
+    if not problems:
         return "pass", ""
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    keyword = "/".join(str(p) for p in error.schema_path)
-    return "trip", f"payload does not match the schema at '{where}' (schema rule {keyword})"
+    # reasons never quote the payload: the failing schema rule is named instead
+    return "trip", schemas.describe(problems, "payload does not match the schema", quote_values=False)
 
 
 def _message(entry: _Entry, reason: str, context: Mapping[str, Any]) -> str:

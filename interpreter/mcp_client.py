@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from interpreter import schemas
 from interpreter.providers.base import ToolSpec
 
 DEFAULT_STARTUP_TIMEOUT = 30.0
@@ -360,19 +360,13 @@ def _tool_info(tool: Any) -> McpToolInfo:
 
 def _validate(label: str, info: McpToolInfo, arguments: Mapping[str, Any]) -> None:
     try:
-        validator = Draft202012Validator(info.input_schema)
-        errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.path))
+        problems = schemas.errors(info.input_schema, dict(arguments))
     except SchemaError as exc:
         raise McpServerError(
             f"{label}: tool {info.name!r} has an invalid input schema: {exc.message}"
         ) from None
-    if errors:
-        problems = "; ".join(
-            f"{'/'.join(map(str, e.path)) or '(arguments)'}: {e.message}" for e in errors[:5]
-        )
-        raise McpArgumentError(
-            f"{label}: arguments of tool {info.name!r} do not match its schema: {problems}"
-        )
+    if problems:
+        raise McpArgumentError(schemas.describe(problems, f"{label}, tool {info.name!r}: invalid arguments"))
 
 
 def _result(where: str, raw: Any) -> McpResult:

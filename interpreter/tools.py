@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dsl.model import parse_duration
+from interpreter import schemas
 from interpreter.hashing import sha256_hex
 from interpreter.policy import ModulePolicy
 from interpreter.runtime import StepError
@@ -322,20 +323,10 @@ def validate_args(name: str, schema: dict[str, Any] | None, args: Any, cache: di
     """Check a call's arguments against the tool's `args` JSON Schema."""
     if schema is None:
         return
-    validator = cache.get(name)
-    if validator is None:
-        from jsonschema import Draft202012Validator
-
-        validator = cache[name] = Draft202012Validator(schema)
-    error = next(iter(validator.iter_errors(args)), None)
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path)
-        raise StepError(
-            "tool",
-            f"tool '{name}': invalid arguments{f' at {where}' if where else ''}: {error.message}",
-            type="ToolError",
-            retryable=False,
-        )
+    problems = schemas.errors(schemas.compiled(schema, cache, name), args)
+    if problems:
+        message = schemas.describe(problems, f"tool '{name}': invalid arguments")
+        raise StepError("tool", message, type="ToolError", retryable=False)
 
 
 # --------------------------------------------------------------------------------------------------

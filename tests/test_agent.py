@@ -243,6 +243,7 @@ def test_an_answer_that_does_not_fit_the_schema_is_re_asked(
     assert feedback["role"] == "user" and "not JSON" in feedback["content"]
     feedback = server.requests[2]["messages"][-1]["content"]
     assert "does not match the required JSON schema" in feedback and "moderate" in feedback
+    assert "the answer at `risk`: 'moderate' is not one of ['low', 'medium', 'high']" in feedback
     assert len(events(store, result.run_id, "model.completed")) == 3
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.charter_cli import REPO
+from fixtures.charter_cli import project_charter as charter
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = REPO / "examples"
 APPROVAL_INPUT = json.dumps(
     {
         "employee": "ann",
@@ -32,19 +31,6 @@ def effect(name, log):
         os._exit(9)  # a crash in the middle of the run, right after the side effect
     return name.upper()
 """
-
-
-def charter(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db"), **(env or {})}
-    full_env.pop("CHARTER_ALLOW_MODULES", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def run_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

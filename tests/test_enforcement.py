@@ -4,83 +4,27 @@
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
-TOOLS = """
-import json, os
-
-def _log(name, **kw):
-    with open(os.path.join(os.path.dirname(__file__), "calls.jsonl"), "a") as f:
-        f.write(json.dumps({"tool": name, **kw}) + "\\n")
-
-def echo(**kw):
-    _log("echo", **kw)
-    return kw
-
-def lookup(id: str) -> dict:
-    _log("lookup", id=id)
-    return {"id": id, "card": "4111 1111 1111 1111", "owner": "dana"}
-
-def send(to: str, body: str) -> dict:
-    _log("send", to=to, body=body)
-    return {"sent": True, "to": to}
-
-def tick(n: int) -> dict:
-    _log("tick", n=n)
-    return {"n": n}
-
-def same() -> dict:
-    _log("same")
-    return {"ok": True}
-"""
+from fixtures.charter_cli import project_charter as charter
+from fixtures.charter_cli import project_events as events
+from fixtures.charter_cli import tool_calls as calls
+from fixtures.charter_cli import tool_project
 
 
 def project(tmp_path: Path, workflow: str, name: str = "wf.yaml") -> Path:
-    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["h16tools"]\n')
-    (tmp_path / "h16tools.py").write_text(TOOLS)
+    tool_project(tmp_path, "h16tools")
     path = tmp_path / name
     path.write_text(HEAD + textwrap.dedent(workflow))
     return path
-
-
-def charter(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db"), **(env or {})}
-    full.pop("CHARTER_ALLOW_MODULES", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=120
-    )
 
 
 def run(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     proc = charter("run", "wf.yaml", "--json", *extra, cwd=tmp_path, env=env)
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
-
-
-def events(tmp_path: Path, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
-    db = sqlite3.connect(tmp_path / "charter.db")
-    rows = db.execute(
-        "SELECT seq, node_path, kind, actor, payload FROM events WHERE run_id = ? ORDER BY seq", [run_id]
-    ).fetchall()
-    db.close()
-    out = [
-        {"seq": r[0], "path": r[1], "kind": r[2], "actor": json.loads(r[3] or "null"), **json.loads(r[4])}
-        for r in rows
-    ]
-    return [e for e in out if kind is None or e["kind"] == kind]
-
-
-def calls(tmp_path: Path) -> list[dict[str, Any]]:
-    log = tmp_path / "calls.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def verify_ok(tmp_path: Path, run_id: str) -> None:

@@ -5,18 +5,17 @@ file pointed at an OpenAI-compatible server with `--model`; a paused agent resum
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.charter_cli import REPO
+from fixtures.charter_cli import charter as run_charter
 
 from tests.fixtures.openai_server import OpenAIServer
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = REPO / "examples"
 
 CASES = {
     "sequential": ({"document": "ACME Corp sells Globex 1,250,000 EUR of parts until 2027-06-30."}, "report"),
@@ -27,13 +26,9 @@ CASES = {
 }
 
 
-def charter(*args: str, db: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(db)}
-    for name in ("CHARTER_ALLOW_MODULES", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+def charter(*args: str, db: Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`charter ARGS` with its log at `db`: required, so that no run writes a log into the repository."""
+    return run_charter(*args, db=db, cwd=cwd, timeout=120)
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

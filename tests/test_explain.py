@@ -5,29 +5,19 @@ authorization audit that `charter verify` runs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.charter_cli import REPO
+from fixtures.charter_cli import project_charter as charter
 
 from interpreter import store as s
 from interpreter.audit import audit_authz
 from interpreter.authz import args_digest
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-
-
-def charter(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db")}
-    env.pop("CHARTER_ALLOW_MODULES", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+EXAMPLES = REPO / "examples"
 
 
 def start(cwd: Path, *args: str) -> dict[str, Any]:
@@ -147,7 +137,7 @@ def test_switch_route_records_the_values_that_chose_it(tmp_path: Path) -> None:
     assert route["values"] == {"input.kind": "b"}
 
 
-@pytest.mark.skipif(not (ROOT / "interpreter" / "agent.py").exists(), reason="needs the agent loop")
+@pytest.mark.skipif(not (REPO / "interpreter" / "agent.py").exists(), reason="needs the agent loop")
 def test_guarded_agent_example_explained(tmp_path: Path) -> None:
     message = "The lamp arrived broken. Card 4111 1111 1111 1111."
     result = start(
@@ -211,7 +201,7 @@ def test_audit_finds_calls_without_an_allowing_decision() -> None:
     assert audit_authz(elsewhere)
 
 
-@pytest.mark.skipif(not (ROOT / "interpreter" / "agent.py").exists(), reason="needs the agent loop")
+@pytest.mark.skipif(not (REPO / "interpreter" / "agent.py").exists(), reason="needs the agent loop")
 def test_agent_escalation_approved_across_processes_is_explained(tmp_path: Path) -> None:
     workflow = (EXAMPLES / "guarded_agent.yaml").read_text().replace("guarded_agent.responses.yaml", "r.yaml")
     (tmp_path / "wf.yaml").write_text(workflow)

@@ -102,6 +102,9 @@ def test_schema_check() -> None:
     verdict = rules.evaluate("agent.output", {"output": {"answer": 42, "secret": "hunter2"}})
     assert verdict.action == "retry"
     assert "answer" in verdict.events[0].reason and "hunter2" not in verdict.events[0].reason
+    assert verdict.events[0].reason.endswith(
+        'at `answer`: violates schema rule properties/answer/type = "string"'
+    )
 
 
 def test_escalate_carries_the_approval_request() -> None:

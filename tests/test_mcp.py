@@ -78,7 +78,8 @@ def test_tool_error_is_reported_and_server_keeps_running() -> None:
 def test_arguments_are_validated_before_the_call() -> None:
     async def body(pool: McpClientPool) -> None:
         with pytest.raises(
-            McpArgumentError, match=r"'b' is a required property; a: 'x' is not of type 'integer'"
+            McpArgumentError,
+            match=r"tool 'add': invalid arguments: 'b' is a required property; at `a`: 'x' is not of type 'integer'$",
         ):
             await pool.call(STDIO, "add", {"a": "x"})
         with pytest.raises(McpArgumentError, match="has no tool 'nope'; its tools: add, fail, sleep"):

@@ -7,35 +7,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-TOOLS = """
-import json, os
-
-def _log(name, **kw):
-    with open(os.path.join(os.path.dirname(__file__), "calls.jsonl"), "a") as f:
-        f.write(json.dumps({"tool": name, **kw}) + "\\n")
-
-def echo(**kw):
-    _log("echo", **kw)
-    return kw
-
-def admin(**kw):
-    _log("admin", **kw)
-    return {"done": True}
-
-def send(to: str, body: str) -> dict:
-    _log("send", to=to, body=body)
-    return {"sent": True}
-"""
+from fixtures.charter_cli import REPO, tool_project
+from fixtures.charter_cli import project_charter as charter
+from fixtures.charter_cli import project_events as events
+from fixtures.charter_cli import tool_calls as calls
 
 HEAD = """\
 charter: "1.0"
@@ -54,39 +34,16 @@ identities:
 def project(
     tmp_path: Path, workflow: str, answers: Any = None, name: str = "wf.yaml", head: str = HEAD
 ) -> None:
-    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["sectools"]\n')
-    (tmp_path / "sectools.py").write_text(TOOLS)
+    tool_project(tmp_path, "sectools")
     (tmp_path / name).write_text(head + textwrap.dedent(workflow))
     if answers is not None:
         (tmp_path / "answers.yaml").write_text(json.dumps({"responses": answers}))
-
-
-def charter(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(cwd / "charter.db")}
-    env.pop("CHARTER_ALLOW_MODULES", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
     proc = charter("run", "wf.yaml", "--json", *extra, cwd=tmp_path)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, (json.loads(proc.stdout) if proc.stdout else {}), proc.stderr
-
-
-def events(tmp_path: Path, run_id: str, kind: str) -> list[dict[str, Any]]:
-    db = sqlite3.connect(tmp_path / "charter.db")
-    rows = db.execute(
-        "SELECT node_path, payload FROM events WHERE run_id = ? AND kind = ? ORDER BY seq", [run_id, kind]
-    ).fetchall()
-    db.close()
-    return [{"path": r[0], **json.loads(r[1])} for r in rows]
-
-
-def calls(tmp_path: Path) -> list[dict[str, Any]]:
-    log = tmp_path / "calls.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 AGENT = """
@@ -319,11 +276,9 @@ steps:
             head='charter: "1.0"\nname: http\n',
         )
         (tmp_path / "claims.json").write_text(json.dumps({"roles": ["staff"], "token": "alice-own-token"}))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(tmp_path / "charter.db")}
-        env["SVC_TOKEN"] = "svc-token-777"
-        proc = subprocess.run(
-            [sys.executable, "-m", "cli", "run", "wf.yaml", "--json", "--as", "alice", "--claims", "claims.json"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        proc = charter(
+            "run", "wf.yaml", "--json", "--as", "alice", "--claims", "claims.json",
+            cwd=tmp_path, env={"SVC_TOKEN": "svc-token-777"},
         )  # fmt: skip
     finally:
         server.shutdown()
@@ -352,7 +307,7 @@ def test_a_card_number_in_the_agents_answer_never_reaches_the_log(tmp_path: Path
     step's output and in the recorded answer (`model.completed`), so the file never holds it, and the
     run replays from the masked answer."""
     inputs = json.dumps({"order_id": "ORD-7", "message": "The lamp arrived broken."})
-    example = str(ROOT / "examples" / "guarded_agent.yaml")
+    example = str(REPO / "examples" / "guarded_agent.yaml")
     proc = charter("run", example, "--json", "--allow-module", "examples.*", "--input", inputs, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -501,12 +456,9 @@ steps:
         )
         claims = {"roles": ["staff"], "tenant": "tenant-zeta-9", "token": "alice-own-token"}
         (tmp_path / "claims.json").write_text(json.dumps(claims))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARTER_DB": str(tmp_path / "charter.db")}
-        env.pop("CHARTER_ALLOW_MODULES", None)
-        env.update({"BOT_TOKEN": "bot-token-111", "BILLING_TOKEN": "billing-token-222"})
-        proc = subprocess.run(
-            [sys.executable, "-m", "cli", "run", "wf.yaml", "--json", "--as", "alice", "--claims", "claims.json"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        proc = charter(
+            "run", "wf.yaml", "--json", "--as", "alice", "--claims", "claims.json",
+            cwd=tmp_path, env={"BOT_TOKEN": "bot-token-111", "BILLING_TOKEN": "billing-token-222"},
         )  # fmt: skip
     finally:
         server.shutdown()

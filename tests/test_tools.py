@@ -220,7 +220,7 @@ def test_arguments_are_validated_against_the_schema(store: Any, workdir: Path) -
     )
     result = run_workflow(graph, {}, store=store, options=OPTS)
     assert result.status == "failed"
-    assert "invalid arguments at b" in result.error["message"]
+    assert result.error["message"] == "tool 'add': invalid arguments at `b`: 'three' is not of type 'integer'"
 
 
 def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path) -> None:

@@ -1,0 +1,149 @@
+"""JSON Schema (draft 2020-12) validation for the interpreter: run input, tool and MCP arguments, model
+answers, guardrail `schema` rules. One compile cache and one message style for all of them, e.g.
+
+    tool 'add': invalid arguments at `items[0].qty`: 'x' is not of type 'integer'
+
+jsonschema is imported on first use only: the CLI's start time does not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_REASON = 300  # a message quotes the offending value: a whole answer is no help to anyone
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SHARED: dict[str, Any] = {}  # canonical schema text -> validator, for callers without a cache of their own
+_SHARED_SIZE = 256
+
+
+@dataclass(frozen=True)
+class SchemaProblem:
+    """One way a value fails its schema."""
+
+    path: tuple[str | int, ...]  # where in the value: keys and indices from its root
+    message: str  # jsonschema's message; it may quote the value
+    keyword: str  # the failing keyword, e.g. "type"
+    schema_path: tuple[str | int, ...]  # where in the schema, e.g. ("properties", "a", "type")
+    expected: Any  # the keyword's value in the schema (never a part of the value)
+
+    @property
+    def where(self) -> str:
+        """The path as an author writes it in an expression: `a.b[0]`, `["odd key"].c`, "" at the root."""
+        out = ""
+        for part in self.path:
+            if isinstance(part, int):
+                out += f"[{part}]"
+            elif _IDENTIFIER.match(part):
+                out += f".{part}" if out else part
+            else:
+                out += f"[{json.dumps(part)}]"
+        return out
+
+    def reason(self, quote_values: bool = True) -> str:
+        """What is wrong. Without `quote_values` (guardrail reasons, which never quote the payload) the
+        failing schema rule is named instead of jsonschema's message."""
+        if quote_values:
+            return _shorten(self.message, MAX_REASON)
+        rule = "/".join(str(p) for p in self.schema_path)
+        return f"violates schema rule {rule} = {_shorten(_compact(self.expected), 80)}"
+
+
+def compiled(
+    schema: Any,
+    cache: MutableMapping[str, Any] | None = None,
+    key: str | None = None,
+    *,
+    check: bool = False,
+) -> Any:
+    """A validator for `schema`, compiled once. With `cache` and `key` (e.g. a run's `schema_cache` and a
+    tool's name) a lookup costs one dict access; otherwise validators are shared by schema content.
+    `check` first checks the schema itself, every time (raises jsonschema's SchemaError): a validator
+    shared with a caller that did not check proves nothing."""
+    if check:
+        from jsonschema import Draft202012Validator
+
+        Draft202012Validator.check_schema(schema)
+    if cache is not None and key is not None:
+        validator = cache.get(key)
+        if validator is None:
+            validator = cache[key] = _compile(schema)
+        return validator
+    text = _canonical(schema)
+    if text is None:  # keys that cannot be sorted, values that are not JSON: no content to share it by
+        return _compile(schema)
+    validator = _SHARED.get(text)
+    if validator is None:
+        validator = _compile(json.loads(text))  # a copy: a caller changing its dict later changes nothing
+        if len(_SHARED) >= _SHARED_SIZE:
+            _SHARED.pop(next(iter(_SHARED)))
+        _SHARED[text] = validator
+    return validator
+
+
+def errors(schema: Any, value: Any) -> list[SchemaProblem]:
+    """How `value` fails `schema` (a schema or a validator from `compiled`), most relevant first: the
+    error jsonschema's `best_match` picks (inside anyOf/oneOf: the branch that nearly matched), then the
+    others in the order of `iter_errors` (the schema's). [] when valid."""
+    validator = schema if hasattr(schema, "iter_errors") else compiled(schema)
+    found = list(validator.iter_errors(value))
+    if not found:
+        return []
+    # imported here: a valid value (one per tool call) does not pay for it
+    from jsonschema.exceptions import best_match, relevance
+
+    top = max(found, key=relevance)  # the error best_match starts from (max keeps the first of equals)
+    rest = [e for e in found if e is not top]
+    return [_problem(e) for e in [best_match([top]), *rest]]
+
+
+def describe(
+    problems: Sequence[SchemaProblem], what: str, *, quote_values: bool = True, limit: int = 3
+) -> str:
+    """One message for `problems` (non-empty): `what` says what failed, then where and why, e.g.
+    "tool 'x': invalid arguments at `a.b`: 'y' is not of type 'integer'; at `c`: ..."."""
+    parts = []
+    for n, problem in enumerate(problems[:limit]):
+        where = f"at `{problem.where}`: " if problem.where else ""
+        if n == 0:
+            where = f"{what} {where}" if where else f"{what}: "
+        parts.append(where + problem.reason(quote_values))
+    more = len(problems) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _compile(schema: Any) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema)
+
+
+def _problem(error: Any) -> SchemaProblem:
+    return SchemaProblem(
+        path=tuple(error.absolute_path),
+        message=error.message,
+        keyword=str(error.validator),
+        schema_path=tuple(error.absolute_schema_path),
+        expected=error.validator_value,
+    )
+
+
+def _canonical(schema: Any) -> str | None:
+    try:
+        return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _compact(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
