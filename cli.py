@@ -287,11 +287,12 @@ def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
 def _guarded(action):  # type: ignore[no-untyped-def]
     """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message."""
     from interpreter import PolicyError, RunSetupError
+    from interpreter.engine import LeaseLost
     from interpreter.store import RunLeased, StoreError
 
     try:
         return action()
-    except RunLeased as exc:  # not an error of the request: the run is busy elsewhere, try later
+    except (RunLeased, LeaseLost) as exc:  # not an error of the request: another process has the run
         _die(str(exc), EXIT_LEASED)
     except (RunSetupError, PolicyError, StoreError) as exc:
         _die(str(exc))
