@@ -47,8 +47,8 @@ def holder_alive(node: str, pid: int, start: int | None, expires_at: str, now: s
     me = this_process()
     if node != me.node or os.name == "nt":  # Windows: os.kill(pid, 0) would terminate the process
         return expires_at > now
-    if pid == me.pid:
-        return True  # another execution in this very process holds it
+    if pid == me.pid:  # another execution in this very process, or a dead one that had our PID
+        return start is None or start == me.start
     if me.start is not None:  # Linux: /proc tells whether the PID runs, and since when
         stat = _stat(pid)
         if stat is None or stat[0] in ("Z", "X"):  # gone, or a zombie: killed but not yet reaped

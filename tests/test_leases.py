@@ -376,3 +376,18 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         store.release_lease(store.acquire_lease(run_id))
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == s.SCHEMA_VERSION == 2
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="process start times come from /proc")
+def test_a_dead_process_that_had_this_pid_does_not_hold_the_lease(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        me, now = this_process(), s.utc_now()
+        assert me.start is not None
+        with sqlite3.connect(tmp_path / "charter.db") as conn:
+            conn.execute(
+                "INSERT INTO run_leases VALUES (?, 'x', ?, ?, ?, ?, ?, ?, '9999-01-01T00:00:00Z')",
+                (run_id, me.host, me.node, me.pid, me.start - 1, now, now),
+            )
+        lease = store.acquire_lease(run_id)
+        assert (lease.pid, lease.proc_start) == (me.pid, me.start)
