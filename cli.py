@@ -123,9 +123,10 @@ def graph(file: str, output_format: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Running workflows (issue 4). Exit codes of run/resume/approve: 0 completed, 1 failed, 2 invalid file,
-# input or usage, 3 waiting for approval.
+# input or usage, 3 waiting for approval, 4 the run is being executed by another process (its lease).
 
 _EXIT = {"completed": 0, "failed": 1, "cancelled": 1, "waiting": 3, "running": 1}
+EXIT_LEASED = 4
 
 
 def _db_option(fn):  # type: ignore[no-untyped-def]
@@ -286,10 +287,13 @@ def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
 def _guarded(action):  # type: ignore[no-untyped-def]
     """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message."""
     from interpreter import PolicyError, RunSetupError
-    from interpreter.store import StoreError
+    from interpreter.engine import LeaseLost
+    from interpreter.store import RunLeased, StoreError
 
     try:
         return action()
+    except (RunLeased, LeaseLost) as exc:  # not an error of the request: another process has the run
+        _die(str(exc), EXIT_LEASED)
     except (RunSetupError, PolicyError, StoreError) as exc:
         _die(str(exc))
 
@@ -531,6 +535,10 @@ def resume(
     """Continue an interrupted or waiting run from its log (finished work is not repeated; recorded
     model answers are reused, so only the calls still to make need the model).
 
+    One process executes a run at a time: exit 4 (and nothing is done) when another live process
+    is executing it. A run whose process died can be resumed at once. Otherwise as `charter run`:
+    0 completed, 1 failed, 2 unknown run or setup problem, 3 waiting for approval.
+
     \b
     Example:
       charter resume 01JC...
@@ -635,6 +643,8 @@ def approve(
     """Record a decision on a pending approval and resume the run.
 
     The person's roles must be known (--claims, or an identity with roles in the workflow).
+    Exit as `charter resume`; 4: the decision was recorded, and the process executing the run right
+    now continues with it.
 
     \b
     Examples:

@@ -50,7 +50,14 @@ def decide_approval(
         },
         actor={"sub": person},
     )
-    return resume_run(run_id, store=store, options=options, reason="approval")
+    try:
+        return resume_run(run_id, store=store, options=options, reason="approval")
+    except s.RunLeased as exc:  # the holder sees the decision when it lets the run go, and continues
+        raise s.RunLeased(
+            exc.holder,
+            f"the decision was recorded; run {run_id} is being executed by another process "
+            f"({exc.holder.describe()}), which continues with it",
+        ) from None
 
 
 def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:

@@ -16,6 +16,7 @@ Step kinds are implemented in `interpreter.steps` (a registry keyed by kind).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import random
@@ -847,6 +848,7 @@ async def start_run(
         started = {"workflow": name, "forked_from": forked_from, "file": file}
         started.update(_identity_record(options, parent_chain))
         tx.append(row.run_id, s.RUN_STARTED, "", guard.mask(started), guard.run_actor())
+        lease = tx.acquire_lease(row.run_id)  # leased from its first moment: nobody else resumes it
     execution = Execution(
         store,
         graph,
@@ -864,7 +866,7 @@ async def start_run(
         guard=guard,
     )
     execution.input_gate = gate
-    return await execution.execute()
+    return await _leased(store, lease, execution.execute, options)
 
 
 def _input_gate(guard: RunGuard, inputs: Any) -> tuple[Any, Any]:
@@ -910,8 +912,20 @@ def _guard_for(
     )
 
 
-async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, reason: str) -> RunResult:
+async def continue_run(
+    run_id: str, store: s.EventStore, options: RunOptions, reason: str, *, wait: bool = False
+) -> RunResult:
+    """Continue a run under its lease. `RunLeased` when another live process executes it; with `wait`
+    (a parent continuing its child run), wait until that process lets it go instead."""
     row = store.run(run_id)
+    if row.status in s.TERMINAL_STATUSES:  # finished for good: no lease needed to say so
+        return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
+    lease = await _acquire(store, run_id, wait)
+    return await _leased(store, lease, lambda: _continue(run_id, store, options, reason), options)
+
+
+async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reason: str) -> RunResult:
+    row = store.run(run_id)  # read again under the lease: the previous holder may have finished it
     if row.status in s.TERMINAL_STATUSES:
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
     events = list(store.events(run_id))
@@ -956,6 +970,81 @@ async def continue_run(run_id: str, store: s.EventStore, options: RunOptions, re
 
 
 # --------------------------------------------------------------------------------------------------
+# Leases: one process executes a run at a time (spec/event-log.md, `run_leases`)
+
+LEASE_POLL_SECONDS = 0.2  # how often a parent waiting for its child run's lease looks again
+MAX_RECONTINUES = 10  # a safety bound: each one needs a decision or child result that arrived meanwhile
+
+
+class LeaseLost(s.StoreError):
+    """Another process took the run's lease while this one executed it (its heartbeat had expired)."""
+
+
+async def _acquire(store: s.EventStore, run_id: str, wait: bool) -> s.Lease:
+    while True:
+        try:
+            return store.acquire_lease(run_id)
+        except s.RunLeased:
+            if not wait:
+                raise
+        await asyncio.sleep(LEASE_POLL_SECONDS)
+
+
+async def _leased(
+    store: s.EventStore, lease: s.Lease, execute: Callable[[], Awaitable[RunResult]], options: RunOptions
+) -> RunResult:
+    """Execute a run while holding its lease, renewed by a heartbeat; give it up when the execution ends.
+
+    A run that ends waiting keeps its lease when what it waits for was resolved while it ran (an
+    approval decided, a child run finished): whoever resolved it found the lease taken and left the run
+    to this process, which continues it (the check and the release are one transaction, so nothing is
+    lost between them)."""
+    lost = asyncio.Event()
+    heartbeat = asyncio.create_task(_heartbeat(store, lease, lost, asyncio.current_task()))
+    released = False
+    try:
+        result = await execute()
+        for _ in range(MAX_RECONTINUES):
+            if result.status != "waiting" or store.release_lease(lease, result.pending):
+                released = result.status == "waiting"
+                break
+            result = await _continue(lease.run_id, store, options, "approval")
+        return result
+    except asyncio.CancelledError:
+        if lost.is_set():
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # the cancel was ours: a parent's timeout must not see it
+            raise LeaseLost(
+                f"run {lease.run_id}: another process took over its lease while this one executed it "
+                "(no heartbeat for too long); this process stopped"
+            ) from None
+        raise
+    finally:
+        heartbeat.cancel()
+        if not released and not lost.is_set():
+            with contextlib.suppress(s.StoreError):  # e.g. the store was closed: the lease goes stale
+                store.release_lease(lease)
+
+
+async def _heartbeat(store: s.EventStore, lease: s.Lease, lost: asyncio.Event, run: Any) -> None:
+    """Renew the lease every HEARTBEAT_SECONDS (one small write: nothing per step). A lease that is no
+    longer ours stops the execution: another process executes the run now."""
+    from interpreter.leases import HEARTBEAT_SECONDS
+
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            if store.renew_lease(lease):
+                continue
+        except s.StoreError:
+            continue  # locked for longer than busy_timeout: the next beat tries again
+        lost.set()
+        run.cancel()
+        return
+
+
+# --------------------------------------------------------------------------------------------------
 # Public API (sync wrappers around the asyncio core)
 
 
@@ -983,7 +1072,8 @@ def _resume_parent(store: s.EventStore, run_id: str, result: RunResult, options:
         return
     row = store.run(run_id)
     if row.parent_run_id and store.run(row.parent_run_id).status == "waiting":
-        resume_run(row.parent_run_id, store=store, options=options, reason="manual")
+        with contextlib.suppress(s.RunLeased):  # its holder sees this child finished and continues it
+            resume_run(row.parent_run_id, store=store, options=options, reason="manual")
 
 
 def fork_run(

@@ -546,7 +546,8 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any) -> Any
 
     child_id = _existing_child(ex, path)
     if child_id is not None:
-        result = await continue_run(child_id, ex.store, ex.options, "manual")
+        # Another process may be executing the child (`charter resume CHILD`): wait for its result.
+        result = await continue_run(child_id, ex.store, ex.options, "manual", wait=True)
     else:
         base = Path(ex.file).parent if ex.file else Path.cwd()
         target = (base / relative).resolve()

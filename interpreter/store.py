@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -34,8 +35,9 @@ from interpreter.hashing import (
     genesis_hash,
     sha256_hex,
 )
+from interpreter.leases import LEASE_TTL_SECONDS, holder_alive, this_process
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the run_leases table (a version-1 file is upgraded in place when opened)
 DEFAULT_DB = "charter.db"
 DEFAULT_BLOB_THRESHOLD = 4096
 BLOB_REF_KEY = "$blob"
@@ -64,6 +66,16 @@ class BlobNotFound(StoreError):
 
 class PayloadError(StoreError):
     """A payload, actor, input or output that cannot be stored as JSON."""
+
+
+class RunLeased(StoreError):
+    """Another live process is executing the run (it holds the run's lease)."""
+
+    def __init__(self, holder: Lease, message: str | None = None) -> None:
+        self.holder = holder
+        super().__init__(
+            message or f"run {holder.run_id} is being executed by another process: {holder.describe()}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,6 +198,24 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to execute a run, held by one process (spec/event-log.md, `run_leases`)."""
+
+    run_id: str
+    owner: str  # a random token per acquisition: only its holder renews or releases the lease
+    host: str
+    node: str
+    pid: int
+    proc_start: int | None
+    acquired_at: str
+    heartbeat_at: str
+    expires_at: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, since {self.acquired_at} (last heartbeat {self.heartbeat_at})"
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyResult:
     """Outcome of `verify`. `first_bad_seq` is 0 when the run row itself disagrees with its chain."""
 
@@ -237,6 +267,10 @@ class StoreTransaction(Protocol):
 
     def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str: ...
 
+    def acquire_lease(self, run_id: str) -> Lease:
+        """Take the run's lease for this process; `RunLeased` when a live process holds it."""
+        ...
+
 
 @runtime_checkable
 class EventStore(StoreTransaction, Protocol):
@@ -253,6 +287,16 @@ class EventStore(StoreTransaction, Protocol):
     def get_blob(self, sha256: str) -> bytes: ...
 
     def verify(self, run_id: str) -> VerifyResult: ...
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Push the lease's expiry back; False when it is no longer this holder's."""
+        ...
+
+    def release_lease(self, lease: Lease, pending: Iterable[str] = ()) -> bool:
+        """Give the lease up, unless one of `pending` was resolved meanwhile (then keep it: False)."""
+        ...
+
+    def lease(self, run_id: str) -> Lease | None: ...
 
     def close(self) -> None: ...
 
@@ -319,6 +363,7 @@ _RUN_COLUMNS = (
     "interpreter_version, status, created_at, updated_at, output, error, head_seq, head_hash"
 )
 _EVENT_COLUMNS = "run_id, seq, ts, node_path, kind, actor, payload, prev_hash, hash"
+_LEASE_COLUMNS = "run_id, owner, host, node, pid, proc_start, acquired_at, heartbeat_at, expires_at"
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PAGE = 2000
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -530,8 +575,46 @@ class _Tx:
         )
         return digest
 
+    def acquire_lease(self, run_id: str) -> Lease:
+        self._head(run_id)  # RunNotFound for a mistyped id
+        row = self._conn.execute(
+            f"SELECT {_LEASE_COLUMNS} FROM run_leases WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        now = utc_now()
+        if row is not None:
+            held = Lease(*row)
+            if holder_alive(held.node, held.pid, held.proc_start, held.expires_at, now):
+                raise RunLeased(held)
+        me = this_process()
+        lease = Lease(run_id, secrets.token_hex(16), me.host, me.node, me.pid, me.start, now, now, _expiry())
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO run_leases ({_LEASE_COLUMNS}) VALUES ({_LEASE_PARAMS})",
+            dataclasses.astuple(lease),
+        )
+        return lease
+
 
 _Prepared = tuple[str, str, Any, dict[str, Any] | None, str, str, list[bytes]]
+_LEASE_PARAMS = ", ".join("?" * len(_LEASE_COLUMNS.split(",")))
+# A pending node is resolved when a decision follows its latest approval request, or when the newest
+# child run started at it has finished.
+_RESOLVED_PENDING = """
+SELECT 1 FROM events d WHERE d.run_id = :run AND d.kind = 'approval.decided' AND d.node_path IN ({paths})
+  AND d.seq > COALESCE((SELECT MAX(r.seq) FROM events r WHERE r.run_id = d.run_id
+                        AND r.kind = 'approval.requested' AND r.node_path = d.node_path), 0)
+UNION ALL
+SELECT 1 FROM runs c WHERE c.parent_run_id = :run AND c.parent_node IN ({paths})
+  AND c.status IN ('completed', 'failed', 'cancelled')
+  AND c.created_at = (SELECT MAX(n.created_at) FROM runs n
+                      WHERE n.parent_run_id = :run AND n.parent_node = c.parent_node)
+LIMIT 1
+"""
+
+
+def _expiry() -> str:
+    """utc_now() + LEASE_TTL_SECONDS, in the same format (lease times compare as strings)."""
+    at = datetime.now(UTC) + timedelta(seconds=LEASE_TTL_SECONDS)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _prepare(kind: str, node_path: str, payload: Any, actor: Any, blob_threshold: int) -> _Prepared:
@@ -744,6 +827,23 @@ class SQLiteEventStore:
             not_null=["size", "data"],
             if_not_exists=True,
         )
+        db["run_leases"].create(
+            {
+                "run_id": str,
+                "owner": str,
+                "host": str,
+                "node": str,
+                "pid": int,
+                "proc_start": int,
+                "acquired_at": str,
+                "heartbeat_at": str,
+                "expires_at": str,
+            },
+            pk="run_id",
+            foreign_keys=[("run_id", "runs", "run_id")],
+            not_null=["owner", "host", "node", "pid", "acquired_at", "heartbeat_at", "expires_at"],
+            if_not_exists=True,
+        )
         db["runs"].create_index(["created_at"], if_not_exists=True)
         db["runs"].create_index(["parent_run_id"], if_not_exists=True)
         db["events"].create_index(["kind"], if_not_exists=True)
@@ -848,6 +948,42 @@ class SQLiteEventStore:
     def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str:
         with self.transaction() as tx:
             return tx.put_blob(data, media_type)
+
+    # -- leases (who executes a run)
+
+    def acquire_lease(self, run_id: str) -> Lease:
+        with self.transaction() as tx:
+            return tx.acquire_lease(run_id)
+
+    def renew_lease(self, lease: Lease) -> bool:
+        with self.transaction() as tx:
+            cursor = tx._conn.execute(
+                "UPDATE run_leases SET heartbeat_at = ?, expires_at = ? WHERE run_id = ? AND owner = ?",
+                (utc_now(), _expiry(), lease.run_id, lease.owner),
+            )
+            return cursor.rowcount > 0
+
+    def release_lease(self, lease: Lease, pending: Iterable[str] = ()) -> bool:
+        """Checked and released in one transaction: whoever resolves a pending node (decides an
+        approval, finishes a child run) either sees the lease free or is seen here."""
+        paths = list(pending)
+        with self.transaction() as tx:
+            if paths:
+                sql = _RESOLVED_PENDING.format(paths=", ".join(f":p{i}" for i in range(len(paths))))
+                params = {"run": lease.run_id, **{f"p{i}": p for i, p in enumerate(paths)}}
+                if tx._conn.execute(sql, params).fetchone() is not None:
+                    return False
+            tx._conn.execute(
+                "DELETE FROM run_leases WHERE run_id = ? AND owner = ?", (lease.run_id, lease.owner)
+            )
+            return True
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The run's lease row, live or stale (None when nobody took it or it was released)."""
+        rows = self._query(
+            f"SELECT {_LEASE_COLUMNS} FROM run_leases WHERE run_id = ?", (run_id,), "reading a lease"
+        )
+        return Lease(*rows[0]) if rows else None
 
     # -- reads
 
@@ -1038,9 +1174,11 @@ __all__ = [
     "BlobNotFound",
     "Event",
     "EventStore",
+    "Lease",
     "NewEvent",
     "PayloadError",
     "RunNotFound",
+    "RunLeased",
     "RunRecord",
     "SQLiteEventStore",
     "StoreError",

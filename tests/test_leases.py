@@ -1,0 +1,393 @@
+"""Run leases: one process executes a run at a time (spec/event-log.md, `run_leases`).
+
+Real `charter` processes on a real SQLite file. A run is held in the middle of its execution by a gate
+(tests/fixtures/lease_tools.py: a tool waits for a file before its side effect), so every race below is
+set up by the test, never left to timing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fixtures.charter_cli import (
+    ENGINE,
+    FIXTURES,
+    REPO,
+    charter,
+    charter_cmd,
+    child_env,
+    describe,
+    events,
+    run_json,
+    run_row,
+    run_rows,
+)
+
+from interpreter import store as s
+from interpreter.leases import this_process
+
+pytestmark = pytest.mark.skipif(not ENGINE.exists(), reason="interpreter/engine.py not written yet")
+
+FLOW = FIXTURES / "lease_flow.yaml"
+APPROVAL_FLOW = FIXTURES / "lease_approval_flow.yaml"
+ALLOW = "tests.fixtures.lease_tools"
+WAIT_LIMIT = 60.0  # seconds: a condition not reached by then is a bug, not a slow machine
+EXIT_LEASED = 4
+LINUX_PROC = Path("/proc/self/stat").exists()
+
+
+class Lab:
+    """A database, an effects file and a gate for one test."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.db, self.effects, self.gate = tmp / "charter.db", tmp / "effects.txt", tmp / "gate"
+
+    def env(self, gate_at: str = "") -> dict[str, str]:
+        extra = {"LEASE_EFFECTS": str(self.effects), "LEASE_GATE": str(self.gate)}
+        if gate_at:
+            extra["LEASE_GATE_AT"] = gate_at
+        return child_env(extra, allow=ALLOW)
+
+    def start(self, *args: str, gate_at: str = "") -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            charter_cmd(*args, "--db", str(self.db)),
+            cwd=REPO,
+            env=self.env(gate_at),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def charter(self, *args: str, gate_at: str = "") -> subprocess.CompletedProcess[str]:
+        return charter(*args, "--db", str(self.db), env=self.env(gate_at), timeout=WAIT_LIMIT)
+
+    def reached(self) -> bool:
+        return Path(str(self.gate) + ".reached").exists()
+
+    def reset_gate(self) -> None:
+        Path(str(self.gate) + ".reached").unlink(missing_ok=True)
+        self.gate.unlink(missing_ok=True)
+
+    def open_gate(self) -> None:
+        self.gate.write_text("open", encoding="utf-8")
+
+    def counts(self) -> Counter[str]:
+        if not self.effects.exists():
+            return Counter()
+        return Counter(line.split("\t")[0] for line in self.effects.read_text().splitlines() if line)
+
+    def lease_rows(self) -> list[dict[str, object]]:
+        conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM run_leases")]
+        finally:
+            conn.close()
+
+
+def _wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + WAIT_LIMIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _interrupted_run(lab: Lab, at: str) -> str:
+    """A `charter run` SIGKILLed while its tool `at` waits at the gate (before its side effect)."""
+    proc = lab.start("run", str(FLOW), gate_at=at)
+    try:
+        _wait_for(lambda: lab.reached() or proc.poll() is not None, f"the run to reach step {at}")
+        assert proc.poll() is None, proc.communicate()
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lab.reset_gate()
+    (run,) = run_rows(lab.db)
+    assert run["status"] == "running"
+    return str(run["run_id"])
+
+
+def _assert_verified(lab: Lab, run_id: str) -> None:
+    proc = lab.charter("verify", run_id)
+    assert proc.returncode == 0, describe(proc)
+
+
+def _assert_clean(proc: subprocess.CompletedProcess[str] | tuple[str, str]) -> None:
+    text = proc.stderr if isinstance(proc, subprocess.CompletedProcess) else proc[1]
+    assert "Traceback" not in text, text
+
+
+# --------------------------------------------------------------------------------------------------
+# resume against resume
+
+
+def test_two_concurrent_resumes_execute_the_run_once(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    run_id = _interrupted_run(lab, at="b")
+    assert lab.counts() == Counter({"a": 1})
+    # Both start together; the one that gets the lease stops at c's gate until the other has given up.
+    first = lab.start("resume", run_id, gate_at="c")
+    second = lab.start("resume", run_id, gate_at="c")
+    procs = [first, second]
+    _wait_for(lambda: any(p.poll() is not None for p in procs), "one resume to be refused")
+    loser = next(p for p in procs if p.poll() is not None)
+    winner = next(p for p in procs if p is not loser)
+    loser_out = loser.communicate()
+    assert loser.returncode == EXIT_LEASED, loser_out
+    assert f"run {run_id} is being executed by another process: pid {winner.pid}" in loser_out[1]
+    _assert_clean(loser_out)
+    _wait_for(lab.reached, "the resume that holds the lease to reach c")
+    lab.open_gate()
+    out, err = winner.communicate(timeout=WAIT_LIMIT)
+    assert winner.returncode == 0, err
+    _assert_clean((out, err))
+    assert lab.counts() == Counter({"a": 1, "b": 1, "c": 1}), "a side effect ran twice"
+    kinds = Counter(e["kind"] for e in events(lab.db, run_id))
+    assert kinds["run.resumed"] == 1 and kinds["run.completed"] == 1
+    assert run_row(lab.db, run_id)["status"] == "completed"
+    assert lab.lease_rows() == [], "the lease must be released when the run ends"
+    _assert_verified(lab, run_id)
+
+
+def test_resume_right_after_sigkill_takes_the_dead_process_lease(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    proc = lab.start("run", str(FLOW), gate_at="b")
+    try:
+        _wait_for(lab.reached, "the run to reach b")
+        proc.kill()  # not reaped yet: a zombie still has its PID
+        (lease,) = lab.lease_rows()
+        assert lease["pid"] == proc.pid
+        resumed = lab.charter("resume", next(r["run_id"] for r in run_rows(lab.db)), "--json")
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert resumed.returncode == 0, describe(resumed)
+    assert run_json(resumed)["output"] == {"done": ["a", "b", "c"]}
+    assert lab.counts() == Counter({"a": 1, "b": 1, "c": 1})
+    assert lab.lease_rows() == []
+    _assert_verified(lab, run_json(resumed)["run_id"])
+
+
+# --------------------------------------------------------------------------------------------------
+# a lease held by a live process, by a reused PID, by another host
+
+HOLDER = """
+import sys
+from interpreter.store import SQLiteEventStore
+store = SQLiteEventStore(sys.argv[1])
+store.acquire_lease(sys.argv[2])
+print("held", flush=True)
+sys.stdin.read()  # hold the lease until the test closes stdin
+"""
+
+
+def _holder(lab: Lab, run_id: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lab.db), run_id],
+        cwd=REPO,
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_live_holder_is_respected_and_its_death_frees_the_run(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    run_id = _interrupted_run(lab, at="b")
+    holder = _holder(lab, run_id)
+    try:
+        before = len(events(lab.db, run_id))
+        refused = lab.charter("resume", run_id)
+        assert refused.returncode == EXIT_LEASED, describe(refused)
+        assert f"pid {holder.pid} on {this_process().host}, since " in refused.stderr
+        _assert_clean(refused)
+        assert len(events(lab.db, run_id)) == before, "a refused resume must write nothing"
+        assert lab.counts() == Counter({"a": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed = lab.charter("resume", run_id)
+    assert resumed.returncode == 0, describe(resumed)
+    assert lab.counts() == Counter({"a": 1, "b": 1, "c": 1})
+    _assert_verified(lab, run_id)
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="process start times come from /proc")
+def test_a_reused_pid_does_not_hold_the_lease(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    run_id = _interrupted_run(lab, at="b")
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        # The lease names a live PID, but a process that started at another time: the PID was reused.
+        me = this_process()
+        now = s.utc_now()
+        with sqlite3.connect(lab.db) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO run_leases VALUES (?, 'x', ?, ?, ?, ?, ?, ?, '9999-01-01T00:00:00Z')",
+                (run_id, me.host, me.node, other.pid, 1, now, now),
+            )
+        resumed = lab.charter("resume", run_id)
+    finally:
+        other.kill()
+        other.wait()
+    assert resumed.returncode == 0, describe(resumed)
+    _assert_verified(lab, run_id)
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_a_lease_of_another_host_holds_until_its_heartbeat_expires(tmp_path: Path, expired: bool) -> None:
+    lab = Lab(tmp_path)
+    run_id = _interrupted_run(lab, at="b")
+    expires = "2000-01-01T00:00:00.000000Z" if expired else "9999-01-01T00:00:00.000000Z"
+    with sqlite3.connect(lab.db) as conn:  # pid 1 exists here, but that host's pid 1 is another process
+        conn.execute(
+            "INSERT OR REPLACE INTO run_leases VALUES (?, 'x', 'far-away', 'far-away/boot/ns', 1, 5, "
+            "'2000-01-01T00:00:00.000000Z', '2000-01-01T00:00:00.000000Z', ?)",
+            (run_id, expires),
+        )
+    proc = lab.charter("resume", run_id)
+    _assert_clean(proc)
+    if expired:
+        assert proc.returncode == 0, describe(proc)
+        assert lab.counts() == Counter({"a": 1, "b": 1, "c": 1})
+        _assert_verified(lab, run_id)
+    else:
+        assert proc.returncode == EXIT_LEASED, describe(proc)
+        assert "pid 1 on far-away, since 2000-01-01T00:00:00.000000Z" in proc.stderr
+        assert lab.counts() == Counter({"a": 1})
+
+
+# --------------------------------------------------------------------------------------------------
+# approve
+
+
+def test_approve_while_the_run_executes_is_recorded_and_continued_by_the_holder(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    run = lab.start("run", str(APPROVAL_FLOW), "--json", gate_at="w")
+    try:
+        _wait_for(lab.reached, "branch `work` to reach its gate")
+        (row,) = run_rows(lab.db)
+        run_id = str(row["run_id"])
+        _wait_for(
+            lambda: any(e["kind"] == "approval.requested" for e in events(lab.db, run_id)),
+            "the approval request",
+        )
+        approved = lab.charter("approve", run_id, "fan/ask/ok", "--as", "carol")
+        assert approved.returncode == EXIT_LEASED, describe(approved)
+        assert "the decision was recorded" in approved.stderr
+        assert f"pid {run.pid}" in approved.stderr
+        _assert_clean(approved)
+        lab.open_gate()
+        out, err = run.communicate(timeout=WAIT_LIMIT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    # The run went on to wait, saw the decision that came in meanwhile and continued: nothing is lost.
+    assert run.returncode == 0, err
+    assert run_json(subprocess.CompletedProcess([], 0, out, err))["output"] == {
+        "by": "carol",
+        "after": "after",
+    }
+    assert lab.counts() == Counter({"w": 1, "after": 1})
+    assert lab.lease_rows() == []
+    _assert_verified(lab, run_id)
+
+
+def test_approve_of_a_waiting_run_resumes_it_under_its_lease(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    first = lab.charter("run", str(APPROVAL_FLOW), "--json")
+    assert first.returncode == 3, describe(first)
+    run_id = run_json(first)["run_id"]
+    assert lab.lease_rows() == [], "a waiting run holds no lease"
+    approved = lab.charter("approve", run_id, "fan/ask/ok", "--as", "carol", "--json")
+    assert approved.returncode == 0, describe(approved)
+    assert run_json(approved)["output"] == {"by": "carol", "after": "after"}
+    assert lab.lease_rows() == []
+    _assert_verified(lab, run_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# the store
+
+
+def test_release_keeps_the_lease_when_a_pending_approval_was_decided_meanwhile(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        lease = store.acquire_lease(run_id)
+        store.append(run_id, s.APPROVAL_REQUESTED, "ok", {"message": "?"})
+        store.append(run_id, s.APPROVAL_DECIDED, "other", {"decision": "approved", "by": "x"})
+        assert store.release_lease(lease, ["ok"]) is True, "nothing decided at `ok`"
+        lease = store.acquire_lease(run_id)
+        store.append(run_id, s.APPROVAL_DECIDED, "ok", {"decision": "approved", "by": "x"})
+        assert store.release_lease(lease, ["ok"]) is False
+        assert store.lease(run_id) == lease
+        store.append(run_id, s.APPROVAL_REQUESTED, "ok", {"message": "again?"})  # a newer request
+        assert store.release_lease(lease, ["ok"]) is True
+        assert store.lease(run_id) is None
+
+
+def test_release_keeps_the_lease_when_the_pending_child_run_finished(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        parent = store.create_run("p").run_id
+        child = store.create_run("c", parent_run_id=parent, parent_node="sub", status="waiting").run_id
+        lease = store.acquire_lease(parent)
+        assert store.release_lease(lease, ["sub"]) is True
+        lease = store.acquire_lease(parent)
+        store.set_status(child, "completed", output=None)
+        assert store.release_lease(lease, ["sub"]) is False
+
+
+def test_a_lease_is_not_taken_twice_in_one_process(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        lease = store.acquire_lease(run_id)
+        with pytest.raises(s.RunLeased, match=f"pid {os.getpid()}"):
+            store.acquire_lease(run_id)
+        assert store.renew_lease(lease)
+        store.release_lease(lease)
+        assert not store.renew_lease(lease), "a released lease is no longer ours"
+        with pytest.raises(s.RunNotFound):
+            store.acquire_lease("nope")
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "charter.db"
+    with s.SQLiteEventStore(db) as store:
+        run_id = store.create_run("w").run_id
+        store.append(run_id, s.RUN_STARTED, "", {"workflow": "w"})
+    with sqlite3.connect(db) as conn:  # what schema version 1 wrote
+        conn.execute("DROP TABLE run_leases")
+        conn.execute("PRAGMA user_version = 1")
+    with s.SQLiteEventStore(db) as store:
+        assert store.verify(run_id).ok
+        store.release_lease(store.acquire_lease(run_id))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == s.SCHEMA_VERSION == 2
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="process start times come from /proc")
+def test_a_dead_process_that_had_this_pid_does_not_hold_the_lease(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        me, now = this_process(), s.utc_now()
+        assert me.start is not None
+        with sqlite3.connect(tmp_path / "charter.db") as conn:
+            conn.execute(
+                "INSERT INTO run_leases VALUES (?, 'x', ?, ?, ?, ?, ?, ?, '9999-01-01T00:00:00Z')",
+                (run_id, me.host, me.node, me.pid, me.start - 1, now, now),
+            )
+        lease = store.acquire_lease(run_id)
+        assert (lease.pid, lease.proc_start) == (me.pid, me.start)
