@@ -849,24 +849,28 @@ async def start_run(
         started.update(_identity_record(options, parent_chain))
         tx.append(row.run_id, s.RUN_STARTED, "", guard.mask(started), guard.run_actor())
         lease = tx.acquire_lease(row.run_id)  # leased from its first moment: nobody else resumes it
-    execution = Execution(
-        store,
-        graph,
-        row.run_id,
-        inputs,
-        options=options,
-        principal=principal,
-        started_at=row.created_at,
-        file=file,
-        policy=policy,
-        secrets=secrets,
-        records=records,
-        write_reused=records is not None,
-        reused_from=forked_from["run_id"] if forked_from else None,
-        guard=guard,
-    )
-    execution.input_gate = gate
-    return await _leased(store, lease, execution.execute, options)
+
+    def execute() -> Awaitable[RunResult]:  # built under the lease: a failure here releases it too
+        execution = Execution(
+            store,
+            graph,
+            row.run_id,
+            inputs,
+            options=options,
+            principal=principal,
+            started_at=row.created_at,
+            file=file,
+            policy=policy,
+            secrets=secrets,
+            records=records,
+            write_reused=records is not None,
+            reused_from=forked_from["run_id"] if forked_from else None,
+            guard=guard,
+        )
+        execution.input_gate = gate
+        return execution.execute()
+
+    return await _leased(store, lease, execute, options)
 
 
 def _input_gate(guard: RunGuard, inputs: Any) -> tuple[Any, Any]:
