@@ -287,8 +287,7 @@ def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
 def _guarded(action):  # type: ignore[no-untyped-def]
     """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message."""
     from interpreter import PolicyError, RunSetupError
-    from interpreter.engine import LeaseLost
-    from interpreter.store import RunLeased, StoreError
+    from interpreter.store import LeaseLost, RunLeased, StoreError
 
     try:
         return action()
@@ -700,8 +699,10 @@ def wake(
     try:
         pause = parse_duration(interval)
     except ValueError:
+        pause = 0.0
+    if pause <= 0:
         raise click.BadParameter(
-            f"not a duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
+            f"not a positive duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
         ) from None
     store = _open_store(db)
     options = _options(None, None, allow_modules, "normal", quiet=True, models=models)
@@ -729,10 +730,6 @@ def _wake_once(store, options, as_json: bool):  # type: ignore[no-untyped-def]
     return wake_due(store, options, report=show)
 
 
-class _Stop(Exception):  # noqa: N818 - a signal asked the watcher to stop
-    pass
-
-
 def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: ignore[no-untyped-def]
     """Look every `pause` seconds until SIGINT/SIGTERM. A signal while a run is being resumed lets that
     resume finish first (a second one stops at once; the run is then recovered by its next resume)."""
@@ -745,7 +742,9 @@ def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: i
 
     def on_signal(signum, frame) -> None:  # type: ignore[no-untyped-def]
         if state["idle"] or state["stop"]:
-            raise _Stop
+            # KeyboardInterrupt, not another exception: the engine lets it through rather than
+            # recording it as the run's failure.
+            raise KeyboardInterrupt
         state["stop"] = True
 
     signal.signal(signal.SIGINT, on_signal)
@@ -761,7 +760,7 @@ def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: i
             state["idle"] = True
             if not state["stop"]:
                 pause_event.wait(pause)
-    except _Stop:
+    except KeyboardInterrupt:
         pass
     click.echo("charter wake: stopped", err=True)
     sys.exit(0)

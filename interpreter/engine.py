@@ -176,25 +176,29 @@ class Execution:
             except BaseException:
                 self.buffer = batch + self.buffer  # nothing was written: keep the events for the next try
                 raise
-        if self.turn_commit is not None:  # this commit carried the turn's completions
-            self.turn_commit.set_result(None)
-            self.turn_commit = None
+        turn, self.turn_commit = self.turn_commit, None
+        if turn is not None and not turn.done():  # this commit carried the turn's completions
+            turn.set_result(None)
 
     def _commit_turn(self, turn: asyncio.Future[None]) -> None:
-        if turn is not self.turn_commit:  # an earlier commit carried it
+        if turn is not self.turn_commit or turn.done():  # an earlier commit carried it
             return
         try:
             self.commit()
         except BaseException as exc:  # noqa: BLE001 - raised by `durable` in the step that waits
-            self.turn_commit = None
-            turn.set_exception(exc)
-            turn.add_done_callback(asyncio.Future.exception)  # nobody may wait: not "never retrieved"
+            turn.set_exception(exc)  # stays the turn: the next `durable` tries the commit again
+            turn.exception()  # retrieved: nobody may be waiting
 
     async def durable(self) -> None:
         """Wait for the commit of the completions settled so far (durability "full"): called before
         every tool and model call, so nothing acts on the world before the steps it follows are logged."""
-        if self.turn_commit is not None:
-            await asyncio.shield(self.turn_commit)
+        turn = self.turn_commit
+        if turn is None:
+            return
+        if not turn.done():
+            await asyncio.shield(turn)
+        else:  # that commit failed (e.g. the database was locked too long): no call before it succeeds
+            self.commit()
 
     def settle(self, *events: s.NewEvent, now: bool = False) -> None:
         """Record a step's completion.
@@ -980,10 +984,6 @@ LEASE_POLL_SECONDS = 0.2  # how often a parent waiting for its child run's lease
 MAX_RECONTINUES = 10  # a safety bound: each one needs a decision or child result that arrived meanwhile
 
 
-class LeaseLost(s.StoreError):
-    """Another process took the run's lease while this one executed it (its heartbeat had expired)."""
-
-
 async def _acquire(store: s.EventStore, run_id: str, wait: bool) -> s.Lease:
     while True:
         try:
@@ -1019,7 +1019,7 @@ async def _leased(
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()  # the cancel was ours: a parent's timeout must not see it
-            raise LeaseLost(
+            raise s.LeaseLost(
                 f"run {lease.run_id}: another process took over its lease while this one executed it "
                 "(no heartbeat for too long); this process stopped"
             ) from None

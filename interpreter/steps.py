@@ -88,7 +88,9 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     t0 = time.perf_counter()
     token = CURRENT_CHAIN.set(chain)  # a child workflow started by this call narrows this chain
     try:
-        result = await _call(ex, name, tool, compiled, python, args, key, scope, path, node.step.identity)
+        result = await _call(
+            ex, name, tool, compiled, python, args, key, scope, path, node.step.identity, attempt
+        )
     except StepError as err:
         err.step, err.node_path = node.id, path
         ex.emit(
@@ -173,9 +175,12 @@ async def _call(
     scope: Scope,
     path: str,
     identity: str | None,
+    attempt: int,
 ) -> Any:
     # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
-    return await call_tool(ex, name, args, key=key, scope=scope, path=path, identity=identity)
+    return await call_tool(
+        ex, name, args, key=key, scope=scope, path=path, identity=identity, attempt=attempt
+    )
 
 
 CANCELLED = {
@@ -536,15 +541,16 @@ async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, a
     if ex.replaying:
         rec = ex.records.get(path)
         return rec.output if rec is not None else None
-    return await child_run(ex, path, node.step.workflow.path, inputs)
+    return await child_run(ex, path, node.step.workflow.path, inputs, attempt)
 
 
-async def child_run(ex: Execution, path: str, relative: str, inputs: Any) -> Any:
-    """Run another workflow file as a child run linked to this one (or continue the one already
-    started for this node), and return its output."""
+async def child_run(ex: Execution, path: str, relative: str, inputs: Any, attempt: int = 1) -> Any:
+    """Run another workflow file as a child run linked to this one (or continue the one this attempt
+    already started, after a crash or an approval), and return its output."""
     from interpreter.engine import continue_run, start_run
 
-    child_id = _existing_child(ex, path)
+    child_id = _existing_child(ex, path, attempt)
+    ex.commit()  # the parent's events so far precede anything the child does
     if child_id is not None:
         # Another process may be executing the child (`charter resume CHILD`): wait for its result.
         result = await continue_run(child_id, ex.store, ex.options, "manual", wait=True)
@@ -562,7 +568,6 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any) -> Any
                 f"workflow {relative} does not compile: {diagnostics.format_text(errors or diags)}",
                 retryable=False,
             )
-        ex.commit()  # the parent's started events precede the child run
         try:
             chain = CURRENT_CHAIN.get() or ex.guard.base_chain
             result = await start_run(
@@ -586,15 +591,17 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any) -> Any
     return result.output
 
 
-def _existing_child(ex: Execution, path: str) -> str | None:
+def _existing_child(ex: Execution, path: str, attempt: int) -> str | None:
+    """The child run of this node's attempt: each attempt starts at most one, so a retry starts a new
+    child while a resumed attempt continues its own."""
     db = getattr(ex.store, "db", None)
     if db is None:
         return None
     rows = db.execute(
-        "SELECT run_id FROM runs WHERE parent_run_id = ? AND parent_node = ? ORDER BY created_at DESC LIMIT 1",
+        "SELECT run_id FROM runs WHERE parent_run_id = ? AND parent_node = ? ORDER BY created_at, rowid",
         [ex.run_id, path],
     ).fetchall()
-    return rows[0][0] if rows else None
+    return rows[attempt - 1][0] if len(rows) >= attempt else None
 
 
 from interpreter.agent import run_agent, run_llm  # noqa: E402 - the agents feature (issue 5)

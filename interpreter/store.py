@@ -68,6 +68,11 @@ class PayloadError(StoreError):
     """A payload, actor, input or output that cannot be stored as JSON."""
 
 
+class LeaseLost(StoreError):
+    """This process's lease on a run was taken over by another process (its heartbeat had expired):
+    it may not write to the run any more."""
+
+
 class RunLeased(StoreError):
     """Another live process is executing the run (it holds the run's lease)."""
 
@@ -414,8 +419,21 @@ class _Tx:
             if row is None:
                 raise RunNotFound(f"no run {run_id!r} in {self._store.path}")
             head = (row[0], row[1])
+            self._check_lease(run_id)
             self._heads[run_id] = head
         return head
+
+    def _check_lease(self, run_id: str) -> None:
+        """Fencing: a run this store leased is written only while the lease is still ours."""
+        owner = self._store._leased.get(run_id)
+        if owner is None:
+            return
+        row = self._conn.execute("SELECT owner FROM run_leases WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(
+                f"run {run_id}: another process took over its lease while this one executed it "
+                "(no heartbeat for too long); this process stopped"
+            )
 
     def flush(self) -> None:
         now = utc_now()
@@ -591,6 +609,7 @@ class _Tx:
             f"INSERT OR REPLACE INTO run_leases ({_LEASE_COLUMNS}) VALUES ({_LEASE_PARAMS})",
             dataclasses.astuple(lease),
         )
+        self._store._leased[run_id] = lease.owner
         return lease
 
 
@@ -725,6 +744,7 @@ class SQLiteEventStore:
         self.blob_threshold = blob_threshold
         self._lock = threading.RLock()
         self._tx: _Tx | None = None
+        self._leased: dict[str, str] = {}  # run id -> owner token of the leases taken through this store
         self._closed = False
         self._pid = os.getpid()
         with self._translate("opening the database"):
@@ -976,7 +996,9 @@ class SQLiteEventStore:
             tx._conn.execute(
                 "DELETE FROM run_leases WHERE run_id = ? AND owner = ?", (lease.run_id, lease.owner)
             )
-            return True
+        if self._leased.get(lease.run_id) == lease.owner:
+            del self._leased[lease.run_id]
+        return True
 
     def lease(self, run_id: str) -> Lease | None:
         """The run's lease row, live or stale (None when nobody took it or it was released)."""

@@ -344,6 +344,7 @@ async def call_tool(
     path: str,
     child_path: str | None = None,
     identity: str | None = None,
+    attempt: int = 1,
 ) -> Any:
     """Call the declared tool `name` with `args` (already validated) and return its JSON result.
     `child_path` is the node a workflow tool's child run hangs from (default: `path`). `identity` is the
@@ -362,7 +363,7 @@ async def call_tool(
     elif tool.workflow is not None:
         from interpreter.steps import child_run
 
-        call = child_run(ex, child_path or path, tool.workflow, args)
+        call = child_run(ex, child_path or path, tool.workflow, args, attempt)
     elif tool.mcp is not None:
         call = call_mcp(ex, name, tool, compiled, args, scope)
     else:

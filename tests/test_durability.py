@@ -15,7 +15,7 @@ import pytest
 
 from dsl.frontend import compile_file
 from interpreter import RunOptions, run_workflow
-from interpreter.store import SQLiteEventStore, open_store
+from interpreter.store import SQLiteEventStore, StoreError, open_store
 
 MODULE = "durability_probe_tools"
 
@@ -32,8 +32,14 @@ def _committed(db):
         conn.close()
     return sorted(r[0] for r in rows)
 
-def probe(db, log, me):
+def probe(db, log, me, delay=0, fail_first=False):
     """Record the completed steps this call finds in the database before it acts."""
+    import os, time
+    time.sleep(delay)
+    marker = f"{log}.{me}.failed"
+    if fail_first and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("the first call fails")
     with open(log, "a") as f:
         f.write(json.dumps({"me": me, "committed": _committed(db)}) + "\\n")
     return me
@@ -125,3 +131,50 @@ def test_fan_out_completions_that_finish_together_share_commits(workdir: Path, t
     # Without grouping: one commit per branch plus the run's own. The branches finish together, so
     # their completions share a few commits.
     assert commits < n // 2, commits
+
+
+class FailsOnce(SQLiteEventStore):
+    """The commit that carries `fan/a/first`'s completion fails once (e.g. the database was locked)."""
+
+    failed = False
+
+    def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
+        events = list(events)
+        carries = any(e.kind == "step.completed" and e.node_path == "fan/a/first" for e in events)
+        if carries and not self.failed:
+            self.failed = True
+            raise StoreError("database is locked (injected)")
+        return super().append_many(run_id, events)
+
+
+def test_a_failed_commit_is_tried_again_before_the_next_call(workdir: Path, tmp_path: Path) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(
+        workdir,
+        "fails-once",
+        "read",
+        f"""\
+        steps:
+          - id: fan
+            parallel:
+              branches:
+                a:
+                  - {{id: first, tool: probe, args: {{db: '{db}', log: '{log}', me: first, delay: 0.1}}}}
+                b:
+                  # fails at once, then waits 0.5 s: no commit of its own between a's and its next call
+                  - id: second
+                    tool: probe
+                    args: {{db: '{db}', log: '{log}', me: second, fail_first: true}}
+                    retry: {{attempts: 2, jitter: false, backoff: {{initial: 500ms}}}}
+        """,
+    )
+    store = FailsOnce(db, durability="full")
+    try:
+        options = RunOptions(allow_modules=(MODULE,), durability="full")
+        result = run_workflow(graph, {}, store=store, options=options)
+        assert store.failed
+        assert store.verify(result.run_id).ok
+    finally:
+        store.close()
+    assert result.status == "completed", result.error
+    assert "fan/a/first" in seen(log)["second"]

@@ -579,6 +579,37 @@ def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     assert len(children) == 1 and children[0].parent_node == "call" and children[0].status == "completed"
 
 
+def test_retried_workflow_step_runs_a_new_child(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "flaky.jsonl"
+    write_flow(
+        workdir,
+        "flaky_child",
+        f"""\
+        steps:
+          - {{id: once, tool: flaky, args: {{key: child, fails: 1, log: "{log}"}}}}
+        output: {{calls: "${{{{ steps.once.output.calls }}}}"}}
+        """,
+    )
+    parent = write_flow(
+        workdir,
+        "retry_parent",
+        """\
+        steps:
+          - id: call
+            workflow: {path: flaky_child.yaml}
+            retry: {attempts: 2, backoff: {initial: 1ms}}
+        output: {calls: "${{ steps.call.output.calls }}"}
+        """,
+    )
+    result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"calls": 2}  # the second child called the tool a second time
+    children = sorted(
+        (r for r in store.runs() if r.parent_run_id == result.run_id), key=lambda r: r.created_at
+    )
+    assert [c.status for c in children] == ["failed", "completed"]
+
+
 def test_workflow_tool_runs_a_child(store: Any, workdir: Path) -> None:
     write_flow(
         workdir,

@@ -363,6 +363,19 @@ def test_a_lease_is_not_taken_twice_in_one_process(tmp_path: Path) -> None:
             store.acquire_lease("nope")
 
 
+def test_a_holder_whose_lease_was_taken_over_cannot_write_to_the_run(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        store.acquire_lease(run_id)
+        store.append(run_id, s.STEP_STARTED, "a", {"step": "tool", "attempt": 1})
+        with sqlite3.connect(tmp_path / "charter.db") as other:  # another host took the expired lease
+            other.execute("UPDATE run_leases SET owner = 'theirs' WHERE run_id = ?", (run_id,))
+        with pytest.raises(s.LeaseLost, match="took over its lease"):
+            store.append(run_id, s.STEP_COMPLETED, "a", {"attempt": 1, "output": None})
+        assert [e.kind for e in store.events(run_id)] == [s.STEP_STARTED]
+        assert store.verify(run_id).ok
+
+
 def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     db = tmp_path / "charter.db"
     with s.SQLiteEventStore(db) as store:
