@@ -38,18 +38,10 @@ def decide_approval(
         raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
     approvers = rec.approval_requested[0].get("approvers") or []
     verified = _check_approver(approvers, person, options, row)
-    store.append(
-        run_id,
-        s.APPROVAL_DECIDED,
-        node_path,
-        {
-            "decision": "approved" if approved else "denied",
-            "by": person,
-            "reason": reason,
-            "verified": verified,
-        },
-        actor={"sub": person},
-    )
+    decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}
+    earlier = store.decide(run_id, node_path, {**decision, "verified": verified}, actor={"sub": person})
+    if earlier is not None:  # decided since the log was read above (another person, a timeout)
+        raise RunSetupError(f"the approval at '{node_path}' was already decided by {earlier.get('by')}")
     try:
         return resume_run(run_id, store=store, options=options, reason="approval")
     except s.RunLeased as exc:  # the holder sees the decision when it lets the run go, and continues

@@ -231,6 +231,12 @@ class RunGuard:
         for kind, path, payload, actor in held:
             emit(kind, path, payload, actor)
 
+    def decide(self, key: str, payload: dict[str, Any], actor: dict[str, Any]) -> Any:
+        """Record a decision on a pending escalation; the engine replaces this with one that yields
+        to a decision someone made meanwhile (`Execution.decide`)."""
+        self._write(s.APPROVAL_DECIDED, key, payload, actor)
+        return payload
+
     def _write(self, kind: str, path: str, payload: Any, actor: dict[str, Any] | None) -> None:
         payload = self.mask(payload)
         if self._emit is None:
@@ -424,7 +430,7 @@ class RunGuard:
         if decided is None:
             if _expired(requested):
                 decided = {"decision": "denied", "by": "system:timeout", "reason": "the approval timed out"}
-                self._write(s.APPROVAL_DECIDED, key, decided, {"sub": "system:timeout"})
+                decided = self.decide(key, decided, {"sub": "system:timeout"})
                 self.approvals[key] = (requested, decided)
             else:
                 raise EscalationRequired(verdict, key, hook, requested=True)

@@ -140,6 +140,7 @@ class Execution:
         self.guard = guard
         self.guard.state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
         self.guard.attach(self.emit)
+        self.guard.decide = self.decide  # type: ignore[method-assign]
         self.input_gate: Any = None  # the run.input verdict (or escalation) found before the run was created
         self.actor = self.guard.run_actor()
         self.python_tools: dict[str, PythonTool] = {}
@@ -245,6 +246,15 @@ class Execution:
             self.guard.approvals[esc.key] = (payload, None)
         self.notify("waiting", esc.key, "guardrail", esc.verdict.message)
         raise Suspend([esc.key])
+
+    def decide(self, path: str, payload: dict[str, Any], actor: dict[str, Any]) -> Any:
+        """Record the system's decision on a pending approval (a timeout) unless a person decided it
+        since the log was read: the decision that stands."""
+        if self.replaying:
+            return payload
+        self.commit()
+        earlier = self.store.decide(self.run_id, path, self.guard.mask(payload), actor)
+        return payload if earlier is None else earlier
 
     def _flush_window(self) -> None:
         self.timer = None

@@ -499,8 +499,7 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
         if expired and not ex.replaying:
             decision = "approved" if spec.on_timeout == "approve" else "denied"
             payload = {"decision": decision, "by": "system:timeout", "reason": "the approval timed out"}
-            ex.commit(s.NewEvent(s.APPROVAL_DECIDED, path, payload, {"sub": "system:timeout"}))
-            rec.approval_decided = (payload, s.utc_now())
+            rec.approval_decided = (ex.decide(path, payload, {"sub": "system:timeout"}), s.utc_now())
         else:
             raise Suspend([path])
     if rec is not None and rec.approval_decided is not None:

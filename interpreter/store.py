@@ -303,6 +303,10 @@ class EventStore(StoreTransaction, Protocol):
 
     def lease(self, run_id: str) -> Lease | None: ...
 
+    def decide(self, run_id: str, node_path: str, payload: Any, actor: dict[str, Any] | None) -> Any:
+        """Record a decision on a pending approval unless one was made since its request."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -627,6 +631,14 @@ SELECT 1 FROM runs c WHERE c.parent_run_id = :run AND c.parent_node IN ({paths})
   AND c.created_at = (SELECT MAX(n.created_at) FROM runs n
                       WHERE n.parent_run_id = :run AND n.parent_node = c.parent_node)
 LIMIT 1
+"""
+
+
+_DECIDED_SINCE_REQUEST = """
+SELECT payload FROM events WHERE run_id = ? AND kind = 'approval.decided' AND node_path = ?
+  AND seq > COALESCE((SELECT MAX(seq) FROM events WHERE run_id = ? AND kind = 'approval.requested'
+                      AND node_path = ?), 0)
+ORDER BY seq LIMIT 1
 """
 
 
@@ -968,6 +980,18 @@ class SQLiteEventStore:
     def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str:
         with self.transaction() as tx:
             return tx.put_blob(data, media_type)
+
+    def decide(self, run_id: str, node_path: str, payload: Any, actor: dict[str, Any] | None) -> Any:
+        """Record `approval.decided` at `node_path` unless a decision already follows its latest
+        request -- checked and written in one transaction, so two deciders (a person, a timeout)
+        cannot both decide. Returns the earlier decision's payload, or None when this one was recorded."""
+        prepared = _prepare(APPROVAL_DECIDED, node_path, payload, actor, self.blob_threshold)
+        with self.transaction() as tx:
+            row = tx._conn.execute(_DECIDED_SINCE_REQUEST, (run_id, node_path, run_id, node_path)).fetchone()
+            if row is not None:
+                return self._resolve(_loads(row[0]))
+            tx.write(run_id, prepared)
+            return None
 
     # -- leases (who executes a run)
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from interpreter import store as s
 from interpreter.hashing import canonical_json, event_hash, event_hash_from_parts, genesis_hash, sha256_hex
 from interpreter.store import (
     BlobNotFound,
@@ -594,3 +595,18 @@ def test_a_store_inherited_through_fork_refuses_to_work(store: SQLiteEventStore)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.verify(run_id).ok and store.run(run_id).head_seq == 1
+
+
+def test_an_approval_is_decided_once_per_request(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        store.append(run_id, s.APPROVAL_REQUESTED, "ok", {"message": "ship it?"})
+        first = {"decision": "approved", "by": "ana"}
+        assert store.decide(run_id, "ok", first, {"sub": "ana"}) is None
+        late = {"decision": "denied", "by": "system:timeout"}
+        assert store.decide(run_id, "ok", late, {"sub": "system:timeout"}) == first
+        store.append(run_id, s.APPROVAL_REQUESTED, "ok", {"message": "and again?"})  # asked again
+        assert store.decide(run_id, "ok", late, {"sub": "system:timeout"}) is None
+        decided = [e.payload for e in store.events(run_id) if e.kind == s.APPROVAL_DECIDED]
+        assert decided == [first, late]
+        assert store.verify(run_id).ok
