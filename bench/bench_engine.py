@@ -303,6 +303,31 @@ def measure_rss(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
     return out
 
 
+# --- the disk's floor ---------------------------------------------------------------------------------------
+
+
+def bench_commit_floor(workdir: Path, results: dict[str, Any], n: int = 1000) -> None:
+    """What committing one step's events costs, without the engine: the store appending the five
+    events of a tool step in one transaction, fsynced (full) or not (normal). Under `full` no engine
+    can take less per sequential step than one such commit."""
+    from interpreter.store import NewEvent, SQLiteEventStore
+
+    step = [
+        NewEvent("step.started", "s", {"attempt": 1, "step": "tool"}),
+        NewEvent("authz.decided", "s", {"decision": "allow", "grant": "workflow", "args_digest": "0" * 64}),
+        NewEvent("tool.called", "s", {"tool": "noop", "args": {"i": 1}, "idempotency_key": "r/s/1"}),
+        NewEvent("tool.completed", "s", {"tool": "noop", "result": 1, "duration_ms": 0.01}),
+        NewEvent("step.completed", "s", {"attempt": 1, "output": 1, "duration_ms": 0.1}),
+    ]
+    for durability in ("normal", "full"):
+        with SQLiteEventStore(workdir / f"floor-{durability}.db", durability=durability) as store:  # type: ignore[arg-type]
+            run_id = store.create_run("floor").run_id
+            t = time.perf_counter()
+            for _ in range(n):
+                store.append_many(run_id, step)
+            results[f"commit/{durability}"] = (time.perf_counter() - t) / n
+
+
 # --- report ------------------------------------------------------------------------------------------------
 
 
@@ -349,6 +374,16 @@ def report(args: argparse.Namespace, results: dict[str, Any], rss: list[dict[str
             f"before it {r['rss_before_kb'] / 1024:.1f} MiB (+{(r['rss_peak_kb'] - r['rss_before_kb']) / 1024:.1f}); "
             f"run {r['seconds']:.2f} s"
         )
+    if "commit/full" in results:
+        full, normal = results["commit/full"] * 1000, results["commit/normal"] * 1000
+        print(
+            f"one step's events committed by the store alone: full {full:.3f} ms, normal {normal:.3f} ms "
+            f"(the fsync: ~{full - normal:.3f} ms on this disk)"
+        )
+        for peer in ("langgraph/sync", "dbos"):
+            if peer in results:
+                need = ms(results[peer]["seq"], args.steps) / 5
+                print(f"5x {peer} sequential at equal durability needs <= {need:.3f} ms/step in all")
     goal = results.get("charter/normal")
     if goal:
         print(f"goal <= 0.2 ms/step (normal): {'met' if ms(goal['seq'], args.steps) <= 0.2 else 'NOT met'}")
@@ -384,6 +419,8 @@ def main() -> None:
             except ImportError as exc:
                 print(f"{name}: not installed ({exc.name or exc}); left out", file=sys.stderr)
             print(f"{name}: done", file=sys.stderr)
+        if not args.only or "charter" in args.only:
+            bench_commit_floor(workdir, results)
         if not args.skip_rss and (not args.only or "charter" in args.only):
             rss = measure_rss(args.rss_sizes, workdir)
     report(args, results, rss)
