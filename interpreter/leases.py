@@ -5,7 +5,9 @@ row of `run_leases`, spec/event-log.md §2). A lease of a dead process is free a
 `charter resume` right after a crash works; whether a process is dead can only be told on its own
 machine. A process is named by its host (hostname, boot id and PID namespace: a PID means nothing
 outside them) and, on Linux, its PID *and start time* (so that a reused PID is not mistaken for the
-holder). The lease of a process of another host is live until its heartbeat expires.
+holder). Any lease is free once its heartbeat has expired -- a holder that stopped renewing it (its
+release failed, it stalled) cannot keep a run forever, and fencing (store `_check_lease`) stops it
+from writing once another process took over.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 from dataclasses import dataclass
 
 HEARTBEAT_SECONDS = 10.0  # how often a holder renews its lease
-LEASE_TTL_SECONDS = 60.0  # a lease not renewed for this long is free (holders on other hosts)
+LEASE_TTL_SECONDS = 60.0  # a lease not renewed for this long is free, whoever holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +44,14 @@ def this_process() -> ProcessIdentity:
 
 
 def holder_alive(node: str, pid: int, start: int | None, expires_at: str, now: str) -> bool:
-    """Whether the process that took a lease still runs. `expires_at` and `now` are ISO-8601 UTC texts of
-    the same format (they compare as strings); the expiry decides only for processes of another host."""
+    """Whether the lease's holder still holds it: its heartbeat has not expired and, when it runs on
+    this machine, its process still runs. `expires_at` and `now` are ISO-8601 UTC texts of the same
+    format (they compare as strings)."""
+    if expires_at <= now:
+        return False
     me = this_process()
     if node != me.node or os.name == "nt":  # Windows: os.kill(pid, 0) would terminate the process
-        return expires_at > now
+        return True
     if pid == me.pid:  # another execution in this very process, or a dead one that had our PID
         return start is None or start == me.start
     if me.start is not None:  # Linux: /proc tells whether the PID runs, and since when

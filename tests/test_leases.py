@@ -363,6 +363,18 @@ def test_a_lease_is_not_taken_twice_in_one_process(tmp_path: Path) -> None:
             store.acquire_lease("nope")
 
 
+def test_a_live_holder_that_stopped_renewing_its_lease_loses_it(tmp_path: Path) -> None:
+    with s.SQLiteEventStore(tmp_path / "charter.db") as store:
+        run_id = store.create_run("w").run_id
+        stale = store.acquire_lease(run_id)  # this process holds it, and never renews it
+        with sqlite3.connect(tmp_path / "charter.db") as db:
+            db.execute("UPDATE run_leases SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        with s.SQLiteEventStore(tmp_path / "charter.db") as other:
+            taken = other.acquire_lease(run_id)
+        assert taken.owner != stale.owner
+        assert not store.renew_lease(stale)
+
+
 def test_a_holder_whose_lease_was_taken_over_cannot_write_to_the_run(tmp_path: Path) -> None:
     with s.SQLiteEventStore(tmp_path / "charter.db") as store:
         run_id = store.create_run("w").run_id
