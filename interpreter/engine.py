@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import os
 import random
@@ -859,7 +860,12 @@ async def start_run(
             parent_run_id=parent[0] if parent else None,
             parent_node=parent[1] if parent else None,
         )
-        started = {"workflow": name, "forked_from": forked_from, "file": file}
+        started = {
+            "workflow": name,
+            "forked_from": forked_from,
+            "file": file,
+            "durability": options.durability,
+        }
         started.update(_identity_record(options, parent_chain))
         tx.append(row.run_id, s.RUN_STARTED, "", guard.mask(started), guard.run_actor())
         lease = tx.acquire_lease(row.run_id)  # leased from its first moment: nobody else resumes it
@@ -948,6 +954,10 @@ async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reaso
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
     events = list(store.events(run_id))
     started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
+    if started.get("durability") == "full" and options.durability != "full":
+        # A run keeps the durability it was started with: continuing it never weakens it.
+        options = dataclasses.replace(options, durability="full")
+        store.set_durability("full")
     file = started.get("file")
     graph = compile_source(row.workflow_source or "", file or "<stored>")
     policy = build_policy(options.allow_modules, file)

@@ -303,6 +303,10 @@ class EventStore(StoreTransaction, Protocol):
 
     def lease(self, run_id: str) -> Lease | None: ...
 
+    def set_durability(self, durability: Durability) -> None:
+        """Commit with this durability from now on (e.g. to continue a run started with "full")."""
+        ...
+
     def decide(self, run_id: str, node_path: str, payload: Any, actor: dict[str, Any] | None) -> Any:
         """Record a decision on a pending approval unless one was made since its request."""
         ...
@@ -770,19 +774,31 @@ class SQLiteEventStore:
 
     # -- setup
 
-    def _configure(self) -> None:
+    def set_durability(self, durability: Durability) -> None:
+        if durability not in ("normal", "full"):
+            raise StoreError(f"invalid durability {durability!r}; expected 'normal' or 'full'")
+        with self._lock, self._translate("changing the durability"):
+            self._check_usable()
+            self.durability = durability
+            self._sync_pragmas()
+
+    def _sync_pragmas(self) -> None:
         conn = self._conn
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() not in ("wal", "memory"):
-            raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
-        conn.execute("PRAGMA foreign_keys = ON")
         # normal: checkpoint every ~40 MB of WAL instead of every 4 MB: each checkpoint fsyncs, and at
         # the default interval they cost about a third of a small commit's time. full: every commit
         # fsyncs anyway, and a WAL that is checkpointed every 4 MB is rewritten in place from then on;
         # an fsync after overwriting is about half as costly as one after growing the file.
         pages = _WAL_AUTOCHECKPOINT_PAGES if self.durability == "normal" else _WAL_AUTOCHECKPOINT_PAGES_FULL
         conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+
+    def _configure(self) -> None:
+        conn = self._conn
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() not in ("wal", "memory"):
+            raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._sync_pragmas()
         conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
 
     def _ensure_schema_atomically(self) -> None:

@@ -1,10 +1,11 @@
-"""Crash recovery with real processes: `charter run` is SIGKILLed at 26 points, `charter resume` finishes.
+"""Crash recovery with real processes: `charter run` is SIGKILLed at 34 points, `charter resume` finishes.
 
 Every scenario runs tests/fixtures/crash_flow.yaml in a child process with its own database and effects
 file, kills it (when the n-th event of a kind is committed, after a random delay, or while a tool hangs
 right after its side effect), then resumes it in a new process. The output must equal an uninterrupted
 run's; a tool whose completion was committed before the kill must not run again; a tool that was in flight
-may run twice, no more; `charter verify` must pass. Scenarios run six at a time to keep the file fast.
+may run twice, no more; `charter verify` must pass. Eight scenarios run with `--durability full` (the
+resume continues with it). Scenarios run six at a time to keep the file fast.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Scenario:
     occurrence: int = 1
     delay: float | None = None  # kill this fraction of an uninterrupted run's duration after run.started
     hang_at: str = ""  # the tool `work(name=hang_at)` hangs after its side effect; kill then
+    durability: str = "normal"  # of `charter run`; the resume continues with the run's own
 
 
 EVENT_POINTS = [
@@ -79,6 +81,15 @@ SCENARIOS = (
     [Scenario(f"{kind}#{n}", kind=kind, occurrence=n) for kind, n in EVENT_POINTS]
     + [Scenario(f"delay-{i}", delay=round(_rng.uniform(0.02, 0.98), 3)) for i in range(5)]
     + [Scenario(f"hang-{name}", hang_at=name) for name in ("b", "l1", "item3")]
+    + [
+        Scenario(f"full-{kind}#{n}", kind=kind, occurrence=n, durability="full")
+        for kind, n in [("step.completed", 3), ("tool.called", 6), ("tool.completed", 9), ("decision", 2)]
+    ]
+    + [
+        Scenario(f"full-delay-{i}", delay=round(_rng.uniform(0.05, 0.95), 3), durability="full")
+        for i in range(3)
+    ]
+    + [Scenario("full-hang-item3", hang_at="item3", durability="full")]
 )
 
 
@@ -159,7 +170,7 @@ def _play(s: Scenario, work: Path, duration: float) -> Outcome:
     env = child_env({"CRASH_EFFECTS": str(effects)}, allow=ALLOW)
     child_run_env = dict(env, CRASH_HANG_AT=s.hang_at) if s.hang_at else env
     proc = subprocess.Popen(
-        charter_cmd("run", str(FLOW), "--db", str(db)),
+        charter_cmd("run", str(FLOW), "--db", str(db), "--durability", s.durability),
         cwd=REPO,
         env=child_run_env,
         stdout=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dsl.frontend import compile_file
-from interpreter import RunOptions, run_workflow
+from interpreter import RunOptions, decide_approval, run_workflow
 from interpreter.store import SQLiteEventStore, StoreError, open_store
 
 MODULE = "durability_probe_tools"
@@ -178,3 +178,31 @@ def test_a_failed_commit_is_tried_again_before_the_next_call(workdir: Path, tmp_
         store.close()
     assert result.status == "completed", result.error
     assert "fan/a/first" in seen(log)["second"]
+
+
+def test_a_run_started_with_full_durability_is_continued_with_it(workdir: Path, tmp_path: Path) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    steps = probe_steps(2, db, log).replace("steps:\n", "")
+    after = "".join(
+        f"  - {{id: t{k}, tool: probe, args: {{db: '{db}', log: '{log}', me: t{k}}}}}\n" for k in range(3)
+    )
+    graph = flow(
+        workdir,
+        "full-then-approve",
+        "read",
+        f"steps:\n{steps}  - id: gate\n    approval: {{message: go on?}}\n{after}",
+    )
+    options = RunOptions(allow_modules=(MODULE,), durability="full")
+    with open_store(db, durability="full") as store:
+        waiting = run_workflow(graph, {}, store=store, options=options)
+    assert waiting.status == "waiting", waiting.error
+    with open_store(db) as store:  # continued by someone who did not ask for "full"
+        result = decide_approval(
+            waiting.run_id, "gate", store=store, person="ana", approved=True,
+            options=RunOptions(allow_modules=(MODULE,)),
+        )  # fmt: skip
+        started = next(e.payload for e in store.events(result.run_id) if e.kind == "run.started")
+    assert result.status == "completed", result.error
+    assert started["durability"] == "full"
+    before = ["gate", "s0", "s1"]
+    assert seen(log)["t2"] == sorted([*before, "t0", "t1"])
