@@ -538,11 +538,11 @@ class _Tx:
         """Chain a batch of encoded events and insert them with one statement."""
         seq, prev_hash = self._head(run_id)
         rows, events = [], []
+        ts = utc_now()  # when the batch was written: its events share it, and `seq` orders them
         for kind, node_path, payload, actor, actor_json, payload_json, blobs in prepared:
             for blob in blobs:
                 self.put_blob(blob, "application/json")
             seq += 1
-            ts = utc_now()
             digest = event_hash_from_parts(
                 run_id=run_id,
                 seq=seq,
