@@ -8,6 +8,12 @@ Nothing here can hang a run: starting, listing and calling are bounded by timeou
 exits (or is killed) fails the calls in flight and every later call with an `McpServerError` that says
 which server and what happened, with the tail of its stderr when it wrote any.
 
+A tool's result is the value the tool returned (`McpResult.value`): a string stays a string, a number a
+number, a list a list. MCP carries structured content only as an object, so the SDKs send any other value
+as `{"result": value}` and declare that wrapper as the tool's output schema; the wrapper is taken off
+(`_wrapped`), while an object the tool itself returned is kept as it is, even one whose only key is
+`result`.
+
 Each session lives in its own asyncio task (the SDK's anyio task groups must be entered and left by
 one task), so `call()` and `close()` may come from any task of the run.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -94,6 +101,7 @@ class McpToolInfo:
     name: str
     description: str
     input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
 
     def to_spec(self, name: str | None = None, description: str | None = None) -> ToolSpec:
         """The tool as offered to a model, under the workflow's name and description when given."""
@@ -102,17 +110,22 @@ class McpToolInfo:
 
 @dataclass(frozen=True)
 class McpResult:
-    """A tool's answer: `structured` when the server sent structured content, `text` the joined text
-    blocks, `content` every block as JSON."""
+    """A tool's answer: `structured` the structured content as the server sent it, `text` the joined text
+    blocks, `content` every block as JSON; `wrapped` when `structured` is `{"result": value}` carrying a
+    value that is not an object."""
 
     text: str
     structured: Any = None
     content: list[dict[str, Any]] = field(default_factory=list)
     is_error: bool = False
+    wrapped: bool = False
 
     @property
     def value(self) -> Any:
-        """The tool's output for the workflow: structured content when present, else the text."""
+        """The tool's output for the workflow: what the tool returned (the structured content, without
+        the SDKs' `{"result": ...}` wrapper), else the text when there is no structured content."""
+        if self.wrapped:
+            return self.structured["result"]
         return self.structured if self.structured is not None else self.text
 
     def to_record(self) -> dict[str, Any]:
@@ -121,6 +134,7 @@ class McpResult:
             "structured": self.structured,
             "content": self.content,
             "is_error": self.is_error,
+            "wrapped": self.wrapped,
         }
 
 
@@ -258,7 +272,7 @@ class McpConnection:
                     task.cancel()
         where = f"{self.config.label}, tool {tool!r}"
         if call in done and call.exception() is None:
-            return _result(where, call.result())
+            return _result(where, call.result(), info)
         if call in done:
             error = call.exception()
             reason = self._failure or _describe(error)
@@ -355,7 +369,13 @@ def _attr(obj: Any, *names: str, default: Any = None) -> Any:
 
 def _tool_info(tool: Any) -> McpToolInfo:
     schema = _attr(tool, "input_schema", "inputSchema") or {"type": "object"}
-    return McpToolInfo(name=tool.name, description=tool.description or "", input_schema=dict(schema))
+    output = _attr(tool, "output_schema", "outputSchema")
+    return McpToolInfo(
+        name=tool.name,
+        description=tool.description or "",
+        input_schema=dict(schema),
+        output_schema=dict(output) if isinstance(output, Mapping) else None,
+    )
 
 
 def _validate(label: str, info: McpToolInfo, arguments: Mapping[str, Any]) -> None:
@@ -369,7 +389,7 @@ def _validate(label: str, info: McpToolInfo, arguments: Mapping[str, Any]) -> No
         raise McpArgumentError(schemas.describe(problems, f"{label}, tool {info.name!r}: invalid arguments"))
 
 
-def _result(where: str, raw: Any) -> McpResult:
+def _result(where: str, raw: Any, info: McpToolInfo) -> McpResult:
     content = [
         block.model_dump(mode="json", by_alias=True, exclude_none=True)
         if hasattr(block, "model_dump")
@@ -377,15 +397,40 @@ def _result(where: str, raw: Any) -> McpResult:
         for block in raw.content
     ]
     text = "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    structured = _attr(raw, "structured_content", "structuredContent")
     result = McpResult(
         text=text,
-        structured=_attr(raw, "structured_content", "structuredContent"),
+        structured=structured,
         content=content,
         is_error=bool(_attr(raw, "is_error", "isError", default=False)),
+        wrapped=_wrapped(structured, text, info.output_schema),
     )
     if result.is_error:
         raise McpToolError(f"{where} reported an error: {text or 'no message'}", result)
     return result
+
+
+def _wrapped(structured: Any, text: str, output_schema: dict[str, Any] | None) -> bool:
+    """Whether `structured` is the SDKs' `{"result": value}` wrapper around a value that is not an object.
+
+    Both must hold: the tool declares the wrapper as its output schema (an object whose one property,
+    required, is `result`), and the text content is not the object itself as JSON. The second tells a
+    wrapped value from an object the tool returned with the single key `result`: for an object, the
+    text content is its JSON (the MCP specification asks servers to send it), while a wrapped value's
+    text is the value alone (a string as it is, a list item by item).
+    """
+    if not (isinstance(structured, dict) and list(structured) == ["result"]):
+        return False
+    schema = output_schema or {}
+    properties = schema.get("properties")
+    if not (isinstance(properties, dict) and list(properties) == ["result"]):
+        return False
+    if schema.get("type", "object") != "object" or schema.get("required") != ["result"]:
+        return False
+    try:
+        return json.loads(text) != structured
+    except ValueError:
+        return True
 
 
 def _connection_lost(exc: BaseException | None) -> bool:

@@ -387,6 +387,9 @@ steps:
   - id: find
     tool: search_docs
     args: {query: "backoff"}
+  - id: read
+    tool: read_page
+    args: {title: "Retries"}
   - id: broken
     tool: broken_server
     args: {query: x}
@@ -402,6 +405,9 @@ def test_mcp_tool_steps_use_the_same_path_and_a_dead_server_is_a_clear_error(tmp
       search_docs:
         mcp: {command: [python, -m, examples.mcp_docs_server]}
         effect: read
+      read_page:
+        mcp: {command: [python, -m, examples.mcp_docs_server]}
+        effect: read
       broken_server:
         mcp: {command: [python, -m, examples.no_such_server], tool: search_docs}
         effect: read
@@ -414,8 +420,10 @@ def test_mcp_tool_steps_use_the_same_path_and_a_dead_server_is_a_clear_error(tmp
     assert result.status == "failed"
     assert result.error["node_path"] == "broken" and result.error["code"] == "tool"
     assert "failed to start" in result.error["message"] and "no_such_server" in result.error["message"]
-    (found,) = [e["result"] for e in events(store, result.run_id, "tool.completed")]
-    assert [hit["title"] for hit in found["result"]] == ["Retries"]
+    # The results are what the tools returned: a list of pages, a page's text as a string.
+    found, page = [e["result"] for e in events(store, result.run_id, "tool.completed")]
+    assert [hit["title"] for hit in found] == ["Retries"]
+    assert isinstance(page, str) and page.startswith("Retry 429 and 5xx responses")
 
 
 def test_each_escalation_in_one_agent_step_needs_its_own_approval(

@@ -62,10 +62,11 @@ def test_the_mcp_example_calls_the_real_server(tmp_path: Path) -> None:
     events = [json.loads(line) for line in log.stdout.splitlines()]
     completed = [e["payload"] for e in events if e["kind"] == "tool.completed"]
     assert [c["call"] for c in completed] == [1, 2, 3]
-    # search_docs ran in the server process: its structured result names the matching pages.
-    titles = {hit["title"] for hit in completed[0]["result"]["result"]}
+    # search_docs ran in the server process: its result is the list of matching pages it returned;
+    # read_page returned a page's text, which stays a string.
+    titles = {hit["title"] for hit in completed[0]["result"]}
     assert {"Rate limits", "Retries"} <= titles
-    assert "600 requests per minute" in completed[1]["result"]["result"]
+    assert isinstance(completed[1]["result"], str) and "600 requests per minute" in completed[1]["result"]
     assert result["output"]["sources"] == ["Rate limits", "Retries"]
 
 

@@ -43,7 +43,17 @@ def with_pool(body: Callable[[McpClientPool], Awaitable[Any]], **kwargs: Any) ->
 def test_lists_tools_with_their_schemas() -> None:
     tools = with_pool(lambda pool: pool.list_tools(STDIO))
     by_name = {t.name: t for t in tools}
-    assert sorted(by_name) == ["add", "fail", "sleep"]
+    assert sorted(by_name) == [
+        "add",
+        "boxed",
+        "echo",
+        "fail",
+        "nothing",
+        "primes",
+        "profile",
+        "ratio",
+        "sleep",
+    ]
     assert by_name["add"].description == "Add two integers."
     assert by_name["add"].input_schema["required"] == ["a", "b"]
 
@@ -58,9 +68,42 @@ def test_calls_a_tool_and_reuses_one_server() -> None:
         ]
 
     five, zero = with_pool(body)
-    assert five.text == "5" and five.value == {"result": 5} and not five.is_error
-    assert zero.value == {"result": 0}
+    assert five.text == "5" and five.value == 5 and not five.is_error
+    assert zero.value == 0
     assert five.to_record()["content"] == [{"type": "text", "text": "5"}]
+
+
+def test_a_result_is_what_the_tool_returned() -> None:
+    """The SDK sends a value that is not an object as structured content {"result": value}; the client
+    gives the value back as it was. Objects stay as they are, even one whose only key is `result`."""
+    calls = [
+        ("echo", {"text": "hello"}),
+        ("echo", {"text": '{"result": "x"}'}),  # a string that looks like the wrapper is still a string
+        ("ratio", {"a": 1, "b": 4}),
+        ("primes", {"below": 12}),
+        ("primes", {"below": 2}),
+        ("nothing", {}),
+        ("profile", {"name": "Ann"}),
+        ("boxed", {"text": "in a box"}),
+    ]
+
+    async def body(pool: McpClientPool) -> list[Any]:
+        return [await pool.call(STDIO, tool, args) for tool, args in calls]
+
+    results = with_pool(body)
+    assert [r.value for r in results] == [
+        "hello",
+        '{"result": "x"}',
+        0.25,
+        [2, 3, 5, 7, 11],
+        [],
+        None,
+        {"name": "Ann", "tags": ["a", "b"], "age": 41},
+        {"result": "in a box"},
+    ]
+    echo, boxed = results[0], results[-1]
+    assert echo.wrapped and echo.structured == {"result": "hello"}  # the record keeps what was sent
+    assert not boxed.wrapped and boxed.structured == {"result": "in a box"}
 
 
 def test_tool_error_is_reported_and_server_keeps_running() -> None:
@@ -72,7 +115,7 @@ def test_tool_error_is_reported_and_server_keeps_running() -> None:
 
     message, after = with_pool(body)
     assert "tool 'fail' reported an error: " in message and "fail tool refused: nope" in message
-    assert after.value == {"result": 2}
+    assert after.value == 2
 
 
 def test_arguments_are_validated_before_the_call() -> None:
@@ -82,7 +125,10 @@ def test_arguments_are_validated_before_the_call() -> None:
             match=r"tool 'add': invalid arguments: 'b' is a required property; at `a`: 'x' is not of type 'integer'$",
         ):
             await pool.call(STDIO, "add", {"a": "x"})
-        with pytest.raises(McpArgumentError, match="has no tool 'nope'; its tools: add, fail, sleep"):
+        with pytest.raises(
+            McpArgumentError,
+            match="has no tool 'nope'; its tools: add, boxed, echo, fail, nothing, primes, profile, ratio, sleep",
+        ):
             await pool.call(STDIO, "nope", {})
 
     with_pool(body)
@@ -186,8 +232,8 @@ def test_streamable_http_list_call_and_server_death(http_server: tuple[str, subp
         return names, result.value, str(caught.value)
 
     names, value, error = with_pool(body)
-    assert names == ["add", "fail", "sleep"]
-    assert value == {"result": 42}
+    assert names == ["add", "boxed", "echo", "fail", "nothing", "primes", "profile", "ratio", "sleep"]
+    assert value == 42
     assert error.startswith(f"MCP server at {url}, tool 'add': the server went away during the call")
 
 

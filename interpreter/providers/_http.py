@@ -169,21 +169,25 @@ class JsonHttpClient:
         status, detail = response.status_code, error_detail(response)
         what = f"HTTP {status}: {detail}"
         if status in (401, 403):
-            return ModelAuthError(self.provider, url, f"{what} (check the API key)")
+            return ModelAuthError(self.provider, url, f"{what} (check the API key)", status=status)
         if status == 429:
             return _Retry(
-                ModelRateLimitError(self.provider, url, what), retry_after_seconds(response.headers)
+                ModelRateLimitError(self.provider, url, what, status=status),
+                retry_after_seconds(response.headers),
             )
         if status >= 500:
-            return _Retry(ModelServerError(self.provider, url, what), retry_after_seconds(response.headers))
-        error = ModelRequestError(self.provider, url, what)
-        error.status = status  # type: ignore[attr-defined]
+            return _Retry(
+                ModelServerError(self.provider, url, what, status=status),
+                retry_after_seconds(response.headers),
+            )
+        error = ModelRequestError(self.provider, url, what, status=status)
         error.detail = detail  # type: ignore[attr-defined]
         return error
 
 
 def _gave_up(error: ModelError, attempts: int) -> ModelError:
-    return type(error)(error.provider, error.endpoint, f"{error.what} (gave up after {attempts} attempts)")
+    what = f"{error.what} (gave up after {attempts} attempts)"
+    return type(error)(error.provider, error.endpoint, what, status=error.status)
 
 
 def _reason(exc: BaseException) -> str:

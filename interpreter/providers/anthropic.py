@@ -3,7 +3,12 @@
 Structured output: the Messages API has no JSON-schema response format, so the provider offers the
 model a `respond` tool whose input schema is the answer's schema. Without other tools, the model is made
 to call it; with other tools, it is told to call `respond` for its final answer. A `respond` call becomes
-the structured answer, never a tool call for the agent loop.
+the structured answer, never a tool call for the agent loop. (When the workflow offers a tool named
+`respond` itself, the answer tool takes the first free name of `respond_answer`, `respond_answer_2`, ...)
+
+Stop reasons: `end_turn`, `stop_sequence` and `tool_use` are complete answers. An answer cut off by
+`max_tokens` (or by the context window) is an error, never a final answer or a tool call with half its
+input; so is a refusal (`refusal`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 RESPOND_TOOL = "respond"
+# Stop reasons of an answer that is not whole: used as it is, it would be a truncated output or a tool
+# call with a truncated input.
+_CUT_OFF = {
+    "max_tokens": "the answer was cut off at max_tokens={limit}; raise `max_tokens` in the model's parameters",
+    "model_context_window_exceeded": "the answer was cut off: the conversation fills the model's context window",
+}
 
 
 class AnthropicProvider:
@@ -64,8 +75,9 @@ class AnthropicProvider:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         started = time.perf_counter()
-        data = await self.http.post("/v1/messages", self._body(request))
-        response = self._parse(data, request)
+        body = self._body(request)
+        data = await self.http.post("/v1/messages", body)
+        response = self._parse(data, request, body)
         return ModelResponse(
             text=response.text,
             tool_calls=response.tool_calls,
@@ -87,17 +99,18 @@ class AnthropicProvider:
             for t in request.tools
         ]
         if request.response_schema is not None:
+            respond = _respond_tool(request)
             tools.append(
                 {
-                    "name": RESPOND_TOOL,
+                    "name": respond,
                     "description": "Give the final answer, as this tool's input.",
                     "input_schema": _object_schema(request.response_schema),
                 }
             )
             if request.tools:
-                system.append(f"When you have the final answer, call the `{RESPOND_TOOL}` tool with it.")
+                system.append(f"When you have the final answer, call the `{respond}` tool with it.")
             else:
-                body["tool_choice"] = {"type": "tool", "name": RESPOND_TOOL}
+                body["tool_choice"] = {"type": "tool", "name": respond}
         if system:
             body["system"] = "\n\n".join(system)
         if tools:
@@ -107,13 +120,22 @@ class AnthropicProvider:
 
     # --- response -------------------------------------------------------------------------------------
 
-    def _parse(self, data: dict[str, Any], request: ModelRequest) -> ModelResponse:
+    def _parse(self, data: dict[str, Any], request: ModelRequest, body: dict[str, Any]) -> ModelResponse:
         def bad(what: str) -> ModelBadResponseError:
             return ModelBadResponseError(self.name, self.endpoint, what)
 
         content = data.get("content")
         if not isinstance(content, list):
             raise bad(f"the answer has no content list: {json.dumps(data)[:200]}")
+        stop = data.get("stop_reason")
+        if stop in _CUT_OFF:
+            raise bad(_CUT_OFF[stop].format(limit=body.get("max_tokens")))
+        if stop == "refusal":
+            said = " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict)).strip()
+            raise bad(
+                "the model refused to answer (stop_reason refusal)" + (f": {said:.200}" if said else "")
+            )
+        respond = _respond_tool(request) if request.response_schema is not None else None
         texts: list[str] = []
         calls: list[ToolCall] = []
         structured: Any = None
@@ -124,7 +146,7 @@ class AnthropicProvider:
                 texts.append(str(block.get("text", "")))
             elif block.get("type") == "tool_use":
                 call = _tool_call(block, index, bad)
-                if request.response_schema is not None and call.name == RESPOND_TOOL:
+                if request.response_schema is not None and call.name == respond:
                     structured = _unwrap(call.arguments, request.response_schema)
                 else:
                     calls.append(call)
@@ -134,11 +156,13 @@ class AnthropicProvider:
         elif request.response_schema is not None and not calls:
             structured = parse_structured(text)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        # input_tokens excludes the tokens read from or written to the prompt cache; they are input too.
+        cached = _int(usage.get("cache_read_input_tokens")) + _int(usage.get("cache_creation_input_tokens"))
         return ModelResponse(
             text=text,
             tool_calls=tuple(calls),
-            usage=Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens"))),
-            finish_reason=data.get("stop_reason"),
+            usage=Usage(_int(usage.get("input_tokens")) + cached, _int(usage.get("output_tokens"))),
+            finish_reason=stop if isinstance(stop, str) else None,
             model=data.get("model") if isinstance(data.get("model"), str) else None,
             structured=structured,
         )
@@ -152,6 +176,8 @@ def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
         if message.role == "system":
             continue
         role, blocks = _blocks(message)
+        if not blocks:  # an empty answer (re-asked): the API refuses a message with no content
+            continue
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
@@ -173,6 +199,17 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
     return message.role, blocks
+
+
+def _respond_tool(request: ModelRequest) -> str:
+    """The name of the answer tool: `respond`, unless the request offers a tool of that name."""
+    taken = {t.name for t in request.tools}
+    if RESPOND_TOOL not in taken:
+        return RESPOND_TOOL
+    name, n = f"{RESPOND_TOOL}_answer", 2
+    while name in taken:
+        name, n = f"{RESPOND_TOOL}_answer_{n}", n + 1
+    return name
 
 
 def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -178,10 +178,11 @@ class ModelError(Exception):
     retryable = False
     kind = "error"
 
-    def __init__(self, provider: str, endpoint: str, what: str) -> None:
+    def __init__(self, provider: str, endpoint: str, what: str, *, status: int | None = None) -> None:
         self.provider = provider
         self.endpoint = endpoint
         self.what = what
+        self.status = status  # the HTTP status the server answered, when it answered with an error
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -189,8 +190,16 @@ class ModelError(Exception):
             return f"{self.provider} model: {self.what}"
         return f"{self.provider} model call to {self.endpoint} failed: {self.what}"
 
-    def to_record(self) -> dict[str, str]:
-        return {"kind": self.kind, "provider": self.provider, "endpoint": self.endpoint, "message": str(self)}
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "kind": self.kind,
+            "provider": self.provider,
+            "endpoint": self.endpoint,
+            "message": str(self),
+        }
+        if self.status is not None:
+            record["status"] = self.status
+        return record
 
 
 class ModelConfigError(ModelError):
