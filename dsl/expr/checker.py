@@ -41,7 +41,6 @@ from dsl.expr.types import (
 )
 from dsl.expr.values import UInt
 
-
 # A check of an inner node: yields each child whose type it needs and is sent that type back (so the
 # walk needs no Python recursion, see `_Checker.visit`); returns the node's own type.
 Visit = Generator[ast.Expr, Type, Type]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import builtins
 import copy
 import importlib
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
@@ -162,7 +161,9 @@ class Evaluator:
             if (id(node), id(sc)) in memo:
                 continue
             stack.append((node, sc, True))
-            stack.extend((child, child_scope, False) for child, child_scope in reversed(self.children(node, sc)))
+            stack.extend(
+                (child, child_scope, False) for child, child_scope in reversed(self.children(node, sc))
+            )
 
     def children(self, node: ast.Expr, scope: dict[str, str]) -> list[tuple[ast.Expr, dict[str, str]]]:
         """The (child, scope) pairs that compiling `node` compiles; must match `compile_node`."""
