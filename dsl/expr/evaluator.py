@@ -19,7 +19,6 @@ irregular, so the closures alone define the semantics.
 from __future__ import annotations
 
 import builtins
-import copy
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -105,6 +104,21 @@ def _const_fn(value: Any) -> Fn:
     return lambda act: value
 
 
+def _fresh_copy(value: list[Any] | dict[Any, Any]) -> list[Any] | dict[Any, Any]:
+    """A copy of a constant's lists and maps, made without recursion (the other CEL values are
+    immutable and are shared)."""
+    root = value.copy()
+    stack: list[list[Any] | dict[Any, Any]] = [root]
+    while stack:
+        container = stack.pop()
+        pairs = enumerate(container) if type(container) is list else container.items()
+        for k, v in pairs:
+            if type(v) is list or type(v) is dict:
+                container[k] = v = v.copy()  # type: ignore[index]
+                stack.append(v)
+    return root
+
+
 class Evaluator:
     """Compiles one AST. Use `compile_program(expr, container=..., limits=...)`."""
 
@@ -132,7 +146,7 @@ class Evaluator:
         if const is not NOT_CONST:
             if type(const) in (list, dict):
                 # the caller owns the result: never hand out the folded value itself
-                return lambda act: copy.deepcopy(const)
+                return lambda act: _fresh_copy(const)
             return _const_fn(const)
         return fn
 
@@ -421,19 +435,9 @@ class Evaluator:
     def generic_call(
         self, impl: Callable[..., Any], fns: list[Fn], consts: list[Any], off: int, check_size: bool
     ) -> Fn:
-        max_size = self.limits.max_size
-        sized = _SIZED
-        if check_size:
-            inner = self.generic_call(impl, fns, consts, off, False)
-
-            def checked(act: dict[str, Any]) -> Any:
-                r = inner(act)
-                if type(r) in sized and len(r) > max_size:
-                    raise _err(f"cost limit exceeded: result size {len(r)} > {max_size}", off)
-                return r
-
-            return checked
         n = len(fns)
+        if check_size or n > 3:
+            return _generated_call(impl, fns, consts, off, self.limits.max_size if check_size else None)
         if n == 0:
 
             def call0(act: dict[str, Any]) -> Any:
@@ -484,14 +488,7 @@ class Evaluator:
                     raise locate(e, off) from None
 
             return call3
-
-        def calln(act: dict[str, Any]) -> Any:
-            try:
-                return impl(*[f(act) for f in fns])
-            except Exception as e:
-                raise locate(e, off) from None
-
-        return calln
+        raise AssertionError(n)  # unreachable: more arguments take the generated form
 
     # ---- fast paths --------------------------------------------------------------------------------
 
@@ -735,7 +732,17 @@ class Evaluator:
         if len(fns) == 1:
             (f,) = fns
             return (lambda act: [f(act)]), NOT_CONST
-        return (lambda act: [f(act) for f in fns]), NOT_CONST
+        if len(fns) == 2:
+            f, g = fns
+            return (lambda act: [f(act), g(act)]), NOT_CONST
+
+        def build(act: dict[str, Any]) -> list[Any]:
+            out = []
+            for f in fns:  # a loop, not a comprehension: no extra Python frame per nesting level
+                out.append(f(act))
+            return out
+
+        return build, NOT_CONST
 
     def create_map(self, node: ast.CreateMap, scope: dict[str, str]) -> tuple[Fn, Any]:
         entries = [(self.node(k, scope), self.node(v, scope), k.offset) for k, v in node.entries]
@@ -1287,6 +1294,34 @@ def _fast_binary(
     }
     _define("\n".join(lines + tail), namespace)
     return namespace["binary"]
+
+
+def _generated_call(
+    impl: Callable[..., Any], fns: list[Fn], consts: list[Any], off: int, max_size: int | None
+) -> Fn:
+    """A call with the size check (when `max_size` is given) and any number of arguments in one
+    function: one Python frame per nesting level, as for the hand-written calls."""
+    args = [f"F{i}(act)" for i in range(len(fns))]
+    if len(fns) == 2 and consts[1] is not NOT_CONST:
+        args[1] = "CB"  # the common `f(x, 'literal')`
+    lines = [
+        "def call(act):",
+        "    try:",
+        f"        r = impl({', '.join(args)})",
+        "    except Exception as e:",
+        "        raise locate(e, off) from None",
+    ]
+    if max_size is not None:
+        lines += [
+            "    if type(r) in SIZED and len(r) > MAX:",
+            "        raise _err(f'cost limit exceeded: result size {len(r)} > {MAX}', off)",
+        ]
+    lines.append("    return r")
+    namespace: dict[str, Any] = {f"F{i}": f for i, f in enumerate(fns)}
+    namespace.update(impl=impl, CB=consts[1] if len(consts) == 2 else None, locate=locate, off=off, _err=_err)
+    namespace.update(SIZED=_SIZED, MAX=max_size)
+    _define("\n".join(lines), namespace)
+    return namespace["call"]  # type: ignore[no-any-return]
 
 
 def _fast_index(impl: Callable[..., Any], fns: list[Fn], off: int) -> Fn:
