@@ -88,6 +88,10 @@ SHAPES = {
         lambda d: wrap("[", "x", "]", d - 1) + " == " + wrap("[", "x", "]", d - 1), {"x": 1}, INT, True,
     ),
     "macros": (macros, {"l": [1]}, {"l": "list(int)"}, True),
+    "binds": (lambda d: "cel.bind(a, x, " * (d - 1) + "a" + ")" * (d - 1), {"x": 3}, INT, 3),
+    "member_of_loop_variable": (
+        lambda d: "l.all(v, v" + ".a" * (d - 4) + " == 1)", {"l": [nested_dict(N - 4)]}, {"l": "list(dyn)"}, True,
+    ),
 }
 
 checked = {}
@@ -99,8 +103,11 @@ for name, (make, bindings, declarations, expected) in SHAPES.items():
     except ExpressionSyntaxError as e:
         assert "nests too deeply" in e.message, (name, e.message)
     for decls in (declarations, None):
-        program = cel.compile(source, decls)
-        value = program.evaluate(bindings)
+        try:
+            program = cel.compile(source, decls)
+            value = program.evaluate(bindings)
+        except Exception as e:
+            raise AssertionError(f"{name} (checked: {decls is not None}): {e}") from None
         if expected is not None:
             assert value == expected, (name, str(value)[:80])
     checked[name] = True

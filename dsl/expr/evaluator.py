@@ -100,6 +100,10 @@ def _no_overload(fn: str, *args: Any) -> EvaluationError:
     return EvaluationError(f"no such overload: {fn}({', '.join(_type_name(a) for a in args)})")
 
 
+# Levels compiled by plain recursion (a few Python frames each) before `compile_bottom_up` takes over.
+_RECURSIVE_LEVELS = 16
+
+
 def _const_fn(value: Any) -> Fn:
     return lambda act: value
 
@@ -133,6 +137,7 @@ class Evaluator:
         self._slot_counter = 0
         self._scope: dict[str, str] = {}
         self._memo: dict[tuple[int, int], tuple[Fn, Any]] = {}
+        self._depth = 0  # nodes being compiled recursively (see compile_bottom_up)
         # (id(node), id(scope)) -> a comprehension's variable slots and body scope; the value keeps
         # the scopes alive, so their ids (memo keys) are never reused during this compile
         self._comprehension_scopes: dict[tuple[int, int], _ComprehensionScope] = {}
@@ -140,9 +145,7 @@ class Evaluator:
     # ---- entry -----------------------------------------------------------------------------------
 
     def compile(self, node: ast.Expr) -> Fn:
-        scope: dict[str, str] = {}
-        self.compile_bottom_up(node, scope)
-        fn, const = self.node(node, scope)
+        fn, const = self.node(node, {})
         if const is not NOT_CONST:
             if type(const) in (list, dict):
                 # the caller owns the result: never hand out the folded value itself
@@ -155,16 +158,31 @@ class Evaluator:
         key = (id(node), id(scope))
         done = self._memo.get(key)
         if done is None:
-            done = self._memo[key] = self.compile_node(node, scope)
+            if self._depth >= _RECURSIVE_LEVELS:
+                self.compile_bottom_up(node, scope)
+                return self._memo[key]
+            self._depth += 1
+            try:
+                done = self._memo[key] = self.compile_node(node, scope)
+            finally:
+                self._depth -= 1
         return done
 
     def compile_bottom_up(self, root: ast.Expr, scope: dict[str, str]) -> None:
-        """Compile every node after its children, with an explicit stack instead of recursion.
+        """Compile a deep subtree, every node after its children, with an explicit stack.
 
-        Each node's compile method asks for its children's closures through the memo (`node`), so
-        it finds them done and goes one level deep however deep the tree is: an expression at the
-        parser's depth limit compiles within Python's default recursion limit.
+        Compiling recursively takes several Python frames per level. Below `_RECURSIVE_LEVELS` this
+        walk takes over: each node's compile method then finds its children's closures in the memo
+        (`node`) and goes one level deep, so an expression at the parser's depth limit compiles
+        within Python's default recursion limit. Shallow expressions never pay for the walk.
         """
+        outer_depth, self._depth = self._depth, 0
+        try:
+            self._walk_bottom_up(root, scope)
+        finally:
+            self._depth = outer_depth
+
+    def _walk_bottom_up(self, root: ast.Expr, scope: dict[str, str]) -> None:
         memo = self._memo
         stack: list[tuple[ast.Expr, dict[str, str], bool]] = [(root, scope, False)]
         while stack:
