@@ -193,16 +193,19 @@ def _references(tree: ast.Expr) -> list[_Ref]:
     return sorted(refs, key=lambda r: r.offset)
 
 
-def _collect_refs(node: ast.Expr, parent: ast.Expr | None, refs: list[_Ref]) -> None:
-    target, name, offset = _named_member(node)
-    if target is not None:
-        fld, fld_offset = None, 0
-        if type(parent) is ast.Select and not parent.test_only:
-            fld, fld_offset = parent.field, parent.offset + 1
-        test_only = type(node) is ast.Select and node.test_only
-        refs.append(_Ref(target, name, offset, test_only, fld, fld_offset))
-    for child in _ast_children(node):
-        _collect_refs(child, node, refs)
+def _collect_refs(tree: ast.Expr, parent: ast.Expr | None, refs: list[_Ref]) -> None:
+    # pre-order with an explicit stack: expressions nest as deep as the CEL parser allows
+    todo: list[tuple[ast.Expr, ast.Expr | None]] = [(tree, parent)]
+    while todo:
+        node, parent = todo.pop()
+        target, name, offset = _named_member(node)
+        if target is not None:
+            fld, fld_offset = None, 0
+            if type(parent) is ast.Select and not parent.test_only:
+                fld, fld_offset = parent.field, parent.offset + 1
+            test_only = type(node) is ast.Select and node.test_only
+            refs.append(_Ref(target, name, offset, test_only, fld, fld_offset))
+        todo.extend((child, node) for child in reversed(list(_ast_children(node))))
 
 
 def _named_member(node: ast.Expr) -> tuple[str | None, str, int]:

@@ -15,7 +15,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dsl.expr  # noqa: F401 - imported first: it raises the recursion limit, which hypothesis records
 from dsl.diagnostics import Diagnostic
 from dsl.frontend import compile_file
 

@@ -9,7 +9,7 @@ types are known and leave the rest to runtime. The first problem found is raised
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 
 from dsl.expr import ast
@@ -40,6 +40,10 @@ from dsl.expr.types import (
     unify,
 )
 from dsl.expr.values import UInt
+
+# A check of an inner node: yields each child whose type it needs and is sent that type back (so the
+# walk needs no Python recursion, see `_Checker.visit`); returns the node's own type.
+Visit = Generator[ast.Expr, Type, Type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +283,40 @@ class _Checker:
     def fail(self, message: str, node: ast.Expr) -> ExpressionTypeError:
         return ExpressionTypeError(message, self.source, node.offset)
 
-    def visit(self, node: ast.Expr) -> Type:
+    def visit(self, root: ast.Expr) -> Type:
+        """The type of `root`, walking the tree with an explicit stack of suspended visits.
+
+        The inner-node visits are generators that yield a child to get its type, so an expression
+        at the parser's depth limit checks within Python's default recursion limit; the order of
+        the walk (and so which error is found first) is that of a plain recursive descent.
+        """
+        stack: list[Visit] = []
+        wanted: ast.Expr | None = root
+        value: Type | None = None
+        while True:
+            if wanted is not None:
+                t = type(wanted)
+                if t is ast.Literal:
+                    value = self.visit_Literal(wanted)  # type: ignore[arg-type]
+                elif t is ast.Ident:
+                    value = self.visit_Ident(wanted)  # type: ignore[arg-type]
+                else:
+                    stack.append(self.start(wanted))
+                    value = None
+                wanted = None
+            if not stack:
+                return value  # type: ignore[return-value]
+            try:
+                wanted = stack[-1].send(value)  # type: ignore[arg-type]
+            except StopIteration as done:
+                stack.pop()
+                value = done.value
+
+    def start(self, node: ast.Expr) -> Visit:
         method = getattr(self, f"visit_{type(node).__name__}", None)
         if method is None:
             raise self.fail(f"unsupported expression node {type(node).__name__}", node)
-        return method(node)
+        return method(node)  # type: ignore[no-any-return]
 
     # -- leaves ----------------------------------------------------------------------------
 
@@ -362,14 +395,14 @@ class _Checker:
 
     # -- selection --------------------------------------------------------------------------
 
-    def visit_Select(self, node: ast.Select) -> Type:
+    def visit_Select(self, node: ast.Select) -> Visit:
         if not node.test_only:
             qualified = self.qualified_name(node)
             if qualified is not None and not self.is_local(qualified):
                 found = self.resolve(qualified)
                 if found is not None:
                     return found[1]
-        operand = self.visit(node.operand)
+        operand = yield node.operand
         if node.test_only:
             if operand.name == "map" or is_dynamic(operand) or operand.is_param:
                 return BOOL
@@ -391,20 +424,23 @@ class _Checker:
 
     # -- aggregates -------------------------------------------------------------------------
 
-    def visit_CreateList(self, node: ast.CreateList) -> Type:
-        return list_of(self.common_type(self.visit(e) for e in node.elements))
+    def visit_CreateList(self, node: ast.CreateList) -> Visit:
+        types: list[Type] = []
+        for e in node.elements:
+            types.append((yield e))
+        return list_of(self.common_type(types))
 
-    def visit_CreateMap(self, node: ast.CreateMap) -> Type:
+    def visit_CreateMap(self, node: ast.CreateMap) -> Visit:
         keys: list[Type] = []
         values: list[Type] = []
         for key_node, value_node in node.entries:
-            key = self.visit(key_node)
+            key = yield key_node
             if not (key in (INT, UINT, BOOL, STRING) or is_dynamic(key) or key.is_param):
                 raise self.fail(
                     f"map keys must be int, uint, bool or string, found '{finalize(key)}'", key_node
                 )
             keys.append(key)
-            values.append(self.visit(value_node))
+            values.append((yield value_node))
         return map_of(self.common_type(keys), self.common_type(values))
 
     @staticmethod
@@ -416,37 +452,40 @@ class _Checker:
             result = DYN if joined is None else joined
         return result
 
-    def visit_CreateStruct(self, node: ast.CreateStruct) -> Type:
+    def visit_CreateStruct(self, node: ast.CreateStruct) -> Visit:
         raise self.fail(f"message types are not supported (found '{node.message}{{...}}')", node)
+        yield node  # unreachable: makes this a generator like the other inner-node visits
 
     # -- calls ------------------------------------------------------------------------------
 
-    def visit_Call(self, node: ast.Call) -> Type:
+    def visit_Call(self, node: ast.Call) -> Visit:
         fn = node.function
         if fn in ("_&&_", "_||_"):
             for arg in node.args:
-                self.require_bool(arg, f"operands of '{_OPERATOR_SYMBOLS[fn]}' must be bool")
+                yield from self.require_bool(arg, f"operands of '{_OPERATOR_SYMBOLS[fn]}' must be bool")
             return BOOL
         if fn == "_?_:_" and len(node.args) == 3:
-            return self.visit_conditional(node)
+            return (yield from self.visit_conditional(node))
         if node.target is not None:
             qualified = self.qualified_name(node.target)
             if qualified is not None and not self.is_local(qualified):
                 global_name = self.global_function(qualified + "." + fn)
                 if global_name in _EXTREMA:
-                    return self.visit_extremum(global_name, node, node.args)
+                    return (yield from self.visit_extremum(global_name, node, node.args))
                 if global_name is not None:
-                    return self.resolve_overload(global_name, node, node.args, member=False)
+                    return (yield from self.resolve_overload(global_name, node, node.args, member=False))
             receiver = node.target
-            return self.resolve_overload(fn, node, (receiver, *node.args), member=True)
+            return (yield from self.resolve_overload(fn, node, (receiver, *node.args), member=True))
         name = self.global_function(fn) or fn
         if name in _EXTREMA:
-            return self.visit_extremum(name, node, node.args)
-        return self.resolve_overload(name, node, node.args, member=False)
+            return (yield from self.visit_extremum(name, node, node.args))
+        return (yield from self.resolve_overload(name, node, node.args, member=False))
 
-    def visit_extremum(self, name: str, node: ast.Call, args: tuple[ast.Expr, ...]) -> Type:
+    def visit_extremum(self, name: str, node: ast.Call, args: tuple[ast.Expr, ...]) -> Visit:
         """math.greatest/least: numbers, or one list of numbers; mixed numeric types give dyn."""
-        types = [self.visit(a) for a in args]
+        types: list[Type] = []
+        for a in args:
+            types.append((yield a))
         if len(types) == 1 and types[0].name == "list":
             types = [types[0].params[0]]
         numeric = (INT, UINT, DOUBLE)
@@ -463,19 +502,19 @@ class _Checker:
                 return candidate
         return None
 
-    def require_bool(self, node: ast.Expr, what: str) -> None:
-        t = self.visit(node)
+    def require_bool(self, node: ast.Expr, what: str) -> Generator[ast.Expr, Type, None]:
+        t = yield node
         if t != BOOL and not is_dynamic(t) and not t.is_param:
             macro = self.predicates.get(id(node))
             if macro is not None:
                 what = f"predicate of {macro}() must be bool"
             raise self.fail(f"{what}, found '{finalize(t)}'", node)
 
-    def visit_conditional(self, node: ast.Call) -> Type:
+    def visit_conditional(self, node: ast.Call) -> Visit:
         condition, then, otherwise = node.args
-        self.require_bool(condition, "condition must be bool")
-        then_type = self.visit(then)
-        else_type = self.visit(otherwise)
+        yield from self.require_bool(condition, "condition must be bool")
+        then_type = yield then
+        else_type = yield otherwise
         joined = join(then_type, else_type)
         if joined is None:
             raise self.fail(
@@ -485,10 +524,10 @@ class _Checker:
             )
         return joined
 
-    def resolve_overload(self, name: str, node: ast.Call, args: tuple[ast.Expr, ...], member: bool) -> Type:
+    def resolve_overload(self, name: str, node: ast.Call, args: tuple[ast.Expr, ...], member: bool) -> Visit:
         arg_types: list[Type] = []
-        for arg in args:  # a loop, not a comprehension: one stack frame less per nesting level
-            arg_types.append(self.visit(arg))
+        for arg in args:
+            arg_types.append((yield arg))
         overloads = _BY_STYLE.get((name, member), ())
         if not overloads:
             other_style = [o for o in FUNCTIONS.get(name, ()) if o.member != member]
@@ -523,10 +562,10 @@ class _Checker:
 
     # -- comprehensions (every macro expands to one) ---------------------------------------
 
-    def visit_Comprehension(self, node: ast.Comprehension) -> Type:
-        range_type = self.visit(node.iter_range)
+    def visit_Comprehension(self, node: ast.Comprehension) -> Visit:
+        range_type = yield node.iter_range
         iter_types = self.iteration_types(range_type, node)
-        accu_type = self.visit(node.accu_init)
+        accu_type = yield node.accu_init
         predicate = self.macro_predicate(node)
         if predicate is not None:
             self.predicates[id(predicate)] = node.macro
@@ -539,8 +578,8 @@ class _Checker:
         self.scopes.append(scope_vars)
         try:
             what = f"predicate of {node.macro}()" if node.macro else "loop condition"
-            self.require_bool(node.loop_condition, f"{what} must be bool")
-            step_type = self.visit(node.loop_step)
+            yield from self.require_bool(node.loop_condition, f"{what} must be bool")
+            step_type = yield node.loop_step
         finally:
             self.scopes.pop()
             self.scopes.pop()
@@ -550,7 +589,7 @@ class _Checker:
         accu_type = joined
         self.scopes.append({node.accu_var: accu_type})
         try:
-            return self.visit(node.result)
+            return (yield node.result)
         finally:
             self.scopes.pop()
 

@@ -19,9 +19,7 @@ irregular, so the closures alone define the semantics.
 from __future__ import annotations
 
 import builtins
-import copy
 import importlib
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
@@ -102,8 +100,27 @@ def _no_overload(fn: str, *args: Any) -> EvaluationError:
     return EvaluationError(f"no such overload: {fn}({', '.join(_type_name(a) for a in args)})")
 
 
+# Levels compiled by plain recursion (a few Python frames each) before `compile_bottom_up` takes over.
+_RECURSIVE_LEVELS = 16
+
+
 def _const_fn(value: Any) -> Fn:
     return lambda act: value
+
+
+def _fresh_copy(value: list[Any] | dict[Any, Any]) -> list[Any] | dict[Any, Any]:
+    """A copy of a constant's lists and maps, made without recursion (the other CEL values are
+    immutable and are shared)."""
+    root = value.copy()
+    stack: list[list[Any] | dict[Any, Any]] = [root]
+    while stack:
+        container = stack.pop()
+        pairs = enumerate(container) if type(container) is list else container.items()
+        for k, v in pairs:
+            if type(v) is list or type(v) is dict:
+                container[k] = v = v.copy()  # type: ignore[index]
+                stack.append(v)
+    return root
 
 
 class Evaluator:
@@ -120,6 +137,10 @@ class Evaluator:
         self._slot_counter = 0
         self._scope: dict[str, str] = {}
         self._memo: dict[tuple[int, int], tuple[Fn, Any]] = {}
+        self._depth = 0  # nodes being compiled recursively (see compile_bottom_up)
+        # (id(node), id(scope)) -> a comprehension's variable slots and body scope; the value keeps
+        # the scopes alive, so their ids (memo keys) are never reused during this compile
+        self._comprehension_scopes: dict[tuple[int, int], _ComprehensionScope] = {}
 
     # ---- entry -----------------------------------------------------------------------------------
 
@@ -128,7 +149,7 @@ class Evaluator:
         if const is not NOT_CONST:
             if type(const) in (list, dict):
                 # the caller owns the result: never hand out the folded value itself
-                return lambda act: copy.deepcopy(const)
+                return lambda act: _fresh_copy(const)
             return _const_fn(const)
         return fn
 
@@ -137,8 +158,72 @@ class Evaluator:
         key = (id(node), id(scope))
         done = self._memo.get(key)
         if done is None:
-            done = self._memo[key] = self.compile_node(node, scope)
+            if self._depth >= _RECURSIVE_LEVELS:
+                self.compile_bottom_up(node, scope)
+                return self._memo[key]
+            self._depth += 1
+            try:
+                done = self._memo[key] = self.compile_node(node, scope)
+            finally:
+                self._depth -= 1
         return done
+
+    def compile_bottom_up(self, root: ast.Expr, scope: dict[str, str]) -> None:
+        """Compile a deep subtree, every node after its children, with an explicit stack.
+
+        Compiling recursively takes several Python frames per level. Below `_RECURSIVE_LEVELS` this
+        walk takes over: each node's compile method then finds its children's closures in the memo
+        (`node`) and goes one level deep, so an expression at the parser's depth limit compiles
+        within Python's default recursion limit. Shallow expressions never pay for the walk.
+        """
+        outer_depth, self._depth = self._depth, 0
+        try:
+            self._walk_bottom_up(root, scope)
+        finally:
+            self._depth = outer_depth
+
+    def _walk_bottom_up(self, root: ast.Expr, scope: dict[str, str]) -> None:
+        memo = self._memo
+        stack: list[tuple[ast.Expr, dict[str, str], bool]] = [(root, scope, False)]
+        while stack:
+            node, sc, children_done = stack.pop()
+            if children_done:
+                self.node(node, sc)
+                continue
+            if (id(node), id(sc)) in memo:
+                continue
+            stack.append((node, sc, True))
+            stack.extend(
+                (child, child_scope, False) for child, child_scope in reversed(self.children(node, sc))
+            )
+
+    def children(self, node: ast.Expr, scope: dict[str, str]) -> list[tuple[ast.Expr, dict[str, str]]]:
+        """The (child, scope) pairs that compiling `node` compiles; must match `compile_node`."""
+        t = type(node)
+        if t is ast.Call:
+            if node.target is None or self.namespaced_function(node, scope) is not None:
+                return [(a, scope) for a in node.args]
+            return [(node.target, scope), *((a, scope) for a in node.args)]
+        if t is ast.Select:
+            if not node.test_only:
+                e: ast.Expr = node
+                while type(e) is ast.Select and not e.test_only:
+                    e = e.operand
+                if type(e) is ast.Ident and e.name.lstrip(".") not in scope:
+                    return []  # a (qualified) name, resolved as a whole
+            return [(node.operand, scope)]
+        if t is ast.CreateList:
+            return [(e, scope) for e in node.elements]
+        if t is ast.CreateMap:
+            return [(x, scope) for kv in node.entries for x in kv]
+        if t is ast.Comprehension:
+            cs = self.comprehension_scope(node, scope)
+            if cs.parts is not None:
+                _kind, pred, value = cs.parts
+                return [(node.iter_range, scope), *((n, cs.inner) for n in (pred, value) if n is not None)]
+            body = (node.loop_condition, node.loop_step, node.result)
+            return [(node.iter_range, scope), (node.accu_init, scope), *((n, cs.inner) for n in body)]
+        return []
 
     def compile_node(self, node: ast.Expr, scope: dict[str, str]) -> tuple[Fn, Any]:
         t = type(node)
@@ -308,15 +393,20 @@ class Evaluator:
                 fn = self.fuse(node, scope, fn)
             return fn, const
         # receiver call; `ns.f(x)` may name a namespaced global function such as strings.quote
-        qualified = _qualified_name(node.target, scope)
-        if qualified is not None:
-            for cand in self.candidates(f"{qualified}.{name}"):
-                if cand in self.globals:
-                    return self.strict(
-                        cand, self.globals[cand], node.args, node.offset, scope, receiver=False
-                    )
+        cand = self.namespaced_function(node, scope)
+        if cand is not None:
+            return self.strict(cand, self.globals[cand], node.args, node.offset, scope, receiver=False)
         impl = self.members.get(name)
         return self.strict(name, impl, (node.target, *node.args), node.offset, scope, receiver=True)
+
+    def namespaced_function(self, node: ast.Call, scope: dict[str, str]) -> str | None:
+        """The global function `ns.f(x)` names (strings.quote), or None for a receiver call."""
+        qualified = _qualified_name(node.target, scope)  # type: ignore[arg-type]
+        if qualified is not None:
+            for cand in self.candidates(f"{qualified}.{node.function}"):
+                if cand in self.globals:
+                    return cand
+        return None
 
     def global_function(self, name: str) -> Callable[..., Any] | None:
         for cand in self.candidates(name):
@@ -363,19 +453,9 @@ class Evaluator:
     def generic_call(
         self, impl: Callable[..., Any], fns: list[Fn], consts: list[Any], off: int, check_size: bool
     ) -> Fn:
-        max_size = self.limits.max_size
-        sized = _SIZED
-        if check_size:
-            inner = self.generic_call(impl, fns, consts, off, False)
-
-            def checked(act: dict[str, Any]) -> Any:
-                r = inner(act)
-                if type(r) in sized and len(r) > max_size:
-                    raise _err(f"cost limit exceeded: result size {len(r)} > {max_size}", off)
-                return r
-
-            return checked
         n = len(fns)
+        if check_size or n > 3:
+            return _generated_call(impl, fns, consts, off, self.limits.max_size if check_size else None)
         if n == 0:
 
             def call0(act: dict[str, Any]) -> Any:
@@ -426,14 +506,7 @@ class Evaluator:
                     raise locate(e, off) from None
 
             return call3
-
-        def calln(act: dict[str, Any]) -> Any:
-            try:
-                return impl(*[f(act) for f in fns])
-            except Exception as e:
-                raise locate(e, off) from None
-
-        return calln
+        raise AssertionError(n)  # unreachable: more arguments take the generated form
 
     # ---- fast paths --------------------------------------------------------------------------------
 
@@ -677,7 +750,17 @@ class Evaluator:
         if len(fns) == 1:
             (f,) = fns
             return (lambda act: [f(act)]), NOT_CONST
-        return (lambda act: [f(act) for f in fns]), NOT_CONST
+        if len(fns) == 2:
+            f, g = fns
+            return (lambda act: [f(act), g(act)]), NOT_CONST
+
+        def build(act: dict[str, Any]) -> list[Any]:
+            out = []
+            for f in fns:  # a loop, not a comprehension: no extra Python frame per nesting level
+                out.append(f(act))
+            return out
+
+        return build, NOT_CONST
 
     def create_map(self, node: ast.CreateMap, scope: dict[str, str]) -> tuple[Fn, Any]:
         entries = [(self.node(k, scope), self.node(v, scope), k.offset) for k, v in node.entries]
@@ -705,9 +788,13 @@ class Evaluator:
         self._slot_counter += 1
         return f"\x00{name}#{self._slot_counter}"
 
-    def comprehension(self, node: ast.Comprehension, scope: dict[str, str]) -> Fn:
-        self.needs_private_act = True
-        rng = self.fn(node.iter_range, scope)
+    def comprehension_scope(self, node: ast.Comprehension, scope: dict[str, str]) -> _ComprehensionScope:
+        """The slots and body scope of `node` in `scope`, made once: `children` needs the same scope
+        object as `comprehension` (scopes are part of the memo key)."""
+        key = (id(node), id(scope))
+        found = self._comprehension_scopes.get(key)
+        if found is not None:
+            return found
         inner = dict(scope)
         slot = self.new_slot(node.iter_var)
         inner[node.iter_var] = slot
@@ -716,6 +803,19 @@ class Evaluator:
             slot2 = self.new_slot(node.iter_var2)
             inner[node.iter_var2] = slot2
         parts = _macro_parts(node)
+        accu_slot = ""
+        if parts is None:
+            accu_slot = self.new_slot(node.accu_var)
+            inner[node.accu_var] = accu_slot
+        found = _ComprehensionScope(parts, inner, slot, slot2, accu_slot, scope)
+        self._comprehension_scopes[key] = found
+        return found
+
+    def comprehension(self, node: ast.Comprehension, scope: dict[str, str]) -> Fn:
+        self.needs_private_act = True
+        rng = self.fn(node.iter_range, scope)
+        cs = self.comprehension_scope(node, scope)
+        inner, slot, slot2, parts = cs.inner, cs.slot, cs.slot2, cs.parts
         off = node.offset
         max_iter = self.limits.max_iterations
         items_of = _items_two if slot2 else _items_one
@@ -724,8 +824,7 @@ class Evaluator:
             pred = self.fn(pred_node, inner) if pred_node is not None else None
             value = self.fn(value_node, inner) if value_node is not None else None
             return _MACROS[kind](rng, pred, value, slot, slot2, off, max_iter, items_of)
-        accu_slot = self.new_slot(node.accu_var)
-        inner[node.accu_var] = accu_slot
+        accu_slot = cs.accu_slot
         init = self.fn(node.accu_init, scope)
         cond = self.fn(node.loop_condition, inner)
         step = self.fn(node.loop_step, inner)
@@ -751,6 +850,16 @@ class Evaluator:
 
 
 # ---- helpers for comprehensions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ComprehensionScope:
+    parts: tuple[str, ast.Expr | None, ast.Expr | None] | None  # `_macro_parts` of the node
+    inner: dict[str, str]  # the scope of the loop body
+    slot: str
+    slot2: str
+    accu_slot: str  # "" for a macro fast path (its body never reads the accumulator)
+    outer: dict[str, str]  # kept alive so that its id stays unique while the memo holds it
 
 
 _CODE_CACHE: dict[str, Any] = {}
@@ -1205,6 +1314,34 @@ def _fast_binary(
     return namespace["binary"]
 
 
+def _generated_call(
+    impl: Callable[..., Any], fns: list[Fn], consts: list[Any], off: int, max_size: int | None
+) -> Fn:
+    """A call with the size check (when `max_size` is given) and any number of arguments in one
+    function: one Python frame per nesting level, as for the hand-written calls."""
+    args = [f"F{i}(act)" for i in range(len(fns))]
+    if len(fns) == 2 and consts[1] is not NOT_CONST:
+        args[1] = "CB"  # the common `f(x, 'literal')`
+    lines = [
+        "def call(act):",
+        "    try:",
+        f"        r = impl({', '.join(args)})",
+        "    except Exception as e:",
+        "        raise locate(e, off) from None",
+    ]
+    if max_size is not None:
+        lines += [
+            "    if type(r) in SIZED and len(r) > MAX:",
+            "        raise _err(f'cost limit exceeded: result size {len(r)} > {MAX}', off)",
+        ]
+    lines.append("    return r")
+    namespace: dict[str, Any] = {f"F{i}": f for i, f in enumerate(fns)}
+    namespace.update(impl=impl, CB=consts[1] if len(consts) == 2 else None, locate=locate, off=off, _err=_err)
+    namespace.update(SIZED=_SIZED, MAX=max_size)
+    _define("\n".join(lines), namespace)
+    return namespace["call"]  # type: ignore[no-any-return]
+
+
 def _fast_index(impl: Callable[..., Any], fns: list[Fn], off: int) -> Fn:
     a, b = fns
 
@@ -1282,20 +1419,6 @@ def _type_test(node: ast.Call, xa: str, xb: str, type_src: str) -> str:
         if type(n) is not ast.Literal
     ]
     return " and ".join(tests) or "True"
-
-
-_MIN_RECURSION_LIMIT = 10_000
-
-
-def _ensure_stack() -> None:
-    """Compiling and evaluating an AST of the parser's maximum depth (parser.MAX_DEPTH) takes a few
-    Python frames per level; make sure the interpreter allows that. The limit is only ever raised
-    (never lowered), so concurrent compiles cannot race each other into a lower value."""
-    if sys.getrecursionlimit() < _MIN_RECURSION_LIMIT:
-        sys.setrecursionlimit(_MIN_RECURSION_LIMIT)
-
-
-_ensure_stack()  # at import, not mid-evaluation: changing it later surprises tools that track it
 
 
 def compile_program(

@@ -128,34 +128,37 @@ def equals(a: Any, b: Any) -> bool:
     """
     ta = type(a)
     tb = type(b)
-    if ta is tb:
-        if ta is list or ta is tuple:
-            return _list_equals(a, b)
-        if ta is dict:
-            return _map_equals(a, b)
+    if ta is tb and ta is not list and ta is not tuple and ta is not dict:
         return a == b
     if ta in _NUMERIC and tb in _NUMERIC:
         return float(a) == float(b) if ta is float or tb is float else a == b
-    if ta in _LISTS and tb in _LISTS:
-        return _list_equals(a, b)
-    return False
+    return _deep_equals(a, b)
 
 
-def _list_equals(a: list[Any] | tuple[Any, ...], b: list[Any] | tuple[Any, ...]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if not equals(x, y):
-            return False
-    return True
-
-
-def _map_equals(a: dict[Any, Any], b: dict[Any, Any]) -> bool:
-    if len(a) != len(b):
-        return False
-    for key, value in a.items():
-        other = _map_find(b, key)
-        if other is _MISSING or not equals(value, other):
+def _deep_equals(a: Any, b: Any) -> bool:
+    """`equals` for lists and maps, with an explicit stack: values may nest deeper than Python's
+    recursion limit allows frames (deep JSON input, or literals at the parser's depth limit)."""
+    pairs: list[tuple[Any, Any]] = [(a, b)]
+    while pairs:
+        x, y = pairs.pop()
+        tx = type(x)
+        ty = type(y)
+        if tx in _LISTS and ty in _LISTS:
+            if len(x) != len(y):
+                return False
+            pairs.extend(zip(x, y, strict=True))
+        elif tx is dict and ty is dict:
+            if len(x) != len(y):
+                return False
+            for key, value in x.items():
+                other = _map_find(y, key)
+                if other is _MISSING:
+                    return False
+                pairs.append((value, other))
+        elif tx is ty:
+            if x != y:
+                return False
+        elif not (tx in _NUMERIC and ty in _NUMERIC and equals(x, y)):
             return False
     return True
 

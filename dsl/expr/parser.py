@@ -276,7 +276,9 @@ def _substitute(node: ast.Expr, entries: dict[str, tuple[ast.Expr, int]]) -> tup
     children = _children(node)
     if not children:
         return node, 1
-    done = [_substitute(c, entries) for c in children]
+    done = []
+    for c in children:  # a loop, not a comprehension: one Python frame per level of a deep tree
+        done.append(_substitute(c, entries))
     size = 1 + sum(n for _, n in done)
     if size > MAX_BLOCK_NODES:
         raise _Fail(f"cel.block() expands to more than {MAX_BLOCK_NODES} nodes", node.offset)

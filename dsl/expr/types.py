@@ -21,21 +21,47 @@ class Type:
     is_param: bool = False
 
     # Hand-written equality: the checker compares types constantly and most comparisons are
-    # against the shared constants, so the identity test usually decides.
+    # against the shared constants, so the identity test usually decides. Types nest as deep as
+    # expressions may (list(list(...)) from nested list literals), so these walk without recursion.
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
         if type(other) is not Type:
             return NotImplemented
-        return self.name == other.name and self.is_param == other.is_param and self.params == other.params
+        pairs: list[tuple[Type, Type]] = [(self, other)]
+        while pairs:
+            a, b = pairs.pop()
+            if a is b:
+                continue
+            if a.name != b.name or a.is_param != b.is_param or len(a.params) != len(b.params):
+                return False
+            pairs.extend(zip(a.params, b.params, strict=True))
+        return True
 
     def __hash__(self) -> int:
-        return hash((self.name, self.params, self.is_param))
+        # the parameters' names only: equal types still hash alike, and no recursion is needed
+        return hash((self.name, self.is_param, tuple(p.name for p in self.params)))
 
     def __str__(self) -> str:
         if not self.params:
             return self.name
-        return f"{self.name}({', '.join(str(p) for p in self.params)})"
+        out: list[str] = []
+        todo: list[Type | str] = [self]  # popped from the end: pushed in reverse order
+        while todo:
+            item = todo.pop()
+            if type(item) is str:
+                out.append(item)
+            elif not item.params:  # type: ignore[union-attr]
+                out.append(item.name)  # type: ignore[union-attr]
+            else:
+                todo.append(")")
+                params = item.params  # type: ignore[union-attr]
+                for i in range(len(params) - 1, -1, -1):
+                    todo.append(params[i])
+                    if i:
+                        todo.append(", ")
+                todo.append(f"{item.name}(")  # type: ignore[union-attr]
+        return "".join(out)
 
     def __repr__(self) -> str:
         return f"Type({str(self)!r})"
@@ -278,7 +304,12 @@ def unify(formal: Type, actual: Type, bindings: dict[str, Type]) -> bool:
         return True
     if formal.name != actual.name or len(formal.params) != len(actual.params):
         return False
-    return all(unify(f, a, bindings) for f, a in zip(formal.params, actual.params, strict=True))
+    # loops, not generator expressions, in these recursive functions: one Python frame per level of
+    # a type nested as deep as the parser allows (list(list(...)) from nested list literals)
+    for f, a in zip(formal.params, actual.params, strict=True):
+        if not unify(f, a, bindings):
+            return False
+    return True
 
 
 def substitute(t: Type, bindings: dict[str, Type]) -> Type:
@@ -287,7 +318,10 @@ def substitute(t: Type, bindings: dict[str, Type]) -> Type:
         return bindings.get(t.name, DYN)
     if not t.params:
         return t
-    return Type(t.name, tuple(substitute(p, bindings) for p in t.params))
+    params = []
+    for p in t.params:
+        params.append(substitute(p, bindings))
+    return Type(t.name, tuple(params))
 
 
 def finalize(t: Type) -> Type:
@@ -296,4 +330,7 @@ def finalize(t: Type) -> Type:
         return DYN
     if not t.params:
         return t
-    return Type(t.name, tuple(finalize(p) for p in t.params))
+    params = []
+    for p in t.params:
+        params.append(finalize(p))
+    return Type(t.name, tuple(params))
