@@ -43,6 +43,7 @@ def generate(steps: int) -> tuple[str, int]:
         "steps:",
     ]
     expressions = 0
+    assigned = ["n"]  # the variables `set` steps assign
     made = 0
     i = 0
     while made < steps:
@@ -90,10 +91,13 @@ def generate(steps: int) -> tuple[str, int]:
                 f'    if: "{cond}"',
                 f'    set: {{total_{i}: "total: ${{{{ size({read}) * 2 }}}} items"}}',
             ]
+            assigned.append(f"total_{i}")
             made += 1
             expressions += 2
         i += 1
     lines += ["output:", f'  last: "${{{{ steps.s{i - 1}.output }}}}"']
+    # `set` assigns only declared variables (CH211)
+    lines.insert(lines.index("steps:"), "vars: {" + ", ".join(f"{name}: null" for name in assigned) + "}")
     return "\n".join(lines) + "\n", expressions + 1
 
 
