@@ -171,6 +171,10 @@ class FakeLLMServer:
             self.send(h, 200, b'{"choices": [{"message": {"content": "cut off')
         elif scenario == "shapeless":
             self.send(h, 200, {"object": "something else"})
+        elif scenario == "cutoff":
+            self.send(h, 200, openai_answer({"content": '{"risk": "hi'}, "length"))
+        elif scenario == "refusal":
+            self.send(h, 200, openai_answer({"content": None, "refusal": "I can't help with that."}))
         elif scenario.startswith("ratelimit") and count == 1:
             self.send(h, 429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "7"})
         elif scenario.startswith("flaky") and count == 1:
@@ -315,6 +319,13 @@ def test_openai_malformed_json_is_a_bad_response(server: FakeLLMServer) -> None:
 def test_openai_json_without_choices_is_a_bad_response(server: FakeLLMServer) -> None:
     with pytest.raises(ModelBadResponseError, match="has no choices"):
         run_openai(server.url("shapeless"), ask())
+
+
+def test_openai_cut_off_or_refused_answer_is_an_error_not_an_answer(server: FakeLLMServer) -> None:
+    with pytest.raises(ModelBadResponseError, match="cut off .finish_reason length.; raise `max_tokens`"):
+        run_openai(server.url("cutoff"), ask(response_schema=SCHEMA))
+    with pytest.raises(ModelBadResponseError, match="refused to answer: I can't help with that"):
+        run_openai(server.url("refusal"), ask())
 
 
 def test_openai_429_honours_retry_after_then_succeeds(server: FakeLLMServer) -> None:

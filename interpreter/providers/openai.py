@@ -132,6 +132,17 @@ class OpenAIProvider:
         text = message.get("content")
         if text is not None and not isinstance(text, str):
             raise bad(f"message content is not a string: {text!r:.100}")
+        # A cut-off answer is never a final answer nor a tool call with half its arguments.
+        finish = choices[0].get("finish_reason")
+        if finish == "length":
+            raise bad(
+                "the answer was cut off (finish_reason length); raise `max_tokens` or "
+                "`max_completion_tokens` in the model's parameters"
+            )
+        if finish == "content_filter":
+            raise bad("the provider's content filter withheld the answer (finish_reason content_filter)")
+        if isinstance(message.get("refusal"), str) and message["refusal"]:
+            raise bad(f"the model refused to answer: {message['refusal']:.200}")
         calls = tuple(_tool_call(c, i, bad) for i, c in enumerate(message.get("tool_calls") or ()))
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         structured = parse_structured(text) if request.response_schema is not None and not calls else None
