@@ -269,6 +269,33 @@ def test_a_lease_of_another_host_holds_until_its_heartbeat_expires(tmp_path: Pat
         assert lab.counts() == Counter({"a": 1})
 
 
+def test_a_run_whose_lease_was_taken_over_stops_without_writing(tmp_path: Path) -> None:
+    """Fencing end to end: another host takes the lease while step b's call is in flight; the process
+    finishes the call, finds the lease gone at its next commit, and stops (exit 4) without writing."""
+    lab = Lab(tmp_path)
+    proc = lab.start("run", str(FLOW), gate_at="b")
+    try:
+        _wait_for(lambda: lab.reached() or proc.poll() is not None, "the run to reach step b")
+        assert proc.poll() is None, proc.communicate()
+        (run,) = run_rows(lab.db)
+        seen = len(events(lab.db, str(run["run_id"])))
+        with sqlite3.connect(lab.db) as conn:
+            conn.execute(
+                "UPDATE run_leases SET owner = 'theirs', host = 'far-away', node = 'far-away/boot/ns'"
+            )
+        lab.open_gate()
+        out = proc.communicate(timeout=WAIT_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _assert_clean(out)
+    assert proc.returncode == EXIT_LEASED, out
+    assert "took over its lease" in out[1]
+    assert len(events(lab.db, str(run["run_id"]))) == seen, "nothing is written after the takeover"
+    assert lab.counts() == Counter({"a": 1, "b": 1})  # b's call was in flight: the new holder repeats it
+    _assert_verified(lab, str(run["run_id"]))
+
+
 # --------------------------------------------------------------------------------------------------
 # approve
 
