@@ -33,6 +33,7 @@ from interpreter.authz import (
     Principal,
 )
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
+from interpreter.records import request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import StepError
 from interpreter.timing import Segment, began_at, execution_time, segments
@@ -428,7 +429,7 @@ class RunGuard:
             # nothing asked yet here, or an approval of another call (an agent step makes several)
             raise EscalationRequired(verdict, key, hook, fingerprint=fingerprint)
         if decided is None:
-            if _expired(requested):
+            if request_expired(requested):
                 decided = {"decision": "denied", "by": "system:timeout", "reason": "the approval timed out"}
                 decided = self.decide(key, decided, {"sub": "system:timeout"})
                 self.approvals[key] = (requested, decided)
@@ -654,16 +655,6 @@ def _has_limits(node: Any) -> bool:
     """Whether a step has a budget of its own (a rule with `limits`; compiled rules wrap the model's)."""
     rules = getattr(node, "guardrails", ())
     return any(getattr(getattr(r, "guardrail", r), "limits", None) is not None for r in rules)
-
-
-def _expired(request: Mapping[str, Any]) -> bool:
-    expires = request.get("expires_at")
-    if not isinstance(expires, str):
-        return False
-    try:
-        return datetime.now(UTC) >= datetime.fromisoformat(expires)
-    except ValueError:
-        return False
 
 
 def approvals_from_records(

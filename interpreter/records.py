@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from interpreter import store as s
@@ -118,3 +119,14 @@ def _forget_descendants(records: dict[str, NodeRecord], path: str) -> None:
 
 def descendants(records: dict[str, NodeRecord], path: str) -> list[tuple[str, NodeRecord]]:
     return [(k, r) for k, r in records.items() if _under(k, path)]
+
+
+def request_expired(request: Any, now: datetime | None = None) -> bool:
+    """Whether an `approval.requested` payload's `expires_at` has passed (at `now`, default: now)."""
+    expires = request.get("expires_at") if isinstance(request, dict) else None
+    if not isinstance(expires, str):
+        return False
+    try:
+        return (now or datetime.now(UTC)) >= datetime.fromisoformat(expires)
+    except ValueError:
+        return False

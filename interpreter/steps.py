@@ -25,6 +25,7 @@ from interpreter.enforcement import (
     guardrail_error,
 )
 from interpreter.engine import Execution, Scope
+from interpreter.records import request_expired
 from interpreter.runtime import StepError, Suspend
 from interpreter.tools import call_tool, validate_args
 
@@ -495,7 +496,7 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
     spec = node.step.approval
     rec = ex.records.get(path)
     if rec is not None and rec.approval_requested is not None and rec.approval_decided is None:
-        expired = _expired(rec.approval_requested[0])
+        expired = request_expired(rec.approval_requested[0])
         if expired and not ex.replaying:
             decision = "approved" if spec.on_timeout == "approve" else "denied"
             payload = {"decision": decision, "by": "system:timeout", "reason": "the approval timed out"}
@@ -522,16 +523,6 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
     ex.commit(s.NewEvent(s.APPROVAL_REQUESTED, path, payload))
     ex.notify("waiting", path, "approval", message)
     raise Suspend([path])
-
-
-def _expired(request: dict[str, Any]) -> bool:
-    expires = request.get("expires_at")
-    if not isinstance(expires, str):
-        return False
-    try:
-        return datetime.now(UTC) >= datetime.fromisoformat(expires)
-    except ValueError:
-        return False
 
 
 @runner("workflow")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from interpreter import store as s
-from interpreter.records import build_records
+from interpreter.records import build_records, request_expired
 from interpreter.runtime import RunOptions
 
 WAKE_REASON = "timeout"  # the `run.resumed` reason of a run woken because an approval expired
@@ -45,17 +45,6 @@ class Woken:
         }
 
 
-def expired(request: Any, now: datetime) -> bool:
-    """Whether an `approval.requested` payload's `expires_at` has passed at `now`."""
-    expires = request.get("expires_at") if isinstance(request, dict) else None
-    if not isinstance(expires, str):
-        return False
-    try:
-        return now >= datetime.fromisoformat(expires)
-    except ValueError:
-        return False
-
-
 def expired_requests(events: Iterable[s.Event], now: datetime) -> list[str]:
     """The node paths the run waits on (its last `run.waiting`) whose undecided request has expired."""
     events = list(events)
@@ -68,7 +57,7 @@ def expired_requests(events: Iterable[s.Event], now: datetime) -> list[str]:
     for path in pending or []:
         rec = records.get(path)
         if rec is not None and rec.approval_requested and not rec.approval_decided:
-            if expired(rec.approval_requested[0], now):
+            if request_expired(rec.approval_requested[0], now):
                 out.append(path)
     return out
 
