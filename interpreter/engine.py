@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import getpass
 import os
@@ -129,8 +130,14 @@ class Execution:
         self.group = options.durability != "full"
         self.timer: asyncio.TimerHandle | None = None
         # durability "full": completions settled in one turn of the event loop share one commit at its
-        # end (`_commit_turn`); this future is that commit, which every effect awaits (`durable`).
+        # end (`_commit_turn`); this future is that commit. An effect waits (`durable`) for the commit
+        # of the last completion in its own task's past (`after`): a branch task inherits its parent's
+        # at creation, so sibling branches never wait for each other, and a join's own completion
+        # (settled after all its branches) covers them all for what follows.
         self.turn_commit: asyncio.Future[None] | None = None
+        self.after: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.ContextVar(
+            f"charter-after-{run_id}", default=None
+        )
         self.code_digests: dict[str, str | None] = {}
         self.write_tools: dict[str, bool] = {}  # tool name -> effect is "write"
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
@@ -192,14 +199,14 @@ class Execution:
             turn.exception()  # retrieved: nobody may be waiting
 
     async def durable(self) -> None:
-        """Wait for the commit of the completions settled so far (durability "full"): called before
+        """Wait for the commit of the completions this call follows (durability "full"): called before
         every tool and model call, so nothing acts on the world before the steps it follows are logged."""
-        turn = self.turn_commit
+        turn = self.after.get()
         if turn is None:
             return
         if not turn.done():
-            await asyncio.shield(turn)
-        else:  # that commit failed (e.g. the database was locked too long): no call before it succeeds
+            await asyncio.wait((turn,))  # unlike awaiting it, never cancels the commit nor raises its error
+        if turn.exception() is not None:  # it failed (e.g. locked too long): no call before it succeeds
             self.commit()
 
     def settle(self, *events: s.NewEvent, now: bool = False) -> None:
@@ -225,6 +232,7 @@ class Execution:
                 loop = asyncio.get_running_loop()
                 self.turn_commit = loop.create_future()
                 loop.call_soon(self._commit_turn, self.turn_commit)
+            self.after.set(self.turn_commit)
             return
         self.buffer.extend(events)
         if len(self.buffer) >= GROUP_EVENTS:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from json.encoder import encode_basestring
+from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 GENESIS_FIELDS = (
@@ -29,6 +30,19 @@ GENESIS_FIELDS = (
 _encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _c_encoder() -> Callable[[Any, int], Any] | None:
+    """`_encoder`'s C core, built once: `JSONEncoder.encode` builds it anew on every call, which is
+    most of the cost of encoding an event's small payload. Without a circular-reference check (which
+    keeps state), so one instance serves every thread; a cycle ends as a RecursionError instead."""
+    try:
+        return c_make_encoder(None, _encoder.default, encode_basestring, None, ":", ",", True, False, False)  # type: ignore[misc]
+    except TypeError:  # a Python whose C encoder takes other arguments, or none at all
+        return None
+
+
+_encode = _c_encoder()
+
+
 class NotCanonicalizable(ValueError):
     """A value that has no canonical JSON form (a set, bytes, NaN, a non-string key...)."""
 
@@ -36,9 +50,11 @@ class NotCanonicalizable(ValueError):
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of `value`; raises NotCanonicalizable for anything JSON cannot hold."""
     try:
-        text = _encoder.encode(value)
+        text = "".join(_encode(value, 0)) if _encode is not None else _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise NotCanonicalizable(str(exc)) from exc
+    except RecursionError:
+        raise NotCanonicalizable("the value is nested too deeply (or contains itself)") from None
     if not text.isascii():
         try:  # a lone surrogate ("\ud800") is a Python str but not Unicode text: it has no UTF-8 form
             text.encode("utf-8")
@@ -72,23 +88,9 @@ def event_hash_from_parts(
     """
     # encode_basestring is exactly what the canonical encoder emits for a str (ensure_ascii=False).
     text = (
-        '{"actor":'
-        + actor_json
-        + ',"kind":'
-        + encode_basestring(kind)
-        + ',"node_path":'
-        + encode_basestring(node_path)
-        + ',"payload":'
-        + payload_json
-        + ',"prev_hash":'
-        + encode_basestring(prev_hash)
-        + ',"run_id":'
-        + encode_basestring(run_id)
-        + ',"seq":'
-        + str(int(seq))
-        + ',"ts":'
-        + encode_basestring(ts)
-        + "}"
+        f'{{"actor":{actor_json},"kind":{encode_basestring(kind)},"node_path":{encode_basestring(node_path)},'
+        f'"payload":{payload_json},"prev_hash":{encode_basestring(prev_hash)},'
+        f'"run_id":{encode_basestring(run_id)},"seq":{int(seq)},"ts":{encode_basestring(ts)}}}'
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

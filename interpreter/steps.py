@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,31 @@ async def _cancel(tasks: set[asyncio.Task[Any]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class _Arrivals:
+    """Tasks in the order they finish, in batches. One done-callback per task: a loop over
+    `asyncio.wait(pending, FIRST_COMPLETED)` registers on every pending task at each round, which is
+    quadratic in the width of a fan-out."""
+
+    def __init__(self, tasks: Iterable[asyncio.Future[Any]]) -> None:
+        self._done: list[asyncio.Future[Any]] = []
+        self._wake: asyncio.Future[None] | None = None
+        for task in tasks:
+            task.add_done_callback(self._arrived)
+
+    def _arrived(self, task: asyncio.Future[Any]) -> None:
+        self._done.append(task)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def next(self) -> list[asyncio.Future[Any]]:
+        """The tasks finished since the last call; waits for one if there is none."""
+        while not self._done:
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+        done, self._done = self._done, []
+        return done
+
+
 @runner("parallel")
 async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     """Branches run as tasks. join all: every branch (with on_failure continue, a failed branch counts
@@ -338,14 +363,15 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     suspended: list[str] = []
     first_error: StepError | None = None
     pending = set(tasks)
+    arrivals = _Arrivals(tasks)
 
     def satisfied() -> bool:
         return len(done_ok) + (len(failed) if join_all and tolerant else 0) >= need
 
     try:
         while pending and not satisfied():
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
+            for task in await arrivals.next():
+                pending.discard(task)
                 i = tasks[task]
                 exc = task.exception()
                 if exc is None:
@@ -420,31 +446,22 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
         for i, item in enumerate(items):
             await one(i, item)
         return results
-    semaphore = asyncio.Semaphore(spec.concurrency)
-
-    async def limited(i: int, item: Any) -> None:
-        async with semaphore:
-            await one(i, item)
-
-    tasks = [asyncio.ensure_future(limited(i, item)) for i, item in enumerate(items)]
+    # `concurrency` workers take the items in order: as many tasks as run at once, not one per item.
+    queue = iter(enumerate(items))
     suspended: list[str] = []
-    error: BaseException | None = None
-    pending = set(tasks)
+
+    async def worker() -> None:
+        for i, item in queue:
+            try:
+                await one(i, item)
+            except Suspend as sus:  # waits for a person: the other items go on
+                suspended.extend(sus.pending)
+
+    workers = {asyncio.ensure_future(worker()) for _ in range(min(spec.concurrency, len(items)))}
     try:
-        while pending:
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            for task in finished:
-                exc = task.exception()
-                if isinstance(exc, Suspend):
-                    suspended.extend(exc.pending)
-                elif exc is not None and error is None:
-                    error = exc
-            if error is not None:
-                break
+        await asyncio.gather(*workers)  # the first error ends the step (the finally stops the rest)
     finally:
-        await _cancel(pending)
-    if error is not None:
-        raise error
+        await _cancel({w for w in workers if not w.done()})
     if suspended:
         raise Suspend(suspended)
     return results

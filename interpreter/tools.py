@@ -9,6 +9,7 @@ import importlib
 import inspect
 import io
 import json
+import os
 import queue
 import re
 import sys
@@ -33,37 +34,63 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 class _DaemonPool:
-    def __init__(self, max_workers: int = 256) -> None:
+    """Runs sync tools off the event loop. A few workers serve short calls (a hundred threads woken at
+    once for a fan-out of quick tools only fight over the GIL); when calls still wait after
+    `grow_after` seconds because every worker is busy (tools blocked on I/O, or hung), a worker is
+    started for each waiting call, up to `max_workers`, so that slow tools still run side by side."""
+
+    def __init__(self, max_workers: int = 256, core: int | None = None, grow_after: float = 0.002) -> None:
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # workers waiting for a call
+        self._queued = 0  # calls no worker has taken yet
         self._max = max_workers
+        self._core = core or min(max_workers, (os.cpu_count() or 1) + 2)
+        self._grow_after = grow_after
+        self._grow_on: asyncio.AbstractEventLoop | None = None  # the loop a look-again is scheduled on
 
     def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         future = loop.create_future()
         self._work.put((loop, future, fn))
-        with self._lock:  # reserve an idle worker, or start one
-            if self._idle > 0:
-                self._idle -= 1
-            elif self._threads < self._max:
-                self._threads += 1
-                threading.Thread(target=self._worker, name="charter-tool", daemon=True).start()
+        with self._lock:
+            self._queued += 1
+            if self._queued <= self._idle:
+                pass  # an idle worker takes it
+            elif self._threads < self._core:
+                self._start()
+            elif self._grow_on is None or self._grow_on.is_closed():  # all busy: look again shortly
+                self._grow_on = loop
+                loop.call_later(self._grow_after, self._grow)
         return future
+
+    def _start(self) -> None:
+        self._threads += 1
+        self._idle += 1
+        threading.Thread(target=self._worker, name="charter-tool", daemon=True).start()
+
+    def _grow(self) -> None:
+        with self._lock:
+            self._grow_on = None
+            for _ in range(min(self._queued - self._idle, self._max - self._threads)):
+                self._start()
 
     def _worker(self) -> None:
         while True:
             loop, future, fn = self._work.get()
+            with self._lock:
+                self._queued -= 1
+                self._idle -= 1
             try:
                 result, error = fn(), None
             except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting step
                 result, error = None, exc
+            with self._lock:
+                self._idle += 1
             try:
                 loop.call_soon_threadsafe(_settle, future, result, error)
             except RuntimeError:  # the loop closed while this call hung
                 pass
-            with self._lock:
-                self._idle += 1
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -134,41 +134,23 @@ def test_fan_out_completions_that_finish_together_share_commits(workdir: Path, t
 
 
 class FailsOnce(SQLiteEventStore):
-    """The commit that carries `fan/a/first`'s completion fails once (e.g. the database was locked)."""
+    """The commit that carries `carries`'s completion fails once (e.g. the database was locked)."""
 
+    carries = ""
     failed = False
 
     def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
         events = list(events)
-        carries = any(e.kind == "step.completed" and e.node_path == "fan/a/first" for e in events)
+        carries = any(e.kind == "step.completed" and e.node_path == self.carries for e in events)
         if carries and not self.failed:
             self.failed = True
             raise StoreError("database is locked (injected)")
         return super().append_many(run_id, events)
 
 
-def test_a_failed_commit_is_tried_again_before_the_next_call(workdir: Path, tmp_path: Path) -> None:
-    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
-    graph = flow(
-        workdir,
-        "fails-once",
-        "read",
-        f"""\
-        steps:
-          - id: fan
-            parallel:
-              branches:
-                a:
-                  - {{id: first, tool: probe, args: {{db: '{db}', log: '{log}', me: first, delay: 0.1}}}}
-                b:
-                  # fails at once, then waits 0.5 s: no commit of its own between a's and its next call
-                  - id: second
-                    tool: probe
-                    args: {{db: '{db}', log: '{log}', me: second, fail_first: true}}
-                    retry: {{attempts: 2, jitter: false, backoff: {{initial: 500ms}}}}
-        """,
-    )
+def run_failing_once(graph: Any, db: Path, carries: str) -> None:
     store = FailsOnce(db, durability="full")
+    store.carries = carries
     try:
         options = RunOptions(allow_modules=(MODULE,), durability="full")
         result = run_workflow(graph, {}, store=store, options=options)
@@ -177,7 +159,35 @@ def test_a_failed_commit_is_tried_again_before_the_next_call(workdir: Path, tmp_
     finally:
         store.close()
     assert result.status == "completed", result.error
-    assert "fan/a/first" in seen(log)["second"]
+
+
+def test_a_failed_commit_is_tried_again_by_the_call_waiting_for_it(workdir: Path, tmp_path: Path) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(workdir, "fails-once-waiting", "read", probe_steps(2, db, log))
+    run_failing_once(graph, db, carries="s0")
+    assert seen(log)["s1"] == ["s0"]
+
+
+def test_a_failed_commit_is_tried_again_before_the_next_dependent_call(workdir: Path, tmp_path: Path) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(
+        workdir,
+        "fails-once-later",
+        "read",
+        f"""\
+        steps:
+          - id: fan
+            parallel:
+              branches:
+                # a's completion is committed while nothing waits for it: that commit fails
+                a: [{{id: first, tool: probe, args: {{db: '{db}', log: '{log}', me: first}}}}]
+                b: [{{id: slow, tool: probe, args: {{db: '{db}', log: '{log}', me: slow, delay: 0.3}}}}]
+          - {{id: after, tool: probe, args: {{db: '{db}', log: '{log}', me: after}}}}
+        """,
+    )
+    run_failing_once(graph, db, carries="fan/a/first")
+    assert "fan/a/first" not in seen(log)["slow"]  # nothing of b depends on a: nothing retried it yet
+    assert {"fan/a/first", "fan/b/slow", "fan"} <= set(seen(log)["after"])
 
 
 def test_a_run_started_with_full_durability_is_continued_with_it(workdir: Path, tmp_path: Path) -> None:
