@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 import threading
@@ -334,3 +335,43 @@ def test_missing_secret_is_a_setup_error(
     monkeypatch.delenv("H10_TOKEN", raising=False)
     with pytest.raises(RunSetupError, match="H10_TOKEN"):
         run_workflow(http_flow(workdir, server), {}, store=store, options=OPTS)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pool that runs sync tools off the event loop
+
+
+def test_pool_runs_blocked_calls_side_by_side_beyond_its_core_workers() -> None:
+    from interpreter.tools import _DaemonPool
+
+    pool, n = _DaemonPool(max_workers=64, core=2), 12
+    barrier = threading.Barrier(n, timeout=10)  # returns only when all n calls are running at once
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        calls = [pool.submit(loop, lambda i=i: (barrier.wait(), i)[1]) for i in range(n)]
+        return await asyncio.gather(*calls)
+
+    assert asyncio.run(main()) == list(range(n))
+    assert pool._threads == n  # two core workers, then one started for each call left waiting
+
+
+def test_pool_serves_a_new_loop_while_workers_of_an_old_one_hang() -> None:
+    from interpreter.tools import _DaemonPool
+
+    pool, release = _DaemonPool(max_workers=8, core=1), threading.Event()
+
+    async def hang() -> None:  # the run is cut off; its call keeps its worker busy
+        loop = asyncio.get_running_loop()
+        pool.submit(loop, release.wait)
+        pool.submit(loop, release.wait)  # no worker free: a look-again is scheduled on this loop...
+        await asyncio.sleep(0)
+
+    async def later() -> str:
+        return await asyncio.wait_for(pool.submit(asyncio.get_running_loop(), lambda: "ran"), 10)
+
+    try:
+        asyncio.run(hang())  # ...which closes before the look-again fires
+        assert asyncio.run(later()) == "ran"
+    finally:
+        release.set()
