@@ -490,7 +490,8 @@ class RunGuard:
             self.run_budget.record_tool_call(tool, args)
             if tool in self._tool_budgets:
                 self._tool_budgets[tool].record_tool_call(tool, args)
-        self.history.append({"kind": "tool", "tool": tool, "args": args, "result": result})
+        if self._has_rules:  # only rules read it: a run without any keeps no copy of every result
+            self.history.append({"kind": "tool", "tool": tool, "args": args, "result": result})
 
     def record_model_call(
         self, input_tokens: int, output_tokens: int, cost: float, *, node_path: str | None = None
@@ -500,9 +501,10 @@ class RunGuard:
             cached[0].record_model_call(input_tokens, output_tokens, cost)
         else:
             self.run_budget.record_model_call(input_tokens, output_tokens, cost)
-        self.history.append(
-            {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
-        )
+        if self._has_rules:
+            self.history.append(
+                {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
+            )
 
     def restore(self, events: Any, records: Mapping[str, Any]) -> None:
         """A continued run's budgets and history start from what its log says was spent by the steps that
@@ -525,7 +527,8 @@ class RunGuard:
                 self._tool_budgets.setdefault(tool, Budget()).record_tool_call(tool, args)
                 for budget in steps:
                     budget.record_tool_call(tool, args)
-                self.history.append({"kind": "tool", "tool": tool, "args": args, "result": None})
+                if self._has_rules:
+                    self.history.append({"kind": "tool", "tool": tool, "args": args, "result": None})
             elif event.kind == s.MODEL_COMPLETED:
                 usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
                 spent = (

@@ -380,6 +380,10 @@ _RUN_COLUMNS = (
 _EVENT_COLUMNS = "run_id, seq, ts, node_path, kind, actor, payload, prev_hash, hash"
 _LEASE_COLUMNS = "run_id, owner, host, node, pid, proc_start, acquired_at, heartbeat_at, expires_at"
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_HEAD_AND_LEASE = (
+    "SELECT head_seq, head_hash, (SELECT owner FROM run_leases l WHERE l.run_id = ?) "
+    "FROM runs WHERE run_id = ?"
+)
 _PAGE = 2000
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
 _WAL_AUTOCHECKPOINT_PAGES_FULL = 1_000
@@ -423,23 +427,19 @@ class _Tx:
     def _head(self, run_id: str) -> tuple[int, str]:
         head = self._heads.get(run_id)
         if head is None:
-            row = self._conn.execute(
-                "SELECT head_seq, head_hash FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
+            # The lease's owner comes with the head (one statement: this runs once per commit).
+            row = self._conn.execute(_HEAD_AND_LEASE, (run_id, run_id)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run {run_id!r} in {self._store.path}")
             head = (row[0], row[1])
-            self._check_lease(run_id)
+            self._check_lease(run_id, row[2])
             self._heads[run_id] = head
         return head
 
-    def _check_lease(self, run_id: str) -> None:
+    def _check_lease(self, run_id: str, holder: str | None) -> None:
         """Fencing: a run this store leased is written only while the lease is still ours."""
         owner = self._store._leased.get(run_id)
-        if owner is None:
-            return
-        row = self._conn.execute("SELECT owner FROM run_leases WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None or row[0] != owner:
+        if owner is not None and holder != owner:
             raise LeaseLost(
                 f"run {run_id}: another process took over its lease while this one executed it "
                 "(no heartbeat for too long); this process stopped"
