@@ -174,6 +174,9 @@ def _progress_printer():  # type: ignore[no-untyped-def]
         if event.kind == "waiting" and event.node_path:
             click.echo(f"⏸ {event.node_path}: waiting for approval: {event.detail}", err=True)
             return
+        if event.kind == "held":
+            click.echo(f"⏸ {event.node_path}: waiting: {event.detail}", err=True)
+            return
         mark = marks.get(event.kind)
         if mark is None or not event.node_path:
             return

@@ -945,10 +945,16 @@ def _guard_for(
 
 
 async def continue_run(
-    run_id: str, store: s.EventStore, options: RunOptions, reason: str, *, wait: bool = False
+    run_id: str,
+    store: s.EventStore,
+    options: RunOptions,
+    reason: str,
+    *,
+    wait: Callable[[s.Lease], None] | None = None,
 ) -> RunResult:
     """Continue a run under its lease. `RunLeased` when another live process executes it; with `wait`
-    (a parent continuing its child run), wait until that process lets it go instead."""
+    (a parent continuing its child run), wait until that process lets it go instead, after calling
+    `wait` once with the holder's lease."""
     row = store.run(run_id)
     if row.status in s.TERMINAL_STATUSES:  # finished for good: no lease needed to say so
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
@@ -1012,13 +1018,17 @@ LEASE_POLL_SECONDS = 0.2  # how often a parent waiting for its child run's lease
 MAX_RECONTINUES = 10  # a safety bound: each one needs a decision or child result that arrived meanwhile
 
 
-async def _acquire(store: s.EventStore, run_id: str, wait: bool) -> s.Lease:
+async def _acquire(store: s.EventStore, run_id: str, wait: Callable[[s.Lease], None] | None) -> s.Lease:
+    told = False
     while True:
         try:
             return store.acquire_lease(run_id)
-        except s.RunLeased:
-            if not wait:
+        except s.RunLeased as held:
+            if wait is None:
                 raise
+            if not told:
+                wait(held.holder)
+                told = True
         await asyncio.sleep(LEASE_POLL_SECONDS)
 
 

@@ -560,7 +560,10 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, attemp
     ex.commit()  # the parent's events so far precede anything the child does
     if child_id is not None:
         # Another process may be executing the child (`charter resume CHILD`): wait for its result.
-        result = await continue_run(child_id, ex.store, ex.options, "manual", wait=True)
+        def held(by: Any) -> None:
+            ex.notify("held", path, "workflow", f"child run {child_id} is executed by {by.describe()}")
+
+        result = await continue_run(child_id, ex.store, ex.options, "manual", wait=held)
     else:
         base = Path(ex.file).parent if ex.file else Path.cwd()
         target = (base / relative).resolve()

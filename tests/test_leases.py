@@ -37,6 +37,7 @@ pytestmark = pytest.mark.skipif(not ENGINE.exists(), reason="interpreter/engine.
 
 FLOW = FIXTURES / "lease_flow.yaml"
 APPROVAL_FLOW = FIXTURES / "lease_approval_flow.yaml"
+PARENT_FLOW = FIXTURES / "lease_parent_flow.yaml"
 ALLOW = "tests.fixtures.lease_tools"
 WAIT_LIMIT = 60.0  # seconds: a condition not reached by then is a bug, not a slow machine
 EXIT_LEASED = 4
@@ -344,6 +345,47 @@ def test_approve_of_a_waiting_run_resumes_it_under_its_lease(tmp_path: Path) -> 
     assert run_json(approved)["output"] == {"by": "carol", "after": "after"}
     assert lab.lease_rows() == []
     _assert_verified(lab, run_id)
+
+
+def test_a_parent_resumed_while_another_process_executes_its_child_waits_for_it(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    first = lab.charter("run", str(PARENT_FLOW), "--json")
+    assert first.returncode == 3, describe(first)
+    parent = run_json(first)["run_id"]
+    (child,) = [str(r["run_id"]) for r in run_rows(lab.db) if r["parent_run_id"] == parent]
+    # Process A approves the child and executes it: it holds the child's lease, stopped at `c`'s gate.
+    approving = lab.start("approve", child, "ok", "--as", "carol", "--json", gate_at="c")
+    resuming: subprocess.Popen[str] | None = None
+    try:
+        _wait_for(lambda: lab.reached() or approving.poll() is not None, "the child to reach `c`")
+        assert approving.poll() is None, approving.communicate()
+        # Process B resumes the parent, reaches its `sub` step and says that it waits for A.
+        resuming = lab.start("resume", parent, "--json")
+        assert resuming.stderr is not None
+        said = resuming.stderr.readline()
+        while said and "⏸ sub: waiting" not in said:
+            said = resuming.stderr.readline()
+        assert f"child run {child} is executed by pid {approving.pid}" in said, said
+        lab.open_gate()
+        a_out, a_err = approving.communicate(timeout=WAIT_LIMIT)
+        b_out, b_err = resuming.communicate(timeout=WAIT_LIMIT)
+    finally:
+        for proc in (approving, resuming):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert approving.returncode == 0, a_err
+    assert resuming.returncode == 0, b_err
+    _assert_clean((a_out, a_err))
+    _assert_clean((b_out, b_err))
+    assert run_json(subprocess.CompletedProcess([], 0, b_out, b_err))["output"] == {
+        "child": "c",
+        "after": "after",
+    }
+    assert lab.counts() == Counter({"c": 1, "after": 1}), "the child's write ran once, in process A"
+    assert lab.lease_rows() == []
+    _assert_verified(lab, parent)
+    _assert_verified(lab, child)
 
 
 # --------------------------------------------------------------------------------------------------
