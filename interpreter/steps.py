@@ -8,6 +8,7 @@ the events of what happens inside (tool calls, decisions, iterations, variable c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -446,14 +447,17 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
         for i, item in enumerate(items):
             await one(i, item)
         return results
-    # `concurrency` workers take the items in order: as many tasks as run at once, not one per item.
+    # `concurrency` workers take the items in order: as many tasks alive as run at once. Each item
+    # runs in the context the step started in, as a branch would: it follows what came before the
+    # step, not the items a worker ran before it (durability "full" waits only for what it follows).
     queue = iter(enumerate(items))
     suspended: list[str] = []
+    start = contextvars.copy_context()
 
     async def worker() -> None:
         for i, item in queue:
             try:
-                await one(i, item)
+                await asyncio.create_task(one(i, item), context=start.copy())
             except Suspend as sus:  # waits for a person: the other items go on
                 suspended.extend(sus.pending)
 
