@@ -502,9 +502,7 @@ class RunGuard:
         else:
             self.run_budget.record_model_call(input_tokens, output_tokens, cost)
         if self._has_rules:
-            self.history.append(
-                {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
-            )
+            self.history.append(_model_call(input_tokens, output_tokens, cost))
 
     def restore(self, events: Any, records: Mapping[str, Any]) -> None:
         """A continued run's budgets and history start from what its log says was spent by the steps that
@@ -539,6 +537,8 @@ class RunGuard:
                 self.run_budget.record_model_call(*spent)
                 for budget in steps:
                     budget.record_model_call(*spent)
+                if self._has_rules:
+                    self.history.append(_model_call(*spent))
 
     def _restore_step_budgets(self, events: list[Any], spans: list[Segment]) -> dict[str, list[Budget]]:
         """The own budgets of the steps with limits that enclose each logged node path (keyed as
@@ -575,6 +575,11 @@ class RunGuard:
 
 
 # --- the tool-step path (steps.run_tool; the agent loop uses the RunGuard methods directly) --------------
+
+
+def _model_call(input_tokens: int, output_tokens: int, cost: float) -> dict[str, Any]:
+    """A model call as `history` shows it to rules."""
+    return {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
 
 
 def _who(chain: ActorChain) -> str:
