@@ -445,6 +445,33 @@ steps:
     assert [c["n"] for c in calls(tmp_path)] == [1, 2, 3]
 
 
+def test_a_history_rule_sees_the_calls_made_before_a_resume(tmp_path: Path) -> None:
+    # The exfiltration pattern: no mail once something was looked up, even across a pause for a person.
+    project(
+        tmp_path,
+        """
+guardrails:
+  - id: no-mail-after-lookup
+    on: tool.input
+    tools: [send]
+    check: '!history.exists(e, e.kind == "tool" && e.tool == "lookup")'
+    action: deny
+    message: "no mail after a lookup"
+steps:
+  - {id: find, tool: lookup, args: {id: A1}}
+  - {id: wait, approval: {message: go on?}}
+  - {id: mail, tool: send, args: {to: x@example.com, body: hi}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 3
+    proc = charter("approve", result["run_id"], "wait", "--as", "bob", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    final = json.loads(proc.stdout)
+    assert final["error"]["code"] == "guardrail" and "no mail after a lookup" in final["error"]["message"]
+    assert [c["tool"] for c in calls(tmp_path)] == ["lookup"]
+
+
 # --- tool.select on tool steps, deny vs budget in agents, escalations kept apart -----------------------
 
 
