@@ -369,26 +369,34 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     def satisfied() -> bool:
         return len(done_ok) + (len(failed) if join_all and tolerant else 0) >= need
 
+    def take(task: asyncio.Future[Any]) -> None:
+        nonlocal first_error
+        pending.discard(task)
+        i = tasks[task]
+        exc = task.exception()
+        if exc is None:
+            outputs[i] = task.result()
+            done_ok.append(i)
+        elif isinstance(exc, Suspend):
+            suspended.extend(exc.pending)
+        elif isinstance(exc, StepError):
+            failed.append(i)
+            first_error = first_error or exc
+        else:
+            raise exc
+
     try:
         while pending and not satisfied():
             for task in await arrivals.next():
-                pending.discard(task)
-                i = tasks[task]
-                exc = task.exception()
-                if exc is None:
-                    outputs[i] = task.result()
-                    done_ok.append(i)
-                elif isinstance(exc, Suspend):
-                    suspended.extend(exc.pending)
-                elif isinstance(exc, StepError):
-                    failed.append(i)
-                    first_error = first_error or exc
-                else:
-                    raise exc
+                take(task)
             if first_error is not None and not tolerant:
                 break
             if not join_all and len(done_ok) + len(pending) < need and not suspended:
                 break  # too many failures: the join can no longer be met
+        # A branch that finished in the turn that ended the join (its done-callback has not run yet)
+        # finished: it is not one of the losers to cancel.
+        for task in [t for t in pending if t.done()]:
+            take(task)
     finally:
         cancelled = [tasks[t] for t in pending]
         await _cancel(pending)

@@ -57,6 +57,12 @@ async def slow(value, seconds):
     await asyncio.sleep(seconds)
     return value
 
+async def spin(value, turns):
+    """Returns after `turns` turns of the event loop."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    return value
+
 def overlap(item, log):
     with _lock:
         _active[0] += 1
@@ -89,6 +95,7 @@ def write_flow(workdir: Path, name: str, body: str) -> Path:
           flaky: {{python: "{MODULE}:flaky", effect: write}}
           hang: {{python: "{MODULE}:hang", effect: read}}
           slow: {{python: "{MODULE}:slow", effect: read}}
+          spin: {{python: "{MODULE}:spin", effect: read}}
           overlap: {{python: "{MODULE}:overlap", effect: read}}
           bad_result: {{python: "{MODULE}:bad_result", effect: read}}
         """
@@ -309,6 +316,37 @@ def test_parallel_any_cancels_the_losers(store: Any, workdir: Path) -> None:
     assert joined.payload["completed"] == ["fast"] and joined.payload["cancelled"] == ["slow"]
     cancelled = [e for e in events if e.kind == "step.skipped" and e.node_path.endswith("lazy")]
     assert cancelled and cancelled[0].payload["reason"] == "cancelled"
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
+
+
+@pytest.mark.parametrize("turns", range(4))
+def test_a_branch_that_finishes_as_the_join_is_met_is_not_a_loser(
+    store: Any, workdir: Path, turns: int
+) -> None:
+    # b finishes `turns` turns of the event loop after a: when that is the turn in which a's win is
+    # noticed, b has finished too (its step.completed is logged): completed, not cancelled.
+    flow = write_flow(
+        workdir,
+        f"tie-{turns}",
+        f"""\
+        steps:
+          - id: race
+            parallel:
+              join: any
+              branches:
+                a: [{{id: qa, tool: spin, args: {{value: a, turns: 0}}}}]
+                b: [{{id: qb, tool: spin, args: {{value: b, turns: {turns}}}}}]
+        output: {{race: "${{{{ steps.race.output }}}}"}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    events = list(store.events(result.run_id))
+    joined = next(e for e in events if e.kind == "parallel.joined").payload
+    b_done = any(e.kind == "step.completed" and e.node_path == "race/b/qb" for e in events)
+    assert joined["completed"] == (["a", "b"] if b_done else ["a"])
+    assert joined["cancelled"] == ([] if b_done else ["b"])
+    assert result.output == {"race": {"a": "a", "b": "b" if b_done else None}}
     assert replay_run(result.run_id, store=store, options=OPTS).ok
 
 
