@@ -1,7 +1,9 @@
 """The agent loop and llm steps with an `anthropic` model, against a real Messages-API server on 127.0.0.1
 (tests/fixtures/openai_server.py's `AnthropicServer`): tool_use blocks, the Python tools they call,
 tool_result blocks linked by id in the next request, structured answers through the answer tool, errors
-with their HTTP status, the event log, and `charter replay` of such a run with the server gone.
+with their HTTP status, the event log, and `charter replay` of such a run with the server gone; extended
+thinking blocks carried through a tool loop, resume and replay (the server checks them like the real API);
+an answer-tool call made together with other tool calls.
 """
 
 from __future__ import annotations
@@ -583,3 +585,29 @@ def test_an_answer_with_other_tool_calls_is_taken_and_the_calls_are_logged_as_no
         {"id": "toolu_1", "name": "lookup_company", "arguments": {"name": "Globex"}}
     ]
     assert replay_run(result.run_id, store=store).ok
+
+
+def test_a_skipped_call_is_logged_with_its_arguments_masked_by_tool_input_redaction(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    """A call left out with the final answer is still in the log: its arguments reach it masked, as those
+    of a call that runs would."""
+    masking = """
+guardrails:
+  - {id: no-company-names, on: tool.input, tools: [lookup_company], regex: "Globex", action: redact}
+"""
+    server.message(
+        [
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup_company", "input": {"name": "Globex"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "respond", "input": {"risk": "high"}},
+        ],
+        "tool_use",
+        (100, 20),
+    )
+    result, store = run(tmp_path, server.url, masking + AGENT_WITH_SCHEMA, {"q": "Initech"})
+    assert result.status == "completed", result.error
+    assert result.output == {"risk": "high"}
+    (completed,) = events(store, result.run_id, "model.completed")
+    (skipped,) = completed["response"]["skipped_tool_calls"]
+    assert skipped["arguments"] == {"name": "[REDACTED:no-company-names]"}
+    assert "Globex" not in json.dumps([e.payload for e in store.events(result.run_id)])
