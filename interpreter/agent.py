@@ -343,15 +343,21 @@ class StepCall:
         """The answer with each tool call's arguments masked by that tool's `tool.input` redact rules.
         The step goes on with the masked answer (as with model.output redaction), so the log, the next
         turn's messages, the tool and a resume or replay all see the same arguments."""
-        if self.guard is None or not response.tool_calls:
+        if self.guard is None or not (response.tool_calls or response.skipped_tool_calls):
             return response
         from dataclasses import replace
 
-        calls = tuple(
-            replace(c, arguments=self.guard.mask_tool_args(self.path, c.name, c.arguments))
-            for c in response.tool_calls
+        def masked(calls: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(
+                replace(c, arguments=self.guard.mask_tool_args(self.path, c.name, c.arguments)) for c in calls
+            )
+
+        # Calls left out with a final answer are in the log too: masked like the ones that run.
+        return replace(
+            response,
+            tool_calls=masked(response.tool_calls),
+            skipped_tool_calls=masked(response.skipped_tool_calls),
         )
-        return replace(response, tool_calls=calls)
 
     def _masked(self, response: ModelResponse, verdict: Any) -> ModelResponse:
         """The answer with a hook's redaction applied (its payload is the answer: text or object)."""
@@ -416,7 +422,7 @@ class StepCall:
         return value, (schemas.describe(problems, "the answer") if problems else None)
 
     def _reask(self, response: ModelResponse, feedback: str) -> None:
-        self.messages.append(Message("assistant", response.text or ""))
+        self.messages.append(Message("assistant", response.text or "", thinking=response.thinking))
         self.messages.append(Message("user", feedback))
 
     # -- guard hooks
@@ -586,7 +592,12 @@ class StepCall:
     # -- tool calls
 
     async def _use_tools(self, response: ModelResponse) -> None:
-        self.messages.append(Message("assistant", response.text or "", tool_calls=response.tool_calls))
+        # The answer's opaque thinking blocks go back with it: a provider may refuse the turn without them.
+        self.messages.append(
+            Message(
+                "assistant", response.text or "", tool_calls=response.tool_calls, thinking=response.thinking
+            )
+        )
         for i, call in enumerate(response.tool_calls, 1):
             content, is_error = await self._use_tool(call, f"{self.attempt}.{self.calls}.{i}")
             self.messages.append(
@@ -780,4 +791,5 @@ def _message(record: Any) -> Message:
         tool_call_id=record.get("tool_call_id"),
         name=record.get("name"),
         is_error=bool(record.get("is_error", False)),
+        thinking=tuple(record.get("thinking") or ()),
     )

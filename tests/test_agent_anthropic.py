@@ -1,7 +1,9 @@
 """The agent loop and llm steps with an `anthropic` model, against a real Messages-API server on 127.0.0.1
 (tests/fixtures/openai_server.py's `AnthropicServer`): tool_use blocks, the Python tools they call,
 tool_result blocks linked by id in the next request, structured answers through the answer tool, errors
-with their HTTP status, the event log, and `charter replay` of such a run with the server gone.
+with their HTTP status, the event log, and `charter replay` of such a run with the server gone; extended
+thinking blocks carried through a tool loop, resume and replay (the server checks them like the real API);
+an answer-tool call made together with other tool calls.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import pytest
 
 from dsl import diagnostics
 from dsl.frontend import compile_file
-from interpreter import RunOptions, run_workflow
+from interpreter import RunOptions, decide_approval, replay_run, resume_run, run_workflow
 from interpreter.store import open_store
 from tests.fixtures.charter_cli import REPO, charter, child_env, run_json
-from tests.fixtures.openai_server import AnthropicServer
+from tests.fixtures.openai_server import AnthropicServer, thinking_blocks
 
 KEY_ENV = "CHARTER_TEST_ANTHROPIC_KEY"
 KEY = "ak-test-123"
@@ -106,14 +108,14 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)  # examples.* is allowed by the project's pyproject.toml
 
 
-def write(tmp_path: Path, url: str, body: str) -> Path:
+def write(tmp_path: Path, url: str, body: str, head: str = HEAD) -> Path:
     path = tmp_path / "flow.yaml"
-    path.write_text(HEAD.format(url=url, key_env=KEY_ENV) + textwrap.dedent(body), encoding="utf-8")
+    path.write_text(head.format(url=url, key_env=KEY_ENV) + textwrap.dedent(body), encoding="utf-8")
     return path
 
 
-def run(tmp_path: Path, url: str, body: str, inputs: Any = None) -> tuple[Any, Any]:
-    graph, diags = compile_file(write(tmp_path, url, body))
+def run(tmp_path: Path, url: str, body: str, inputs: Any = None, head: str = HEAD) -> tuple[Any, Any]:
+    graph, diags = compile_file(write(tmp_path, url, body, head))
     errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
     assert graph is not None and not errors, diagnostics.format_text(errors)
     store = open_store(str(tmp_path / "charter.db"))
@@ -420,3 +422,192 @@ def test_provider_counts_cached_input_and_renames_its_answer_tool_when_taken(ser
     sent = server.requests[0]
     assert [t["name"] for t in sent["tools"]] == ["respond", "respond_answer"]
     assert "call the `respond_answer` tool" in sent["system"]
+
+
+# --- extended thinking ---------------------------------------------------------------------------------
+
+THINKING_HEAD = HEAD.replace(
+    "parameters: {{max_tokens: 512, temperature: 0}}",
+    "parameters: {{max_tokens: 4096, thinking: {{type: enabled, budget_tokens: 2048}}}}",
+)
+assert THINKING_HEAD != HEAD
+
+ESCALATING = """
+guardrails:
+  - id: company-lookups-need-a-person
+    on: tool.input
+    tools: [lookup_company]
+    check: "false"
+    action: escalate
+    message: A person must approve company lookups.
+    escalation: {approvers: [tester]}
+"""
+
+
+def test_the_test_server_refuses_a_tool_use_turn_without_its_thinking(server: AnthropicServer) -> None:
+    """The fixture is not vacuous: like the real API, it answers 400 when thinking is on and the assistant
+    turn of a tool-use cycle comes back without its thinking blocks, or with one changed."""
+    import httpx
+
+    server.call_tools(("lookup_company", {"name": "Globex"}), thinking="Look it up.", redacted="EnC0d3d")
+    server.reply("done")
+    (_, first), _ = server.answers
+    issued = first["content"]
+    user = {"role": "user", "content": "Assess Globex."}
+    result = {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_1_1", "content": "{}"}],
+    }
+    body = {"model": "m", "max_tokens": 4096, "thinking": {"type": "enabled", "budget_tokens": 2048}}
+    changed = dict(issued[0], thinking="Something else.")
+    for content, says in [
+        (issued[2:], "Expected `thinking` or `redacted_thinking`, but found `tool_use`"),
+        ([changed, *issued[1:]], "Invalid `signature` in `thinking` block"),
+        ([issued[1], *issued[2:]], "not those of this tool_use turn"),
+    ]:
+        messages = [user, {"role": "assistant", "content": content}, result]
+        answer = httpx.post(server.url + "/v1/messages", json={**body, "messages": messages})
+        assert answer.status_code == 400 and says in answer.json()["error"]["message"]
+    forced = {**body, "tool_choice": {"type": "tool", "name": "respond"}, "messages": [user]}
+    assert httpx.post(server.url + "/v1/messages", json=forced).status_code == 400
+    messages = [user, {"role": "assistant", "content": issued}, result]
+    assert httpx.post(server.url + "/v1/messages", json={**body, "messages": messages}).status_code == 200
+
+
+def test_a_tool_loop_with_extended_thinking_sends_the_thinking_back_unchanged(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    server.call_tools(
+        ("lookup_company", {"name": "Globex"}),
+        thinking="The user wants Globex; I should look up its rating.",
+        redacted="EnCrYpTeD-thinking==",
+        text="Let me look it up.",
+    )
+    server.reply("Globex is rated BBB.", thinking="The rating is BBB; that answers it.")
+    result, store = run(tmp_path, server.url, AGENT, {"q": "Globex"}, head=THINKING_HEAD)
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "Globex is rated BBB."}  # the thinking is not the answer
+
+    first, second = server.requests
+    assert first["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    issued = thinking_blocks("The user wants Globex; I should look up its rating.", "EnCrYpTeD-thinking==")
+    assistant = second["messages"][1]
+    assert assistant["role"] == "assistant"
+    assert assistant["content"][:2] == issued  # first in the turn, exactly as they came
+    assert [b["type"] for b in assistant["content"][2:]] == ["text", "tool_use"]
+
+    completed = events(store, result.run_id, "model.completed")
+    assert completed[0]["response"]["thinking"] == issued
+    assert completed[0]["response"]["text"] == "Let me look it up."
+    assert completed[1]["response"]["text"] == "Globex is rated BBB."
+    assert [b["type"] for b in completed[1]["response"]["thinking"]] == ["thinking"]
+    called = events(store, result.run_id, "model.called")
+    assert called[1]["messages"][2]["thinking"] == issued  # after the system and user messages
+    replayed = replay_run(result.run_id, store=store)
+    assert replayed.ok, replayed.divergence
+
+
+def test_resume_with_extended_thinking_reuses_the_answer_and_its_thinking(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    """The run waits for an approval after the first answer; the resumed run takes that answer, with its
+    thinking blocks, from the log (the server is not asked again) and the server accepts the next turn."""
+    server.call_tools(("lookup_company", {"name": "Globex"}), thinking="Look it up.", redacted="xyz")
+    result, store = run(tmp_path, server.url, ESCALATING + AGENT, {"q": "Globex"}, head=THINKING_HEAD)
+    assert result.status == "waiting", result.error
+    assert len(server.requests) == 1
+
+    server.reply("Globex: BBB.", thinking="Done.")
+    resumed = decide_approval(
+        result.run_id,
+        result.pending[0],
+        store=store,
+        person="tester",
+        approved=True,
+        reason="ok",
+        options=RunOptions(),
+    )
+    if resumed.status == "waiting":
+        resumed = resume_run(result.run_id, store=store)
+    assert resumed.status == "completed", resumed.error
+    assert resumed.output == {"answer": "Globex: BBB."}
+    assert len(server.requests) == 2  # turn 1 came from the log
+    assert server.requests[1]["messages"][1]["content"][:2] == thinking_blocks("Look it up.", "xyz")
+    replayed = replay_run(result.run_id, store=store)
+    assert replayed.ok, replayed.divergence
+
+
+def test_llm_step_with_extended_thinking_is_not_forced_to_the_answer_tool(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    """The API refuses forced tool use with thinking on: the model is told to call the answer tool."""
+    server.message(
+        [
+            *thinking_blocks("Globex is BBB, a medium risk."),
+            {"type": "tool_use", "id": "toolu_1", "name": "respond", "input": {"risk": "medium"}},
+        ],
+        "tool_use",
+        (50, 30),
+    )
+    result, store = run(tmp_path, server.url, LLM, {"q": "Globex"}, head=THINKING_HEAD)
+    assert result.status == "completed", result.error
+    assert result.output == {"risk": "medium"}
+    (request,) = server.requests
+    assert "tool_choice" not in request
+    assert request["system"].endswith("When you have the final answer, call the `respond` tool with it.")
+    completed = events(store, result.run_id, "model.completed")
+    assert completed[0]["response"]["structured"] == {"risk": "medium"}
+
+
+# --- the answer tool together with other tool calls ----------------------------------------------------
+
+
+def test_an_answer_with_other_tool_calls_is_taken_and_the_calls_are_logged_as_not_run(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    server.message(
+        [
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup_company", "input": {"name": "Globex"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "respond", "input": {"risk": "low"}},
+        ],
+        "tool_use",
+        (100, 20),
+    )
+    result, store = run(tmp_path, server.url, AGENT_WITH_SCHEMA, {"q": "Globex"})
+    assert result.status == "completed", result.error
+    assert result.output == {"risk": "low"}
+    assert len(server.requests) == 1  # the model said it is done: not asked again
+    assert events(store, result.run_id, "tool.called") == []
+    (completed,) = events(store, result.run_id, "model.completed")
+    response = completed["response"]
+    assert response["structured"] == {"risk": "low"} and response["tool_calls"] == []
+    assert response["skipped_tool_calls"] == [
+        {"id": "toolu_1", "name": "lookup_company", "arguments": {"name": "Globex"}}
+    ]
+    assert replay_run(result.run_id, store=store).ok
+
+
+def test_a_skipped_call_is_logged_with_its_arguments_masked_by_tool_input_redaction(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    """A call left out with the final answer is still in the log: its arguments reach it masked, as those
+    of a call that runs would."""
+    masking = """
+guardrails:
+  - {id: no-company-names, on: tool.input, tools: [lookup_company], regex: "Globex", action: redact}
+"""
+    server.message(
+        [
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup_company", "input": {"name": "Globex"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "respond", "input": {"risk": "high"}},
+        ],
+        "tool_use",
+        (100, 20),
+    )
+    result, store = run(tmp_path, server.url, masking + AGENT_WITH_SCHEMA, {"q": "Initech"})
+    assert result.status == "completed", result.error
+    assert result.output == {"risk": "high"}
+    (completed,) = events(store, result.run_id, "model.completed")
+    (skipped,) = completed["response"]["skipped_tool_calls"]
+    assert skipped["arguments"] == {"name": "[REDACTED:no-company-names]"}
+    assert "Globex" not in json.dumps([e.payload for e in store.events(result.run_id)])

@@ -2,9 +2,15 @@
 
 Structured output: the Messages API has no JSON-schema response format, so the provider offers the
 model a `respond` tool whose input schema is the answer's schema. Without other tools, the model is made
-to call it; with other tools, it is told to call `respond` for its final answer. A `respond` call becomes
-the structured answer, never a tool call for the agent loop. (When the workflow offers a tool named
+to call it; with other tools, or with extended thinking on (the API refuses forced tool use then), it is
+told to call `respond` for its final answer. A `respond` call becomes the structured answer, never a tool
+call for the agent loop; other tool calls in the same answer are not run (the model said it is done) but
+kept in `skipped_tool_calls`, so the log says what was left out. (When the workflow offers a tool named
 `respond` itself, the answer tool takes the first free name of `respond_answer`, `respond_answer_2`, ...)
+
+Extended thinking (`thinking` in the parameters): the answer's `thinking` and `redacted_thinking` blocks
+are kept whole, as the response's opaque `thinking`, and sent back first in that assistant turn: the API
+checks their signatures and refuses a tool-use turn that comes back without them.
 
 Stop reasons: `end_turn`, `stop_sequence` and `tool_use` are complete answers. An answer cut off by
 `max_tokens` (or by the context window) is an error, never a final answer or a tool call with half its
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -34,6 +41,7 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 RESPOND_TOOL = "respond"
+_THINKING = ("thinking", "redacted_thinking")
 # Stop reasons of an answer that is not whole: used as it is, it would be a truncated output or a tool
 # call with a truncated input.
 _CUT_OFF = {
@@ -78,15 +86,7 @@ class AnthropicProvider:
         body = self._body(request)
         data = await self.http.post("/v1/messages", body)
         response = self._parse(data, request, body)
-        return ModelResponse(
-            text=response.text,
-            tool_calls=response.tool_calls,
-            usage=response.usage,
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            finish_reason=response.finish_reason,
-            model=response.model,
-            structured=response.structured,
-        )
+        return replace(response, latency_ms=(time.perf_counter() - started) * 1000.0)
 
     # --- request --------------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class AnthropicProvider:
                     "input_schema": _object_schema(request.response_schema),
                 }
             )
-            if request.tools:
+            if request.tools or _thinking(body):
                 system.append(f"When you have the final answer, call the `{respond}` tool with it.")
             else:
                 body["tool_choice"] = {"type": "tool", "name": respond}
@@ -138,11 +138,14 @@ class AnthropicProvider:
         respond = _respond_tool(request) if request.response_schema is not None else None
         texts: list[str] = []
         calls: list[ToolCall] = []
+        thinking: list[dict[str, Any]] = []
         structured: Any = None
         for index, block in enumerate(content):
             if not isinstance(block, dict):
                 raise bad(f"content block {index} is not an object")
-            if block.get("type") == "text":
+            if block.get("type") in _THINKING:
+                thinking.append(dict(block))  # opaque: sent back exactly as it came
+            elif block.get("type") == "text":
                 texts.append(str(block.get("text", "")))
             elif block.get("type") == "tool_use":
                 call = _tool_call(block, index, bad)
@@ -151,8 +154,10 @@ class AnthropicProvider:
                 else:
                     calls.append(call)
         text = "".join(texts) if texts else None
+        skipped: list[ToolCall] = []
         if structured is not None:
             text = json.dumps(structured)
+            skipped, calls = calls, []  # the final answer ends the turn: its other calls are not run
         elif request.response_schema is not None and not calls:
             structured = parse_structured(text)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
@@ -165,6 +170,8 @@ class AnthropicProvider:
             finish_reason=stop if isinstance(stop, str) else None,
             model=data.get("model") if isinstance(data.get("model"), str) else None,
             structured=structured,
+            thinking=tuple(thinking),
+            skipped_tool_calls=tuple(skipped),
         )
 
 
@@ -195,10 +202,19 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
         if message.is_error:
             block["is_error"] = True
         return "user", [block]
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    # An answer's thinking blocks go back first in its turn, unchanged (the API checks their signatures).
+    blocks: list[dict[str, Any]] = [dict(b) for b in message.thinking]
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
     return message.role, blocks
+
+
+def _thinking(body: dict[str, Any]) -> bool:
+    """Whether the request turns extended thinking on (`thinking: {type: enabled, ...}` in the parameters)."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type", "enabled") != "disabled"
 
 
 def _respond_tool(request: ModelRequest) -> str:

@@ -7,6 +7,11 @@ happened, so a run error reads well without a traceback.
 
 Records: `to_record()` gives a JSON-ready dict for the event log and `ModelResponse.from_record()`
 rebuilds a response from it, so replay needs no network.
+
+Provider-opaque blocks: `thinking` on a response (and on the assistant message made from it) holds blocks a
+provider needs back unchanged in that assistant turn, e.g. Anthropic's `thinking` (with its signature) and
+`redacted_thinking` blocks. The agent loop only carries and records them; providers that have none ignore
+them. They are not the answer: `text` never includes them.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
     is_error: bool = False
+    # An assistant answer's provider-opaque blocks (see the module doc), sent back as they came.
+    thinking: tuple[dict[str, Any], ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -67,6 +74,8 @@ class Message:
             record["name"] = self.name
         if self.is_error:
             record["is_error"] = True
+        if self.thinking:
+            record["thinking"] = [dict(b) for b in self.thinking]
         return record
 
 
@@ -119,7 +128,9 @@ class Usage:
 @dataclass(frozen=True)
 class ModelResponse:
     """The model's answer. `structured` holds the parsed JSON answer when the request had a
-    `response_schema` and the answer parsed as JSON (validation against the schema is the agent loop's)."""
+    `response_schema` and the answer parsed as JSON (validation against the schema is the agent loop's).
+    `thinking`: provider-opaque blocks to send back unchanged with this answer (see the module doc).
+    `skipped_tool_calls`: tool calls the model made together with its final answer, which are not run."""
 
     text: str | None
     tool_calls: tuple[ToolCall, ...] = ()
@@ -128,9 +139,11 @@ class ModelResponse:
     finish_reason: str | None = None
     model: str | None = None
     structured: Any = None
+    thinking: tuple[dict[str, Any], ...] = ()
+    skipped_tool_calls: tuple[ToolCall, ...] = ()
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "text": self.text,
             "tool_calls": [c.to_record() for c in self.tool_calls],
             "usage": self.usage.to_record(),
@@ -139,6 +152,12 @@ class ModelResponse:
             "model": self.model,
             "structured": self.structured,
         }
+        # Only when present, so the record of an ordinary answer keeps its shape.
+        if self.thinking:
+            record["thinking"] = [dict(b) for b in self.thinking]
+        if self.skipped_tool_calls:
+            record["skipped_tool_calls"] = [c.to_record() for c in self.skipped_tool_calls]
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ModelResponse:
@@ -151,6 +170,8 @@ class ModelResponse:
             finish_reason=record.get("finish_reason"),
             model=record.get("model"),
             structured=record.get("structured"),
+            thinking=tuple(dict(b) for b in record.get("thinking") or ()),
+            skipped_tool_calls=tuple(ToolCall.from_record(c) for c in record.get("skipped_tool_calls") or ()),
         )
 
 
