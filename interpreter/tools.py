@@ -34,10 +34,11 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 class _DaemonPool:
-    """Runs sync tools off the event loop. A few workers serve short calls (a hundred threads woken at
-    once for a fan-out of quick tools only fight over the GIL); when calls still wait after
-    `grow_after` seconds because every worker is busy (tools blocked on I/O, or hung), a worker is
-    started for each waiting call, up to `max_workers`, so that slow tools still run side by side."""
+    """Runs sync tools off the event loop. Up to `core` workers start as calls come; a call that finds
+    them all busy waits, and when calls still wait `grow_after` seconds later (tools blocked on I/O or
+    hung, or a burst bigger than the workers take), a worker is started for each of them, up to
+    `max_workers`: slow tools still run side by side, while a burst of quick calls is not met by a
+    thread each that only fights over the GIL. Workers stay for the next calls."""
 
     def __init__(self, max_workers: int = 256, core: int | None = None, grow_after: float = 0.002) -> None:
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -48,7 +49,7 @@ class _DaemonPool:
         self._max = max_workers
         self._core = core or min(max_workers, (os.cpu_count() or 1) + 2)
         self._grow_after = grow_after
-        self._grow_on: asyncio.AbstractEventLoop | None = None  # the loop a look-again is scheduled on
+        self._growing = False  # a look-again is scheduled
 
     def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         future = loop.create_future()
@@ -59,9 +60,11 @@ class _DaemonPool:
                 pass  # an idle worker takes it
             elif self._threads < self._core:
                 self._start()
-            elif self._grow_on is None or self._grow_on.is_closed():  # all busy: look again shortly
-                self._grow_on = loop
-                loop.call_later(self._grow_after, self._grow)
+            elif not self._growing:  # all busy: look again shortly (on a timer thread: no loop may stall it)
+                self._growing = True
+                timer = threading.Timer(self._grow_after, self._grow)
+                timer.daemon = True
+                timer.start()
         return future
 
     def _start(self) -> None:
@@ -71,7 +74,7 @@ class _DaemonPool:
 
     def _grow(self) -> None:
         with self._lock:
-            self._grow_on = None
+            self._growing = False
             for _ in range(min(self._queued - self._idle, self._max - self._threads)):
                 self._start()
 
