@@ -465,7 +465,12 @@ class StepCall:
         if verdict is not None and verdict.action in ("deny", "retry"):  # nothing to re-ask before the call
             raise self._denied(verdict)
         if verdict is not None and verdict.redacted and isinstance(verdict.value, list):
-            self.messages = [_message(m) for m in verdict.value]
+            # Thinking blocks go back as they came, whatever a rule matched in them: the provider checks
+            # their signatures and refuses the turn if one changed (and the model wrote them itself).
+            self.messages = [
+                _message(m, thinking=old.thinking)
+                for m, old in zip(verdict.value, self.messages, strict=True)
+            ]
         request = ModelRequest(
             messages=tuple(self.messages),
             tools=tuple(self.tools.values()),
@@ -504,7 +509,10 @@ class StepCall:
                     0.0,
                 )
             self._count(response, cost, latency, live=False)
-            return self._screen(response)
+            screened = self._screen(response)
+            if not ex.replaying and recorded.completed.get("thinking_masked"):
+                _refuse_masked_thinking(self, screened[1])
+            return screened
         model = await runtime(ex).model(self.spec.model)
         request = _with_model(request, model)
         ids = {"attempt": self.attempt, "call": self.calls, "step": self.node.id, "turn": self.calls}
@@ -543,21 +551,20 @@ class StepCall:
         response = self._mask_tool_args(response)  # tool.input redaction of the arguments, before the log
         response, then = self._screen(response)  # redaction before the log
         answer = response.to_record()
-        ex.emit(
-            s.MODEL_COMPLETED,
-            path,
-            {
-                "provider": model.name,
-                "model": response.model or model.model,
-                "model_name": self.spec.model,
-                **ids,
-                "response": self.guard.mask(answer) if self.guard is not None else answer,
-                "usage": response.usage.to_record(),
-                "cost": cost,
-                "duration_ms": latency,
-            },
-            self.actor,
-        )
+        logged_answer = self.guard.mask(answer) if self.guard is not None else answer
+        completed = {
+            "provider": model.name,
+            "model": response.model or model.model,
+            "model_name": self.spec.model,
+            **ids,
+            "response": logged_answer,
+            "usage": response.usage.to_record(),
+            "cost": cost,
+            "duration_ms": latency,
+        }
+        if logged_answer.get("thinking") != answer.get("thinking"):
+            completed["thinking_masked"] = True  # what the log keeps cannot be sent back (_reused)
+        ex.emit(s.MODEL_COMPLETED, path, completed, self.actor)
         ex.commit()  # an answer costs money and time: durable before it is used, so resume reuses it
         return response, then
 
@@ -779,11 +786,23 @@ def _with_model(request: ModelRequest, model: _Model) -> ModelRequest:
     return replace(request, model=model.model)
 
 
-def _message(record: Any) -> Message:
+def _refuse_masked_thinking(step: StepCall, then: _Next) -> None:
+    """A resumed answer whose thinking held a declared secret cannot go back to the provider: the log keeps
+    it masked and the provider refuses a changed block. Only a final answer (nothing sent back) goes on."""
+    if then.tools or then.feedback:
+        raise StepError(
+            "model",
+            f"{step.what}: cannot continue from the log: the thinking of model call {step.calls} contained a "
+            "declared secret, which the log keeps masked, and the provider only accepts the thinking back "
+            f"unchanged; run the step again: charter run FILE --from {step.ex.run_id}@{step.path}",
+            type="ModelError",
+            retryable=False,
+        )
+
+
+def _message(record: Any, *, thinking: tuple[dict[str, Any], ...]) -> Message:
     from interpreter.providers.base import ToolCall
 
-    if isinstance(record, Message):
-        return record
     return Message(
         role=record.get("role", "user"),
         content=record.get("content", ""),
@@ -791,5 +810,5 @@ def _message(record: Any) -> Message:
         tool_call_id=record.get("tool_call_id"),
         name=record.get("name"),
         is_error=bool(record.get("is_error", False)),
-        thinking=tuple(record.get("thinking") or ()),
+        thinking=thinking,
     )

@@ -537,6 +537,77 @@ def test_resume_with_extended_thinking_reuses_the_answer_and_its_thinking(
     assert replayed.ok, replayed.divergence
 
 
+def test_model_input_redaction_leaves_the_thinking_sent_back_unchanged(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    """A model.input redact rule that matches inside a thinking block masks the messages, not the block:
+    the API checks the block's signature and would refuse the turn."""
+    rule = """
+guardrails:
+  - {id: no-globex, on: model.input, regex: "Globex", action: redact}
+"""
+    server.call_tools(("lookup_company", {"name": "Initech"}), thinking="Globex? No: look up Initech.")
+    server.reply("Initech is BBB.", thinking="Done.")
+    result, store = run(tmp_path, server.url, rule + AGENT, {"q": "Initech or Globex"}, head=THINKING_HEAD)
+    assert result.status == "completed", result.error
+    sent = server.requests[1]["messages"]
+    assert "Globex" not in sent[0]["content"][0]["text"]  # the rule still masks the prompt
+    assert sent[1]["content"][0] == thinking_blocks("Globex? No: look up Initech.")[0]
+    assert replay_run(result.run_id, store=store).ok
+
+
+def test_resume_refuses_clearly_to_send_back_thinking_the_log_keeps_masked(
+    tmp_path: Path, server: AnthropicServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declared secret in a thinking block never reaches the log in clear; a resumed tool loop that would
+    have to send that block back fails the step with the reason and the way out, not with the API's 400."""
+    monkeypatch.setenv("CODENAME", "Zorblax")
+    head = THINKING_HEAD + "secrets: [CODENAME]\n"
+    server.call_tools(("lookup_company", {"name": "Globex"}), thinking="Codename Zorblax; look up Globex.")
+    result, store = run(tmp_path, server.url, ESCALATING + AGENT, {"q": "Globex"}, head=head)
+    assert result.status == "waiting", result.error
+    (completed,) = events(store, result.run_id, "model.completed")
+    assert completed["thinking_masked"] is True
+    assert "Zorblax" not in json.dumps([e.payload for e in store.events(result.run_id)])
+
+    server.reply("Globex: BBB.", thinking="Done.")
+    resumed = decide_approval(
+        result.run_id,
+        result.pending[0],
+        store=store,
+        person="tester",
+        approved=True,
+        reason="ok",
+        options=RunOptions(),
+    )
+    assert resumed.status == "failed"
+    assert resumed.error["code"] == "model"
+    assert "contained a declared secret" in resumed.error["message"]
+    assert f"--from {result.run_id}@assess" in resumed.error["message"]
+    assert len(server.requests) == 1  # nothing was sent that the API would refuse
+
+
+def test_a_re_asked_tool_answer_does_not_send_its_thinking_alone(
+    tmp_path: Path, server: AnthropicServer
+) -> None:
+    """A model.output retry of an answer that only called tools re-asks without those calls: its thinking
+    alone would be an assistant turn the API refuses, so the turn is left out."""
+    rule = """
+guardrails:
+  - {id: answer-directly, on: model.output, check: "usage.model_calls >= 2", action: retry,
+     message: "Answer directly."}
+"""
+    server.call_tools(("lookup_company", {"name": "Globex"}), thinking="Look it up.")
+    server.reply("Globex is BBB.", thinking="Done.")
+    result, store = run(tmp_path, server.url, rule + AGENT, {"q": "Globex"}, head=THINKING_HEAD)
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "Globex is BBB."}
+    sent = server.requests[1]["messages"]
+    assert [m["role"] for m in sent] == ["user"]
+    assert [b["text"] for b in sent[0]["content"]][-1] == "Answer directly."
+    assert replay_run(result.run_id, store=store).ok
+
+
 def test_llm_step_with_extended_thinking_is_not_forced_to_the_answer_tool(
     tmp_path: Path, server: AnthropicServer
 ) -> None:

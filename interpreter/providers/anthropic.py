@@ -202,12 +202,15 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
         if message.is_error:
             block["is_error"] = True
         return "user", [block]
-    # An answer's thinking blocks go back first in its turn, unchanged (the API checks their signatures).
-    blocks: list[dict[str, Any]] = [dict(b) for b in message.thinking]
+    blocks: list[dict[str, Any]] = []
     if message.content:
         blocks.append({"type": "text", "text": message.content})
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
+    # An answer's thinking blocks go back first in its turn, unchanged (the API checks their signatures);
+    # alone (a re-asked answer whose tool calls were not run) they would be a turn the API refuses.
+    if blocks:
+        blocks[:0] = [dict(b) for b in message.thinking]
     return message.role, blocks
 
 
