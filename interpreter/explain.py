@@ -111,13 +111,22 @@ def _prompt_of(messages: Any) -> str | None:
     return None
 
 
-def _answer_of(response: Any) -> tuple[str | None, list[dict[str, Any]]]:
+def _answer_of(response: Any) -> tuple[str | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The answer's text, the tool calls it chose, and those it made with its final answer (not run)."""
     if not isinstance(response, dict):
-        return (response if isinstance(response, str) else None), []
+        return (response if isinstance(response, str) else None), [], []
     text = response.get("text") if isinstance(response.get("text"), str) else response.get("content")
-    calls = response.get("tool_calls") or []
-    chosen = [{"tool": c.get("name"), "arguments": c.get("arguments")} for c in calls if isinstance(c, dict)]
-    return (text if isinstance(text, str) else None), chosen
+    return (
+        (text if isinstance(text, str) else None),
+        _calls_of(response.get("tool_calls")),
+        _calls_of(response.get("skipped_tool_calls")),
+    )
+
+
+def _calls_of(calls: Any) -> list[dict[str, Any]]:
+    return [
+        {"tool": c.get("name"), "arguments": c.get("arguments")} for c in calls or [] if isinstance(c, dict)
+    ]
 
 
 def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch per event kind
@@ -155,9 +164,10 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
                 "prompt": _prompt_of(p.get("messages")), "messages": p.get("messages"),
                 "tools": p.get("tools")}  # fmt: skip
     if kind == s.MODEL_COMPLETED:
-        text, chosen = _answer_of(p.get("response"))
+        text, chosen, skipped = _answer_of(p.get("response"))
         return {**base, "what": "model.answer", "model": p.get("model") or p.get("model_name"), "turn": p.get("turn", p.get("call")),
-                "answer": text, "tool_calls": chosen, "usage": p.get("usage"), "cost": p.get("cost")}  # fmt: skip
+                "answer": text, "tool_calls": chosen, "skipped_tool_calls": skipped, "usage": p.get("usage"),
+                "cost": p.get("cost")}  # fmt: skip
     if kind == s.APPROVAL_REQUESTED:
         return {**base, "what": "approval.request", "message": p.get("message"),
                 "approvers": p.get("approvers"), "data": p.get("data"), "expires_at": p.get("expires_at")}  # fmt: skip
@@ -176,6 +186,10 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
     if kind == s.RUN_RESUMED:
         return {**base, "what": "resume", "reason": p.get("reason")}
     return None
+
+
+def _call_list(calls: Any) -> str:
+    return "; ".join(f"{c['tool']}({_short(c.get('arguments'), 60)})" for c in calls or [])
 
 
 def _in_node(path: str, node: str | None) -> bool:
@@ -294,11 +308,14 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
     if what == "model.prompt":
         return f"model {e.get('model')} turn {e.get('turn')}: prompt {_short(e.get('prompt') or '', 100)}"
     if what == "model.answer":
-        chosen = "; ".join(
-            f"{c['tool']}({_short(c.get('arguments'), 60)})" for c in e.get("tool_calls") or []
-        )
+        chosen, skipped = _call_list(e.get("tool_calls")), _call_list(e.get("skipped_tool_calls"))
         said = _short(e["answer"], 100) if e.get("answer") else ""
-        return "  answer: " + (said or "") + (f" -> chose {chosen}" if chosen else "")
+        return (
+            "  answer: "
+            + said
+            + (f" -> chose {chosen}" if chosen else "")
+            + (f" (also asked for {skipped}, not run: the answer was final)" if skipped else "")
+        )
     if what == "approval.request":
         approvers = ", ".join(e.get("approvers") or []) or "anyone"
         return f"approval requested from {approvers}: {_short(e.get('message') or '', 100)}"

@@ -19,6 +19,7 @@ import pytest
 from dsl import diagnostics
 from dsl.frontend import compile_file
 from interpreter import RunOptions, decide_approval, replay_run, resume_run, run_workflow
+from interpreter.explain import build_trace, format_text
 from interpreter.store import open_store
 from tests.fixtures.charter_cli import REPO, charter, child_env, run_json
 from tests.fixtures.openai_server import AnthropicServer, thinking_blocks
@@ -656,6 +657,11 @@ def test_an_answer_with_other_tool_calls_is_taken_and_the_calls_are_logged_as_no
         {"id": "toolu_1", "name": "lookup_company", "arguments": {"name": "Globex"}}
     ]
     assert replay_run(result.run_id, store=store).ok
+    # explain says what the model asked for and why it did not run
+    trace = build_trace(store, result.run_id)
+    (answer,) = [e for e in trace["trace"] if e["what"] == "model.answer"]
+    assert answer["skipped_tool_calls"] == [{"tool": "lookup_company", "arguments": {"name": "Globex"}}]
+    assert 'also asked for lookup_company({"name": "Globex"}), not run' in format_text(trace)
 
 
 def test_a_skipped_call_is_logged_with_its_arguments_masked_by_tool_input_redaction(
