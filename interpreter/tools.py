@@ -38,7 +38,8 @@ class _DaemonPool:
     them all busy waits, and when calls still wait `grow_after` seconds later (tools blocked on I/O or
     hung, or a burst bigger than the workers take), a worker is started for each of them, up to
     `max_workers`: slow tools still run side by side, while a burst of quick calls is not met by a
-    thread each that only fights over the GIL. Workers stay for the next calls."""
+    thread each that only fights over the GIL. Workers stay for the next calls. Finished calls are
+    handed to their loop in batches: the loop is woken once for all that finish before it looks."""
 
     def __init__(self, max_workers: int = 256, core: int | None = None, grow_after: float = 0.002) -> None:
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -50,6 +51,7 @@ class _DaemonPool:
         self._core = core or min(max_workers, (os.cpu_count() or 1) + 2)
         self._grow_after = grow_after
         self._growing = False  # a look-again is scheduled
+        self._settled: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # finished calls not yet delivered
 
     def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         future = loop.create_future()
@@ -90,19 +92,27 @@ class _DaemonPool:
                 result, error = None, exc
             with self._lock:
                 self._idle += 1
+                settled = self._settled.setdefault(loop, [])
+                settled.append((future, result, error))
+                if len(settled) > 1:
+                    continue  # the loop is woken for the first one already and takes them all
             try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                loop.call_soon_threadsafe(self._deliver, loop)
             except RuntimeError:  # the loop closed while this call hung
-                pass
+                with self._lock:
+                    self._settled.pop(loop, None)
 
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: settle every call that finished since the loop was woken (one wake-up for many)."""
+        with self._lock:
+            settled = self._settled.pop(loop, ())
+        for future, result, error in settled:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
 
 _POOL = _DaemonPool()

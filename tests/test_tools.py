@@ -6,6 +6,7 @@ import asyncio
 import json
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -375,3 +376,29 @@ def test_pool_serves_a_new_loop_while_workers_of_an_old_one_hang() -> None:
         assert asyncio.run(later()) == "ran"
     finally:
         release.set()
+
+
+def test_pool_delivers_each_result_and_error_to_its_own_call_when_many_finish_together() -> None:
+    """Calls that finish while the loop is busy are delivered together: each still reaches its own call."""
+    from interpreter.tools import _DaemonPool
+
+    pool, gate = _DaemonPool(max_workers=8, core=4), threading.Event()
+
+    def work(i: int) -> int:
+        gate.wait(10)
+        if i % 3 == 0:
+            raise ValueError(i)
+        return i
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        calls = [pool.submit(loop, lambda i=i: work(i)) for i in range(60)]
+        gate.set()
+        time.sleep(0.05)  # the loop is busy while the workers finish: their results queue up
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    for i, got in enumerate(asyncio.run(main())):
+        if i % 3 == 0:
+            assert isinstance(got, ValueError) and got.args == (i,)
+        else:
+            assert got == i
