@@ -23,6 +23,7 @@ from interpreter.explain import build_trace, format_text
 from interpreter.store import open_store
 from tests.fixtures.charter_cli import REPO, charter, child_env, run_json
 from tests.fixtures.openai_server import AnthropicServer, thinking_blocks
+from tests.test_agent import ESCALATING  # the same rule for every provider
 
 KEY_ENV = "CHARTER_TEST_ANTHROPIC_KEY"
 KEY = "ak-test-123"
@@ -433,17 +434,6 @@ THINKING_HEAD = HEAD.replace(
 )
 assert THINKING_HEAD != HEAD
 
-ESCALATING = """
-guardrails:
-  - id: company-lookups-need-a-person
-    on: tool.input
-    tools: [lookup_company]
-    check: "false"
-    action: escalate
-    message: A person must approve company lookups.
-    escalation: {approvers: [tester]}
-"""
-
 
 def test_the_test_server_refuses_a_tool_use_turn_without_its_thinking(server: AnthropicServer) -> None:
     """The fixture is not vacuous: like the real API, it answers 400 when thinking is on and the assistant
@@ -519,15 +509,7 @@ def test_resume_with_extended_thinking_reuses_the_answer_and_its_thinking(
     assert len(server.requests) == 1
 
     server.reply("Globex: BBB.", thinking="Done.")
-    resumed = decide_approval(
-        result.run_id,
-        result.pending[0],
-        store=store,
-        person="tester",
-        approved=True,
-        reason="ok",
-        options=RunOptions(),
-    )
+    resumed = decide_approval(result.run_id, result.pending[0], store=store, person="tester", approved=True)
     if resumed.status == "waiting":
         resumed = resume_run(result.run_id, store=store)
     assert resumed.status == "completed", resumed.error
@@ -572,15 +554,7 @@ def test_resume_refuses_clearly_to_send_back_thinking_the_log_keeps_masked(
     assert "Zorblax" not in json.dumps([e.payload for e in store.events(result.run_id)])
 
     server.reply("Globex: BBB.", thinking="Done.")
-    resumed = decide_approval(
-        result.run_id,
-        result.pending[0],
-        store=store,
-        person="tester",
-        approved=True,
-        reason="ok",
-        options=RunOptions(),
-    )
+    resumed = decide_approval(result.run_id, result.pending[0], store=store, person="tester", approved=True)
     assert resumed.status == "failed"
     assert resumed.error["code"] == "model"
     assert "contained a declared secret" in resumed.error["message"]
