@@ -14,6 +14,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,13 @@ _SCALARS = (str, int, float, bool, type(None))
 
 class _DaemonPool:
     """Runs sync tools off the event loop. Up to `core` workers start as calls come; a call that finds
-    them all busy waits, and when calls still wait `grow_after` seconds later (tools blocked on I/O or
-    hung, or a burst bigger than the workers take), a worker is started for each of them, up to
-    `max_workers`: slow tools still run side by side, while a burst of quick calls is not met by a
-    thread each that only fights over the GIL. Workers stay for the next calls. Finished calls are
-    handed to their loop in batches: the loop is woken once for all that finish before it looks."""
+    them all busy waits. While calls wait, the pool looks every `grow_after` seconds for workers stuck
+    in one call since the last look (a tool blocked on I/O, hung, or waiting for another call) and
+    starts a worker for each, up to `max_workers`: slow tools still run side by side (the workers
+    double at each look while all are stuck), while a burst of quick calls is left to the workers
+    that take them in turn, not met by a thread each that only fights over the GIL. Workers stay for
+    the next calls. Finished calls are handed to their loop in batches: the loop is woken once for all
+    that finish before it looks."""
 
     def __init__(self, max_workers: int = 256, core: int | None = None, grow_after: float = 0.002) -> None:
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -50,7 +53,12 @@ class _DaemonPool:
         self._max = max_workers
         self._core = core or min(max_workers, (os.cpu_count() or 1) + 2)
         self._grow_after = grow_after
-        self._growing = False  # a look-again is scheduled
+        self._growing = False  # a look is due
+        self._look_from = 0  # the calls taken when it was asked for
+        self._watcher: threading.Thread | None = None  # looks (on its own thread: no event loop, closed,
+        self._wanted = threading.Event()  # stopped or busy, can hold a look up)
+        self._taken = 0  # calls the workers have taken so far: numbers them
+        self._running: dict[int, int] = {}  # worker (thread id) -> the number of the call it runs
         self._settled: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # finished calls not yet delivered
 
     def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -62,36 +70,57 @@ class _DaemonPool:
                 pass  # an idle worker takes it
             elif self._threads < self._core:
                 self._start()
-            elif not self._growing:  # all busy: look again shortly (on a timer thread: no loop may stall it)
-                self._growing = True
-                timer = threading.Timer(self._grow_after, self._grow)
-                timer.daemon = True
-                timer.start()
+            elif not self._growing:
+                self._look_later()
         return future
+
+    def _look_later(self) -> None:  # with the lock held
+        self._growing, self._look_from = True, self._taken
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="charter-tool-pool", daemon=True)
+            self._watcher.start()
+        else:
+            self._wanted.set()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self._grow_after)
+            if not self._grow():
+                self._wanted.wait()
+                self._wanted.clear()
 
     def _start(self) -> None:
         self._threads += 1
         self._idle += 1
         threading.Thread(target=self._worker, name="charter-tool", daemon=True).start()
 
-    def _grow(self) -> None:
+    def _grow(self) -> bool:
+        """Start a worker for each one stuck since the last look; whether to look again."""
         with self._lock:
-            self._growing = False
-            for _ in range(min(self._queued - self._idle, self._max - self._threads)):
-                self._start()
+            if self._queued > self._idle:
+                stuck = sum(1 for number in self._running.values() if number <= self._look_from)
+                for _ in range(min(stuck, self._queued - self._idle, self._max - self._threads)):
+                    self._start()
+            self._growing = self._queued > self._idle and self._threads < self._max
+            self._look_from = self._taken
+            return self._growing
 
     def _worker(self) -> None:
+        me = threading.get_ident()
         while True:
             loop, future, fn = self._work.get()
             with self._lock:
                 self._queued -= 1
                 self._idle -= 1
+                self._taken += 1
+                self._running[me] = self._taken
             try:
                 result, error = fn(), None
             except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting step
                 result, error = None, exc
             with self._lock:
                 self._idle += 1
+                del self._running[me]
                 settled = self._settled.setdefault(loop, [])
                 settled.append((future, result, error))
                 if len(settled) > 1:

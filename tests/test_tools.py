@@ -402,3 +402,26 @@ def test_pool_delivers_each_result_and_error_to_its_own_call_when_many_finish_to
             assert isinstance(got, ValueError) and got.args == (i,)
         else:
             assert got == i
+
+
+def test_pool_leaves_a_burst_of_quick_calls_to_its_workers() -> None:
+    """Workers that keep taking calls are not stuck: a burst waits for them instead of getting a thread
+    per waiting call, which would only fight over the GIL (that was ~90 threads here)."""
+    from interpreter.tools import _DaemonPool
+
+    pool, n = _DaemonPool(max_workers=512, core=2), 300
+
+    async def branch(i: int) -> int:  # as a fan-out's branches: some work on the loop, then the call
+        busy_until = time.perf_counter() + 0.0001
+        while time.perf_counter() < busy_until:
+            pass
+        return await pool.submit(asyncio.get_running_loop(), lambda: i * i)
+
+    async def main() -> list[int]:
+        results = []
+        for _ in range(3):
+            results += await asyncio.gather(*(branch(i) for i in range(n)))
+        return results
+
+    assert asyncio.run(main()) == [i * i for i in range(n)] * 3
+    assert pool._threads <= 32
