@@ -138,6 +138,9 @@ class Execution:
         self.after: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.ContextVar(
             f"charter-after-{run_id}", default=None
         )
+        # `vars` is one per run, so any branch may read what another set: every call waits for the
+        # commit of the latest `set` too, wherever it ran.
+        self.vars_after: asyncio.Future[None] | None = None
         self.code_digests: dict[str, str | None] = {}
         self.write_tools: dict[str, bool] = {}  # tool name -> effect is "write"
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
@@ -199,15 +202,18 @@ class Execution:
             turn.exception()  # retrieved: nobody may be waiting
 
     async def durable(self) -> None:
-        """Wait for the commit of the completions this call follows (durability "full"): called before
-        every tool and model call, so nothing acts on the world before the steps it follows are logged."""
-        turn = self.after.get()
-        if turn is None:
-            return
-        if not turn.done():
-            await asyncio.wait((turn,))  # unlike awaiting it, never cancels the commit nor raises its error
-        if turn.exception() is not None:  # it failed (e.g. locked too long): no call before it succeeds
-            self.commit()
+        """Wait for the commit of the completions this call follows, and of the latest `set` (durability
+        "full"): called before every tool and model call, so nothing acts on the world before the steps
+        it follows are logged."""
+        for turn in (self.after.get(), self.vars_after):
+            if turn is None:
+                continue
+            if not turn.done():
+                await asyncio.wait(
+                    (turn,)
+                )  # unlike awaiting it, never cancels the commit nor raises its error
+            if turn.exception() is not None:  # it failed (e.g. locked too long): no call before it succeeds
+                self.commit()
 
     def settle(self, *events: s.NewEvent, now: bool = False) -> None:
         """Record a step's completion.
@@ -432,6 +438,8 @@ class Execution:
                 ),
                 now=node.kind == "tool" and self.writes(node),
             )
+            if node.kind == "set":
+                self.vars_after = self.after.get()
         self.notify("completed", path, node.kind, time.perf_counter() - t0)
         return output
 
@@ -592,6 +600,8 @@ class Execution:
     async def execute(self) -> RunResult:
         root = Scope({}, {}, "", "", None)
         graph = self.graph
+        # The run's top-level steps run in the caller's task: what they set in `after` goes when it ends.
+        after = self.after.set(None)
         try:
             try:
                 initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
@@ -619,6 +629,7 @@ class Execution:
             }
             return self.finish("failed", None, error, None)
         finally:
+            self.after.reset(after)
             await self.close()
         return self.finish("completed", output, None, None)
 

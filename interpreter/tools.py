@@ -55,32 +55,36 @@ class _DaemonPool:
         self._grow_after = grow_after
         self._growing = False  # a look is due
         self._look_from = 0  # the calls taken when it was asked for
-        self._watcher: threading.Thread | None = None  # looks (on its own thread: no event loop, closed,
-        self._wanted = threading.Event()  # stopped or busy, can hold a look up)
+        # The looks run on a thread of their own: no event loop (closed, stopped or busy) can hold them up.
+        self._watcher: threading.Thread | None = None
+        self._wanted = threading.Event()  # wakes the watcher for a look
         self._taken = 0  # calls the workers have taken so far: numbers them
         self._running: dict[int, int] = {}  # worker (thread id) -> the number of the call it runs
         self._settled: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # finished calls not yet delivered
 
-    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]
+    ) -> asyncio.Future[tuple[Any, BaseException | None]]:
+        """Run `fn` on a worker. The future's result is `(result, None)` or `(None, exception)`: what
+        `fn` raised is handed over, not set on the future (which cannot carry a StopIteration)."""
         future = loop.create_future()
         self._work.put((loop, future, fn))
         with self._lock:
             self._queued += 1
-            if self._queued <= self._idle:
-                pass  # an idle worker takes it
-            elif self._threads < self._core:
+            if self._queued > self._idle and self._threads < self._core:
                 self._start()
-            elif not self._growing:
+            if self._queued > self._idle and not self._growing:  # all busy: the call waits
                 self._look_later()
         return future
 
     def _look_later(self) -> None:  # with the lock held
         self._growing, self._look_from = True, self._taken
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, name="charter-tool-pool", daemon=True)
-            self._watcher.start()
-        else:
+        if self._watcher is not None:
             self._wanted.set()
+        elif _started(watcher := threading.Thread(target=self._watch, name="charter-tool-pool", daemon=True)):
+            self._watcher = watcher
+        else:
+            self._growing = False  # the next call that waits asks again
 
     def _watch(self) -> None:
         while True:
@@ -90,16 +94,18 @@ class _DaemonPool:
                 self._wanted.clear()
 
     def _start(self) -> None:
-        self._threads += 1
-        self._idle += 1
-        threading.Thread(target=self._worker, name="charter-tool", daemon=True).start()
+        if _started(threading.Thread(target=self._worker, name="charter-tool", daemon=True)):
+            self._threads += 1
+            self._idle += 1
 
     def _grow(self) -> bool:
-        """Start a worker for each one stuck since the last look; whether to look again."""
+        """Start a worker for each one stuck since the last look (and any the system refused before, up
+        to `core`); whether to look again."""
         with self._lock:
             if self._queued > self._idle:
                 stuck = sum(1 for number in self._running.values() if number <= self._look_from)
-                for _ in range(min(stuck, self._queued - self._idle, self._max - self._threads)):
+                missing = max(0, self._core - self._threads)
+                for _ in range(min(stuck + missing, self._queued - self._idle, self._max - self._threads)):
                     self._start()
             self._growing = self._queued > self._idle and self._threads < self._max
             self._look_from = self._taken
@@ -121,8 +127,11 @@ class _DaemonPool:
             with self._lock:
                 self._idle += 1
                 del self._running[me]
+                if loop.is_closed():  # the run was cut off while this call hung: nobody waits for it
+                    self._settled.pop(loop, None)
+                    continue
                 settled = self._settled.setdefault(loop, [])
-                settled.append((future, result, error))
+                settled.append((future, (result, error)))
                 if len(settled) > 1:
                     continue  # the loop is woken for the first one already and takes them all
             try:
@@ -135,13 +144,19 @@ class _DaemonPool:
         """On the loop: settle every call that finished since the loop was woken (one wake-up for many)."""
         with self._lock:
             settled = self._settled.pop(loop, ())
-        for future, result, error in settled:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+        for future, outcome in settled:
+            if not future.done():  # a call cut off by a timeout was cancelled
+                future.set_result(outcome)
+
+
+def _started(thread: threading.Thread) -> bool:
+    """Start a thread; False when the system refuses another one (the calls then wait for the workers
+    there are)."""
+    try:
+        thread.start()
+    except RuntimeError:
+        return False
+    return True
 
 
 _POOL = _DaemonPool()
@@ -304,7 +319,9 @@ async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
             result = await tool.fn(**kwargs)
         else:
             fn = tool.fn
-            result = await _POOL.submit(asyncio.get_running_loop(), lambda: fn(**kwargs))
+            result, error = await _POOL.submit(asyncio.get_running_loop(), lambda: fn(**kwargs))
+            if error is not None:
+                raise error  # here, in this frame: a StopIteration is reported as itself
     except StepError:
         raise
     except TypeError as exc:

@@ -97,6 +97,31 @@ def test_every_earlier_completion_is_committed_before_a_tool_acts(
     assert seen(log) == {f"s{k}": [f"s{j}" for j in range(k)] for k in range(6)}
 
 
+def test_a_branch_acts_on_a_variable_only_once_the_set_of_another_branch_is_committed(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """Branches do not wait for each other's completions, but `vars` is one per run: a call that may
+    read a variable another branch set waits for that set's commit."""
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    steps = f"""\
+        vars: {{x: 0}}
+        steps:
+          - id: fan
+            parallel:
+              branches:
+                a:
+                  - {{id: setx, set: {{x: 1}}}}
+                b:
+                  - {{id: use, tool: probe, args: {{db: '{db}', log: '{log}', me: "${{{{ string(vars.x) }}}}"}}}}
+        """
+    graph = flow(workdir, "vars-across-branches", "read", steps)
+    with open_store(db, durability="full") as store:
+        options = RunOptions(allow_modules=(MODULE,), durability="full")
+        result = run_workflow(graph, {}, store=store, options=options)
+    assert result.status == "completed", result.error
+    assert seen(log) == {"1": ["fan/a/setx"]}  # it read x = 1, and the set that made it was on disk
+
+
 class CountingStore(SQLiteEventStore):
     """Counts write transactions (each one fsync with durability "full")."""
 

@@ -925,3 +925,29 @@ def test_workflow_budget_halts_the_run_through_try_catch(store: Any, workdir: Pa
     calls = [e for e in store.events(result.run_id) if e.kind == "tool.completed"]
     assert len(calls) == 2
     assert not [e for e in store.events(result.run_id) if e.node_path.endswith("swallow")]
+
+
+def test_runs_in_one_task_leave_nothing_behind_in_its_context(tmp_path: Path) -> None:
+    """A caller that runs workflow after workflow in one task (a server, a parent) does not collect one
+    context entry, holding a commit future and its loop, per run."""
+    import asyncio
+    import contextvars
+
+    from interpreter.engine import start_run
+
+    wf = tmp_path / "tiny.yaml"
+    wf.write_text('charter: "1.0"\nname: tiny\nvars: {x: null}\nsteps:\n  - {id: a, set: {x: 1}}\n')
+    graph, diags = compile_file(wf)
+    assert graph is not None, [str(d) for d in diags]
+
+    async def main() -> list[int]:
+        sizes = []
+        with open_store(tmp_path / "c.db", durability="full") as store:
+            for _ in range(20):
+                result = await start_run(graph, {}, store, RunOptions(durability="full"))
+                assert result.status == "completed", result.error
+                sizes.append(len(contextvars.copy_context()))
+        return sizes
+
+    sizes = asyncio.run(main())
+    assert sizes[-1] == sizes[0], sizes

@@ -44,6 +44,9 @@ def surrogate():
 
 def exits():
     raise SystemExit(3)
+
+def exhausted():
+    return next(iter([]))
 """
 
 
@@ -253,7 +256,11 @@ def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path
 
 @pytest.mark.parametrize(
     ("tool", "message"),
-    [("surrogate", "does not serialise to JSON"), ("exits", "raised SystemExit: 3")],
+    [
+        ("surrogate", "does not serialise to JSON"),
+        ("exits", "raised SystemExit: 3"),
+        ("exhausted", "raised StopIteration"),  # a future cannot carry it: the pool hands it over
+    ],
 )
 def test_hostile_results_fail_the_step_not_the_process(
     store: Any, workdir: Path, tool: str, message: str
@@ -353,7 +360,7 @@ def test_pool_runs_blocked_calls_side_by_side_beyond_its_core_workers() -> None:
         calls = [pool.submit(loop, lambda i=i: (barrier.wait(), i)[1]) for i in range(n)]
         return await asyncio.gather(*calls)
 
-    assert asyncio.run(main()) == list(range(n))
+    assert asyncio.run(main()) == [(i, None) for i in range(n)]
     assert pool._threads == n  # two core workers, then one started for each call left waiting
 
 
@@ -373,7 +380,7 @@ def test_pool_serves_a_new_loop_while_workers_of_an_old_one_hang() -> None:
 
     try:
         asyncio.run(hang())  # ...which closes before the look-again fires
-        assert asyncio.run(later()) == "ran"
+        assert asyncio.run(later()) == ("ran", None)
     finally:
         release.set()
 
@@ -395,13 +402,13 @@ def test_pool_delivers_each_result_and_error_to_its_own_call_when_many_finish_to
         calls = [pool.submit(loop, lambda i=i: work(i)) for i in range(60)]
         gate.set()
         time.sleep(0.05)  # the loop is busy while the workers finish: their results queue up
-        return await asyncio.gather(*calls, return_exceptions=True)
+        return await asyncio.gather(*calls)
 
-    for i, got in enumerate(asyncio.run(main())):
+    for i, (result, error) in enumerate(asyncio.run(main())):
         if i % 3 == 0:
-            assert isinstance(got, ValueError) and got.args == (i,)
+            assert result is None and isinstance(error, ValueError) and error.args == (i,)
         else:
-            assert got == i
+            assert (result, error) == (i, None)
 
 
 def test_pool_leaves_a_burst_of_quick_calls_to_its_workers() -> None:
@@ -415,7 +422,8 @@ def test_pool_leaves_a_burst_of_quick_calls_to_its_workers() -> None:
         busy_until = time.perf_counter() + 0.0001
         while time.perf_counter() < busy_until:
             pass
-        return await pool.submit(asyncio.get_running_loop(), lambda: i * i)
+        result, _ = await pool.submit(asyncio.get_running_loop(), lambda: i * i)
+        return result
 
     async def main() -> list[int]:
         results = []
@@ -425,3 +433,28 @@ def test_pool_leaves_a_burst_of_quick_calls_to_its_workers() -> None:
 
     assert asyncio.run(main()) == [i * i for i in range(n)] * 3
     assert pool._threads <= 32
+
+
+def test_pool_keeps_serving_when_the_system_refuses_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from interpreter.tools import _DaemonPool
+
+    start, refusals = threading.Thread.start, [1, 1, 1]
+
+    def refusing_start(thread: threading.Thread) -> None:
+        if refusals:
+            refusals.pop()
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refusing_start)
+    pool = _DaemonPool(max_workers=8, core=2)
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        first = pool.submit(loop, lambda: "first")  # its worker and the watcher are refused...
+        await asyncio.sleep(0.01)
+        rest = [pool.submit(loop, lambda i=i: i) for i in range(3)]  # ...and started when calls come
+        return await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+
+    assert asyncio.run(main()) == [("first", None), (0, None), (1, None), (2, None)]
+    assert not refusals
