@@ -209,9 +209,8 @@ class Execution:
             if turn is None:
                 continue
             if not turn.done():
-                await asyncio.wait(
-                    (turn,)
-                )  # unlike awaiting it, never cancels the commit nor raises its error
+                # Unlike awaiting it, waiting never cancels the commit nor raises its error.
+                await asyncio.wait((turn,))
             if turn.exception() is not None:  # it failed (e.g. locked too long): no call before it succeeds
                 self.commit()
 
