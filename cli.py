@@ -15,7 +15,27 @@ from dsl import __version__
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        """Ctrl-C or SIGTERM: exit 128 + the signal's number (not click's "Aborted!" and exit 1, which a
+        script cannot tell from a failed run), naming the run it stopped and how to continue it."""
+        import signal
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)  # interpreter.loop.Interrupted says which
+            run = _runs_seen[0] if _runs_seen else None
+            then = f": run {run} stopped; continue it with: charter resume {run}" if run else ""
+            click.echo(f"\ninterrupted ({signal.Signals(signum).name}){then}", err=True)
+            sys.exit(128 + signum)
+
+
+# The first run this command started or continued: named with how to continue it when interrupted.
+_runs_seen: list[str] = []
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", "-V", prog_name="charter")
 def main() -> None:
     """Charter: declarative YAML workflows for AI agents, run durably and explainably.
@@ -159,6 +179,9 @@ def _progress_printer():  # type: ignore[no-untyped-def]
     marks = {"started": "▶", "completed": "✓", "failed": "✗", "skipped": "–", "retrying": "↻", "reused": "≡"}
 
     def show(event) -> None:  # type: ignore[no-untyped-def]
+        if event.kind == "run":
+            _runs_seen.append(event.detail)
+            return
         if event.kind == "item":
             done, total = event.detail
             width = 20

@@ -34,6 +34,7 @@ from dsl import __version__
 from dsl.model import parse_duration
 from interpreter import store as s
 from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from_records, policy_error
+from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendants
 from interpreter.runtime import (
@@ -601,6 +602,7 @@ class Execution:
         graph = self.graph
         # The run's top-level steps run in the caller's task: what they set in `after` goes when it ends.
         after = self.after.set(None)
+        self.notify("run", "", "", self.run_id)
         try:
             try:
                 initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
@@ -1104,7 +1106,7 @@ def run_workflow(
     graph: Any, inputs: Any, *, store: s.EventStore, options: RunOptions | None = None
 ) -> RunResult:
     """Run a compiled workflow to completion, failure or a pause for approval."""
-    return asyncio.run(start_run(graph, inputs, store, options or RunOptions()))
+    return run_coroutine(start_run(graph, inputs, store, options or RunOptions()))
 
 
 def resume_run(
@@ -1113,7 +1115,7 @@ def resume_run(
     """Continue an interrupted or waiting run from its log; finished work is reused, not repeated."""
     row = store.run(run_id)
     why = reason or ("recovery" if row.status == "running" else "manual")
-    result = asyncio.run(continue_run(run_id, store, options or RunOptions(), why))
+    result = run_coroutine(continue_run(run_id, store, options or RunOptions(), why))
     _resume_parent(store, run_id, result, options or RunOptions())
     return result
 
@@ -1159,6 +1161,6 @@ def fork_run(
         graph = compile_source(row.workflow_source or "", started.get("file") or "<stored>")
     records = build_records(e for e in events if e.seq < fork_seq)
     forked = {"run_id": run_id, "node_path": node_path}
-    return asyncio.run(
+    return run_coroutine(
         start_run(graph, row.inputs, store, options or RunOptions(), forked_from=forked, records=records)
     )

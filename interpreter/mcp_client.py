@@ -164,6 +164,7 @@ class McpConnection:
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._closing = asyncio.Event()
+        self._spawned = asyncio.Event()  # the transport is up (or failed): cancelling is safe from then on
         self._dead = asyncio.Event()
         self._failure: str | None = None
         self._stderr: IO[bytes] | None = None
@@ -182,8 +183,8 @@ class McpConnection:
             raise McpServerError(
                 f"{self.config.label} did not start within {self.startup_timeout:g}s{self._stderr_tail()}"
             ) from None
-        except McpError:
-            await self._abort()
+        except BaseException:  # McpError, or the run was cancelled (Ctrl-C) while the server started
+            await asyncio.shield(self._abort())
             raise
 
     async def close(self) -> None:
@@ -200,6 +201,10 @@ class McpConnection:
 
     async def _abort(self) -> None:
         if self._task is not None and not self._task.done():
+            # A task cancelled while asyncio spawns its subprocess never finishes (CPython gh-103847):
+            # let the spawn complete (milliseconds), then cancel.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._spawned.wait(), _CLOSE_TIMEOUT)
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, _CLOSE_TIMEOUT)
@@ -211,6 +216,7 @@ class McpConnection:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 streams = await stack.enter_async_context(self._transport(mcp))
+                self._spawned.set()
                 session = await stack.enter_async_context(mcp.ClientSession(streams[0], streams[1]))
                 await session.initialize()
                 listed = await session.list_tools()
@@ -231,6 +237,7 @@ class McpConnection:
         finally:
             if not self._closing.is_set() and self._failure is None:
                 self._failure = "the session ended"
+            self._spawned.set()
             self._dead.set()
 
     def _transport(self, mcp: Any) -> Any:

@@ -7,12 +7,12 @@ and a recorded step that no longer runs is reported too.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
 from interpreter import store as s
 from interpreter.engine import Execution, _file_of, compile_source
+from interpreter.loop import run_coroutine
 from interpreter.policy import build_policy
 from interpreter.records import build_records
 from interpreter.runtime import Diverged, Divergence, ReplayResult, RunOptions
@@ -22,7 +22,7 @@ def replay_run(
     run_id: str, *, store: s.EventStore, graph: Any = None, options: RunOptions | None = None
 ) -> ReplayResult:
     """Re-execute a recorded run offline (no tool is called) and report the first divergence."""
-    return asyncio.run(_replay(run_id, store, graph, options or RunOptions()))
+    return run_coroutine(_replay(run_id, store, graph, options or RunOptions()))
 
 
 async def _replay(run_id: str, store: s.EventStore, graph: Any, options: RunOptions) -> ReplayResult:

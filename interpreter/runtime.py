@@ -93,8 +93,9 @@ class Suspend(Exception):  # noqa: N818 - a control-flow signal, not an error
 
 @dataclass(frozen=True, slots=True)
 class ProgressEvent:
-    """What the CLI shows live. kind: started, completed, failed, skipped, retrying, waiting, item, held
-    (a child run that another process executes: this one waits for it)."""
+    """What the CLI shows live. kind: run (a run starts or continues; `detail` is its id), started,
+    completed, failed, skipped, retrying, waiting, item, held (a child run that another process
+    executes: this one waits for it)."""
 
     kind: str
     node_path: str

@@ -8,6 +8,7 @@ set up by the test, never left to timing.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -157,6 +158,30 @@ def test_two_concurrent_resumes_execute_the_run_once(tmp_path: Path) -> None:
     assert run_row(lab.db, run_id)["status"] == "completed"
     assert lab.lease_rows() == [], "the lease must be released when the run ends"
     _assert_verified(lab, run_id)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_releases_its_lease_and_says_how_to_continue(
+    tmp_path: Path, signum: int
+) -> None:
+    lab = Lab(tmp_path)
+    proc = lab.start("run", str(FLOW), gate_at="b")
+    try:
+        _wait_for(lambda: lab.reached() or proc.poll() is not None, "the run to reach step b")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signum)  # while b's tool is blocked in its thread: the process must not wait for it
+        _, err = proc.communicate(timeout=WAIT_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err
+    (row,) = run_rows(lab.db)
+    assert f"charter resume {row['run_id']}" in err and "Traceback" not in err, err
+    assert row["status"] == "running" and lab.lease_rows() == []  # released: resume need not wait
+    resumed = lab.charter("resume", row["run_id"])
+    assert resumed.returncode == 0, describe(resumed)
+    assert lab.counts() == Counter({"a": 1, "b": 1, "c": 1})
+    assert lab.charter("verify", row["run_id"]).returncode == 0
 
 
 def test_resume_right_after_sigkill_takes_the_dead_process_lease(tmp_path: Path) -> None:

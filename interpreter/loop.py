@@ -1,0 +1,87 @@
+"""Running the asyncio core from synchronous callers, so that Ctrl-C and SIGTERM always stop it promptly.
+
+`asyncio.run` has two gaps for a command-line interpreter:
+- SIGTERM is not handled at all (the process dies without releasing the run's lease or closing what
+  the run opened), while SIGINT cancels the run cleanly. Here both do the same: the run's task is
+  cancelled, its `finally` blocks run, and `Interrupted` carries the signal out to the caller.
+- on the way out it waits, without a limit, for every task left over to finish its cancellation. A task
+  cancelled while the loop spawns a subprocess never does (CPython gh-103847, an MCP server being started
+  when Ctrl-C comes): the process hung. Here left-over tasks get `SHUTDOWN_GRACE` seconds, then are
+  abandoned. What a run committed is in the log either way; `charter resume` continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SHUTDOWN_GRACE = 3.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT or SIGTERM); `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_coroutine(main: Coroutine[Any, Any, T], *, grace: float = SHUTDOWN_GRACE) -> T:
+    """Run `main` on a new event loop and close the loop, waiting at most `grace` seconds for left-over
+    tasks. Raises `Interrupted` when SIGINT or SIGTERM stopped it."""
+    runner = asyncio.Runner()
+    received: list[int] = []
+    try:
+        with _terminate_like_interrupt(received):
+            return runner.run(main)
+    except KeyboardInterrupt:
+        raise Interrupted(received[0] if received else signal.SIGINT) from None
+    finally:
+        _close(runner.get_loop(), grace)
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt(received: list[int]) -> Iterator[None]:
+    """Within the block, SIGTERM does what SIGINT does (the Runner's handler: cancel the main task, then
+    a second signal interrupts at once). Only in the main thread, and only where both still have their
+    default handlers (a caller that handles signals itself keeps its handlers)."""
+    if threading.current_thread() is not threading.main_thread() or not (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def on_terminate(signum: int, frame: Any) -> None:
+        received.append(signum)
+        handler = signal.getsignal(signal.SIGINT)  # the Runner's while `main` runs, else the default
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _close(loop: asyncio.AbstractEventLoop, grace: float) -> None:
+    try:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        stuck = loop.run_until_complete(asyncio.wait(tasks, timeout=grace))[1] if tasks else ()
+        for task in stuck:  # abandoned on purpose: no "Task was destroyed but it is pending!" at exit
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+        if not stuck:  # a stuck task's async generators cannot be closed from here
+            loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
