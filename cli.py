@@ -50,7 +50,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Check workflow files; every problem with file:line:col.")
 @click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--format",
@@ -159,11 +159,12 @@ def _db_option(fn):  # type: ignore[no-untyped-def]
     )(fn)
 
 
-def _open_store(db: str | None, durability: str = "normal"):  # type: ignore[no-untyped-def]
+def _open_store(db: str | None, durability: str = "normal", create: bool = False):  # type: ignore[no-untyped-def]
+    """The event log; only `run` and `wake` may create it (elsewhere a missing file is a mistyped --db)."""
     from interpreter.store import StoreError, open_store
 
     try:
-        return open_store(db, durability=durability)  # type: ignore[arg-type]
+        return open_store(db, durability=durability, create=create)  # type: ignore[arg-type]
     except StoreError as exc:
         _die(str(exc))
 
@@ -285,8 +286,8 @@ def _model_option(fn):  # type: ignore[no-untyped-def]
         "models",
         multiple=True,
         metavar="NAME=PROVIDER:MODEL[@URL]",
-        help="Use another model for the workflow's model NAME, e.g. default=openai:gpt-4.1-mini, "
-        "default=openai:llama3.1@http://localhost:11434/v1 or default=scripted:answers.yaml. Repeatable.",
+        help="Use another model for the workflow's model NAME: openai:MODEL, openai:MODEL@BASE_URL "
+        "(any OpenAI-compatible server), anthropic:MODEL or scripted:FILE. Repeatable.",
     )(fn)
 
 
@@ -333,7 +334,7 @@ def _allow_option(fn):  # type: ignore[no-untyped-def]
     )(fn)
 
 
-@main.command()
+@main.command(short_help="Validate and run a workflow.")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_json", metavar="JSON", help="The run input as JSON text.")
 @click.option("--input-file", type=click.Path(dir_okay=False), help="Read the run input from a JSON file.")
@@ -404,7 +405,7 @@ def run(
     options = _options(principal, claims_file, allow_modules, durability, models=models)
     _check_model_names(graph_, options.model_overrides)
     _check_mcp(graph_, allow_modules)
-    store = _open_store(db, durability)
+    store = _open_store(db, durability, create=True)
     from interpreter import fork_run, run_workflow
 
     if fork_from:
@@ -451,8 +452,12 @@ def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[
 @main.command()
 @_db_option
 @click.option("--limit", default=50, show_default=True, help="How many runs.")
-@click.option("--status", type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]))
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--status",
+    type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]),
+    help="Only runs with this status.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of the runs.")
 def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     """List runs, newest first.
 
@@ -548,12 +553,12 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
     _guarded(show)
 
 
-@main.command()
+@main.command(short_help="Continue an interrupted or waiting run.")
 @click.argument("run_id", metavar="RUN")
 @_db_option
 @_allow_option
 @_model_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}.")
 def resume(
     run_id: str, db: str | None, allow_modules: tuple[str, ...], models: tuple[str, ...], as_json: bool
 ) -> None:
@@ -577,14 +582,14 @@ def resume(
     _report(result, as_json)
 
 
-@main.command()
+@main.command(short_help="Re-execute a run offline; report the first divergence.")
 @click.argument("run_id", metavar="RUN")
 @click.option(
     "--file", "file", type=click.Path(dir_okay=False), help="Replay against this (edited) workflow."
 )
 @_db_option
 @_allow_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {run_id, ok, events_checked, divergence}.")
 def replay(
     run_id: str, file: str | None, db: str | None, allow_modules: tuple[str, ...], as_json: bool
 ) -> None:
@@ -652,7 +657,7 @@ def replay(
 @_db_option
 @_allow_option
 @_model_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}.")
 def approve(
     run_id: str,
     node_path: str,
@@ -688,7 +693,7 @@ def approve(
     _report(result, as_json)
 
 
-@main.command()
+@main.command(short_help="Resume runs whose approvals timed out.")
 @_db_option
 @click.option("--watch", is_flag=True, help="Keep looking until interrupted (Ctrl-C or SIGTERM).")
 @click.option(
@@ -730,7 +735,7 @@ def wake(
         raise click.BadParameter(
             f"not a positive duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
         ) from None
-    store = _open_store(db)
+    store = _open_store(db, create=True)
     options = _options(None, None, allow_modules, "normal", quiet=True, models=models)
     if not watch:
         woken = _guarded(lambda: _wake_once(store, options, as_json))
@@ -792,13 +797,13 @@ def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: i
     sys.exit(0)
 
 
-@main.command()
+@main.command(short_help="Check a run's hash chain and tool authorizations.")
 @click.argument("run_id", metavar="RUN")
 @_db_option
 def verify(run_id: str, db: str | None) -> None:
     """Check a run's hash chain and checkpoint, and that every tool call was authorized first.
 
-    Exit 0 intact, 1 with the first bad sequence number.
+    Exit 0 intact, 1 with the first bad sequence number, 2 when there is no such run.
 
     \b
     Example:
@@ -829,7 +834,7 @@ def verify(run_id: str, db: str | None) -> None:
     sys.exit(0)
 
 
-@main.command()
+@main.command(short_help="Why a run did what it did, decision by decision.")
 @click.argument("run_id", metavar="RUN")
 @click.option("--node", "node", metavar="PATH", help="Only this node and what ran inside it.")
 @_db_option

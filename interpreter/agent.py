@@ -42,7 +42,7 @@ from interpreter.providers import (
     resolve_config,
 )
 from interpreter.providers.base import parse_structured
-from interpreter.runtime import StepError
+from interpreter.runtime import RunSetupError, StepError
 from interpreter.tools import call_tool, mcp_tool_info, run_resources, validate_args
 
 _NOT_ACCEPTED = "Your answer was not accepted; answer again."
@@ -161,19 +161,8 @@ class AgentRuntime:
 
     def _build(self, name: str) -> _Model:
         ex = self.ex
-        declared = ex.graph.workflow.models.get(name)
-        override = ex.options.model_overrides.get(name)
-        if declared is None and override is None:
-            known = ", ".join(sorted(ex.graph.workflow.models)) or "none"
-            raise StepError(
-                "model", f"no model named '{name}' is declared (models: {known})", retryable=False
-            )
-        if isinstance(override, str):
-            override = parse_model_spec(override)
-        base_dir = Path(ex.file).parent if ex.file else Path.cwd()
         try:
-            config = resolve_config(declared, override, secrets=ex.secrets, base_dir=base_dir)
-            provider = provider_factory(config.provider)(config)
+            config, provider = build_model(ex.graph, name, ex.options.model_overrides, ex.secrets, ex.file)
         except (ModelError, ValueError) as exc:
             raise StepError("model", str(exc), type="ModelError", retryable=False) from None
         return _Model(provider, config.provider, config.model, dict(config.parameters), config.prices)
@@ -189,6 +178,42 @@ class AgentRuntime:
                 done = call.completed
                 if done is not None and done.get("model_name", "default") == name:
                     mark(done.get("step", ""), int(done.get("turn", 1)))
+
+
+def build_model(
+    graph: Any, name: str, overrides: dict[str, str], secrets: dict[str, str], file: str | None
+) -> tuple[Any, Any]:
+    """The provider configuration and provider of the workflow's model `name`, a `--model` override
+    applied. Raises ModelError (or ValueError) when it cannot be set up."""
+    declared = graph.workflow.models.get(name)
+    override: Any = overrides.get(name)
+    if declared is None and override is None:
+        known = ", ".join(sorted(graph.workflow.models)) or "none"
+        raise ValueError(f"no model named '{name}' is declared (models: {known})")
+    if isinstance(override, str):
+        override = parse_model_spec(override)
+    base_dir = Path(file).parent if file else Path.cwd()
+    config = resolve_config(declared, override, secrets=secrets, base_dir=base_dir)
+    return config, provider_factory(config.provider)(config)
+
+
+async def check_models(
+    graph: Any, overrides: dict[str, str], secrets: dict[str, str], file: str | None
+) -> None:
+    """Every model a step of the workflow asks for can be set up: its provider exists, its key is there,
+    its responses file loads. Checked before a run starts, so that a wrong `--model` or a missing key is
+    refused at once (RunSetupError) rather than found by the first model call, halfway through the run."""
+    used = {spec.model for node in graph.nodes() if (spec := _model_step(node)) is not None}
+    for name in sorted(used):
+        try:
+            _, provider = build_model(graph, name, overrides, secrets, file)
+        except (ModelError, ValueError) as exc:
+            raise RunSetupError(f"model '{name}': {exc}") from None
+        await provider.close()
+
+
+def _model_step(node: Any) -> Any:
+    return getattr(node.step, node.kind, None) if node.kind in ("agent", "llm") else None
 
 
 def runtime(ex: Any) -> AgentRuntime:

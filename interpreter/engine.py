@@ -763,13 +763,38 @@ def resolve_secrets(graph: Any) -> dict[str, str]:
 def preflight(graph: Any, policy: ModulePolicy) -> None:
     """Every python tool's module and every stdio MCP server's command must be allowed before anything
     runs (nothing is imported or started here)."""
-    try:
-        for name, tool in graph.workflow.tools.items():
-            if tool.python:
+    for name, tool in graph.workflow.tools.items():
+        if tool.python:
+            try:
                 policy.check(PythonTarget.parse(tool.python).module, name)
+            except PolicyError as exc:
+                raise SetupPolicyError(f"{_where(graph, 'tools', name, 'python')}: {exc}") from None
+    try:
         check_mcp_commands(graph, policy)
     except PolicyError as exc:
         raise SetupPolicyError(str(exc)) from None
+
+
+def load_python_tools(graph: Any, policy: ModulePolicy) -> dict[str, PythonTool]:
+    """Import every python tool before a new run starts: a wrong module or function name is refused with
+    its place in the file, not found by the step (or the agent) that first calls it, halfway through."""
+    loaded = {}
+    for name, tool in graph.workflow.tools.items():
+        if tool.python:
+            try:
+                loaded[name] = resolve_python(name, tool.python, policy)
+            except StepError as exc:
+                raise RunSetupError(f"{_where(graph, 'tools', name, 'python')}: {exc.message}") from None
+    return loaded
+
+
+def _where(graph: Any, *path: str) -> str:
+    """`file:line:col` of a field of the workflow file, for setup errors found after it compiled."""
+    from dsl.loader import load_text
+
+    doc, _ = load_text(graph.source, graph.file)
+    line, column = doc.position(path) if doc is not None else (1, 1)
+    return f"{graph.file}:{line}:{column}"
 
 
 _GRAPHS: dict[tuple[str, str | None], Any] = {}  # (source digest, file) -> graph; graphs are immutable
@@ -858,7 +883,11 @@ async def start_run(
     remember_graph(graph, file or "<stored>")
     policy = build_policy(options.allow_modules, file)
     preflight(graph, policy)
+    python_tools = load_python_tools(graph, policy)
     secrets = resolve_secrets(graph)
+    from interpreter.agent import check_models  # agents load only for runs that have them
+
+    await check_models(graph, options.model_overrides, secrets, file)
     principal = _principal(options)
     name = graph.workflow.name
     guard = RunGuard(
@@ -908,6 +937,7 @@ async def start_run(
             guard=guard,
         )
         execution.input_gate = gate
+        execution.python_tools.update(python_tools)
         return execution.execute()
 
     return await _leased(store, lease, execute, options)

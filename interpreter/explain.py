@@ -253,7 +253,20 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
         "trace": entries,
         "budgets": budgets_used(ev for ev in events if _in_node(ev.node_path, node) or node is None),
         "audit": audit_authz(events),
+        "integrity": _integrity(store, run_id),
     }
+
+
+def _integrity(store: s.EventStore, run_id: str) -> dict[str, Any]:
+    """Whether the log this trace is read from is intact (`charter verify`): an explanation built from
+    an edited or truncated log must say so, not tell its story as if it were the run's."""
+    try:
+        result = store.verify(run_id)
+    except (LookupError, ValueError, TypeError) as exc:  # data so damaged the checker trips on it
+        return {"intact": False, "first_bad_seq": None, "reason": f"{type(exc).__name__}: {exc}"}
+    if result.ok:
+        return {"intact": True}
+    return {"intact": False, "first_bad_seq": result.first_bad_seq, "reason": result.reason}
 
 
 # --- text -----------------------------------------------------------------------------------------------
@@ -346,6 +359,13 @@ def format_text(trace: Mapping[str, Any]) -> str:
     """One line per decision, indented by node depth."""
     head = f"run {trace['run_id']} ({trace['workflow']}) principal {trace['principal']}: {trace['status']}"
     lines = [head + (f" — node {trace['node']}" if trace.get("node") else "")]
+    integrity = trace.get("integrity") or {"intact": True}
+    if not integrity["intact"]:
+        at = f" at seq {integrity['first_bad_seq']}" if integrity.get("first_bad_seq") is not None else ""
+        lines.append(
+            f"WARNING: this run's log fails verification{at}: {integrity['reason']}; "
+            "what follows may not be what happened (see: charter verify)"
+        )
     for entry in trace["trace"]:
         text = _line(entry)
         if text is None:

@@ -359,14 +359,21 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get("CHARTER_DB") or DEFAULT_DB)
 
 
-def open_store(target: str | os.PathLike[str] | None = None, durability: Durability = "normal") -> EventStore:
-    """Open the store named by a path (or `sqlite:///path`); the seam for other backends."""
+def open_store(
+    target: str | os.PathLike[str] | None = None, durability: Durability = "normal", *, create: bool = True
+) -> EventStore:
+    """Open the store named by a path (or `sqlite:///path`); the seam for other backends. With
+    `create=False` a file that does not exist is an error, not a new empty log (a mistyped --db)."""
     # Not through Path(): it would collapse the "//" of a URL.
     text = os.fspath(target or os.environ.get("CHARTER_DB") or DEFAULT_DB)
     if text.startswith(("postgres://", "postgresql://")):
         raise StoreError("PostgreSQL event stores are not available yet; use a SQLite file path")
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :]
+    if not create and not os.path.exists(text):
+        raise StoreError(
+            f"no event log at {text}: no run was recorded there (give --db PATH or set CHARTER_DB)"
+        )
     return SQLiteEventStore(text, durability=durability)
 
 

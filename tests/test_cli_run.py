@@ -83,6 +83,49 @@ def test_exit_codes_for_bad_input_file_and_module(tmp_path: Path) -> None:
     assert "Traceback" not in refused.stderr + bad_input.stderr
 
 
+def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) -> None:
+    """A python tool that does not load, or a model that cannot be built, exits 2 and creates no run."""
+    routing = (EXAMPLES / "routing.yaml").read_text(encoding="utf-8")
+    flow = tmp_path / "routing.yaml"
+    flow.write_text(routing.replace("examples.tools:lookup_invoice", "examples.tools:lookup_invoices"))
+    (tmp_path / "routing.responses.yaml").write_text((EXAMPLES / "routing.responses.yaml").read_text())
+    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["examples.*"]\n')
+    line = next(n for n, text in enumerate(flow.read_text().splitlines(), 1) if "lookup_invoices" in text)
+    ticket = json.dumps({"message": "Why was I charged twice on INV-1002?"})
+    no_function = charter("run", str(flow), "--input", ticket, cwd=tmp_path)
+    assert no_function.returncode == 2, no_function.stderr
+    assert f"routing.yaml:{line}:" in no_function.stderr
+    assert "cannot load examples.tools:lookup_invoices: AttributeError" in no_function.stderr
+    for model, message in [
+        ("default=bogus:x", "unknown provider 'bogus'"),
+        ("default=scripted:missing.yaml", "the responses file does not exist"),
+        ("default=openai:gpt-4.1-mini", "no API key: set OPENAI_API_KEY"),
+    ]:
+        refused = charter(
+            "run", str(EXAMPLES / "routing.yaml"), "--model", model, "--input", ticket, cwd=tmp_path
+        )
+        assert refused.returncode == 2 and "model 'default': " in refused.stderr, refused.stderr
+        assert message in refused.stderr and "Traceback" not in refused.stderr
+    assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout) == []
+
+
+def test_a_scripted_re_ask_names_why_the_model_was_asked_again(tmp_path: Path) -> None:
+    answers = (EXAMPLES / "routing.responses.yaml").read_text(encoding="utf-8")
+    script = tmp_path / "answers.yaml"
+    script.write_text(answers.replace("intent: billing", "intent: money"), encoding="utf-8")
+    ticket = json.dumps({"message": "Why was I charged twice on INV-1002?"})
+    proc = charter(
+        "run", str(EXAMPLES / "routing.yaml"), "--model", f"default=scripted:{script}", "--input", ticket,
+        "--allow-module", "examples.*", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "no scripted response for step 'classify' turn 2" in proc.stderr
+    assert (
+        "does not match the required JSON schema: the answer at `intent`: 'money' is not one of"
+        in proc.stderr
+    )
+
+
 def test_failed_run_exits_1(tmp_path: Path) -> None:
     flow = tmp_path / "failing.yaml"
     flow.write_text(
@@ -217,7 +260,15 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
 
 
 def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
-    for command in (["resume", "NOPE"], ["log", "NOPE"], ["verify", "NOPE"], ["replay", "NOPE"]):
+    commands = (["resume", "NOPE"], ["log", "NOPE"], ["verify", "NOPE"], ["replay", "NOPE"], ["runs"])
+    for command in commands:  # no event log yet: said so, and none is created by reading
+        proc = charter(*command, cwd=tmp_path)
+        assert proc.returncode == 2 and "no event log at" in proc.stderr, proc.stderr
+        assert not (tmp_path / "charter.db").exists()
+    flow = str(EXAMPLES / "approval.yaml")
+    waiting = charter("run", flow, "--input", APPROVAL_INPUT, "--allow-module", "examples.*", cwd=tmp_path)
+    assert waiting.returncode == 3, waiting.stderr
+    for command in commands[:-1]:
         proc = charter(*command, cwd=tmp_path)
         assert proc.returncode == 2 and "NOPE" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -460,7 +460,9 @@ def test_unserialisable_result_is_a_step_error(store: Any, workdir: Path) -> Non
     assert result.status == "failed" and "serialise" in result.error["message"]
 
 
-def test_model_step_without_a_key_fails_cleanly(store: Any, workdir: Path, monkeypatch: Any) -> None:
+def test_model_step_without_a_key_is_refused_before_the_run(
+    store: Any, workdir: Path, monkeypatch: Any
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     flow = write_flow(
         workdir,
@@ -472,9 +474,9 @@ def test_model_step_without_a_key_fails_cleanly(store: Any, workdir: Path, monke
             llm: {prompt: "hello"}
         """,
     )
-    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
-    assert result.status == "failed"
-    assert result.error["code"] == "model" and "OPENAI_API_KEY" in result.error["message"]
+    with pytest.raises(RunSetupError, match="model 'default': openai model: no API key: set OPENAI_API_KEY"):
+        run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert store.runs() == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ authorization audit that `charter verify` runs."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,34 @@ def test_tools_pipeline_explained(tmp_path: Path) -> None:
     assert node["budgets"]["calls_per_tool"] == {"quote_price": 1, "list_price": 1}
     missing = charter("explain", result["run_id"], "--node", "nowhere", cwd=tmp_path)
     assert missing.returncode == 2 and "no events at node 'nowhere'" in missing.stderr
+
+
+def test_an_explanation_of_a_tampered_or_truncated_log_says_so(tmp_path: Path) -> None:
+    result = start(tmp_path, str(EXAMPLES / "tools_pipeline.yaml"), "--allow-module", "examples.*")
+    run_id, db = result["run_id"], tmp_path / "charter.db"
+    assert json.loads(explain(tmp_path, run_id, "--json"))["integrity"] == {"intact": True}
+    assert "WARNING" not in explain(tmp_path, run_id)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE events SET payload = replace(payload, 'XSKU-9', 'XSKU-8') WHERE run_id = ? AND seq = "
+            "(SELECT min(seq) FROM events WHERE run_id = ? AND payload LIKE '%XSKU-9%')",
+            (run_id, run_id),
+        )
+        edited = conn.execute(
+            "SELECT min(seq) FROM events WHERE run_id = ? AND payload LIKE '%XSKU-8%'", (run_id,)
+        ).fetchone()[0]
+    assert (
+        explain(tmp_path, run_id)
+        .splitlines()[1]
+        .startswith(f"WARNING: this run's log fails verification at seq {edited}: ")
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE events SET payload = replace(payload, 'XSKU-8', 'XSKU-9') WHERE run_id = ?", (run_id,)
+        )
+        conn.execute("DELETE FROM events WHERE run_id = ? AND seq = (SELECT max(seq) FROM events)", (run_id,))
+    integrity = json.loads(explain(tmp_path, run_id, "--json"))["integrity"]
+    assert integrity["intact"] is False and "truncat" in integrity["reason"]
 
 
 def test_approval_example_explained(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ file is checked whole when the provider is built, so a typo fails the run before
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,11 +70,13 @@ class ScriptedProvider:
     def _no_entry(self, request: ModelRequest, available: int) -> str:
         where = f"step {request.step!r} turn {request.turn}"
         if available:
-            return f"scripted responses exhausted for {where} (all {available} entries used)"
+            return f"scripted responses exhausted for {where} (all {available} entries used){_why(request)}"
         steps = sorted({e.step for e in self._entries})
         turns = sorted(e.turn for e in self._entries if e.step == request.step)
         if turns:
-            return f"no scripted response for {where}; the file has turns {turns} for that step"
+            return (
+                f"no scripted response for {where}; the file has turns {turns} for that step{_why(request)}"
+            )
         return f"no scripted response for {where}; the file has entries for steps {steps}"
 
     def _answer(self, entry: ScriptEntry, request: ModelRequest, index: int) -> ModelResponse:
@@ -99,6 +102,15 @@ class ScriptedProvider:
             model=self.model,
             structured=structured,
         )
+
+
+def _why(request: ModelRequest) -> str:
+    """Why the step asked again: a re-ask's feedback (say, the answer did not fit output_schema) is the
+    last message, and usually what the script's author needs to see, not the missing turn."""
+    last = request.messages[-1] if request.messages else None
+    if request.turn < 2 or last is None or last.role != "user" or not last.content:
+        return ""
+    return f". Turn {request.turn} answers this message: {textwrap.shorten(last.content, 400)}"
 
 
 # --- loading ------------------------------------------------------------------------------------------
