@@ -46,6 +46,7 @@ class NodeRecord:
     iterations: set[int] = field(default_factory=set)
     models: dict[tuple[int, int], ModelCall] = field(default_factory=dict)  # (attempt, call) of agent/llm
     agent_tools: dict[tuple[int, int], ToolCall] = field(default_factory=dict)  # an agent's tool calls
+    route: dict[str, Any] | None = None  # a switch's decision (which case it chose)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -107,6 +108,8 @@ def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
             rec.approval_requested, rec.approval_decided = (payload, event.ts), None
         elif kind == s.APPROVAL_DECIDED:
             rec.approval_decided = (payload, event.ts)
+        elif kind == s.DECISION and payload.get("step") == "switch":
+            rec.route = payload
         elif kind == s.LOOP_ITERATION and isinstance(payload.get("index"), int):
             rec.iterations.add(payload["index"])
     return records

@@ -263,6 +263,7 @@ async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt:
     rejected: list[dict[str, Any]] = []  # the cases tried before the one chosen, and what they read
     for block in node.blocks:
         if block.when is None or ex.condition(block.when, scope, f"step '{node.id}': when"):
+            _same_route(ex, path, block.label)
             values = referenced_values(block.when, ex.bindings(scope)) if block.when is not None else {}
             ex.emit(
                 s.DECISION,
@@ -279,6 +280,7 @@ async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt:
             return await ex.exec_block(block, scope)
         values = referenced_values(block.when, ex.bindings(scope))
         rejected.append({"case": block.label, "expression": block.when.source, "values": values})
+    _same_route(ex, path, None)
     ex.emit(
         s.DECISION,
         path,
@@ -292,6 +294,24 @@ async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt:
         },
     )
     return None
+
+
+def _same_route(ex: Execution, path: str, chosen: str | None) -> None:
+    """Replay: a switch that now chooses another case diverges here, at the decision, rather than at
+    the first step of the case it took instead."""
+    if not ex.replaying:
+        return
+    rec = ex.records.get(path)
+    if rec is None or rec.route is None or rec.route.get("chosen") == chosen:
+        return
+    recorded, expression = rec.route.get("chosen"), rec.route.get("expression")
+    why = f" (`{expression}`)" if expression and expression != "default" else ""
+    ex.diverge(
+        path,
+        recorded,
+        chosen,
+        f"the switch now chooses {chosen or 'no case'}; the run chose {recorded or 'no case'}{why}",
+    )
 
 
 @runner("try")

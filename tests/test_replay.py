@@ -96,6 +96,21 @@ def test_edited_workflow_diverges_at_the_edited_node(
     assert "Traceback" not in proc.stderr
 
 
+def test_a_switch_that_now_chooses_another_case_diverges_at_the_switch(tmp_path: Path) -> None:
+    routing = EXAMPLES / "routing.yaml"
+    first = _run(routing, tmp_path / "c.db", {"message": "Why was I charged twice on INV-1002?"})
+    assert first.returncode == 0, describe(first)
+    edited = tmp_path / "routing.yaml"
+    shutil.copy(EXAMPLES / "routing.responses.yaml", tmp_path)
+    edited.write_text(routing.read_text(encoding="utf-8").replace("confidence >= 0.5", "confidence >= 0.95"))
+    proc = _replay(run_json(first)["run_id"], tmp_path / "c.db", edited)
+    assert proc.returncode == 1, describe(proc)
+    assert proc.stdout.splitlines()[0] == (
+        "divergence at route: the switch now chooses default; the run chose case-0 "
+        '(`steps.classify.output.intent == "billing" && steps.classify.output.confidence >= 0.5`)'
+    )
+
+
 def test_replay_api_reports_the_divergent_node(pipeline_run: tuple[str, Path], tmp_path: Path) -> None:
     from dsl.frontend import compile_file
     from interpreter import replay_run
