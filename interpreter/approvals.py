@@ -50,6 +50,11 @@ def decide_approval(
             f"the decision was recorded; run {run_id} is being executed by another process "
             f"({exc.holder.describe()}), which continues with it",
         ) from None
+    except RunSetupError as exc:  # e.g. a model key this environment lacks: the run stays waiting
+        raise RunSetupError(
+            f"the decision was recorded, but run {run_id} cannot continue here: {exc}; "
+            f"continue it with `charter resume {run_id}` where it can"
+        ) from None
 
 
 def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:

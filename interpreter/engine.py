@@ -109,6 +109,7 @@ class Execution:
         write_reused: bool = False,
         reused_from: str | None = None,
         guard: RunGuard | None = None,
+        python_tools: dict[str, PythonTool] | None = None,
     ) -> None:
         self.store = store
         self.graph = graph
@@ -155,7 +156,7 @@ class Execution:
         self.guard.decide = self.decide  # type: ignore[method-assign]
         self.input_gate: Any = None  # the run.input verdict (or escalation) found before the run was created
         self.actor = self.guard.run_actor()
-        self.python_tools: dict[str, PythonTool] = {}
+        self.python_tools: dict[str, PythonTool] = dict(python_tools or {})
         self.schema_cache: dict[str, Any] = {}
         self.http_client: Any = None
         # Per-run resources (MCP sessions, model providers) register an async close here; `execute`
@@ -760,6 +761,23 @@ def resolve_secrets(graph: Any) -> dict[str, str]:
     return {name: os.environ[name] for name in graph.workflow.secrets}
 
 
+async def _prepare(
+    graph: Any, options: RunOptions, file: str | None
+) -> tuple[ModulePolicy, dict[str, str], dict[str, PythonTool]]:
+    """What a run needs before its first step, checked before anything is written for it: every module
+    and server command allowed, every python tool loaded, every secret set, every model a step uses
+    buildable. Each problem is a RunSetupError (the CLI's exit 2): a run being continued stays
+    resumable, instead of failing for good at the step that needs what is missing."""
+    policy = build_policy(options.allow_modules, file)
+    preflight(graph, policy)
+    python_tools = load_python_tools(graph, policy)
+    secrets = resolve_secrets(graph)
+    from interpreter.agent import check_models  # agents load only for runs that have them
+
+    await check_models(graph, options.model_overrides, secrets, file)
+    return policy, secrets, python_tools
+
+
 def preflight(graph: Any, policy: ModulePolicy) -> None:
     """Every python tool's module and every stdio MCP server's command must be allowed before anything
     runs (nothing is imported or started here)."""
@@ -776,8 +794,9 @@ def preflight(graph: Any, policy: ModulePolicy) -> None:
 
 
 def load_python_tools(graph: Any, policy: ModulePolicy) -> dict[str, PythonTool]:
-    """Import every python tool before a new run starts: a wrong module or function name is refused with
-    its place in the file, not found by the step (or the agent) that first calls it, halfway through."""
+    """Import every python tool before a run starts or continues (after `preflight` allowed all their
+    modules): a wrong module or function name is refused with its place in the file, not found by the
+    step (or the agent) that first calls it, halfway through."""
     loaded = {}
     for name, tool in graph.workflow.tools.items():
         if tool.python:
@@ -881,13 +900,7 @@ async def start_run(
     check_inputs(graph, inputs)
     file = _file_of(graph)
     remember_graph(graph, file or "<stored>")
-    policy = build_policy(options.allow_modules, file)
-    preflight(graph, policy)
-    python_tools = load_python_tools(graph, policy)
-    secrets = resolve_secrets(graph)
-    from interpreter.agent import check_models  # agents load only for runs that have them
-
-    await check_models(graph, options.model_overrides, secrets, file)
+    policy, secrets, python_tools = await _prepare(graph, options, file)
     principal = _principal(options)
     name = graph.workflow.name
     guard = RunGuard(
@@ -935,9 +948,9 @@ async def start_run(
             write_reused=records is not None,
             reused_from=forked_from["run_id"] if forked_from else None,
             guard=guard,
+            python_tools=python_tools,
         )
         execution.input_gate = gate
-        execution.python_tools.update(python_tools)
         return execution.execute()
 
     return await _leased(store, lease, execute, options)
@@ -1016,9 +1029,7 @@ async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reaso
         store.set_durability("full")
     file = started.get("file")
     graph = compile_source(row.workflow_source or "", file or "<stored>")
-    policy = build_policy(options.allow_modules, file)
-    preflight(graph, policy)
-    secrets = resolve_secrets(graph)
+    policy, secrets, python_tools = await _prepare(graph, options, file)
     records = build_records(events)
     principal = row.principal or _principal(options)
     guard = _guard_for(graph, started, principal, secrets, records)
@@ -1049,6 +1060,7 @@ async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reaso
         secrets=secrets,
         records=records,
         guard=guard,
+        python_tools=python_tools,
     )
     return await execution.execute()
 

@@ -392,6 +392,7 @@ _HEAD_AND_LEASE = (
     "FROM runs WHERE run_id = ?"
 )
 _PAGE = 2000
+_VERIFY_TRIES = 3
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
 _WAL_AUTOCHECKPOINT_PAGES_FULL = 1_000
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -1136,8 +1137,19 @@ class SQLiteEventStore:
     # -- verification
 
     def verify(self, run_id: str) -> VerifyResult:
-        """Recompute the chain and compare it with the run row's checkpoint; stops at the first fault."""
-        run = self.run(run_id)
+        """Recompute the chain and compare it with the run row's checkpoint; stops at the first fault.
+
+        The run row and the events are separate reads: a run that commits between them shows events
+        past the checkpoint read first. A fault seen while the run's head moved is checked again."""
+        for _ in range(_VERIFY_TRIES):
+            run = self.run(run_id)
+            result = self._verify(run)
+            if result.ok or self.run(run_id).head_seq == run.head_seq:
+                break
+        return result
+
+    def _verify(self, run: RunRecord) -> VerifyResult:
+        run_id = run.run_id
         if run.workflow_source is not None and run.workflow_digest != sha256_hex(run.workflow_source):
             return VerifyResult(False, 0, "the run's workflow_source does not match its workflow_digest")
         genesis = genesis_hash({name: getattr(run, name) for name in GENESIS_FIELDS})

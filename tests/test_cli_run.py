@@ -109,6 +109,39 @@ def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) 
     assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout) == []
 
 
+def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_path: Path) -> None:
+    flow = tmp_path / "ask.yaml"
+    flow.write_text(
+        textwrap.dedent(
+            """\
+            charter: "1.0"
+            name: approve-then-ask
+            models: {default: {provider: scripted, responses: answers.yaml}}
+            identities: {ann: {kind: user}}
+            steps:
+              - {id: ok, approval: {message: "go?", approvers: [ann]}}
+              - {id: ask, llm: {prompt: "hello"}}
+            output: {said: "${{ steps.ask.output }}"}
+            """
+        )
+    )
+    (tmp_path / "answers.yaml").write_text("responses:\n  - {step: ask, text: hi}\n")
+    waiting = charter("run", str(flow), "--json", cwd=tmp_path)
+    assert waiting.returncode == 3, waiting.stderr
+    run_id = run_json(waiting)["run_id"]
+    bogus = ("--model", "default=bogus:x")
+    approved = charter("approve", run_id, "ok", "--as", "ann", *bogus, cwd=tmp_path)
+    assert approved.returncode == 2, approved.stderr
+    assert "the decision was recorded, but run" in approved.stderr
+    assert "unknown provider 'bogus'" in approved.stderr and f"charter resume {run_id}" in approved.stderr
+    again = charter("resume", run_id, *bogus, cwd=tmp_path)
+    assert again.returncode == 2 and "unknown provider 'bogus'" in again.stderr
+    assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]["status"] == "waiting"
+    done = charter("resume", run_id, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert run_json(done)["output"] == {"said": "hi"}
+
+
 def test_a_scripted_re_ask_names_why_the_model_was_asked_again(tmp_path: Path) -> None:
     answers = (EXAMPLES / "routing.responses.yaml").read_text(encoding="utf-8")
     script = tmp_path / "answers.yaml"

@@ -206,6 +206,32 @@ def test_edited_and_rehashed_row_is_detected_at_its_seq(store: SQLiteEventStore,
     assert "rewritten" in result.reason
 
 
+def test_a_run_that_commits_while_it_is_verified_is_not_reported_as_tampered(
+    store: SQLiteEventStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = _run_with_events(store)
+    read_rows = store._event_rows
+    commits = iter(range(2))  # the live run commits during the first two reads of its events
+
+    def rows_with_a_commit_first(run: str, after_seq: int):  # type: ignore[no-untyped-def]
+        if next(commits, None) is not None:
+            with SQLiteEventStore(db_path) as live:  # another process's store
+                live.append(run_id, "step.completed", "later", {"output": 0, "attempt": 1})
+        return read_rows(run, after_seq)
+
+    monkeypatch.setattr(store, "_event_rows", rows_with_a_commit_first)
+    result = store.verify(run_id)
+    assert result.ok and result.events_checked == 7, result
+    # a row appended by hand stays beyond the checkpoint however often it is read
+    raw = _raw(db_path)
+    raw.execute(
+        "INSERT INTO events SELECT run_id, seq + 1, ts, node_path, kind, actor, payload, hash, hash "
+        "FROM events WHERE run_id = ? AND seq = 7",
+        (run_id,),
+    )
+    assert (store.verify(run_id).ok, store.verify(run_id).first_bad_seq) == (False, 8)
+
+
 def test_deleted_middle_row_is_detected(store: SQLiteEventStore, db_path: Path) -> None:
     run_id = _run_with_events(store)
     _raw(db_path).execute("DELETE FROM events WHERE run_id = ? AND seq = 2", (run_id,))
