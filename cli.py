@@ -19,20 +19,26 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         """Ctrl-C or SIGTERM: exit 128 + the signal's number (not click's "Aborted!" and exit 1, which a
         script cannot tell from a failed run), naming the run it stopped and how to continue it."""
+        import shlex
         import signal
 
+        _runs_seen.clear()
+        _db_given.clear()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)  # interpreter.loop.Interrupted says which
             run = _runs_seen[0] if _runs_seen else None
-            then = f": run {run} stopped; continue it with: charter resume {run}" if run else ""
+            db = f" --db {shlex.quote(_db_given[0])}" if _db_given else ""
+            then = f": run {run} stopped; continue it with: charter resume {run}{db}" if run else ""
             click.echo(f"\ninterrupted ({signal.Signals(signum).name}){then}", err=True)
             sys.exit(128 + signum)
 
 
-# The first run this command started or continued: named with how to continue it when interrupted.
+# The first run this command started or continued, and the --db it was given: named with how to
+# continue the run when it is interrupted.
 _runs_seen: list[str] = []
+_db_given: list[str] = []
 
 
 @click.group(cls=_Commands, context_settings=CONTEXT)
@@ -163,6 +169,8 @@ def _open_store(db: str | None, durability: str = "normal", create: bool = False
     """The event log; only `run` and `wake` may create it (elsewhere a missing file is a mistyped --db)."""
     from interpreter.store import StoreError, open_store
 
+    if db:
+        _db_given[:] = [db]
     try:
         return open_store(db, durability=durability, create=create)  # type: ignore[arg-type]
     except StoreError as exc:

@@ -35,6 +35,16 @@ class Interrupted(KeyboardInterrupt):
 def run_coroutine(main: Coroutine[Any, Any, T], *, grace: float = SHUTDOWN_GRACE) -> T:
     """Run `main` on a new event loop and close the loop, waiting at most `grace` seconds for left-over
     tasks. Raises `Interrupted` when SIGINT or SIGTERM stopped it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        main.close()
+        raise RuntimeError(
+            "a workflow cannot be run from inside a running event loop; call it from a thread "
+            "(e.g. `await asyncio.to_thread(run_workflow, ...)`)"
+        )
     runner = asyncio.Runner()
     received: list[int] = []
     try:
@@ -80,8 +90,10 @@ def _close(loop: asyncio.AbstractEventLoop, grace: float) -> None:
         stuck = loop.run_until_complete(asyncio.wait(tasks, timeout=grace))[1] if tasks else ()
         for task in stuck:  # abandoned on purpose: no "Task was destroyed but it is pending!" at exit
             task._log_destroy_pending = False  # type: ignore[attr-defined]
-        if not stuck:  # a stuck task's async generators cannot be closed from here
+        if not stuck:  # a stuck task's async generators and threads cannot be closed from here
             loop.run_until_complete(loop.shutdown_asyncgens())
+            with contextlib.suppress(TimeoutError):  # e.g. a getaddrinfo that hangs
+                loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), grace))
     finally:
         asyncio.set_event_loop(None)
         loop.close()

@@ -263,7 +263,7 @@ async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt:
     rejected: list[dict[str, Any]] = []  # the cases tried before the one chosen, and what they read
     for block in node.blocks:
         if block.when is None or ex.condition(block.when, scope, f"step '{node.id}': when"):
-            _same_route(ex, path, block.label)
+            _same_route(ex, path, block)
             values = referenced_values(block.when, ex.bindings(scope)) if block.when is not None else {}
             ex.emit(
                 s.DECISION,
@@ -296,22 +296,25 @@ async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt:
     return None
 
 
-def _same_route(ex: Execution, path: str, chosen: str | None) -> None:
-    """Replay: a switch that now chooses another case diverges here, at the decision, rather than at
-    the first step of the case it took instead."""
+def _same_route(ex: Execution, path: str, block: Any) -> None:
+    """Replay: a switch that now chooses another case (`block`, None for none) diverges here, at the
+    decision, rather than at the first step of the case it took instead."""
     if not ex.replaying:
         return
     rec = ex.records.get(path)
+    chosen = block.label if block is not None else None
     if rec is None or rec.route is None or rec.route.get("chosen") == chosen:
         return
-    recorded, expression = rec.route.get("chosen"), rec.route.get("expression")
-    why = f" (`{expression}`)" if expression and expression != "default" else ""
-    ex.diverge(
-        path,
-        recorded,
-        chosen,
-        f"the switch now chooses {chosen or 'no case'}; the run chose {recorded or 'no case'}{why}",
-    )
+    recorded = rec.route.get("chosen")
+    now = _case(chosen, block.when.source if block is not None and block.when is not None else None)
+    then = _case(recorded, rec.route.get("expression"))
+    ex.diverge(path, recorded, chosen, f"the switch now chooses {now}; the run chose {then}")
+
+
+def _case(label: str | None, expression: str | None) -> str:
+    if label is None:
+        return "no case"
+    return f"{label} (`{expression}`)" if expression and expression != "default" else label
 
 
 @runner("try")

@@ -176,7 +176,7 @@ def test_a_signal_stops_the_run_releases_its_lease_and_says_how_to_continue(
             proc.kill()
     assert proc.returncode == 128 + signum, err
     (row,) = run_rows(lab.db)
-    assert f"charter resume {row['run_id']}" in err and "Traceback" not in err, err
+    assert f"charter resume {row['run_id']} --db {lab.db}" in err and "Traceback" not in err, err
     assert row["status"] == "running" and lab.lease_rows() == []  # released: resume need not wait
     resumed = lab.charter("resume", row["run_id"])
     assert resumed.returncode == 0, describe(resumed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 
 import pytest
@@ -41,3 +42,22 @@ def test_the_result_and_the_errors_of_the_coroutine_come_through() -> None:
     with pytest.raises(ValueError, match="boom"):
         run_coroutine(fails())
     assert run_coroutine(asyncio.sleep(0, result="ok")) == "ok"
+
+
+def test_signal_handlers_are_restored_after_a_run() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    run_coroutine(asyncio.sleep(0))
+    with pytest.raises(ValueError):
+        run_coroutine(fails())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_run_from_inside_a_running_loop_is_refused_clearly() -> None:
+    async def caller() -> None:
+        run_coroutine(asyncio.sleep(0))
+
+    with pytest.raises(RuntimeError, match="cannot be run from inside a running event loop"):
+        asyncio.run(caller())

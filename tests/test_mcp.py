@@ -17,9 +17,11 @@ import pytest
 
 pytest.importorskip("mcp")
 
+from interpreter.loop import run_coroutine  # noqa: E402
 from interpreter.mcp_client import (  # noqa: E402
     McpArgumentError,
     McpClientPool,
+    McpConnection,
     McpServerConfig,
     McpServerError,
     McpToolError,
@@ -181,6 +183,23 @@ def test_server_killed_mid_call_fails_the_call_and_later_calls(tmp_path: Path) -
     during, after = with_pool(body)
     assert "tool 'sleep': the server went away during the call" in during
     assert "is no longer running" in after
+
+
+def test_a_start_cancelled_while_the_server_spawns_ends_its_session() -> None:
+    """Ctrl-C while a server is being started: the session task ends too. Left running, it would be
+    cancelled by the loop's shutdown in the middle of the spawn, which never finishes (CPython
+    gh-103847): the process hung."""
+
+    async def cancel_the_start() -> bool:
+        connection = McpConnection(STDIO, startup_timeout=30.0)
+        starting = asyncio.create_task(connection.start())
+        await asyncio.sleep(0)  # start() made the session task, which spawns the server next
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        return connection._task is not None and connection._task.done()
+
+    assert run_coroutine(cancel_the_start(), grace=5.0)
 
 
 def test_call_timeout_is_a_clear_error() -> None:
