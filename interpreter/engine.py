@@ -622,6 +622,8 @@ class Execution:
             return self.finish("failed", None, err.to_dict(), None)
         except (Diverged, asyncio.CancelledError, KeyboardInterrupt):
             raise
+        except RunSetupError:  # a child run that cannot continue here: neither run fails for it
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug must still leave the run in a clear state
             error = {
                 "type": "InternalError",

@@ -109,8 +109,8 @@ def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) 
     assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout) == []
 
 
-def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_path: Path) -> None:
-    flow = tmp_path / "ask.yaml"
+def _approve_then_ask(flow: Path) -> Path:
+    """A workflow that waits for ann's approval, then asks its (scripted) model."""
     flow.write_text(
         textwrap.dedent(
             """\
@@ -125,7 +125,12 @@ def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_pa
             """
         )
     )
-    (tmp_path / "answers.yaml").write_text("responses:\n  - {step: ask, text: hi}\n")
+    (flow.parent / "answers.yaml").write_text("responses:\n  - {step: ask, text: hi}\n")
+    return flow
+
+
+def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_path: Path) -> None:
+    flow = _approve_then_ask(tmp_path / "ask.yaml")
     waiting = charter("run", str(flow), "--json", cwd=tmp_path)
     assert waiting.returncode == 3, waiting.stderr
     run_id = run_json(waiting)["run_id"]
@@ -140,6 +145,38 @@ def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_pa
     done = charter("resume", run_id, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert run_json(done)["output"] == {"said": "hi"}
+
+
+def test_a_parent_whose_child_cannot_continue_here_stays_resumable(tmp_path: Path) -> None:
+    _approve_then_ask(tmp_path / "child.yaml")
+    parent = tmp_path / "parent.yaml"
+    parent.write_text(
+        'charter: "1.0"\nname: parent\nsteps:\n  - {id: sub, workflow: {path: child.yaml}}\n'
+        'output: {child: "${{ steps.sub.output.said }}"}\n'
+    )
+    waiting = charter("run", str(parent), "--json", cwd=tmp_path)
+    assert waiting.returncode == 3, waiting.stderr
+    child = next(
+        r
+        for r in json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
+        if r["workflow"] == "approve-then-ask"
+    )
+    assert (
+        charter(
+            "approve", child["run_id"], "ok", "--as", "ann", "--model", "default=bogus:x", cwd=tmp_path
+        ).returncode
+        == 2
+    )
+    # the parent continues into its child, which cannot build its model here: both stay resumable
+    refused = charter("resume", run_json(waiting)["run_id"], "--model", "default=bogus:x", cwd=tmp_path)
+    assert refused.returncode == 2 and "unknown provider 'bogus'" in refused.stderr, refused.stderr
+    statuses = {
+        r["workflow"]: r["status"] for r in json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
+    }
+    assert "failed" not in statuses.values(), statuses
+    done = charter("resume", run_json(waiting)["run_id"], "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert run_json(done)["output"] == {"child": "hi"}
 
 
 def test_a_scripted_re_ask_names_why_the_model_was_asked_again(tmp_path: Path) -> None:
