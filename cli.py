@@ -18,7 +18,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         """Ctrl-C or SIGTERM: exit 128 + the signal's number (not click's "Aborted!" and exit 1, which a
-        script cannot tell from a failed run), naming the run it stopped and how to continue it."""
+        script cannot tell from a failed run), naming the run it stopped and how to continue it. A
+        closed output pipe: exit 141 quietly."""
         import shlex
         import signal
 
@@ -26,6 +27,9 @@ class _Commands(click.Group):
         _db_given.clear()
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `charter ... | head`: the reader left; the run itself is unaffected
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)  # 128 + SIGPIPE, as a shell tool would
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)  # interpreter.loop.Interrupted says which
             run = _runs_seen[0] if _runs_seen else None

@@ -281,8 +281,12 @@ class Execution:
                 pass  # e.g. locked for longer than busy_timeout: the next commit carries the events
 
     def notify(self, kind: str, path: str, step_kind: str = "", detail: Any = None) -> None:
-        if self.progress is not None:
+        if self.progress is None:
+            return
+        try:
             self.progress(ProgressEvent(kind, path, step_kind, detail))
+        except Exception:  # noqa: BLE001 - e.g. a closed pipe: a display must never end the run
+            self.progress = None
 
     # -- expressions
 

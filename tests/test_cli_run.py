@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.charter_cli import REPO
+from fixtures.charter_cli import REPO, charter_cmd, child_env
 from fixtures.charter_cli import project_charter as charter
 
 EXAMPLES = REPO / "examples"
@@ -194,6 +194,28 @@ def test_a_scripted_re_ask_names_why_the_model_was_asked_again(tmp_path: Path) -
         "does not match the required JSON schema: the answer at `intent`: 'money' is not one of"
         in proc.stderr
     )
+
+
+def test_a_reader_that_leaves_early_does_not_end_the_run(tmp_path: Path) -> None:
+    """`charter run ... 2>&1 | head -1`: the progress display loses its pipe, the run goes on."""
+    (tmp_path / "naps.py").write_text(
+        "import time\n\ndef nap(n: int) -> int:\n    time.sleep(0.2)\n    return n\n"
+    )
+    flow = tmp_path / "naps.yaml"
+    flow.write_text(
+        'charter: "1.0"\nname: naps\ntools:\n  nap: {python: "naps:nap", effect: read}\nsteps:\n'
+        + "".join(f"  - {{id: n{i}, tool: nap, args: {{n: {i}}}}}\n" for i in range(3))
+    )
+    env = child_env({"CHARTER_DB": str(tmp_path / "charter.db"), "PYTHONPATH": str(tmp_path)}, allow="naps")
+    proc = subprocess.Popen(
+        charter_cmd("run", str(flow)), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("▶ n0".encode())
+    proc.stdout.close()  # as `head -1` does
+    assert proc.wait(timeout=60) == 141
+    (row,) = json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
+    assert row["status"] == "completed", row
 
 
 def test_failed_run_exits_1(tmp_path: Path) -> None:
