@@ -56,6 +56,9 @@ class CompiledValue:
     programs: tuple[expr.Program, ...]  # every CEL program inside, for references and explain
     type: Type  # the static type of the value (dyn when it is a container or unknown)
     constant: bool
+    # A string with `${{ }}` parts: its pieces, for a caller that must render each value itself (an
+    # HTTP tool's url percent-encodes them).
+    parts: tuple[str | expr.Program, ...] | None = None
 
 
 def to_text(value: Any) -> str:
@@ -156,7 +159,7 @@ def compile_string(
     programs = tuple(p for p in parts if type(p) is not str)
     if not programs:
         return _constant("".join(parts))  # only escapes
-    return CompiledValue(Interpolation(tuple(parts)).evaluate, programs, STRING, False)
+    return CompiledValue(Interpolation(tuple(parts)).evaluate, programs, STRING, False, tuple(parts))
 
 
 def _compile_expr(

@@ -339,6 +339,31 @@ async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
 # HTTP tools
 
 
+def _url(compiled: Any, default: str, bindings: Mapping[str, Any]) -> str:
+    """The request URL. A value interpolated into its path or query is percent-encoded, so that an
+    argument (say, an agent's `../admin`) stays one segment or one query value; a value before the
+    path (a base URL, a host) is inserted as it is."""
+    from urllib.parse import quote
+
+    from dsl.expr import from_cel
+    from dsl.templates import to_text
+
+    if compiled is None:
+        return default
+    if compiled.parts is None:
+        return str(from_cel(compiled.evaluate(bindings)))
+    text = ""
+    for part in compiled.parts:
+        if type(part) is str:
+            text += part
+            continue
+        piece = to_text(part.evaluate(bindings))
+        scheme = text.find("://")
+        in_path = scheme >= 0 and text.find("/", scheme + 3) >= 0
+        text += quote(piece, safe="") if in_path else piece
+    return text
+
+
 async def call_http(
     name: str,
     spec: Any,
@@ -358,7 +383,7 @@ async def call_http(
         return default if compiled is None else from_cel(compiled.evaluate(bindings))
 
     try:
-        url = value("url", spec.url)
+        url = _url(values.get("url"), spec.url, bindings)
         headers = {str(k): str(v) for k, v in (value("headers", spec.headers) or {}).items()}
         headers.setdefault("Idempotency-Key", key)
         query = value("query", spec.query) or {}
@@ -372,9 +397,8 @@ async def call_http(
     try:
         response = await client.request(
             spec.method,
-            str(url),
+            httpx.URL(url).copy_merge_params(query),  # `params=` would drop a query the url has
             headers=headers,
-            params=query,
             json=payload if body is None else None,
             content=None if body is None else str(body),
             timeout=timeout,

@@ -337,6 +337,35 @@ def test_http_tools(store: Any, workdir: Path, server: str, monkeypatch: pytest.
     assert all("s3cret" not in json.dumps(e.payload) for e in store.events(result.run_id))
 
 
+def test_http_url_values_stay_inside_their_segment_and_its_query_is_kept(
+    store: Any, workdir: Path, server: str
+) -> None:
+    graph = flow(
+        workdir,
+        "http_url",
+        f"""\
+        charter: "1.0"
+        name: http-url
+        vars: {{base: "{server}"}}
+        tools:
+          get_thing:
+            effect: read
+            http:
+              method: GET
+              url: "${{{{ vars.base }}}}/things/${{{{ args.id }}}}?src=url&tag=${{{{ args.tag }}}}"
+              query: {{page: "2"}}
+        steps:
+          - {{id: got, tool: get_thing, args: {{id: "../missing", tag: "a&b=c"}}}}
+        output: {{got: "${{{{ steps.got.output }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error  # not sent to /missing (a 404)
+    got = result.output["got"]
+    assert got["path"] == "/things/..%2Fmissing"
+    assert got["query"] == {"src": "url", "tag": "a&b=c", "page": "2"}
+
+
 def test_missing_secret_is_a_setup_error(
     store: Any, workdir: Path, server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
