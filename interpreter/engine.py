@@ -380,8 +380,8 @@ class Execution:
     async def exec_node(self, node: Any, scope: Scope) -> Any:
         path = scope.path(node)
         rec = self.records.get(path)
-        if rec is not None and not self.replaying and rec.status is not None:
-            return self.reuse(node, scope, path, rec)
+        if rec is not None and rec.status is not None and (not self.replaying or rec.reused):
+            return self.reuse(node, scope, path, rec)  # replay too: a fork's reused steps did not run
         if node.condition is not None and not self.condition(node.condition, scope, f"step '{node.id}': if"):
             return self.skip(node, scope, path, rec)
         step = node.step
@@ -552,6 +552,8 @@ class Execution:
 
     def reuse(self, node: Any, scope: Scope, path: str, rec: NodeRecord) -> Any:
         """A node the log says finished: restore its effects on `steps` and `vars`, do not run it."""
+        if self.replaying:  # a fork's reused step: what the log says of it is what replay reproduces
+            self.visited.update([path, *(p for p, _ in descendants(self.records, path))])
         if rec.status == "skipped":
             scope.steps[node.id] = {"output": None, "status": "skipped", "error": None}
             if self.write_reused:

@@ -47,6 +47,7 @@ class NodeRecord:
     models: dict[tuple[int, int], ModelCall] = field(default_factory=dict)  # (attempt, call) of agent/llm
     agent_tools: dict[tuple[int, int], ToolCall] = field(default_factory=dict)  # an agent's tool calls
     route: dict[str, Any] | None = None  # a switch's decision (which case it chose)
+    reused: bool = False  # a fork took this outcome from the run it was forked from (`reused_from`)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -69,8 +70,10 @@ def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
                 rec.started = payload
         elif kind == s.STEP_COMPLETED:
             rec.status, rec.output, rec.error, rec.seq = "completed", payload.get("output"), None, event.seq
+            rec.reused = payload.get("reused_from") is not None
         elif kind == s.STEP_FAILED:
             rec.status, rec.error, rec.seq = "failed", payload.get("error"), event.seq
+            rec.reused = payload.get("reused_from") is not None
             rec.attempt_errors[int(payload.get("attempt", 1))] = payload.get("error") or {}
         elif kind == s.STEP_SKIPPED:
             if payload.get("reason") != "cancelled":  # a cancelled step did not finish: it may run again

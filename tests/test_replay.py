@@ -96,6 +96,17 @@ def test_edited_workflow_diverges_at_the_edited_node(
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("node", ["priced", "priced[2]/body/price", "totals"])
+def test_a_forked_run_replays(pipeline_run: tuple[str, Path], node: str) -> None:
+    """The steps a fork took from its original run did not run in it: replay takes them from the log."""
+    run_id, db = pipeline_run
+    fork = charter("run", str(PIPELINE), "--db", str(db), "--from", f"{run_id}@{node}", "--json", env=ENV)
+    assert fork.returncode == 0, describe(fork)
+    proc = _replay(run_json(fork)["run_id"], db)
+    assert proc.returncode == 0, describe(proc)
+    assert "reproduced" in proc.stdout
+
+
 def test_a_switch_that_now_chooses_another_case_diverges_at_the_switch(tmp_path: Path) -> None:
     routing = EXAMPLES / "routing.yaml"
     first = _run(routing, tmp_path / "c.db", {"message": "Why was I charged twice on INV-1002?"})
