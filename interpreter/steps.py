@@ -543,6 +543,14 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
 # approval, workflow, agent, llm
 
 
+def _decided_at(ex: Execution, path: str) -> str:
+    """When the decision that stands at `path` was logged: the step's `at`, as replay will read it."""
+    decided = [
+        e.ts for e in ex.store.events(ex.run_id) if e.kind == s.APPROVAL_DECIDED and e.node_path == path
+    ]
+    return decided[-1] if decided else s.utc_now()
+
+
 @runner("approval")
 async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     spec = node.step.approval
@@ -552,7 +560,8 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
         if expired and not ex.replaying:
             decision = "approved" if spec.on_timeout == "approve" else "denied"
             payload = {"decision": decision, "by": "system:timeout", "reason": "the approval timed out"}
-            rec.approval_decided = (ex.decide(path, payload, {"sub": "system:timeout"}), s.utc_now())
+            decided = ex.decide(path, payload, {"sub": "system:timeout"})
+            rec.approval_decided = (decided, _decided_at(ex, path))
         else:
             raise Suspend([path])
     if rec is not None and rec.approval_decided is not None:

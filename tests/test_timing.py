@@ -318,6 +318,8 @@ def test_wake_applies_on_timeout_approve_and_leaves_unexpired_runs_alone(tmp_pat
     assert resumed["payload"]["reason"] == "timeout"
     assert run_row(db, later["run_id"])["status"] == "waiting"
     assert not log(tmp_path, later["run_id"], "run.resumed")
+    replayed = cli(tmp_path, "replay", soon["run_id"])  # the step's `at` is the logged decision's time
+    assert replayed.returncode == 0, describe(replayed)
 
 
 def test_wake_applies_on_timeout_deny(tmp_path: Path) -> None:
