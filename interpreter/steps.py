@@ -465,12 +465,21 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     seen = rec.iterations if rec is not None and not ex.write_reused else set()
     results: list[Any] = [None] * len(items)
     done = [0]
+    failed = [False]  # an item failed: no worker takes another one (spec §13.6)
 
     async def one(i: int, item: Any) -> None:
+        if failed[0]:  # this item's task was made before another item failed, and starts after it
+            return
         inner = scope.iteration(node, path, i, {spec.as_: item, spec.index_as: i})
         if i not in seen:
             ex.emit(s.LOOP_ITERATION, path, {"index": i, "item": item})
-        results[i] = await ex.exec_block(body, inner)
+        try:
+            results[i] = await ex.exec_block(body, inner)
+        except Suspend:
+            raise
+        except BaseException:
+            failed[0] = True
+            raise
         done[0] += 1
         ex.notify("item", path, "for_each", (done[0], len(items)))
 
