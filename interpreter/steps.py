@@ -441,9 +441,10 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
         if suspended:
             raise Suspend(suspended)
         raise StepError(
-            first_error.code if first_error else "parallel",
+            "parallel",
             f"only {len(done_ok)} of the {need} branches needed succeeded"
             + (f"; first failure: {first_error.message}" if first_error else ""),
+            details={"first_error": first_error.to_dict()} if first_error else None,
         )
     if isinstance(spec.branches, dict):
         return dict(zip(spec.branches.keys(), outputs, strict=True))

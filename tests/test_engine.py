@@ -713,6 +713,32 @@ def test_parallel_first_n_and_continue_on_failure(store: Any, workdir: Path, tmp
     assert replay_run(result.run_id, store=store, options=OPTS).ok
 
 
+def test_a_join_that_can_no_longer_be_satisfied_fails_with_code_parallel(
+    store: Any, workdir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.jsonl"
+    flow = write_flow(
+        workdir,
+        "unsatisfiable",
+        f"""\
+        steps:
+          - id: both
+            parallel:
+              join: first-n
+              n: 2
+              on_failure: continue
+              branches:
+                - [{{id: fine, tool: echo, args: {{value: 1}}}}]
+                - [{{id: boom, tool: flaky, args: {{key: z, fails: 9, log: "{log}"}}}}]
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error is not None
+    assert result.error["code"] == "parallel"  # what `retry: {on: [parallel]}` and `catch` match
+    assert "only 1 of the 2 branches needed succeeded" in result.error["message"]
+    assert result.error["details"]["first_error"]["code"] == "tool"
+
+
 def test_replay_notices_a_removed_step(store: Any, workdir: Path) -> None:
     long = write_flow(
         workdir,
