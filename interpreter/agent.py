@@ -42,7 +42,7 @@ from interpreter.providers import (
     resolve_config,
 )
 from interpreter.providers.base import parse_structured
-from interpreter.runtime import RunSetupError, StepError
+from interpreter.runtime import RunSetupError, StepError, idempotency_key
 from interpreter.tools import call_tool, mcp_tool_info, run_resources, validate_args
 
 _NOT_ACCEPTED = "Your answer was not accepted; answer again."
@@ -695,7 +695,7 @@ class StepCall:
     ) -> tuple[Any, StepError | None]:
         """Call a tool for the model through the shared tool path, with the normal tool events."""
         ex, path, attempt = self.ex, self.path, self.attempt
-        key = f"{ex.run_id}/{path}/{attempt}/{n}"
+        key = idempotency_key(ex.run_id, path, attempt, n)
         recorded = self.rec.agent_tools.get((attempt, n)) if self.rec is not None else None
         if ex.replaying:
             return self._replayed_tool(recorded, name, args)

@@ -38,6 +38,7 @@ from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendants
 from interpreter.runtime import (
+    OUTER_ATTEMPTS,
     Diverged,
     Divergence,
     InputError,
@@ -451,13 +452,17 @@ class Execution:
     async def _attempt(
         self, runner: Any, node: Any, scope: Scope, path: str, attempt: int, timeout: float | None
     ) -> Any:
-        if timeout is None:
-            return await runner(self, node, scope, path, attempt)
+        outer = OUTER_ATTEMPTS.set((*OUTER_ATTEMPTS.get(), (path, attempt))) if attempt > 1 else None
         try:
+            if timeout is None:
+                return await runner(self, node, scope, path, attempt)
             async with asyncio.timeout(timeout):
                 return await runner(self, node, scope, path, attempt)
         except TimeoutError:
             raise StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}") from None
+        finally:
+            if outer is not None:
+                OUTER_ATTEMPTS.reset(outer)
 
     @staticmethod
     def _retries(retry: Any, err: StepError) -> bool:

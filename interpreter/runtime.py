@@ -3,6 +3,7 @@ that travel through a run."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -145,3 +146,16 @@ class Diverged(Exception):  # noqa: N818 - control flow of replay
     def __init__(self, divergence: Divergence) -> None:
         super().__init__(divergence.reason)
         self.divergence = divergence
+
+
+# The retried steps a node runs inside: (path, attempt) of each ancestor in an attempt after its first.
+# A child's idempotency key names them, so that a retried group's calls are new calls (spec §12.4).
+OUTER_ATTEMPTS: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar(
+    "charter_outer_attempts", default=()
+)
+
+
+def idempotency_key(run_id: str, path: str, attempt: int, *more: int) -> str:
+    """run id / node path / attempt (/ call number), then `+PATH@ATTEMPT` for each retried ancestor."""
+    key = "/".join([run_id, path, str(attempt), *map(str, more)])
+    return key + "".join(f"+{outer}@{n}" for outer, n in OUTER_ATTEMPTS.get() if outer != path)

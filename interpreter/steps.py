@@ -27,7 +27,7 @@ from interpreter.enforcement import (
 )
 from interpreter.engine import Execution, Scope
 from interpreter.records import request_expired
-from interpreter.runtime import StepError, Suspend
+from interpreter.runtime import StepError, Suspend, idempotency_key
 from interpreter.tools import call_tool, validate_args
 
 StepRunner = Callable[[Execution, Any, Scope, str, int], Awaitable[Any]]
@@ -63,7 +63,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     compiled = ex.graph.tools.get(name) if ex.graph.tools else None
     tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
-    key = f"{ex.run_id}/{path}/{attempt}"
+    key = idempotency_key(ex.run_id, path, attempt)
     validate_args(name, tool.args, args, ex.schema_cache)
     # Enforcement (issue 6): tool.select rules, authorization under the step's identity (none: the
     # workflow itself), then the tool.input rules; a redacted argument is what the tool and the log receive.

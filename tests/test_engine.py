@@ -237,6 +237,35 @@ def test_retry_until_success_records_attempts(store: Any, workdir: Path, tmp_pat
     assert keys == [f"{result.run_id}/f/1", f"{result.run_id}/f/2", f"{result.run_id}/f/3"]
 
 
+def test_a_retried_group_calls_its_tools_again_with_new_keys(
+    store: Any, workdir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.jsonl"
+    flow = write_flow(
+        workdir,
+        "group_retry",
+        f"""\
+        steps:
+          - id: group
+            retry: {{attempts: 2, backoff: {{initial: 10ms}}}}
+            steps:
+              - {{id: first, tool: flaky, args: {{key: once, fails: 0, log: "{log}"}}}}
+              - {{id: second, tool: flaky, args: {{key: twice, fails: 1, log: "{log}"}}}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    keys = [(line["flaky"], line["idempotency_key"]) for line in log_lines(log)]
+    run = result.run_id
+    assert keys == [
+        ("once", f"{run}/group/body/first/1"),
+        ("twice", f"{run}/group/body/second/1"),
+        ("once", f"{run}/group/body/first/1+group@2"),  # a new call, not a duplicate of the first
+        ("twice", f"{run}/group/body/second/1+group@2"),
+    ]
+    assert replay_run(run, store=store, options=OPTS).ok
+
+
 def test_retry_on_filter_does_not_retry_other_errors(store: Any, workdir: Path, tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     flow = write_flow(
