@@ -174,9 +174,19 @@ def _ast_children(node: ast.Expr) -> Iterator[ast.Expr]:
         yield from (node.iter_range, node.accu_init, node.loop_condition, node.loop_step, node.result)
 
 
+# The error codes the runtime raises (spec Appendix A), besides the `code` of the file's `fail` steps.
+_ERROR_CODES = frozenset(
+    (
+        "timeout", "tool", "http", "model", "max_turns", "guardrail", "unauthorized", "denied", "expression",
+        "loop_exhausted", "parallel", "input", "workflow", "policy", "failed", "cancelled", "output",
+    )
+)  # fmt: skip
+_ROOTS = frozenset(("steps", "secrets", "vars"))  # the variables whose members the compiler checks
+
+
 @dataclass(frozen=True)
 class _Ref:
-    """A read of `steps.<id>` (or `secrets.<name>`) in an expression."""
+    """A read of `steps.<id>` (or `secrets.<name>`, `vars.<name>`) in an expression."""
 
     root: str
     name: str
@@ -187,7 +197,8 @@ class _Ref:
 
 
 def _references(tree: ast.Expr) -> list[_Ref]:
-    """Every `steps.X`/`steps["X"]` and `secrets.X`/`secrets["X"]` read, with offsets."""
+    """Every `steps.X`/`steps["X"]`, `secrets.X`/`secrets["X"]` and `vars.X`/`vars["X"]` read, with
+    offsets."""
     refs: list[_Ref] = []
     _collect_refs(tree, None, refs)
     return sorted(refs, key=lambda r: r.offset)
@@ -209,17 +220,13 @@ def _collect_refs(tree: ast.Expr, parent: ast.Expr | None, refs: list[_Ref]) -> 
 
 
 def _named_member(node: ast.Expr) -> tuple[str | None, str, int]:
-    if (
-        type(node) is ast.Select
-        and type(node.operand) is ast.Ident
-        and node.operand.name in ("steps", "secrets")
-    ):
+    if type(node) is ast.Select and type(node.operand) is ast.Ident and node.operand.name in _ROOTS:
         return node.operand.name, node.field, node.offset + 1
     if (
         type(node) is ast.Call
         and node.function == "_[_]"
         and type(node.args[0]) is ast.Ident
-        and node.args[0].name in ("steps", "secrets")
+        and node.args[0].name in _ROOTS
         and type(node.args[1]) is ast.Literal
         and type(node.args[1].value) is str
     ):
@@ -266,6 +273,7 @@ class _Compiler:
     def run(self) -> ExecutionGraph:
         wf = self.workflow
         self._collect(wf.steps, ("steps",), ())
+        self._retry_codes()
         top = _Scope(frozenset(), _BASE_TYPES, "the workflow")
         root = self._sequence(wf.steps, ("steps",), "", top)
         after_all: set[str] = set()
@@ -322,6 +330,23 @@ class _Compiler:
                 self._not_builtin(step.try_.catch.as_, (*here, "try", "catch", "as"))
             for label, block_path, inner, _ in _blocks(step, here):
                 self._collect(inner, block_path, (*chain, (step.id, label)))
+
+    def _retry_codes(self) -> None:
+        """A `retry.on` code that nothing raises (a typo: `tiemout`) would silently never retry."""
+        raised = _ERROR_CODES | {
+            i.step.fail.code for i in self.steps.values() if isinstance(i.step, m.FailStep)
+        }
+        for info in self.steps.values():
+            retry = info.step.retry
+            for j, code in enumerate((retry.on or []) if retry is not None else []):
+                if code not in raised:
+                    guess = closest(code, raised)
+                    self.warn(
+                        "CH214",
+                        f"retry.on of step '{info.step.id}' names '{code}', an error code nothing raises",
+                        (*info.path, "retry", "on", j),
+                        hint=f"did you mean '{guess}'?" if guess else "see the error codes (spec Appendix A)",
+                    )
 
     def _not_builtin(self, name: str, path: Path) -> None:
         if name in _BUILTIN_NAMES:
@@ -572,23 +597,42 @@ class _Compiler:
         return None
 
     def _check_references(self, program: expr.Program, path: Path, offset: int, scope: _Scope) -> None:
-        if "steps" not in program.references and "secrets" not in program.references:
+        if _ROOTS.isdisjoint(program.references):
             return
         for ref in _references(program.ast):
             at = offset + ref.offset
             if ref.root == "secrets":
                 if "secrets" in scope.names and ref.name not in self.workflow.secrets:
                     self._unknown_secret(ref.name, path, at)
+            elif ref.root == "vars":
+                if self._undeclared_var(ref, scope):
+                    guess = closest(ref.name, self.workflow.vars)
+                    self.err(
+                        "CH213",
+                        f"vars.{ref.name} is read, but '{ref.name}' is not declared in `vars`",
+                        path,
+                        at,
+                        hint=f"did you mean '{guess}'?"
+                        if guess
+                        else f"declare it: vars: {{{ref.name}: null}}",
+                    )
             elif "steps" in scope.names:
                 self._step_ref(ref, path, offset, scope)
 
+    def _undeclared_var(self, ref: _Ref, scope: _Scope) -> bool:
+        # vars holds only declared names (a set of another one is CH211): reading one always fails.
+        return "vars" in scope.names and not ref.test_only and ref.name not in self.workflow.vars
+
     def _refs_ok(self, program: expr.Program, scope: _Scope) -> bool:
         """Whether `_check_references` would report nothing (a fast path that needs no positions)."""
-        if "steps" not in program.references and "secrets" not in program.references:
+        if _ROOTS.isdisjoint(program.references):
             return True
         for ref in _references(program.ast):
             if ref.root == "secrets":
                 if "secrets" in scope.names and ref.name not in self.workflow.secrets:
+                    return False
+            elif ref.root == "vars":
+                if self._undeclared_var(ref, scope):
                     return False
             elif "steps" in scope.names:
                 if ref.name not in self.steps:

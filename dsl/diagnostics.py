@@ -94,6 +94,8 @@ CODES: dict[str, str] = {
     "CH210": "guardrail tool pattern matches no declared tool",
     "CH211": "set of a variable not declared in `vars`",
     "CH212": "for_each or catch binds a built-in variable name",
+    "CH213": "read of a variable not declared in `vars`",
+    "CH214": "retry.on names an error code nothing raises",
     "CH299": "internal compiler error",
     # CH3xx: expressions and templates
     "CH301": "CEL syntax error",
