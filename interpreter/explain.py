@@ -343,7 +343,11 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
     if what == "retry":
         return f"retry after attempt {e.get('attempt')}: {(e.get('error') or {}).get('message')}"
     if what == "join":
-        return f"join {e.get('join')}: completed {e.get('completed')}, failed {e.get('failed')}"
+        def names(key: str) -> str:
+            return ", ".join(map(str, e.get(key) or [])) or "none"
+
+        join = str(e.get("join") or "").replace("_", "-")  # as the file writes it: first-n
+        return f"join {join}: completed {names('completed')}; failed {names('failed')}"
     if what == "end":
         if e["status"] == "failed":
             return f"run failed: {(e.get('error') or {}).get('message')}"

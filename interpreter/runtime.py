@@ -123,7 +123,10 @@ class RunResult:
     pending: list[str] = field(default_factory=list)  # node paths waiting for approval
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "status": self.status, "output": self.output, "error": self.error}
+        out = {"run_id": self.run_id, "status": self.status, "output": self.output, "error": self.error}
+        if self.status == "waiting":
+            out["pending"] = list(self.pending)  # what to pass to `charter approve RUN NODE`
+        return out
 
 
 @dataclass

@@ -133,6 +133,7 @@ def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_pa
     flow = _approve_then_ask(tmp_path / "ask.yaml")
     waiting = charter("run", str(flow), "--json", cwd=tmp_path)
     assert waiting.returncode == 3, waiting.stderr
+    assert run_json(waiting)["status"] == "waiting" and run_json(waiting)["pending"] == ["ok"]
     run_id = run_json(waiting)["run_id"]
     bogus = ("--model", "default=bogus:x")
     approved = charter("approve", run_id, "ok", "--as", "ann", *bogus, cwd=tmp_path)
