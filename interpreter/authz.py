@@ -35,6 +35,7 @@ from typing import Any
 
 from dsl import expr, model
 from interpreter.hashing import NotCanonicalizable, canonical_json, sha256_hex
+from interpreter.runtime import kind_of
 
 DEFAULT_DENY = "default-deny"
 WORKFLOW_GRANT = "workflow"
@@ -433,7 +434,7 @@ def _condition(rule: _Rule, bindings: dict[str, Any] | str) -> tuple[bool, str |
         return True, None
     if value is False:
         return False, None
-    return False, f"condition yielded {type(value).__name__}, not bool"
+    return False, f"condition yielded {kind_of(value)}, not bool"
 
 
 def _cel_bindings(bindings: Mapping[str, Any]) -> dict[str, Any]:

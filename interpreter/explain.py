@@ -343,6 +343,7 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
     if what == "retry":
         return f"retry after attempt {e.get('attempt')}: {(e.get('error') or {}).get('message')}"
     if what == "join":
+
         def names(key: str) -> str:
             return ", ".join(map(str, e.get(key) or [])) or "none"
 

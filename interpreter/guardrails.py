@@ -54,6 +54,7 @@ from dsl import expr, model
 from dsl.graph import GUARDRAIL_SCOPE
 from interpreter.hashing import NotCanonicalizable, canonical_json, sha256_hex
 from interpreter.redact import PatternError, compile_pattern, count_matches, mask_matches
+from interpreter.runtime import kind_of
 
 HOOKS: tuple[str, ...] = model.HOOKS
 PAYLOAD_OF: Mapping[str, str] = {
@@ -423,7 +424,7 @@ def _run_check(entry: _Entry, hook: str, payload: Any, context: Mapping[str, Any
                 return "pass", ""
             if result is False:
                 return "trip", f"check is false: {rule.check}"
-            return "error", f"check yielded {type(result).__name__}, not bool: {rule.check}"
+            return "error", f"check yielded {kind_of(result)}, not bool: {rule.check}"
         if entry.regex is not None:
             n = count_matches(payload, entry.regex)
             return ("trip", f"{n} match(es) of the rule's pattern") if n else ("pass", "")

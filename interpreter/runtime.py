@@ -162,3 +162,11 @@ def idempotency_key(run_id: str, path: str, attempt: int, *more: int) -> str:
     """run id / node path / attempt (/ call number), then `+PATH@ATTEMPT` for each retried ancestor."""
     key = "/".join([run_id, path, str(attempt), *map(str, more)])
     return key + "".join(f"+{outer}@{n}" for outer, n in OUTER_ATTEMPTS.get() if outer != path)
+
+
+_JSON_KINDS = {bool: "bool", int: "int", float: "double", str: "string", list: "list", dict: "map"}
+
+
+def kind_of(value: Any) -> str:
+    """A value's type as the workflow's author knows it (CEL / JSON names, not Python's)."""
+    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)

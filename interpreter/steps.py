@@ -27,7 +27,7 @@ from interpreter.enforcement import (
 )
 from interpreter.engine import Execution, Scope
 from interpreter.records import request_expired
-from interpreter.runtime import StepError, Suspend, idempotency_key
+from interpreter.runtime import StepError, Suspend, idempotency_key, kind_of
 from interpreter.tools import call_tool, validate_args
 
 StepRunner = Callable[[Execution, Any, Scope, str, int], Awaitable[Any]]
@@ -458,7 +458,7 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     if not isinstance(items, list):
         raise StepError(
             "expression",
-            f"step '{node.id}': `in` must be a list, got {type(items).__name__}",
+            f"step '{node.id}': `in` must be a list, got {kind_of(items)}",
             retryable=False,
         )
     body = node.blocks[0]
