@@ -364,7 +364,9 @@ def _allow_option(fn):  # type: ignore[no-untyped-def]
 )
 @_allow_option
 @_model_option
-@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting."
+)
 @click.option(
     "--from",
     "fork_from",
@@ -570,7 +572,9 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
 @_db_option
 @_allow_option
 @_model_option
-@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting."
+)
 def resume(
     run_id: str, db: str | None, allow_modules: tuple[str, ...], models: tuple[str, ...], as_json: bool
 ) -> None:
@@ -669,7 +673,9 @@ def replay(
 @_db_option
 @_allow_option
 @_model_option
-@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting."
+)
 def approve(
     run_id: str,
     node_path: str,
