@@ -179,6 +179,7 @@ _ERROR_CODES = frozenset(
     (
         "timeout", "tool", "http", "model", "max_turns", "guardrail", "unauthorized", "denied", "expression",
         "loop_exhausted", "parallel", "input", "workflow", "policy", "failed", "cancelled", "output",
+        "mcp", "authz", "unsupported",  # categories and codes beside Appendix A's that retry.on matches
     )
 )  # fmt: skip
 _ROOTS = frozenset(("steps", "secrets", "vars"))  # the variables whose members the compiler checks
@@ -607,9 +608,10 @@ class _Compiler:
             elif ref.root == "vars":
                 if self._undeclared_var(ref, scope):
                     guess = closest(ref.name, self.workflow.vars)
-                    self.err(
+                    self.warn(  # not an error: `has(vars.x) ? vars.x : d` reads it safely
                         "CH213",
-                        f"vars.{ref.name} is read, but '{ref.name}' is not declared in `vars`",
+                        f"vars.{ref.name} is read, but '{ref.name}' is not declared in `vars`: the read "
+                        "fails at run time",
                         path,
                         at,
                         hint=f"did you mean '{guess}'?"
@@ -620,7 +622,7 @@ class _Compiler:
                 self._step_ref(ref, path, offset, scope)
 
     def _undeclared_var(self, ref: _Ref, scope: _Scope) -> bool:
-        # vars holds only declared names (a set of another one is CH211): reading one always fails.
+        # vars holds only declared names (a set of another one is CH211): reading another one fails.
         return "vars" in scope.names and not ref.test_only and ref.name not in self.workflow.vars
 
     def _refs_ok(self, program: expr.Program, scope: _Scope) -> bool:

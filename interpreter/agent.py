@@ -724,7 +724,6 @@ class StepCall:
                 path=path,
                 child_path=f"{path}/call[{n}]",
                 identity=self.identity,
-                attempt=attempt,
             )
         except StepError as err:
             err.step, err.node_path = self.node.id, path

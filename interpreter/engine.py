@@ -614,6 +614,7 @@ class Execution:
         graph = self.graph
         # The run's top-level steps run in the caller's task: what they set in `after` goes when it ends.
         after = self.after.set(None)
+        outer = OUTER_ATTEMPTS.set(())  # a child run's keys are its own, not its parent's attempts
         self.notify("run", "", "", self.run_id)
         try:
             try:
@@ -645,6 +646,7 @@ class Execution:
             return self.finish("failed", None, error, None)
         finally:
             self.after.reset(after)
+            OUTER_ATTEMPTS.reset(outer)
             await self.close()
         return self.finish("completed", output, None, None)
 
@@ -904,6 +906,7 @@ async def start_run(
     options: RunOptions,
     *,
     parent: tuple[str, str] | None = None,
+    parent_key: str | None = None,
     forked_from: dict[str, str] | None = None,
     records: dict[str, NodeRecord] | None = None,
     parent_chain: Any = None,
@@ -941,6 +944,8 @@ async def start_run(
             "file": file,
             "durability": options.durability,
         }
+        if parent_key is not None:
+            started["parent_key"] = parent_key  # which call of the parent this child belongs to
         started.update(_identity_record(options, parent_chain))
         tx.append(row.run_id, s.RUN_STARTED, "", guard.mask(started), guard.run_actor())
         lease = tx.acquire_lease(row.run_id)  # leased from its first moment: nobody else resumes it

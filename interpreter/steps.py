@@ -180,9 +180,7 @@ async def _call(
     attempt: int,
 ) -> Any:
     # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
-    return await call_tool(
-        ex, name, args, key=key, scope=scope, path=path, identity=identity, attempt=attempt
-    )
+    return await call_tool(ex, name, args, key=key, scope=scope, path=path, identity=identity)
 
 
 CANCELLED = {
@@ -445,6 +443,7 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
             f"only {len(done_ok)} of the {need} branches needed succeeded"
             + (f"; first failure: {first_error.message}" if first_error else ""),
             details={"first_error": first_error.to_dict()} if first_error else None,
+            retryable=first_error.retryable if first_error else True,
         )
     if isinstance(spec.branches, dict):
         return dict(zip(spec.branches.keys(), outputs, strict=True))
@@ -602,15 +601,18 @@ async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, a
     if ex.replaying:
         rec = ex.records.get(path)
         return rec.output if rec is not None else None
-    return await child_run(ex, path, node.step.workflow.path, inputs, attempt)
+    return await child_run(
+        ex, path, node.step.workflow.path, inputs, idempotency_key(ex.run_id, path, attempt)
+    )
 
 
-async def child_run(ex: Execution, path: str, relative: str, inputs: Any, attempt: int = 1) -> Any:
-    """Run another workflow file as a child run linked to this one (or continue the one this attempt
-    already started, after a crash or an approval), and return its output."""
+async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: str) -> Any:
+    """Run another workflow file as a child run linked to this one (or continue the one this call,
+    named by its idempotency `key`, already started: after a crash or an approval), and return its
+    output. A retry, of the step or of a step around it, has another key: it starts a new child."""
     from interpreter.engine import continue_run, start_run
 
-    child_id = _existing_child(ex, path, attempt)
+    child_id = _existing_child(ex, path, key)
     ex.commit()  # the parent's events so far precede anything the child does
     if child_id is not None:
         # Another process may be executing the child (`charter resume CHILD`): wait for its result.
@@ -640,6 +642,7 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, attemp
                 ex.store,
                 ex.options,
                 parent=(ex.run_id, path),
+                parent_key=key,
                 parent_chain=chain if chain.links else None,
                 outer=ex.guard.outer_for_child(chain),
             )
@@ -655,9 +658,8 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, attemp
     return result.output
 
 
-def _existing_child(ex: Execution, path: str, attempt: int) -> str | None:
-    """The child run of this node's attempt: each attempt starts at most one, so a retry starts a new
-    child while a resumed attempt continues its own."""
+def _existing_child(ex: Execution, path: str, key: str) -> str | None:
+    """The child run this call started (its `run.started` names the call's key), if any."""
     db = getattr(ex.store, "db", None)
     if db is None:
         return None
@@ -665,7 +667,15 @@ def _existing_child(ex: Execution, path: str, attempt: int) -> str | None:
         "SELECT run_id FROM runs WHERE parent_run_id = ? AND parent_node = ? ORDER BY created_at, rowid",
         [ex.run_id, path],
     ).fetchall()
-    return rows[attempt - 1][0] if len(rows) >= attempt else None
+    for (child,) in rows:
+        started = next(iter(ex.store.events(child)), None)
+        if (
+            started is not None
+            and isinstance(started.payload, dict)
+            and started.payload.get("parent_key") == key
+        ):
+            return str(child)
+    return None
 
 
 from interpreter.agent import run_agent, run_llm  # noqa: E402 - the agents feature (issue 5)

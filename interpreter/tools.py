@@ -340,9 +340,9 @@ async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
 
 
 def _url(compiled: Any, default: str, bindings: Mapping[str, Any]) -> str:
-    """The request URL. A value interpolated into its path or query is percent-encoded, so that an
-    argument (say, an agent's `../admin`) stays one segment or one query value; a value before the
-    path (a base URL, a host) is inserted as it is."""
+    """The request URL. A value interpolated after the host (into the path, query or fragment) is
+    percent-encoded, so that an argument (say, an agent's `../admin`) stays one segment or one query
+    value; a value before (a base URL, a host) is inserted as it is."""
     from urllib.parse import quote
 
     from dsl.expr import from_cel
@@ -358,9 +358,9 @@ def _url(compiled: Any, default: str, bindings: Mapping[str, Any]) -> str:
             text += part
             continue
         piece = to_text(part.evaluate(bindings))
-        scheme = text.find("://")
-        in_path = scheme >= 0 and text.find("/", scheme + 3) >= 0
-        text += quote(piece, safe="") if in_path else piece
+        host = text.find("://") + 3
+        after_host = host >= 3 and any(c in text[host:] for c in "/?#")
+        text += quote(piece, safe="") if after_host else piece
     return text
 
 
@@ -397,7 +397,7 @@ async def call_http(
     try:
         response = await client.request(
             spec.method,
-            httpx.URL(url).copy_merge_params(query),  # `params=` would drop a query the url has
+            httpx.URL(url).copy_merge_params(query) if query else url,  # `params=` drops the url's query
             headers=headers,
             json=payload if body is None else None,
             content=None if body is None else str(body),
@@ -454,7 +454,6 @@ async def call_tool(
     path: str,
     child_path: str | None = None,
     identity: str | None = None,
-    attempt: int = 1,
 ) -> Any:
     """Call the declared tool `name` with `args` (already validated) and return its JSON result.
     `child_path` is the node a workflow tool's child run hangs from (default: `path`). `identity` is the
@@ -473,7 +472,7 @@ async def call_tool(
     elif tool.workflow is not None:
         from interpreter.steps import child_run
 
-        call = child_run(ex, child_path or path, tool.workflow, args, attempt)
+        call = child_run(ex, child_path or path, tool.workflow, args, key)
     elif tool.mcp is not None:
         call = call_mcp(ex, name, tool, compiled, args, scope)
     else:

@@ -266,6 +266,38 @@ def test_a_retried_group_calls_its_tools_again_with_new_keys(
     assert replay_run(run, store=store, options=OPTS).ok
 
 
+def test_a_retried_group_starts_its_child_workflow_again(store: Any, workdir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    write_flow(
+        workdir,
+        "flaky_child",
+        f"""\
+        steps:
+          - {{id: cc, tool: flaky, args: {{key: child, fails: 1, log: "{log}"}}}}
+        output: {{calls: "${{{{ steps.cc.output.calls }}}}"}}
+        """,
+    )
+    flow = write_flow(
+        workdir,
+        "group_child",
+        """\
+        steps:
+          - id: group
+            retry: {attempts: 2, backoff: {initial: 10ms}}
+            steps:
+              - {id: sub, workflow: {path: flaky_child.yaml}}
+        output: {child: "${{ steps.group.output }}"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    children = [r for r in store.runs() if r.parent_run_id == result.run_id]
+    assert sorted(r.status for r in children) == ["completed", "failed"]  # the retry ran a new child
+    keys = [line["idempotency_key"] for line in log_lines(log)]
+    assert len(keys) == 2 and keys[0].split("/")[0] != keys[1].split("/")[0]
+    assert all("+" not in key for key in keys)  # a child's keys are its own, not its parent's attempts
+
+
 def test_retry_on_filter_does_not_retry_other_errors(store: Any, workdir: Path, tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     flow = write_flow(

@@ -354,9 +354,13 @@ def test_http_url_values_stay_inside_their_segment_and_its_query_is_kept(
               method: GET
               url: "${{{{ vars.base }}}}/things/${{{{ args.id }}}}?src=url&tag=${{{{ args.tag }}}}"
               query: {{page: "2"}}
+          get_root:
+            effect: read
+            http: {{method: GET, url: "${{{{ vars.base }}}}?tag=${{{{ args.tag }}}}"}}
         steps:
           - {{id: got, tool: get_thing, args: {{id: "../missing", tag: "a&b=c"}}}}
-        output: {{got: "${{{{ steps.got.output }}}}"}}
+          - {{id: root, tool: get_root, args: {{tag: "x&admin=1"}}}}
+        output: {{got: "${{{{ steps.got.output }}}}", root: "${{{{ steps.root.output }}}}"}}
         """,
     )
     result = run_workflow(graph, {}, store=store, options=OPTS)
@@ -364,6 +368,7 @@ def test_http_url_values_stay_inside_their_segment_and_its_query_is_kept(
     got = result.output["got"]
     assert got["path"] == "/things/..%2Fmissing"
     assert got["query"] == {"src": "url", "tag": "a&b=c", "page": "2"}
+    assert result.output["root"]["query"] == {"tag": "x&admin=1"}  # no path: still one value
 
 
 def test_missing_secret_is_a_setup_error(
