@@ -34,6 +34,7 @@ from dsl import model as m
 from dsl.diagnostics import Diagnostic, Severity, closest, error, warning
 from dsl.expr import ast
 from dsl.expr import types as t
+from dsl.expr.functions import type_name as expr_type_name
 from dsl.graph import (
     GRANT_SCOPE,
     GUARDRAIL_SCOPE,
@@ -482,7 +483,7 @@ class _Compiler:
     def _check_list(self, raw: Any, value: templates.CompiledValue, path: Path) -> None:
         """A for_each `in` must be a list: a literal list, or an expression of type list or dyn."""
         if value.constant:
-            kind = None if isinstance(raw, list) else type(raw).__name__
+            kind = None if isinstance(raw, list) else expr_type_name(raw)
         else:
             kind = None if value.type.name in ("list", "dyn") else str(value.type)
         if kind is not None:

@@ -348,7 +348,8 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
             return ", ".join(map(str, e.get(key) or [])) or "none"
 
         join = str(e.get("join") or "").replace("_", "-")  # as the file writes it: first-n
-        return f"join {join}: completed {names('completed')}; failed {names('failed')}"
+        done = f"join {join}: completed {names('completed')}; failed {names('failed')}"
+        return done + (f"; cancelled {names('cancelled')}" if e.get("cancelled") else "")
     if what == "end":
         if e["status"] == "failed":
             return f"run failed: {(e.get('error') or {}).get('message')}"

@@ -164,9 +164,8 @@ def idempotency_key(run_id: str, path: str, attempt: int, *more: int) -> str:
     return key + "".join(f"+{outer}@{n}" for outer, n in OUTER_ATTEMPTS.get() if outer != path)
 
 
-_JSON_KINDS = {bool: "bool", int: "int", float: "double", str: "string", list: "list", dict: "map"}
-
-
 def kind_of(value: Any) -> str:
-    """A value's type as the workflow's author knows it (CEL / JSON names, not Python's)."""
-    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+    """A value's type as the workflow's author knows it (CEL's names: string, map, uint, not Python's)."""
+    from dsl.expr.functions import type_name
+
+    return "null" if value is None else type_name(value)

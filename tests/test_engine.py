@@ -772,6 +772,11 @@ def test_parallel_first_n_and_continue_on_failure(store: Any, workdir: Path, tmp
     joins = [e.payload for e in store.events(result.run_id) if e.kind == "parallel.joined"]
     assert joins[0]["cancelled"] == ["branch-1"] and joins[1]["failed"] == ["broken"]
     assert replay_run(result.run_id, store=store, options=OPTS).ok
+    from interpreter.explain import build_trace, format_text
+
+    explained = format_text(build_trace(store, result.run_id))
+    assert "two: join first-n: completed branch-0, branch-2; failed none; cancelled branch-1" in explained
+    assert "tolerant: join all: completed ok; failed broken" in explained
 
 
 def test_a_join_that_can_no_longer_be_satisfied_fails_with_code_parallel(
