@@ -292,6 +292,15 @@ def _model_overrides(models: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _result_json_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print {run_id, status, output, error}, and pending when waiting.",
+    )(fn)
+
+
 def _model_option(fn):  # type: ignore[no-untyped-def]
     return click.option(
         "--model",
@@ -364,9 +373,7 @@ def _allow_option(fn):  # type: ignore[no-untyped-def]
 )
 @_allow_option
 @_model_option
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting."
-)
+@_result_json_option
 @click.option(
     "--from",
     "fork_from",
@@ -572,9 +579,7 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
 @_db_option
 @_allow_option
 @_model_option
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting."
-)
+@_result_json_option
 def resume(
     run_id: str, db: str | None, allow_modules: tuple[str, ...], models: tuple[str, ...], as_json: bool
 ) -> None:
@@ -673,9 +678,7 @@ def replay(
 @_db_option
 @_allow_option
 @_model_option
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print {run_id, status, output, error}, and pending when waiting."
-)
+@_result_json_option
 def approve(
     run_id: str,
     node_path: str,

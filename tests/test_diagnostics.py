@@ -280,3 +280,17 @@ def test_format_sarif_empty_run_and_uris() -> None:
     absolute = json.loads(format_sarif([error("CH004", "m", "/tmp/a.yaml", 1, 1)]))
     uri = absolute["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
     assert uri == "file:///tmp/a.yaml"
+
+
+def test_retry_codes_the_compiler_knows_include_every_runtime_error_code_of_the_spec() -> None:
+    """CH214 warns about a retry.on code nothing raises: every code of spec Appendix A must count as
+    raised, or a correct file gets a warning."""
+    from pathlib import Path
+
+    from dsl.compiler import _ERROR_CODES
+
+    spec = (Path(__file__).resolve().parents[1] / "spec" / "charter-1.0.md").read_text(encoding="utf-8")
+    appendix = spec.split("## Appendix A", 1)[1]
+    codes = set(re.findall(r"^\| `([a-z_]+)` \|", appendix, flags=re.MULTILINE))
+    assert len(codes) >= 15, codes
+    assert codes <= _ERROR_CODES, codes - _ERROR_CODES
