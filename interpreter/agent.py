@@ -418,7 +418,7 @@ class StepCall:
         if tool.args is None and tool.mcp is not None and not self.ex.replaying:
             info = await mcp_tool_info(self.ex, name, tool, self.scope)
             return ToolSpec(name, tool.description or info.description, dict(info.input_schema))
-        schema = tool.args if tool.args is not None else {"type": "object", "properties": {}}
+        schema = self.ex.tool_schema(name) or {"type": "object", "properties": {}}
         return ToolSpec(name, tool.description or "", dict(schema))
 
     def _identity_chain(self) -> None:
@@ -659,7 +659,7 @@ class StepCall:
                     True,
                 )
         try:
-            validate_args(name, self.ex.graph.workflow.tools[name].args, args, self.ex.schema_cache)
+            validate_args(name, self.ex.tool_schema(name), args, self.ex.schema_cache)
         except StepError as err:
             return f"error: {err.message}; fix the arguments and call it again", True
         verdict = self._check("tool.input", {"tool": name, "args": args}, name, occurrence)

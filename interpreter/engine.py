@@ -344,6 +344,15 @@ class Execution:
                 raise StepError("policy", str(exc), type="PolicyError", retryable=False) from None
         return tool
 
+    def tool_schema(self, name: str) -> dict[str, Any] | None:
+        """A tool's argument schema: its `args`, else a python tool's from its type hints (loaded when
+        the run started; replay checks nothing it did not record)."""
+        tool = self.graph.workflow.tools[name]
+        if tool.args is not None or not tool.python:
+            return tool.args
+        loaded = self.python_tools.get(name)
+        return loaded.schema if loaded is not None else None
+
     def current_code(self, target: str) -> str | None:
         if target not in self.code_digests:
             self.code_digests[target] = self._code(target)

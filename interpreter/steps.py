@@ -64,7 +64,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
     key = idempotency_key(ex.run_id, path, attempt)
-    validate_args(name, tool.args, args, ex.schema_cache)
+    validate_args(name, ex.tool_schema(name), args, ex.schema_cache)
     # Enforcement (issue 6): tool.select rules, authorization under the step's identity (none: the
     # workflow itself), then the tool.input rules; a redacted argument is what the tool and the log receive.
     chain = ex.guard.chain_for(node.step.identity)

@@ -259,6 +259,42 @@ class PythonTool:
     is_async: bool
     takes_key: bool
     code: str | None
+    schema: dict[str, Any] | None = None  # of its arguments, from its type hints (None: unknown)
+
+
+def args_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
+    """The JSON Schema of a Python tool's arguments, derived from its signature and type hints (spec
+    §8): what a model is shown, and what a call is checked against, when the tool declares no `args`.
+    None when the signature cannot be read or a hint has no JSON Schema."""
+    import typing
+    import warnings
+
+    import pydantic
+
+    try:
+        signature = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        return None
+    fields: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        if param.name == "idempotency_key" or param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
+            continue
+        if param.kind is param.VAR_KEYWORD:
+            return None  # takes any argument: nothing to check
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints.get(param.name, Any), default)
+    try:
+        with warnings.catch_warnings():  # e.g. a parameter named `json` "shadows" a BaseModel attribute
+            warnings.simplefilter("ignore")
+            model = pydantic.create_model(f"{getattr(fn, '__name__', 'tool')}_args", **fields)
+            schema = model.model_json_schema()
+    except Exception:  # noqa: BLE001 - an annotation pydantic cannot describe: leave the call unchecked
+        return None
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return schema
 
 
 def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
@@ -291,6 +327,7 @@ def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
         is_async=inspect.iscoroutinefunction(obj),
         takes_key="idempotency_key" in params,
         code=code_digest(target, roots),
+        schema=args_schema(obj),
     )
 
 

@@ -36,6 +36,9 @@ async def twice(x):
 def plain(x):
     return x
 
+def square(x: int, note: str = "") -> int:
+    return x * x
+
 def nan():
     return float("nan")
 
@@ -228,6 +231,46 @@ def test_arguments_are_validated_against_the_schema(store: Any, workdir: Path) -
     assert result.error["message"] == "tool 'add': invalid arguments at `b`: 'three' is not of type 'integer'"
 
 
+def test_a_python_tool_without_args_is_checked_against_its_type_hints(store: Any, workdir: Path) -> None:
+    graph = flow(
+        workdir,
+        "hinted",
+        f"""\
+        charter: "1.0"
+        name: hinted
+        tools:
+          square: {{python: "{MODULE}:square", effect: read}}
+        steps:
+          - {{id: ok, tool: square, args: {{x: 7}}}}
+          - {{id: bad, tool: square, args: {{x: "7"}}}}
+        output: {{ok: "${{{{ steps.ok.output }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["node_path"] == "bad"
+    assert (
+        "tool 'square': invalid arguments" in result.error["message"]
+        and "'7' is not of type 'integer'" in result.error["message"]
+    )
+
+
+def test_the_schema_of_a_python_tool_comes_from_its_signature() -> None:
+    from interpreter.tools import args_schema
+
+    def tool(query: str, limit: int = 5, tags: list[str] | None = None, idempotency_key: str = "") -> dict:
+        return {}
+
+    def anything(**kwargs: Any) -> None:
+        return None
+
+    schema = args_schema(tool)
+    assert schema is not None and schema["type"] == "object" and schema["required"] == ["query"]
+    assert schema["properties"]["query"] == {"type": "string"}
+    assert schema["properties"]["limit"] == {"type": "integer", "default": 5}
+    assert "idempotency_key" not in schema["properties"]  # the runtime passes it, not the caller
+    assert args_schema(anything) is None  # takes any argument: nothing to check
+
+
 def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path) -> None:
     graph = flow(
         workdir,
@@ -251,7 +294,8 @@ def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path
     result = run_workflow(graph, {}, store=store, options=OPTS)
     assert result.status == "failed" and "not JSON" in result.error["message"]
     caught = next(e for e in store.events(result.run_id) if e.kind == "vars.set")
-    assert "unexpected keyword argument 'y'" in caught.payload["vars"]["first"]
+    # checked against the schema of plain's type hints before the call
+    assert "tool 'plain': invalid arguments: 'x' is a required property" in caught.payload["vars"]["first"]
 
 
 @pytest.mark.parametrize(
