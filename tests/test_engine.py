@@ -805,6 +805,29 @@ def test_a_join_that_can_no_longer_be_satisfied_fails_with_code_parallel(
     assert result.error["details"]["first_error"]["code"] == "tool"
 
 
+def test_an_unsatisfiable_join_is_retried_only_if_its_failure_is(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "unsatisfiable_for_good",
+        """\
+        steps:
+          - id: both
+            retry: {attempts: 3, backoff: {initial: 10ms}}
+            parallel:
+              join: first-n
+              n: 2
+              on_failure: continue
+              branches:
+                - [{id: fine, tool: echo, args: {value: 1}}]
+                - [{id: invalid, tool: echo, args: {}}]
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "parallel"
+    assert result.error["retryable"] is False  # invalid arguments stay invalid: no retry
+    assert ("both", "step.retrying") not in kinds(store, result.run_id)
+
+
 def test_replay_notices_a_removed_step(store: Any, workdir: Path) -> None:
     long = write_flow(
         workdir,
