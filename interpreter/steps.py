@@ -553,11 +553,14 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
 
 
 def _decided_at(ex: Execution, path: str) -> str:
-    """When the decision that stands at `path` was logged: the step's `at`, as replay will read it."""
-    decided = [
-        e.ts for e in ex.store.events(ex.run_id) if e.kind == s.APPROVAL_DECIDED and e.node_path == path
-    ]
-    return decided[-1] if decided else s.utc_now()
+    """When the decision that stands at `path` was logged: the step's `at`, as replay will read it.
+    Usually the run's last event (the one just written); else an earlier person's, found in the log."""
+    for after in (ex.store.run(ex.run_id).head_seq - 1, 0):
+        events = ex.store.events(ex.run_id, after)
+        decided = [e.ts for e in events if e.kind == s.APPROVAL_DECIDED and e.node_path == path]
+        if decided:
+            return decided[-1]
+    return s.utc_now()
 
 
 @runner("approval")
