@@ -266,38 +266,6 @@ def test_a_retried_group_calls_its_tools_again_with_new_keys(
     assert replay_run(run, store=store, options=OPTS).ok
 
 
-def test_a_retried_group_starts_its_child_workflow_again(store: Any, workdir: Path, tmp_path: Path) -> None:
-    log = tmp_path / "calls.jsonl"
-    write_flow(
-        workdir,
-        "flaky_child",
-        f"""\
-        steps:
-          - {{id: cc, tool: flaky, args: {{key: child, fails: 1, log: "{log}"}}}}
-        output: {{calls: "${{{{ steps.cc.output.calls }}}}"}}
-        """,
-    )
-    flow = write_flow(
-        workdir,
-        "group_child",
-        """\
-        steps:
-          - id: group
-            retry: {attempts: 2, backoff: {initial: 10ms}}
-            steps:
-              - {id: sub, workflow: {path: flaky_child.yaml}}
-        output: {child: "${{ steps.group.output }}"}
-        """,
-    )
-    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
-    assert result.status == "completed", result.error
-    children = [r for r in store.runs() if r.parent_run_id == result.run_id]
-    assert sorted(r.status for r in children) == ["completed", "failed"]  # the retry ran a new child
-    keys = [line["idempotency_key"] for line in log_lines(log)]
-    assert len(keys) == 2 and keys[0].split("/")[0] != keys[1].split("/")[0]
-    assert all("+" not in key for key in keys)  # a child's keys are its own, not its parent's attempts
-
-
 def test_retry_on_filter_does_not_retry_other_errors(store: Any, workdir: Path, tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     flow = write_flow(
@@ -680,7 +648,27 @@ def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     assert len(children) == 1 and children[0].parent_node == "call" and children[0].status == "completed"
 
 
-def test_retried_workflow_step_runs_a_new_child(store: Any, workdir: Path, tmp_path: Path) -> None:
+RETRIED_CALL = """\
+        steps:
+          - id: call
+            workflow: {path: flaky_child.yaml}
+            retry: {attempts: 2, backoff: {initial: 1ms}}
+        output: {calls: "${{ steps.call.output.calls }}"}
+        """
+RETRIED_GROUP = """\
+        steps:
+          - id: group
+            retry: {attempts: 2, backoff: {initial: 1ms}}
+            steps:
+              - {id: call, workflow: {path: flaky_child.yaml}}
+        output: {calls: "${{ steps.call.output.calls }}"}
+        """
+
+
+@pytest.mark.parametrize("body", [RETRIED_CALL, RETRIED_GROUP], ids=["retried-step", "retried-group"])
+def test_retried_workflow_step_runs_a_new_child(store: Any, workdir: Path, tmp_path: Path, body: str) -> None:
+    """A retry of the workflow step, or of a step around it, starts a new child run (found by the
+    call's idempotency key), not the failed one again."""
     log = tmp_path / "flaky.jsonl"
     write_flow(
         workdir,
@@ -691,17 +679,7 @@ def test_retried_workflow_step_runs_a_new_child(store: Any, workdir: Path, tmp_p
         output: {{calls: "${{{{ steps.once.output.calls }}}}"}}
         """,
     )
-    parent = write_flow(
-        workdir,
-        "retry_parent",
-        """\
-        steps:
-          - id: call
-            workflow: {path: flaky_child.yaml}
-            retry: {attempts: 2, backoff: {initial: 1ms}}
-        output: {calls: "${{ steps.call.output.calls }}"}
-        """,
-    )
+    parent = write_flow(workdir, "retry_parent", body)
     result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
     assert result.status == "completed", result.error
     assert result.output == {"calls": 2}  # the second child called the tool a second time
@@ -709,6 +687,9 @@ def test_retried_workflow_step_runs_a_new_child(store: Any, workdir: Path, tmp_p
         (r for r in store.runs() if r.parent_run_id == result.run_id), key=lambda r: r.created_at
     )
     assert [c.status for c in children] == ["failed", "completed"]
+    keys = [line["idempotency_key"] for line in log_lines(log)]
+    assert [key.split("/")[0] for key in keys] == [c.run_id for c in children]
+    assert all("+" not in key for key in keys)  # a child's keys are its own, not its parent's attempts
 
 
 def test_workflow_tool_runs_a_child(store: Any, workdir: Path) -> None:
