@@ -831,17 +831,12 @@ def verify(run_id: str, db: str | None) -> None:
       charter verify 01JC...
     """
     store = _open_store(db)
-
-    def check():  # type: ignore[no-untyped-def]
-        try:
-            return store.verify(run_id)
-        except (LookupError, ValueError, TypeError) as exc:  # data so damaged the checker trips on it
-            click.echo(f"run {run_id}: cannot be verified, the log is damaged: {type(exc).__name__}: {exc}")
-            sys.exit(1)
-
-    result = _guarded(check)
+    result = _guarded(lambda: store.verify(run_id))
     if not result.ok:
-        click.echo(f"run {run_id}: broken at seq {result.first_bad_seq}: {result.reason}")
+        where = (
+            "cannot be verified" if result.first_bad_seq is None else f"broken at seq {result.first_bad_seq}"
+        )
+        click.echo(f"run {run_id}: {where}: {result.reason}")
         sys.exit(1)
     from interpreter.audit import audit_authz
 

@@ -68,6 +68,14 @@ class PayloadError(StoreError):
     """A payload, actor, input or output that cannot be stored as JSON."""
 
 
+class DamagedLog(StoreError, ValueError):
+    """Stored JSON that no longer decodes: the file was changed outside Charter."""
+
+    def __init__(self, run_id: str, fault: str) -> None:
+        super().__init__(f"run {run_id}: {fault}: the log was changed outside Charter")
+        self.fault = fault
+
+
 class LeaseLost(StoreError):
     """This process's lease on a run was taken over by another process (its heartbeat had expired):
     it may not write to the run any more."""
@@ -410,6 +418,14 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _decode(text: str | bytes | None, run_id: str, what: str) -> Any:
+    """`_loads` for what is read back: a value that does not decode names itself, not a traceback."""
+    try:
+        return None if text is None else json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise DamagedLog(run_id, f"{what} is not valid JSON ({exc})") from exc
 
 
 def _dumps(value: Any, what: str) -> str:
@@ -1023,7 +1039,8 @@ class SQLiteEventStore:
         with self.transaction() as tx:
             row = tx._conn.execute(_DECIDED_SINCE_REQUEST, (run_id, node_path, run_id, node_path)).fetchone()
             if row is not None:
-                return self._resolve(_loads(row[0]))
+                where = f"the decision at {node_path}"
+                return self._resolve(_decode(row[0], run_id, where), run_id, where)
             tx.write(run_id, prepared)
             return None
 
@@ -1115,21 +1132,26 @@ class SQLiteEventStore:
         for run, seq, ts, node_path, kind, actor, payload, prev_hash, digest in self._event_rows(
             run_id, after_seq
         ):
-            if payload is None:
-                value = None
-            elif _BLOB_REF_MARK in payload:  # cheap test; _resolve decides
-                value = self._resolve(loads(payload))
-            else:
-                value = loads(payload)
-            yield Event(run, seq, ts, node_path, kind, _loads(actor), value, prev_hash, digest)
+            try:
+                value = None if payload is None else loads(payload)
+                actor_value = None if actor is None else loads(actor)
+            except ValueError:  # the one that does not decode raises DamagedLog
+                value = _decode(payload, run_id, f"event seq {seq}'s payload")
+                actor_value = _decode(actor, run_id, f"event seq {seq}'s actor")
+            if payload is not None and _BLOB_REF_MARK in payload:  # cheap test; _resolve decides
+                value = self._resolve(value, run_id, f"event seq {seq}")
+            yield Event(run, seq, ts, node_path, kind, actor_value, value, prev_hash, digest)
 
-    def _resolve(self, stored: Any) -> Any:
+    def _resolve(self, stored: Any, run_id: str, where: str) -> Any:
+        def load(digest: str) -> Any:
+            return _decode(self.get_blob(digest), run_id, f"blob {digest} of {where}")
+
         whole = _blob_ref(stored)
         if whole is not None:
-            return json.loads(self.get_blob(whole))
+            return load(whole)
         if isinstance(stored, dict):
             return {
-                key: value if (digest := _blob_ref(value)) is None else json.loads(self.get_blob(digest))
+                key: value if (digest := _blob_ref(value)) is None else load(digest)
                 for key, value in stored.items()
             }
         return stored
@@ -1140,11 +1162,19 @@ class SQLiteEventStore:
         """Recompute the chain and compare it with the run row's checkpoint; stops at the first fault.
 
         The run row and the events are separate reads: a run that commits between them shows events
-        past the checkpoint read first. A fault seen while the run's head moved is checked again."""
+        past the checkpoint read first. A fault seen while the run's head moved is checked again.
+        Data so damaged that it cannot be checked at all (a run row that no longer decodes) is a fault
+        with `first_bad_seq` None."""
         for _ in range(_VERIFY_TRIES):
-            run = self.run(run_id)
-            result = self._verify(run)
-            if result.ok or self.run(run_id).head_seq == run.head_seq:
+            try:
+                run = self.run(run_id)
+                result = self._verify(run)
+                moved = self.run(run_id).head_seq != run.head_seq
+            except DamagedLog as exc:
+                return VerifyResult(False, None, exc.fault)
+            except (LookupError, ValueError, TypeError) as exc:  # RunNotFound is neither: it propagates
+                return VerifyResult(False, None, f"the log is damaged: {type(exc).__name__}: {exc}")
+            if result.ok or not moved:
                 break
         return result
 
@@ -1248,14 +1278,14 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
         workflow_name=name,
         workflow_digest=digest,
         workflow_source=source,
-        inputs=_loads(inputs),
+        inputs=_decode(inputs, run_id, "column inputs"),
         principal=principal,
         interpreter_version=version,
         status=status,
         created_at=created_at,
         updated_at=updated_at,
-        output=_loads(output),
-        error=_loads(error),
+        output=_decode(output, run_id, "column output"),
+        error=_decode(error, run_id, "column error"),
         head_seq=head_seq,
         head_hash=head_hash,
     )
@@ -1263,6 +1293,7 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
 
 __all__ = [
     "BlobNotFound",
+    "DamagedLog",
     "Event",
     "EventStore",
     "Lease",

@@ -161,6 +161,42 @@ def test_edited_run_inputs_are_named_as_seq_0(copy: tuple[str, Path, int]) -> No
     _assert_broken_at(run_id, db, 0)
 
 
+def test_run_row_too_damaged_to_check_is_reported_not_a_traceback(copy: tuple[str, Path, int]) -> None:
+    run_id, db, _ = copy
+    _sql(db, "UPDATE runs SET inputs = '{not json' WHERE run_id = ?", run_id)
+    proc = _verify(run_id, db)
+    assert proc.returncode == 1, describe(proc)
+    assert "cannot be verified: column inputs is not valid JSON" in proc.stdout, describe(proc)
+    assert "Traceback" not in proc.stderr
+
+
+_RUN_ROW = ("UPDATE runs SET inputs = '{not json' WHERE run_id = ?", "column inputs is not valid JSON")
+_EVENT = (
+    "UPDATE events SET payload = '[1,' WHERE run_id = ? AND seq = 3",
+    "event seq 3's payload is not valid JSON",
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "damage"),
+    [(c, _RUN_ROW) for c in ("log", "explain", "replay", "resume", "runs")]
+    + [
+        (c, _EVENT) for c in ("log", "explain", "replay")
+    ],  # `runs` (and `resume` of a finished run) read none
+)
+def test_json_that_no_longer_decodes_is_named_by_every_reader(
+    copy: tuple[str, Path, int], command: str, damage: tuple[str, str]
+) -> None:
+    run_id, db, _ = copy
+    sql, named = damage
+    _sql(db, sql, run_id)
+    args = [command] if command == "runs" else [command, run_id]
+    proc = charter(*args, "--db", str(db), env=ENV)
+    assert proc.returncode == 2, describe(proc)
+    assert f"run {run_id}: {named}" in proc.stderr, describe(proc)
+    assert "Traceback" not in proc.stderr
+
+
 def test_unknown_run_is_a_clear_error(copy: tuple[str, Path, int]) -> None:
     _, db, _ = copy
     proc = _verify("01NOSUCHRUN0000000000000000", db)
