@@ -20,7 +20,6 @@ class _Commands(click.Group):
         """Ctrl-C or SIGTERM: exit 128 + the signal's number (not click's "Aborted!" and exit 1, which a
         script cannot tell from a failed run), naming the run it stopped and how to continue it. A
         closed output pipe: exit 141 quietly."""
-        import shlex
         import signal
 
         _runs_seen.clear()
@@ -32,10 +31,7 @@ class _Commands(click.Group):
             sys.exit(141)  # 128 + SIGPIPE, as a shell tool would
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)  # interpreter.loop.Interrupted says which
-            run = _runs_seen[0] if _runs_seen else None
-            db = f" --db {shlex.quote(_db_given[0])}" if _db_given else ""
-            then = f": run {run} stopped; continue it with: charter resume {run}{db}" if run else ""
-            click.echo(f"\ninterrupted ({signal.Signals(signum).name}){then}", err=True)
+            click.echo(f"\ninterrupted ({signal.Signals(signum).name}){_how_to_continue()}", err=True)
             sys.exit(128 + signum)
 
 
@@ -43,6 +39,16 @@ class _Commands(click.Group):
 # continue the run when it is interrupted.
 _runs_seen: list[str] = []
 _db_given: list[str] = []
+
+
+def _how_to_continue() -> str:
+    """': run R stopped; continue it with: charter resume R [--db P]', or '' before any run started."""
+    import shlex
+
+    if not _runs_seen:
+        return ""
+    run, db = _runs_seen[0], f" --db {shlex.quote(_db_given[0])}" if _db_given else ""
+    return f": run {run} stopped; continue it with: charter resume {run}{db}"
 
 
 @click.group(cls=_Commands, context_settings=CONTEXT)
@@ -153,7 +159,8 @@ def graph(file: str, output_format: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Running workflows (issue 4). Exit codes of run/resume/approve: 0 completed, 1 failed, 2 invalid file,
-# input or usage, 3 waiting for approval, 4 the run is being executed by another process (its lease).
+# input or usage, 3 waiting for approval, 4 another process is in the way: it executes the run (its
+# lease) or kept the log locked too long.
 
 _EXIT = {"completed": 0, "failed": 1, "cancelled": 1, "waiting": 3, "running": 1}
 EXIT_LEASED = 4
@@ -335,12 +342,14 @@ def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
 def _guarded(action):  # type: ignore[no-untyped-def]
     """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message."""
     from interpreter import PolicyError, RunSetupError
-    from interpreter.store import LeaseLost, RunLeased, StoreError
+    from interpreter.store import LeaseLost, RunLeased, StoreError, StoreLockedError
 
     try:
         return action()
     except (RunLeased, LeaseLost) as exc:  # not an error of the request: another process has the run
         _die(str(exc), EXIT_LEASED)
+    except StoreLockedError as exc:  # another process kept the log locked: try again later
+        _die(f"{exc}{_how_to_continue()}", EXIT_LEASED)
     except (RunSetupError, PolicyError, StoreError) as exc:
         _die(str(exc))
 

@@ -645,6 +645,10 @@ class Execution:
             raise
         except RunSetupError:  # a child run that cannot continue here: neither run fails for it
             raise
+        except (s.StoreLockedError, s.LeaseLost):
+            # The log could not be written now (another process kept it locked, or took the run over):
+            # the run stops where its log ends, still resumable, rather than failing for good.
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug must still leave the run in a clear state
             error = {
                 "type": "InternalError",

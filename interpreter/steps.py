@@ -649,6 +649,8 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
                 parent_chain=chain if chain.links else None,
                 outer=ex.guard.outer_for_child(chain),
             )
+        except (s.StoreLockedError, s.LeaseLost):
+            raise  # the log, not the child, is the problem: the parent stops resumable too
         except Exception as exc:  # noqa: BLE001 - bad child input, policy, secrets
             raise StepError("workflow", f"workflow {relative}: {exc}", retryable=False) from None
     if result.status == "waiting":

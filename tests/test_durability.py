@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from dsl.frontend import compile_file
-from interpreter import RunOptions, decide_approval, run_workflow
-from interpreter.store import SQLiteEventStore, StoreError, open_store
+from interpreter import RunOptions, decide_approval, resume_run, run_workflow
+from interpreter.store import SQLiteEventStore, StoreError, StoreLockedError, open_store
 
 MODULE = "durability_probe_tools"
 
@@ -241,3 +241,37 @@ def test_a_run_started_with_full_durability_is_continued_with_it(workdir: Path, 
     assert started["durability"] == "full"
     before = ["gate", "s0", "s1"]
     assert seen(log)["t2"] == sorted([*before, "t0", "t1"])
+
+
+class LockedOnce(SQLiteEventStore):
+    """The commit of `s1`'s completion finds the database locked by another process for too long."""
+
+    failed = False
+
+    def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
+        events = list(events)
+        if not self.failed and any(e.kind == "step.completed" and e.node_path == "s1" for e in events):
+            self.failed = True
+            raise StoreLockedError(f"{self.path}: the database is locked by another connection (injected)")
+        return super().append_many(run_id, events)
+
+
+def test_a_locked_log_stops_the_run_resumable_instead_of_failing_it(workdir: Path, tmp_path: Path) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(workdir, "locked-once", "write", probe_steps(3, db, log))  # write: committed at once
+    options = RunOptions(allow_modules=(MODULE,))
+    store = LockedOnce(db)
+    try:
+        with pytest.raises(StoreLockedError):
+            run_workflow(graph, {}, store=store, options=options)
+        (run,) = store.runs()
+        assert run.status == "running"  # not "failed": nothing is wrong with the run itself
+        assert store.lease(run.run_id) is None  # released: resume needs no wait for it to expire
+    finally:
+        store.close()
+    with open_store(db) as store:
+        result = resume_run(run.run_id, store=store, options=options)
+        assert result.status == "completed", result.error
+        assert store.verify(run.run_id).ok
+    calls = [e["me"] for e in map(json.loads, log.read_text().splitlines())]
+    assert calls == ["s0", "s1", "s1", "s2"]  # s1's completion was lost with the commit: it ran again
