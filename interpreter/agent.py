@@ -669,20 +669,22 @@ class StepCall:
             if verdict.action == "redact":
                 args = verdict.value
         self.tool_calls += 1
-        result, error = await self._invoke(name, args, self.tool_calls, call.id)
+        result, error, verdict = await self._invoke(name, args, self.tool_calls, call.id, occurrence)
         if self.guard is not None:
             self.guard.record_tool_call(name, args, node_path=self.path, result=result)
         if error is not None:
             return f"error: {error.message}", True
-        verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, name, occurrence)
-        if verdict is not None:
-            if verdict.action in ("deny", "retry"):
-                return "refused: the result was withheld: " + _refusal(verdict).removeprefix(
-                    "refused: "
-                ), True
-            if verdict.action == "redact":
-                result = verdict.value
+        if verdict is not None and verdict.action in ("deny", "retry"):
+            return "refused: the result was withheld: " + _refusal(verdict).removeprefix("refused: "), True
         return result if isinstance(result, str) else _json(result), False
+
+    def _screen_result(
+        self, name: str, args: dict[str, Any], result: Any, occurrence: str
+    ) -> tuple[Any, Any]:
+        """The tool.output rules on a result: the result as the log and the model see it (every
+        `redact` match masked) and the verdict; an escalation propagates."""
+        verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, name, occurrence)
+        return (result if verdict is None else verdict.value), verdict
 
     def _tool_hook(self, hook: str, context: dict[str, Any], tool: str, occurrence: str) -> str | None:
         verdict = self._check(hook, context, tool, occurrence)
@@ -691,20 +693,29 @@ class StepCall:
         return None
 
     async def _invoke(
-        self, name: str, args: dict[str, Any], n: int, call_id: str
-    ) -> tuple[Any, StepError | None]:
-        """Call a tool for the model through the shared tool path, with the normal tool events."""
+        self, name: str, args: dict[str, Any], n: int, call_id: str, occurrence: str
+    ) -> tuple[Any, StepError | None, Any]:
+        """Call a tool for the model through the shared tool path, with the normal tool events. Returns
+        the result after the tool.output rules (what `tool.completed` records: a secret they mask
+        never reaches the log), the call's error, and the rules' verdict."""
         ex, path, attempt = self.ex, self.path, self.attempt
         key = idempotency_key(ex.run_id, path, attempt, n)
         recorded = self.rec.agent_tools.get((attempt, n)) if self.rec is not None else None
         if ex.replaying:
-            return self._replayed_tool(recorded, name, args)
+            result, error = self._replayed_tool(recorded, name, args)
+            if error is not None:
+                return None, error, None
+            logged, verdict = self._screen_result(name, args, result, occurrence)
+            return logged, None, verdict
         if recorded is not None and recorded.called is not None and recorded.called.get("args") == args:
-            if recorded.completed is not None:  # resume: the result is in the log
-                return recorded.completed.get("result"), None
+            if recorded.completed is not None:  # resume: the result is in the log (already screened)
+                logged, verdict = self._screen_result(
+                    name, args, recorded.completed.get("result"), occurrence
+                )
+                return logged, None, verdict
             failed = (recorded.failed or {}).get("error")
             if failed and failed.get("code") != "cancelled":
-                return None, StepError.from_dict(failed)
+                return None, StepError.from_dict(failed), None
         tool = ex.graph.workflow.tools[name]
         ids = {"tool": name, "attempt": attempt, "call": n, "tool_call_id": call_id, "idempotency_key": key}
         called = {**ids, "args": args, "effect": tool.effect}
@@ -728,17 +739,24 @@ class StepCall:
         except StepError as err:
             err.step, err.node_path = self.node.id, path
             ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, self.actor)
-            return None, err
+            return None, err, None
         except asyncio.CancelledError:
             ex.emit(s.TOOL_FAILED, path, {**ids, "error": _CANCELLED, "duration_ms": _ms(t0)}, self.actor)
             raise
         finally:
             if token is not None:
                 _CURRENT_CHAIN.reset(token)
-        ex.emit(s.TOOL_COMPLETED, path, {**ids, "result": result, "duration_ms": _ms(t0)}, self.actor)
+        duration, escalation = _ms(t0), None
+        try:
+            result, verdict = self._screen_result(name, args, result, occurrence)
+        except EscalationRequired as esc:  # raised once the (screened) result is logged
+            result, verdict, escalation = esc.verdict.value, esc.verdict, esc
+        ex.emit(s.TOOL_COMPLETED, path, {**ids, "result": result, "duration_ms": duration}, self.actor)
         if tool.effect == "write":
             ex.commit()  # a completed write is never repeated
-        return result, None
+        if escalation is not None:
+            raise escalation
+        return result, None, verdict
 
     def _replayed_tool(self, recorded: Any, name: str, args: dict[str, Any]) -> tuple[Any, StepError | None]:
         ex, path = self.ex, self.path

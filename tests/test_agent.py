@@ -491,3 +491,23 @@ def test_model_output_redaction_happens_before_the_log_and_the_next_turn(
     assert kinds.index("guardrail.evaluated") < kinds.index("model.completed")  # decided, then written
     assert card.encode() not in (tmp_path / "charter.db").read_bytes()
     assert replay_run(result.run_id, store=store).ok
+
+
+def test_tool_output_redaction_happens_before_the_log_and_the_model(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """A tool.output redact rule masks an agent's tool result before `tool.completed` is written, so
+    the value is nowhere in the file; the model is sent the masked result, and replay reproduces it."""
+    rule = "guardrails:\n  - {id: ratings, on: tool.output, regex: 'unrated', action: redact}\n"
+    server.call_tools(("lookup_company", {"name": "Initech"}))  # unknown: its rating is "unrated"
+    server.reply("Initech has no public rating.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, rule + agent()), {"q": "Initech"})
+    assert result.status == "completed", result.error
+    (completed,) = events(store, result.run_id, "tool.completed")
+    assert completed["result"]["rating"] == "[REDACTED:ratings]"
+    (answer,) = tool_messages(server.requests[1])
+    assert json.loads(answer["content"])["rating"] == "[REDACTED:ratings]"
+    kinds = [e.kind for e in store.events(result.run_id)]
+    assert kinds.index("guardrail.evaluated") < kinds.index("tool.completed")  # decided, then written
+    assert b"unrated" not in (tmp_path / "charter.db").read_bytes()
+    assert replay_run(result.run_id, store=store).ok
