@@ -945,7 +945,7 @@ async def start_run(
         row = tx.create_run(
             name,
             workflow_source=graph.source,
-            inputs=inputs,
+            inputs=guard.mask(inputs),  # the steps get the inputs as given; the log never a secret
             principal=principal,
             interpreter_version=INTERPRETER_VERSION,
             parent_run_id=parent[0] if parent else None,

@@ -493,3 +493,22 @@ steps:
     proc = charter("validate", "wf.yaml", cwd=tmp_path)
     assert proc.returncode == 1 and "CH304 'identity' is not in scope here" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_a_secret_given_as_input_is_masked_in_the_run_row_but_reaches_the_steps(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+secrets: [SEC_TOKEN]
+steps:
+  - {id: a, tool: echo, args: {note: "${{ input.note }}"}}
+""",
+    )
+    os.environ["SEC_TOKEN"] = "tok-5551234-in-input"
+    try:
+        code, result, err = run(tmp_path, "--input", json.dumps({"note": "tok-5551234-in-input"}))
+    finally:
+        del os.environ["SEC_TOKEN"]
+    assert code == 0, err
+    assert calls(tmp_path) == [{"tool": "echo", "note": "tok-5551234-in-input"}]  # the step got it
+    assert b"tok-5551234" not in (tmp_path / "charter.db").read_bytes()  # the run row did not
