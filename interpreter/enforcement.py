@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from interpreter import store as s
 from interpreter.authz import (
@@ -116,6 +116,13 @@ def unauthorized_error(message: str, *, details: Any = None) -> StepError:
 policy_error = guardrail_error
 
 
+class Inherited(NamedTuple):
+    """What a child run inherits of its parent's guardrails (`RunGuard.rules_for_child`)."""
+
+    rules: GuardrailSet
+    step_ids: tuple[str, ...]
+
+
 class EscalationKeys:
     """Where the escalations of one step execution are asked (`charter approve RUN KEY`).
 
@@ -181,6 +188,7 @@ class RunGuard:
         parent_chain: ActorChain | None = None,
         approvals: Mapping[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] | None = None,
         outer: tuple[tuple[Authorizer, ActorChain], ...] = (),
+        inherited: Inherited | None = None,
     ) -> None:
         self.graph = graph
         self.authorizer = Authorizer.from_graph(graph)
@@ -203,13 +211,20 @@ class RunGuard:
         self.state = state or (lambda: {})
         self._secret_regex = self._secrets_pattern(secrets or {})
         self.run_budget = Budget()
-        self._workflow = GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
+        # A child run: the rules (and budgets, shared) of its parent's workflow and of the steps around
+        # the call come first; this workflow's rules add to them, never replace them (spec §13.13).
+        self._inherited_ids = inherited.step_ids if inherited is not None else ()
+        self._workflow = (
+            inherited.rules.extend(graph.guardrails, level="workflow", budget=self.run_budget)
+            if inherited is not None
+            else GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
+        )
         self._tool_budgets: dict[str, Budget] = {}
         self._step_budgets: dict[str, Budget] = {}
         self._sets: dict[tuple[str, str | None], tuple[GuardrailSet, tuple[str, ...]]] = {}
         # A workflow without a single rule at any level (the common case) skips rule lookup entirely.
         self._has_rules = bool(
-            graph.guardrails
+            self._workflow.rules
             or any(getattr(node, "guardrails", ()) for node in graph.nodes())
             or any(getattr(t, "guardrails", ()) for t in (graph.tools or {}).values())
         )
@@ -248,6 +263,12 @@ class RunGuard:
     def outer_for_child(self, chain: ActorChain) -> tuple[tuple[Authorizer, ActorChain], ...]:
         """What a child run started under `chain` must also satisfy."""
         return (*self.outer, (self.authorizer, chain))
+
+    def rules_for_child(self, node_path: str) -> Inherited:
+        """The rules a child run started at `node_path` inherits: this run's workflow-level rules and
+        those of the steps around the call, with their budgets (the child's calls count in them)."""
+        rules, step_ids = self._set_for(node_path, None)
+        return Inherited(rules, step_ids)
 
     def run_actor(self) -> dict[str, Any]:
         """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""
@@ -393,12 +414,16 @@ class RunGuard:
             # A spent budget does not come back: the step stops here (a model told "no" would only
             # ask again until its turns run out), with the budget as the reason.
             # A workflow-level budget halts the run: no try/catch inside the run may swallow it (spec §11.3).
-            halts = bool({r.id for r in self._workflow.rules}.intersection(final.rules))
             raise guardrail_error(
                 final.message or "budget exceeded",
-                details={"rules": list(final.rules), "budget": True, "halts_run": halts},
+                details={"rules": list(final.rules), "budget": True, "halts_run": self.halts(final.rules)},
             )
         return final
+
+    def halts(self, rule_ids: Any) -> bool:
+        """Whether a budget among these rules is workflow-level here (this run's or inherited): its
+        denial halts the run, no catch inside it handles it (spec §11.3)."""
+        return bool({r.id for r in self._workflow.rules}.intersection(rule_ids))
 
     def mask_tool_args(self, node_path: str, tool: str, args: Any) -> Any:
         """`args` with the `tool.input` redact rules for `tool` applied, each masking rule an event: the
@@ -448,7 +473,7 @@ class RunGuard:
         if cached is not None:
             return cached
         rules = self._workflow
-        ids: list[str] = []
+        ids: list[str] = list(self._inherited_ids)  # a parent rule's `steps:` names the parent's steps
         for runtime, node in self._ancestors(node_path):
             ids.append(node.id)
             own = getattr(node, "guardrails", ())
@@ -487,7 +512,7 @@ class RunGuard:
         if cached is not None:
             cached[0].record_tool_call(tool, args)
         else:
-            self.run_budget.record_tool_call(tool, args)
+            self._workflow.record_tool_call(tool, args)  # the run's budget and any inherited
             if tool in self._tool_budgets:
                 self._tool_budgets[tool].record_tool_call(tool, args)
         if self._has_rules:  # only rules read it: a run without any keeps no copy of every result
@@ -500,7 +525,7 @@ class RunGuard:
         if cached is not None:
             cached[0].record_model_call(input_tokens, output_tokens, cost)
         else:
-            self.run_budget.record_model_call(input_tokens, output_tokens, cost)
+            self._workflow.record_model_call(input_tokens, output_tokens, cost)
         if self._has_rules:
             self.history.append(_model_call(input_tokens, output_tokens, cost))
 
@@ -521,7 +546,7 @@ class RunGuard:
             steps = enclosing.get(event.node_path, ())
             if event.kind == s.TOOL_CALLED:
                 tool, args = str(payload.get("tool")), payload.get("args")
-                self.run_budget.record_tool_call(tool, args)
+                self._workflow.record_tool_call(tool, args)  # the run's budget and any inherited
                 self._tool_budgets.setdefault(tool, Budget()).record_tool_call(tool, args)
                 for budget in steps:
                     budget.record_tool_call(tool, args)
@@ -534,7 +559,7 @@ class RunGuard:
                     int(usage.get("output_tokens") or 0),
                     float(payload.get("cost") or 0.0),
                 )
-                self.run_budget.record_model_call(*spent)
+                self._workflow.record_model_call(*spent)
                 for budget in steps:
                     budget.record_model_call(*spent)
                 if self._has_rules:

@@ -150,7 +150,7 @@ class Execution:
         # never from model output or tool results.
         if guard is None:  # replay: the principal's claims and parent chain as the log recorded them
             started = _run_started(store, run_id) if self.replaying else {"claims": options.claims}
-            guard = _guard_for(graph, started, principal, secrets, self.records)
+            guard = _guard_for(store, run_id, graph, started, principal, secrets, self.records)
         self.guard = guard
         self.guard.state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
         self.guard.attach(self.emit)
@@ -924,6 +924,7 @@ async def start_run(
     records: dict[str, NodeRecord] | None = None,
     parent_chain: Any = None,
     outer: tuple[Any, ...] = (),
+    inherited: Any = None,
 ) -> RunResult:
     """Create a run row and its run.started event, then execute it."""
     check_inputs(graph, inputs)
@@ -939,6 +940,7 @@ async def start_run(
         secrets=secrets,
         parent_chain=parent_chain,
         outer=outer,
+        inherited=inherited,
     )
     gate, inputs = _input_gate(guard, inputs)
     with store.transaction() as tx:
@@ -1013,21 +1015,42 @@ def _identity_record(options: RunOptions, parent_chain: Any) -> dict[str, Any]:
 
 
 def _guard_for(
-    graph: Any, started: dict[str, Any], principal: str, secrets: dict[str, str], records: Any
+    store: s.EventStore,
+    run_id: str,
+    graph: Any,
+    started: dict[str, Any],
+    principal: str,
+    secrets: dict[str, str],
+    records: Any,
 ) -> RunGuard:
-    """The guard of a continued run: principal, claims and parent chain from the log, never from the
-    options of whoever resumes it (an approver's claims are not the principal's)."""
+    """The guard of a continued (or replayed) run: principal, claims and parent chain from the log,
+    never from the options of whoever resumes it (an approver's claims are not the principal's); a
+    child run's parent is read from the log too, for the rules and grants it inherits."""
+    from interpreter.authz import Authorizer
     from interpreter.enforcement import chain_from_json
 
     claims = started.get("claims") if isinstance(started.get("claims"), dict) else None
-    return RunGuard(
+    parent_chain = chain_from_json(started.get("parent_chain"), claims)
+    row, parent = store.run(run_id), None
+    if row.parent_run_id:
+        parent = store.run(row.parent_run_id)
+        parent_graph = compile_source(parent.workflow_source or "", "<stored>")
+        parent_started = _run_started(store, parent.run_id)
+        parent_guard = _guard_for(  # with the grandparent's rules: read up the chain
+            store, parent.run_id, parent_graph, parent_started, parent.principal or principal, {}, {}
+        )
+    guard = RunGuard(
         graph,
         principal=principal,
         claims=claims,
         secrets=secrets,
-        parent_chain=chain_from_json(started.get("parent_chain"), claims),
+        parent_chain=parent_chain,
         approvals=approvals_from_records(records),
+        inherited=parent_guard.rules_for_child(row.parent_node or "") if parent is not None else None,
     )
+    if parent is not None and parent_chain is not None:  # its parent's grants still bound it
+        guard.outer = ((Authorizer.from_graph(parent_graph), parent_chain),)
+    return guard
 
 
 async def continue_run(
@@ -1063,14 +1086,8 @@ async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reaso
     policy, secrets, python_tools = await _prepare(graph, options, file)
     records = build_records(events)
     principal = row.principal or _principal(options)
-    guard = _guard_for(graph, started, principal, secrets, records)
+    guard = _guard_for(store, run_id, graph, started, principal, secrets, records)
     guard.restore(events, records)
-    if guard.parent_chain is not None and row.parent_run_id:  # a child run: its parent still bounds it
-        from interpreter.authz import Authorizer
-
-        parent = store.run(row.parent_run_id)
-        parent_graph = compile_source(parent.workflow_source or "", "<stored>")
-        guard.outer = ((Authorizer.from_graph(parent_graph), guard.parent_chain),)
     store.append(
         run_id,
         s.RUN_RESUMED,

@@ -648,6 +648,7 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
                 parent_key=key,
                 parent_chain=chain if chain.links else None,
                 outer=ex.guard.outer_for_child(chain),
+                inherited=ex.guard.rules_for_child(path),
             )
         except (s.StoreLockedError, s.LeaseLost):
             raise  # the log, not the child, is the problem: the parent stops resumable too
@@ -656,10 +657,13 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
     if result.status == "waiting":
         raise Suspend([path])
     if result.status != "completed":
-        message = (result.error or {}).get("message", result.status)
-        raise StepError(
-            "workflow", f"child run {result.run_id} failed: {message}", details={"run_id": result.run_id}
-        )
+        error = result.error or {}
+        message = f"child run {result.run_id} failed: {error.get('message', result.status)}"
+        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        if details.get("halts_run") and ex.guard.halts(details.get("rules") or ()):
+            # a budget of this run's (inherited by the child) was spent there: it halts this run too
+            raise guardrail_error(message, details={**details, "run_id": result.run_id})
+        raise StepError("workflow", message, details={"run_id": result.run_id})
     return result.output
 
 

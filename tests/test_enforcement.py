@@ -595,3 +595,97 @@ steps:
     ]
     replayed = charter("replay", run_id, cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+# --- child runs inherit the parent's rules (spec §11, §13.13) -------------------------------------------
+
+CHILD = """
+input: {type: object, properties: {to: {type: string}}}
+steps:
+  - {id: find, tool: lookup, args: {id: A1}}
+  - {id: mail, tool: send, args: {to: "${{ input.to }}", body: "${{ steps.find.output.card }}"}}
+output: {found: "${{ steps.find.output }}"}
+"""
+
+
+def test_a_child_run_is_bound_by_the_parent_workflow_and_enclosing_step_rules(tmp_path: Path) -> None:
+    project(tmp_path, CHILD, name="child.yaml")
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-cards, on: tool.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+steps:
+  - id: outer
+    guardrails:
+      - {id: no-evil, on: tool.input, tools: [send], check: '!args.to.endsWith("@evil.test")', message: no mail to evil}
+    steps:
+      - {id: sub, workflow: {path: child.yaml, input: {to: x@evil.test}}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and "no mail to evil" in result["error"]["message"]  # the step rule, in the child
+    assert [c["tool"] for c in calls(tmp_path)] == ["lookup"]  # send was never called
+    assert b"4111 1111 1111 1111" not in (tmp_path / "charter.db").read_bytes()  # redacted in the child
+    child_id = result["error"]["details"]["run_id"]
+    rules = {e["rule"] for e in events(tmp_path, child_id, "guardrail.evaluated")}
+    assert rules == {"no-cards", "no-evil"}
+
+
+def test_a_parent_budget_counts_the_child_run_calls_and_halts_the_parent(tmp_path: Path) -> None:
+    project(tmp_path, CHILD, name="child.yaml")
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: two-calls, limits: {max_tool_calls: 2}}
+steps:
+  - {id: first, tool: tick, args: {n: 1}}
+  - id: guarded
+    try:
+      steps:
+        - {id: sub, workflow: {path: child.yaml, input: {to: dana@example.com}}}
+      catch:
+        steps:
+          - {id: swallowed, tool: tick, args: {n: 2}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["code"] == "guardrail", result["error"]
+    assert "max_tool_calls 2" in result["error"]["message"]
+    assert [c["tool"] for c in calls(tmp_path)] == ["tick", "lookup"]  # no catch ran: the budget halts
+
+
+def test_a_resumed_child_run_is_still_bound_by_its_parent_rules(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+steps:
+  - {id: gate, approval: {message: go on?}}
+  - {id: find, tool: lookup, args: {id: A1}}
+output: {found: "${{ steps.find.output }}"}
+""",
+        name="child.yaml",
+    )
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-cards, on: tool.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+steps:
+  - {id: sub, workflow: {path: child.yaml}}
+output: {child: "${{ steps.sub.output }}"}
+""",
+    )
+    code, waiting = run(tmp_path)
+    assert code == 3, waiting
+    child_id = next(
+        r["run_id"]
+        for r in json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
+        if r["run_id"] != waiting["run_id"]
+    )
+    proc = charter("approve", child_id, "gate", "--as", "alice", cwd=tmp_path)  # continued in a new process
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (completed,) = events(tmp_path, child_id, "tool.completed")
+    assert completed["result"]["card"] == "[REDACTED:no-cards]"
+    assert b"4111 1111 1111 1111" not in (tmp_path / "charter.db").read_bytes()
