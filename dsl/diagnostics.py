@@ -79,7 +79,7 @@ CODES: dict[str, str] = {
     "CH108": "value out of range or empty",
     "CH109": "conflicting or incomplete fields",
     "CH110": "needs exactly one of several alternatives",
-    "CH111": "invalid JSON Schema",
+    "CH111": "invalid JSON Schema, or a `$ref` that does not resolve within it",
     "CH112": "invalid regular expression",
     # CH2xx: references (dsl/compiler.py)
     "CH201": "duplicate step id",

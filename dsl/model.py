@@ -136,19 +136,29 @@ Duration = Annotated[
 
 
 def _check_json_schema(value: dict[str, Any]) -> dict[str, Any]:
+    """check_schema, then every `$ref` must resolve within the schema (`dsl.schema_refs`). The error's
+    `path` (within the schema) is where `dsl.validate` places the diagnostic."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
+
+    from dsl.schema_refs import broken_refs
 
     try:
         Draft202012Validator.check_schema(value)
     except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path)
-        raise PydanticCustomError(
-            "json_schema",
-            "is not a valid JSON Schema{where}: {reason}",
-            {"where": f" (at '{where}')" if where else "", "reason": exc.message},
-        ) from None
-    return value
+        path, reason = tuple(exc.absolute_path), exc.message
+    else:
+        broken = broken_refs(value)
+        if not broken:
+            return value
+        more = len(broken) - 1
+        path, reason = broken[0].path, broken[0].reason + (f" (and {more} more)" if more else "")
+    where = "/".join(str(p) for p in path)
+    raise PydanticCustomError(
+        "json_schema",
+        "is not a valid JSON Schema{where}: {reason}",
+        {"where": f" (at '{where}')" if where else "", "reason": reason, "path": list(path)},
+    )
 
 
 JsonSchema = Annotated[

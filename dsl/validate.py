@@ -103,6 +103,9 @@ def _diagnose(doc: Document, err: Any) -> Diagnostic:
         code = _CUSTOM_CODES[kind]
         subject = _describe(loc, data) if kind in ("one_of", "charter_rule") else _field_ref(loc, data)
         message = f"{subject} {err['msg']}"
+        inner = err.get("ctx", {}).get("path") if kind == "json_schema" else None
+        if inner:  # placed at the offending part of the schema (a `$ref`, a bad `type`), not its start
+            loc = (*loc, *inner)
     elif kind in _EXPECTED:
         code = "CH103"
         message = (

@@ -7,6 +7,7 @@ continue or re-check a run.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,9 +55,88 @@ def _under(path: str, prefix: str) -> bool:
     return path.startswith(prefix + "/") or path.startswith(prefix + "[")
 
 
-def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
+class Records(dict[str, NodeRecord]):
+    """`build_records`' result: a plain dict of node path -> record that also keeps an index of its
+    paths in sorted order, so that `descendants` finds a subtree by bisection, in time proportional to
+    its size, instead of scanning every record (resume reuses each node of a wide fan-out: a scan per
+    node made it quadratic).
+
+    The index is built on the first `descendants` call and then kept up to date by `[]=` and `del`
+    (the only ways the interpreter changes records); the other mutators drop it, to be rebuilt.
+    `order` remembers insertion order, which `descendants` keeps, like a scan of the dict would.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._index: tuple[list[str], dict[str, int]] | None = None  # sorted paths, path -> order
+        self._next = 0  # order of the next new path
+
+    def __reduce__(self) -> Any:  # copy, deepcopy and pickle: rebuild from the items, not the index
+        return (type(self), (dict(self),))
+
+    def copy(self) -> Records:
+        return type(self)(self)
+
+    def __setitem__(self, key: str, value: NodeRecord) -> None:
+        index = self._index
+        if index is not None and key not in self:
+            insort(index[0], key)
+            index[1][key] = self._next
+            self._next += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        index = self._index
+        if index is not None:
+            paths = index[0]
+            del paths[bisect_left(paths, key)]
+            del index[1][key]
+
+    def _drop_index(self) -> None:
+        self._index = None
+
+    def pop(self, *args: Any) -> Any:
+        self._drop_index()
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, NodeRecord]:
+        self._drop_index()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._drop_index()
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._drop_index()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._drop_index()
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: Any) -> Any:
+        self._drop_index()
+        return super().__ior__(other)
+
+    def descendants(self, path: str) -> list[tuple[str, NodeRecord]]:
+        if self._index is None:
+            self._index = (sorted(self), {key: i for i, key in enumerate(self)})
+            self._next = len(self)
+        paths, order = self._index
+        found: list[str] = []
+        for prefix in (path + "/", path + "["):  # "/" < "[": two disjoint runs of the sorted paths
+            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the least string above every `prefix...`
+            found += paths[bisect_left(paths, prefix) : bisect_left(paths, end)]
+        if len(found) > 1:
+            found.sort(key=order.__getitem__)  # insertion order, as a scan of the dict gives
+        return [(key, self[key]) for key in found]
+
+
+def build_records(events: Iterable[s.Event]) -> Records:
     """Fold events into one record per node path (insertion order: first appearance)."""
-    records: dict[str, NodeRecord] = {}
+    records = Records()
     for event in events:
         kind, path, payload = event.kind, event.node_path, event.payload
         if not path or kind.startswith("run."):
@@ -119,11 +199,15 @@ def build_records(events: Iterable[s.Event]) -> dict[str, NodeRecord]:
 
 
 def _forget_descendants(records: dict[str, NodeRecord], path: str) -> None:
-    for key in [k for k in records if _under(k, path)]:
+    for key, _ in descendants(records, path):
         del records[key]
 
 
 def descendants(records: dict[str, NodeRecord], path: str) -> list[tuple[str, NodeRecord]]:
+    """The records strictly under `path` (`path/...` or `path[...`), in the dict's order. Indexed for a
+    `Records` (what `build_records` returns); a scan of any other dict."""
+    if isinstance(records, Records):
+        return records.descendants(path)
     return [(k, r) for k, r in records.items() if _under(k, path)]
 
 

@@ -4,6 +4,10 @@ answers, guardrail `schema` rules. One compile cache and one message style for a
     tool 'add': invalid arguments at `items[0].qty`: 'x' is not of type 'integer'
 
 jsonschema is imported on first use only: the CLI's start time does not pay for it.
+
+References resolve within the schema only (`dsl.schema_refs`): nothing is ever fetched. The front end
+rejects a workflow schema whose `$ref` does not resolve (CH111); a schema it never saw (an MCP tool's)
+that hits one when validating yields a `SchemaProblem` with keyword "$ref" saying so, never an exception.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ class SchemaProblem:
 
     path: tuple[str | int, ...]  # where in the value: keys and indices from its root
     message: str  # jsonschema's message; it may quote the value
-    keyword: str  # the failing keyword, e.g. "type"
+    keyword: str  # the failing keyword, e.g. "type"; "$ref" for a reference that does not resolve
     schema_path: tuple[str | int, ...]  # where in the schema, e.g. ("properties", "a", "type")
     expected: Any  # the keyword's value in the schema (never a part of the value)
+    broken_schema: bool = False  # the schema cannot be applied (a `$ref` that does not resolve)
 
     @property
     def where(self) -> str:
@@ -46,7 +51,7 @@ class SchemaProblem:
     def reason(self, quote_values: bool = True) -> str:
         """What is wrong. Without `quote_values` (guardrail reasons, which never quote the payload) the
         failing schema rule is named instead of jsonschema's message."""
-        if quote_values:
+        if quote_values or self.broken_schema:  # a broken schema's message quotes no value
             return _shorten(self.message, MAX_REASON)
         rule = "/".join(str(p) for p in self.schema_path)
         return f"violates schema rule {rule} = {_shorten(_compact(self.expected), 80)}"
@@ -61,12 +66,18 @@ def compiled(
 ) -> Any:
     """A validator for `schema`, compiled once. With `cache` and `key` (e.g. a run's `schema_cache` and a
     tool's name) a lookup costs one dict access; otherwise validators are shared by schema content.
-    `check` first checks the schema itself, every time (raises jsonschema's SchemaError): a validator
-    shared with a caller that did not check proves nothing."""
+    `check` first checks the schema itself, every time (raises jsonschema's SchemaError, also for a
+    `$ref` that does not resolve): a validator shared with a caller that did not check proves nothing."""
     if check:
         from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        from dsl.schema_refs import broken_refs
 
         Draft202012Validator.check_schema(schema)
+        broken = broken_refs(schema)
+        if broken:
+            raise SchemaError(broken[0].reason, path=broken[0].path)
     if cache is not None and key is not None:
         validator = cache.get(key)
         if validator is None:
@@ -87,9 +98,15 @@ def compiled(
 def errors(schema: Any, value: Any) -> list[SchemaProblem]:
     """How `value` fails `schema` (a schema or a validator from `compiled`), most relevant first: the
     error jsonschema's `best_match` picks (inside anyOf/oneOf: the branch that nearly matched), then the
-    others in the order of `iter_errors` (the schema's). [] when valid."""
+    others in the order of `iter_errors` (the schema's). [] when valid. A `$ref` that does not resolve
+    (found only when validation reaches it) is the one problem, with `broken_schema` set."""
     validator = schema if hasattr(schema, "iter_errors") else compiled(schema)
-    found = list(validator.iter_errors(value))
+    from referencing.exceptions import Unresolvable
+
+    try:
+        found = list(validator.iter_errors(value))
+    except Unresolvable as exc:  # jsonschema's _WrappedReferencingError is one too
+        return [_unresolvable(exc)]
     if not found:
         return []
     # imported here: a valid value (one per tool call) does not pay for it
@@ -118,7 +135,32 @@ def describe(
 def _compile(schema: Any) -> Any:
     from jsonschema import Draft202012Validator
 
-    return Draft202012Validator(schema)
+    from dsl.schema_refs import registry
+
+    return Draft202012Validator(schema, registry=registry())  # no remote `$ref` is ever fetched
+
+
+def _unresolvable(exc: Exception) -> SchemaProblem:
+    from referencing.exceptions import NoSuchAnchor, PointerToNowhere, Unresolvable
+
+    cause = exc.__cause__ if isinstance(exc.__cause__, Unresolvable) else exc  # jsonschema wraps it
+    ref = getattr(cause, "ref", None)
+    if isinstance(cause, PointerToNowhere):
+        detail = f"nothing at '{ref}'"
+    elif isinstance(cause, NoSuchAnchor):
+        detail = f"no $anchor '{cause.anchor}'"
+    elif ref:
+        detail = f"'{ref}' is another document, which is never fetched"
+    else:
+        detail = str(cause)
+    return SchemaProblem(
+        path=(),
+        message=_shorten(f"the schema is broken: a $ref does not resolve ({detail})", MAX_REASON),
+        keyword="$ref",
+        schema_path=(),
+        expected=ref,
+        broken_schema=True,
+    )
 
 
 def _problem(error: Any) -> SchemaProblem:
