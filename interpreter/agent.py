@@ -35,6 +35,7 @@ from interpreter.providers import (
     ModelError,
     ModelRequest,
     ModelResponse,
+    ModelTimeoutError,
     ToolSpec,
     compute_cost,
     parse_model_spec,
@@ -562,7 +563,7 @@ class StepCall:
             response = await model.provider.complete(request)
         except ModelError as exc:
             raise StepError(
-                "model",
+                "timeout" if isinstance(exc, ModelTimeoutError) else "model",  # retry.on: [timeout] applies
                 f"{self.what}: {exc}",
                 type="ModelError",
                 retryable=exc.retryable,

@@ -511,3 +511,34 @@ def test_tool_output_redaction_happens_before_the_log_and_the_model(
     assert kinds.index("guardrail.evaluated") < kinds.index("tool.completed")  # decided, then written
     assert b"unrated" not in (tmp_path / "charter.db").read_bytes()
     assert replay_run(result.run_id, store=store).ok
+
+
+def test_a_model_call_past_its_timeout_fails_with_code_timeout_and_is_retried(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """`retry.on: [timeout]` applies to a model call cut off by the model's `timeout` (Appendix A)."""
+    server.stall(2.0)  # the first call answers too late; the retry's answer comes at once
+    server.reply("too late")
+    server.reply("on time")
+    path = tmp_path / "slow.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        charter: "1.0"
+        name: slow-model
+        models:
+          default: {{provider: openai, model: test-model, base_url: "{server.url}", timeout: 300ms}}
+        steps:
+          - id: ask
+            retry: {{attempts: 2, backoff: {{initial: 10ms}}, on: [timeout]}}
+            llm: {{prompt: Say hi}}
+        output: {{answer: "${{{{ steps.ask.output }}}}"}}
+        """),
+        encoding="utf-8",
+    )
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    result, store = run(tmp_path, graph)
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "on time"}
+    (retrying,) = events(store, result.run_id, "step.retrying")
+    assert retrying["error"]["code"] == "timeout"

@@ -335,6 +335,15 @@ def test_openai_429_honours_retry_after_then_succeeds(server: FakeLLMServer) -> 
     assert len(server.requests["ratelimit"]) == 2
 
 
+def test_a_retry_after_beyond_the_call_timeout_gives_up_at_once(server: FakeLLMServer) -> None:
+    """The model's timeout bounds the whole call: a Retry-After (7 s) that would outlast it (5 s) is
+    not waited for; the rate-limit error is the call's answer, after one attempt."""
+    before = len(server.requests["ratelimit-long"])
+    with pytest.raises(ModelRateLimitError, match="gave up after 1 attempt\\)"):
+        _, waits = run_openai(server.url("ratelimit-long"), ask(), timeout=5.0)
+    assert len(server.requests["ratelimit-long"]) == before + 1
+
+
 def test_openai_500_then_success_backs_off(server: FakeLLMServer) -> None:
     response, waits = run_openai(server.url("flaky"), ask())
     assert response.text == "recovered"

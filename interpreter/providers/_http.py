@@ -122,20 +122,24 @@ class JsonHttpClient:
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """The decoded JSON object the endpoint answered, after retries; a `ModelError` otherwise."""
         url = self.base_url + path
+        # The model's `timeout` is the limit of the whole call, its retries and their waits included:
+        # a long Retry-After never holds a step past it.
+        deadline = time.monotonic() + self.timeout
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                return await self._attempt(url, body)
+                return await self._attempt(url, body, deadline)
             except _Retry as failed:
-                if attempt == self.retry.attempts:
-                    raise _gave_up(failed.error, attempt) from None
                 wait = failed.wait if failed.wait is not None else self.retry.backoff(attempt)
-                await self.sleep(min(wait, self.retry.max_delay))
+                wait = min(wait, self.retry.max_delay)
+                if attempt == self.retry.attempts or time.monotonic() + wait >= deadline:
+                    raise _gave_up(failed.error, attempt) from None
+                await self.sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _attempt(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _attempt(self, url: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
         try:
             # httpx's timeout bounds each phase; this bounds the whole call (a slow drip stays bounded).
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 response = await self._client.post(url, json=body)
         except (TimeoutError, httpx.TimeoutException):
             raise ModelTimeoutError(self.provider, url, f"no answer within {self.timeout:g}s") from None
@@ -186,7 +190,7 @@ class JsonHttpClient:
 
 
 def _gave_up(error: ModelError, attempts: int) -> ModelError:
-    what = f"{error.what} (gave up after {attempts} attempts)"
+    what = f"{error.what} (gave up after {attempts} attempt{'' if attempts == 1 else 's'})"
     return type(error)(error.provider, error.endpoint, what, status=error.status)
 
 
