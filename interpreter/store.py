@@ -628,7 +628,6 @@ class _Tx:
         return digest
 
     def acquire_lease(self, run_id: str) -> Lease:
-        self._head(run_id)  # RunNotFound for a mistyped id
         row = self._conn.execute(
             f"SELECT {_LEASE_COLUMNS} FROM run_leases WHERE run_id = ?", (run_id,)
         ).fetchone()
@@ -637,6 +636,10 @@ class _Tx:
             held = Lease(*row)
             if holder_alive(held.node, held.pid, held.proc_start, held.expires_at, now):
                 raise RunLeased(held)
+        # The run is free: a token this store kept from a lease it lost earlier fences nothing now
+        # (left, a long-lived process such as `charter wake --watch` could never take the run again).
+        self._store._leased.pop(run_id, None)
+        self._head(run_id)  # RunNotFound for a mistyped id
         me = this_process()
         lease = Lease(run_id, secrets.token_hex(16), me.host, me.node, me.pid, me.start, now, now, _expiry())
         self._conn.execute(

@@ -480,6 +480,10 @@ def test_a_holder_whose_lease_was_taken_over_cannot_write_to_the_run(tmp_path: P
             store.append(run_id, s.STEP_COMPLETED, "a", {"attempt": 1, "output": None})
         assert [e.kind for e in store.events(run_id)] == [s.STEP_STARTED]
         assert store.verify(run_id).ok
+        with sqlite3.connect(tmp_path / "charter.db") as other:  # they finished with it and let it go
+            other.execute("DELETE FROM run_leases WHERE run_id = ?", (run_id,))
+        # The same store (a long-lived process: `charter wake --watch`) can take the run again.
+        store.release_lease(store.acquire_lease(run_id))
 
 
 def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
