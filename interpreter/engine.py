@@ -928,6 +928,8 @@ async def start_run(
 ) -> RunResult:
     """Create a run row and its run.started event, then execute it."""
     check_inputs(graph, inputs)
+    if options.durability == "full":  # what the engine assumes of its commits must be what they do
+        store.set_durability("full")
     file = _file_of(graph)
     remember_graph(graph, file or "<stored>")
     policy, secrets, python_tools = await _prepare(graph, options, file)

@@ -109,6 +109,7 @@ class RunOptions:
     principal: str | None = None
     claims: dict[str, Any] | None = None
     allow_modules: tuple[str, ...] = ()
+    # "full" also switches the store to fsync per commit (for good: a store never weakens it for a run).
     durability: Literal["normal", "full"] = "normal"
     progress: Callable[[ProgressEvent], None] | None = None
     model_overrides: dict[str, str] = field(default_factory=dict)

@@ -275,3 +275,17 @@ def test_a_locked_log_stops_the_run_resumable_instead_of_failing_it(workdir: Pat
         assert store.verify(run.run_id).ok
     calls = [e["me"] for e in map(json.loads, log.read_text().splitlines())]
     assert calls == ["s0", "s1", "s1", "s2"]  # s1's completion was lost with the commit: it ran again
+
+
+def test_a_run_asking_for_full_durability_gets_fsynced_commits_from_a_library_caller(
+    workdir: Path, tmp_path: Path
+) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(workdir, "full-from-library", "read", probe_steps(1, db, log))
+    with SQLiteEventStore(db) as store:  # opened with the default ("normal")
+        result = run_workflow(
+            graph, {}, store=store, options=RunOptions(allow_modules=(MODULE,), durability="full")
+        )
+        assert result.status == "completed", result.error
+        assert store.durability == "full"
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
