@@ -574,7 +574,10 @@ class Execution:
                 self.emit(s.STEP_SKIPPED, path, rec.skip)
             return None
         deltas = [(rec.vars_seq, rec.vars_delta)] if rec.vars_delta else []
-        for child_path, child in descendants(self.records, path):
+        children = descendants(self.records, path)
+        if self.write_reused:  # the fork's own log holds them too: its resume finds `steps.X` inside
+            self._write_reused(children)
+        for child_path, child in children:
             if child.vars_delta:
                 deltas.append((child.vars_seq, child.vars_delta))
             if child.status is not None and "[" not in child_path[len(path) :]:
@@ -615,6 +618,17 @@ class Execution:
             )
         self.notify("reused", path, node.kind)
         return rec.output
+
+    def _write_reused(self, children: list[tuple[str, NodeRecord]]) -> None:
+        """Copy the outcomes of a reused node's descendants into this run's log (a fork's)."""
+        reused = {"attempt": 1, "duration_ms": 0.0, "reused_from": self.reused_from}
+        for child_path, child in children:
+            if child.status == "completed":
+                self.emit(s.STEP_COMPLETED, child_path, {**reused, "output": child.output})
+            elif child.status == "failed":
+                self.emit(s.STEP_FAILED, child_path, {**reused, "error": child.error})
+            elif child.status == "skipped":
+                self.emit(s.STEP_SKIPPED, child_path, {**(child.skip or {}), "reused_from": self.reused_from})
 
     # -- the run
 

@@ -620,6 +620,33 @@ def test_fork_reuses_results_before_the_node(store: Any, workdir: Path, tmp_path
         fork_run(original.run_id, "nope", store=store, options=OPTS)
 
 
+def test_a_fork_that_pauses_keeps_what_it_reused_inside_a_group(store: Any, workdir: Path) -> None:
+    """A fork reuses a finished group; continued after an approval, its steps still read the group's
+    inner step (the fork's own log holds the reused descendants)."""
+    flow = write_flow(
+        workdir,
+        "fork-then-pause",
+        """        vars: {x: 0}
+        steps:
+          - id: g
+            steps:
+              - {id: c, set: {x: 5}}
+          - {id: ok, approval: {message: go?}}
+          - {id: use, set: {x: "${{ steps.c.output.x + 1 }}"}}
+        output: {x: "${{ vars.x }}"}
+        """,
+    )
+    original = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    forked = fork_run(original.run_id, "ok", store=store, options=OPTS)
+    assert forked.status == "waiting" and forked.pending == ["ok"]
+    done = decide_approval(forked.run_id, "ok", store=store, person="bob", approved=True, options=OPTS)
+    assert done.status == "completed", done.error
+    assert done.output == {"x": 6}
+    reused = [e.node_path for e in store.events(forked.run_id) if (e.payload or {}).get("reused_from")]
+    assert reused == ["g/body/c", "g"]
+    assert store.verify(forked.run_id).ok
+
+
 def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     write_flow(
         workdir,
