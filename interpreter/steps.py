@@ -601,9 +601,14 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
 @runner("workflow")
 async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input") or {}
-    if ex.replaying:
+    if ex.replaying:  # the child's recorded outcome stands in for it, as a tool's result does
         rec = ex.records.get(path)
-        return rec.output if rec is not None else None
+        error = rec.attempt_errors.get(attempt) if rec is not None else None
+        if error:
+            raise StepError.from_dict(error)
+        if rec is None or rec.status is None:
+            raise Suspend([path])  # the child had not finished when the run was recorded
+        return rec.output
     return await child_run(
         ex, path, node.step.workflow.path, inputs, idempotency_key(ex.run_id, path, attempt)
     )

@@ -647,6 +647,38 @@ def test_a_fork_that_pauses_keeps_what_it_reused_inside_a_group(store: Any, work
     assert store.verify(forked.run_id).ok
 
 
+@pytest.mark.parametrize("child", ["fails", "waits"])
+def test_a_run_with_a_child_that_failed_or_waits_replays(store: Any, workdir: Path, child: str) -> None:
+    """Replay takes a workflow step's outcome from the log: a failure (caught here) or a child still
+    waiting for a person is reproduced, not reported as a divergence."""
+    body = (
+        "- {id: boom, fail: {code: nope, message: child failed}}"
+        if child == "fails"
+        else ("- {id: ok, approval: {message: please}}")
+    )
+    write_flow(workdir, f"child-{child}", f"steps:\n  {body}\n")
+    parent = write_flow(
+        workdir,
+        f"parent-of-{child}",
+        f"""\
+        vars: {{x: 0}}
+        steps:
+          - id: guard
+            try:
+              steps:
+                - {{id: sub, workflow: {{path: child-{child}.yaml}}}}
+              catch:
+                steps:
+                  - {{id: handled, set: {{x: 1}}}}
+        output: {{x: "${{{{ vars.x }}}}"}}
+        """,
+    )
+    result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
+    assert result.status == ("completed" if child == "fails" else "waiting"), result.error
+    replayed = replay_run(result.run_id, store=store, options=OPTS)
+    assert replayed.ok, replayed.divergence
+
+
 def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     write_flow(
         workdir,
