@@ -526,7 +526,7 @@ class StepCall:
         recorded = self.rec.models.get((self.attempt, self.calls)) if self.rec is not None else None
         if ex.replaying or (recorded is not None and recorded.completed is not None):
             if ex.replaying:
-                response, cost, latency = self._replayed(recorded, logged)
+                response, cost, latency = await self._replayed(recorded, logged)
             else:
                 done = recorded.completed
                 response, cost, latency = (
@@ -594,7 +594,7 @@ class StepCall:
         ex.commit()  # an answer costs money and time: durable before it is used, so resume reuses it
         return response, then
 
-    def _replayed(
+    async def _replayed(
         self, recorded: Any, logged: list[dict[str, Any]]
     ) -> tuple[ModelResponse, float | None, float]:
         ex, path = self.ex, self.path
@@ -613,9 +613,8 @@ class StepCall:
             error = self.rec.attempt_errors.get(self.attempt) if self.rec is not None else None
             if error:
                 raise StepError.from_dict(error)
-            ex.diverge(
-                path, None, {"call": self.calls}, "the recorded model call has no answer (interrupted run)"
-            )
+            await ex.cut_off(path)  # cut off by a timeout or a sibling that won the join
+        assert done is not None
         return (
             ModelResponse.from_record(done.get("response") or {}),
             done.get("cost"),
@@ -703,7 +702,7 @@ class StepCall:
         key = idempotency_key(ex.run_id, path, attempt, n)
         recorded = self.rec.agent_tools.get((attempt, n)) if self.rec is not None else None
         if ex.replaying:
-            result, error = self._replayed_tool(recorded, name, args)
+            result, error = await self._replayed_tool(recorded, name, args)
             if error is not None:
                 return None, error, None
             logged, verdict = self._screen_result(name, args, result, occurrence)
@@ -759,7 +758,9 @@ class StepCall:
             raise escalation
         return result, None, verdict
 
-    def _replayed_tool(self, recorded: Any, name: str, args: dict[str, Any]) -> tuple[Any, StepError | None]:
+    async def _replayed_tool(
+        self, recorded: Any, name: str, args: dict[str, Any]
+    ) -> tuple[Any, StepError | None]:
         ex, path = self.ex, self.path
         ex.checked += 1
         if recorded is None or recorded.called is None:
@@ -771,6 +772,8 @@ class StepCall:
         if recorded.completed is not None:
             return recorded.completed.get("result"), None
         failed = (recorded.failed or {}).get("error")
+        if failed and failed.get("code") == "cancelled":
+            await ex.cut_off(path)  # cut off by a timeout or a sibling that won the join: ends as it did
         if failed:
             return None, StepError.from_dict(failed)
         ex.diverge(

@@ -43,6 +43,7 @@ from interpreter.runtime import (
     Divergence,
     InputError,
     ProgressEvent,
+    ReplayCutOff,
     RunOptions,
     RunResult,
     RunSetupError,
@@ -58,6 +59,19 @@ GROUP_WINDOW = 0.005  # seconds a side-effect-free completion may wait for a gro
 GROUP_EVENTS = 512
 _ITERATION = re.compile(r"\[\d+\]")
 INPUT_GATE = "run.input"  # node path of run.input guardrail events and of their escalation
+
+
+def _enclosing(path: str) -> list[str]:
+    """`path` and the paths of the steps around it, innermost first: "a/b[2]/c" -> a/b[2]/c, a/b[2],
+    a/b (the for_each the iteration belongs to), a."""
+    out: list[str] = []
+    parts = path.split("/")
+    for i in range(len(parts), 0, -1):
+        prefix = "/".join(parts[:i])
+        out.append(prefix)
+        if prefix.endswith("]"):
+            out.append(prefix[: prefix.rindex("[")])
+    return out
 
 
 def static_path(runtime_path: str) -> str:
@@ -468,6 +482,12 @@ class Execution:
             async with asyncio.timeout(timeout):
                 return await runner(self, node, scope, path, attempt)
         except TimeoutError:
+            if timeout is None:  # not this step's timeout: someone else's error
+                raise
+            raise StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}") from None
+        except ReplayCutOff as cut:
+            if cut.at != path:
+                raise
             raise StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}") from None
         finally:
             if outer is not None:
@@ -619,6 +639,25 @@ class Execution:
         self.notify("reused", path, node.kind)
         return rec.output
 
+    async def cut_off(self, path: str) -> None:
+        """Replay of a call at `path` that the recorded run cut off (its tool.failed says `cancelled`,
+        or its model call has no answer): end it as it ended then, at once. A timeout (this step's,
+        an enclosing step's, the run's) raises `ReplayCutOff` for that step; otherwise a sibling branch
+        won a join, and the call waits to be cancelled when the replay reaches that point."""
+        for candidate in _enclosing(path):
+            rec = self.records.get(candidate)
+            if rec is not None and rec.attempt_errors:
+                last = rec.attempt_errors[max(rec.attempt_errors)]
+                if last.get("code") == "timeout" and last.get("node_path") == candidate:
+                    raise ReplayCutOff(candidate)
+        row = self.store.run(self.run_id)
+        error = row.error or {}
+        if error.get("code") == "timeout" and not error.get("node_path"):
+            raise ReplayCutOff("")
+        if row.status == "running":  # the recording stops here (a crash): nothing says how it ended
+            self.diverge(path, None, None, "the recorded call has no result (the run was interrupted there)")
+        await asyncio.Future()
+
     def _write_reused(self, children: list[tuple[str, NodeRecord]]) -> None:
         """Copy the outcomes of a reused node's descendants into this run's log (a fork's)."""
         reused = {"attempt": 1, "duration_ms": 0.0, "reused_from": self.reused_from}
@@ -649,7 +688,7 @@ class Execution:
                 output = (
                     self.evaluate(graph.output, root, "workflow output") if graph.output is not None else None
                 )
-            except TimeoutError:
+            except (TimeoutError, ReplayCutOff):
                 raise StepError("timeout", f"the run timed out after {graph.workflow.timeout}") from None
         except Suspend as sus:
             return self.finish("waiting", None, None, sus.pending)

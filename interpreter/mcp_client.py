@@ -5,8 +5,15 @@ run) or connects to it (streamable HTTP), lists its tools, and keeps the session
 Arguments are validated against the tool's input schema before the call.
 
 Nothing here can hang a run: starting, listing and calling are bounded by timeouts, and a server that
-exits (or is killed) fails the calls in flight and every later call with an `McpServerError` that says
-which server and what happened, with the tail of its stderr when it wrote any.
+exits (or is killed) fails the calls in flight with an `McpServerError` that says which server and what
+happened, with the tail of its stderr when it wrote any. The pool's next call for that server starts it
+again (a new session): once per call, so a step's `retry` gets a fresh server for each attempt.
+
+A server that answers with something that is not MCP (not JSON-RPC: a stdio server printing to its stdout,
+a URL that is not an MCP endpoint) fails the start or the call in flight promptly, with an excerpt of what
+it sent, unless a real answer follows within `_NOT_MCP_GRACE` (a stray line, such as a banner, is
+tolerated). The SDK's own report of such output (a traceback logged on stderr) is dropped for Charter's
+sessions: the error says it instead.
 
 A tool's result is the value the tool returned (`McpResult.value`): a string stays a string, a number a
 number, a list a list. MCP carries structured content only as an object, so the SDKs send any other value
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -38,6 +47,9 @@ DEFAULT_STARTUP_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 60.0
 _CLOSE_TIMEOUT = 10.0
 _STDERR_TAIL = 800
+_NOT_MCP_GRACE = 2.0  # after output that is not MCP, how long a real answer may still come
+_EXCERPT = 120
+_PARSE_ERROR = -32700  # JSON-RPC's code, which SDK 2.x gives a request whose HTTP answer was not JSON-RPC
 
 
 class McpError(Exception):
@@ -143,6 +155,8 @@ def _sdk() -> Any:
         import mcp
     except ImportError:
         raise McpError("MCP tools need the `mcp` package: pip install 'charter[mcp]'") from None
+    for name in _SDK_TRANSPORT_LOGGERS:
+        logging.getLogger(name).addFilter(_NOT_MCP_LOG)  # once: a filter is added only if absent
     return mcp
 
 
@@ -168,6 +182,13 @@ class McpConnection:
         self._dead = asyncio.Event()
         self._failure: str | None = None
         self._stderr: IO[bytes] | None = None
+        self._not_mcp: str | None = None  # an excerpt of the last output that was not MCP
+        self._not_mcp_seen = asyncio.Event()  # set (and replaced) at each such output
+
+    @property
+    def alive(self) -> bool:
+        """Started, and neither ended nor broken: calls can use it."""
+        return self._session is not None and not self._dead.is_set()
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -176,15 +197,35 @@ class McpConnection:
         _sdk()
         self._ready = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._own(), name=f"mcp {self.config.label}")
+        not_mcp = self._watch_not_mcp()
+        died = asyncio.ensure_future(self._dead.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), self.startup_timeout)
-        except TimeoutError:
+            try:
+                done, _ = await asyncio.wait(
+                    {self._ready, not_mcp, died},
+                    timeout=self.startup_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiter in (not_mcp, died):
+                    waiter.cancel()
+            if self._ready in done:
+                self._ready.result()  # raises the McpServerError of a failed start
+                return
+            if not_mcp in done:
+                self._failure = f"it {self._not_mcp_reason()}"
+                message = f"{self.config.label} {self._not_mcp_reason()}"
+            elif died in done:
+                verb = "failed to start" if self.config.command else "could not be reached"
+                message = f"{self.config.label} {verb}: {self._failure}"
+            else:
+                message = f"{self.config.label} did not start within {self.startup_timeout:g}s"
             await self._abort()
-            raise McpServerError(
-                f"{self.config.label} did not start within {self.startup_timeout:g}s{self._stderr_tail()}"
-            ) from None
+            raise McpServerError(message + self._stderr_tail())
         except BaseException:  # McpError, or the run was cancelled (Ctrl-C) while the server started
             await asyncio.shield(self._abort())
+            if self._ready.done() and not self._ready.cancelled():
+                self._ready.exception()  # retrieved: a failure the session reported too late is not logged
             raise
 
     async def close(self) -> None:
@@ -213,11 +254,13 @@ class McpConnection:
         """The session's task: enter the transport and session, report ready, wait for close."""
         assert self._ready is not None
         mcp = _sdk()
+        _current.set(self)  # for the SDK's log records, in this task and the transport's tasks
         try:
             async with contextlib.AsyncExitStack() as stack:
                 streams = await stack.enter_async_context(self._transport(mcp))
                 self._spawned.set()
-                session = await stack.enter_async_context(mcp.ClientSession(streams[0], streams[1]))
+                read = _WatchedStream(streams[0], self)
+                session = await stack.enter_async_context(mcp.ClientSession(read, streams[1]))
                 await session.initialize()
                 listed = await session.list_tools()
                 self.tools = {t.name: _tool_info(t) for t in listed.tools}
@@ -228,12 +271,15 @@ class McpConnection:
             self._failure = self._failure or "the session was cancelled"
             raise
         except Exception as exc:  # anyio wraps failures in exception groups; _describe looks inside
-            self._failure = _describe(exc)
-            if not self._ready.done():
+            if _not_mcp_error(exc):  # SDK 2.x over HTTP: the request failed with a parse error
+                self._failure = f"it {self._not_mcp_reason()}"
+                message = f"{self.config.label} {self._not_mcp_reason()}"
+            else:
+                self._failure = _describe(exc)
                 verb = "failed to start" if self.config.command else "could not be reached"
-                self._ready.set_exception(
-                    McpServerError(f"{self.config.label} {verb}: {self._failure}{self._stderr_tail()}")
-                )
+                message = f"{self.config.label} {verb}: {self._failure}"
+            if not self._ready.done():
+                self._ready.set_exception(McpServerError(message + self._stderr_tail()))
         finally:
             if not self._closing.is_set() and self._failure is None:
                 self._failure = "the session ended"
@@ -256,6 +302,45 @@ class McpConnection:
             from mcp.client.streamable_http import streamablehttp_client as connect
         return connect(self.config.url)
 
+    # --- what the transport reports -------------------------------------------------------------------
+
+    def _saw_not_mcp(self, excerpt: str | None, *, wake: bool = True) -> None:
+        """The server sent something that is not MCP: remember it, and wake the waiters (`wake`) so
+        they fail unless a real answer comes within the grace."""
+        if excerpt:
+            self._not_mcp = excerpt
+        if wake:
+            seen, self._not_mcp_seen = self._not_mcp_seen, asyncio.Event()
+            seen.set()
+
+    def _ended(self) -> None:
+        """The transport's read stream ended: a stdio server exited (or closed its stdout)."""
+        if not self._closing.is_set():
+            self._lost(
+                "the server exited (its stdout closed)"
+                if self.config.command
+                else "the server closed the connection"
+            )
+
+    def _watch_not_mcp(self) -> asyncio.Future[None]:
+        """A future done once the server sends something that is not MCP (from now on), and the grace
+        after it has passed."""
+        seen = self._not_mcp_seen
+
+        async def watch() -> None:
+            await seen.wait()
+            await asyncio.sleep(_NOT_MCP_GRACE)
+
+        return asyncio.ensure_future(watch())
+
+    def _not_mcp_reason(self) -> str:
+        reason = "answered with something that is not MCP (JSON-RPC)"
+        if self._not_mcp:
+            reason += f": {self._not_mcp}"
+        if self.config.command is not None:
+            reason += " (a stdio MCP server must write only JSON-RPC messages to its stdout)"
+        return reason
+
     # --- calls ----------------------------------------------------------------------------------------
 
     async def call(
@@ -271,10 +356,13 @@ class McpConnection:
         limit = timeout or self.call_timeout
         call = asyncio.ensure_future(self._session.call_tool(tool, dict(arguments)))
         died = asyncio.ensure_future(self._dead.wait())
+        not_mcp = self._watch_not_mcp()
         try:
-            done, _ = await asyncio.wait({call, died}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {call, died, not_mcp}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            for task in (call, died):
+            for task in (call, died, not_mcp):
                 if not task.done():
                     task.cancel()
         where = f"{self.config.label}, tool {tool!r}"
@@ -282,6 +370,9 @@ class McpConnection:
             return _result(where, call.result(), info)
         if call in done:
             error = call.exception()
+            if _not_mcp_error(error):  # SDK 2.x over HTTP
+                self._lost(f"it {self._not_mcp_reason()}")
+                raise McpServerError(f"{where}: the server {self._not_mcp_reason()}")
             reason = self._failure or _describe(error)
             if _connection_lost(error):
                 self._lost(reason)
@@ -293,10 +384,14 @@ class McpConnection:
             raise McpServerError(
                 f"{where}: the server went away during the call: {self._failure}{self._stderr_tail()}"
             )
+        if not_mcp in done:
+            self._lost(f"it {self._not_mcp_reason()}")
+            raise McpServerError(f"{where}: the server {self._not_mcp_reason()}{self._stderr_tail()}")
         raise McpServerError(f"{where}: no answer within {limit:g}s")
 
     def _lost(self, reason: str) -> None:
-        """The transport is gone (the SDK keeps the session open): fail later calls, release the rest."""
+        """The transport is gone or unusable (the SDK keeps the session open): fail later calls of this
+        session (the pool starts a new one), release the rest."""
         self._failure = self._failure or reason
         self._dead.set()
         self._closing.set()
@@ -321,6 +416,84 @@ class McpConnection:
         return f"; its stderr ends with: {text}" if text else ""
 
 
+class _WatchedStream:
+    """The transport's read stream as the session reads it, with what the session does not report:
+    output that is not JSON-RPC (the SDK passes it on as an exception, which the session only logs) and
+    the end of the stream (a stdio server exited, even between calls)."""
+
+    def __init__(self, inner: Any, connection: McpConnection) -> None:
+        self._inner = inner
+        self._connection = connection
+
+    async def receive(self) -> Any:
+        import anyio
+
+        try:
+            item = await self._inner.receive()
+        except anyio.EndOfStream:
+            self._connection._ended()
+            raise
+        if isinstance(item, Exception):
+            self._connection._saw_not_mcp(_excerpt(item))
+        return item
+
+    def __aiter__(self) -> _WatchedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        import anyio
+
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _WatchedStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # e.g. SDK 2.x's `last_context`
+        return getattr(self._inner, name)
+
+
+_current: contextvars.ContextVar[McpConnection | None] = contextvars.ContextVar(
+    "charter_mcp_connection", default=None
+)
+_SDK_TRANSPORT_LOGGERS = ("mcp.client.stdio", "mcp.client.streamable_http", "mcp.client.sse")
+
+
+class _NotMcpLog(logging.Filter):
+    """Drops the SDK's log records about a server's output that is not JSON-RPC (a pydantic traceback,
+    printed on stderr when logging is not configured) when one of Charter's sessions received it: the
+    session's error says it, with an excerpt of the output kept here. Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        connection = _current.get()
+        if connection is None:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValueError):  # pydantic's ValidationError: not JSON, or not JSON-RPC
+            connection._saw_not_mcp(_excerpt(error), wake=False)
+            return False
+        message = record.getMessage()
+        if message.startswith("Unexpected content type"):  # SDK 2.x over HTTP
+            kind = message.partition(":")[2].strip() or "unknown"
+            connection._saw_not_mcp(f"a response of content type {kind}", wake=False)
+            return False
+        return True
+
+
+_NOT_MCP_LOG = _NotMcpLog()
+
+
 class McpClientPool:
     """The MCP sessions of one run, one per server, started on first use and closed together."""
 
@@ -333,11 +506,16 @@ class McpClientPool:
         self._starting: dict[McpServerConfig, asyncio.Lock] = {}
 
     async def connection(self, config: McpServerConfig) -> McpConnection:
+        """The server's session, started on first use, and started again when the last one ended (the
+        server exited, was killed or broke the protocol): at most one start per call."""
         lock = self._starting.setdefault(config, asyncio.Lock())
         async with lock:  # two steps asking at once still start one server
             existing = self._connections.get(config)
-            if existing is not None:
+            if existing is not None and existing.alive:
                 return existing
+            if existing is not None:  # stop what is left of it first (its process, its stderr file)
+                del self._connections[config]
+                await existing.close()
             connection = McpConnection(
                 config, startup_timeout=self.startup_timeout, call_timeout=self.call_timeout
             )
@@ -449,6 +627,37 @@ def _connection_lost(exc: BaseException | None) -> bool:
     error = getattr(exc, "error", None)  # the SDK's MCPError carries ErrorData
     code = getattr(error, "code", getattr(exc, "code", None))
     return code == -32000 or "connection closed" in str(exc).lower()
+
+
+def _not_mcp_error(exc: BaseException | None) -> bool:
+    """Whether a failed request means the server answered something that is not JSON-RPC (SDK 2.x over
+    HTTP turns that into an error of the request)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", getattr(exc, "code", None))
+    message = getattr(error, "message", None) or str(exc)
+    return code == _PARSE_ERROR or message.startswith("Unexpected content type")
+
+
+def _excerpt(error: BaseException) -> str | None:
+    """The start of what the server sent, from the SDK's parse error (a pydantic ValidationError, whose
+    errors carry the input), quoted; None when the error does not carry it."""
+    try:
+        value = error.errors()[0]["input"]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not a ValidationError: no excerpt
+        return None
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "replace")
+    if not isinstance(value, str):
+        try:
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            value = str(value)
+    text = " ".join(value.split())
+    if not text:
+        return "an empty line"
+    return repr(text[:_EXCERPT] + "…" if len(text) > _EXCERPT else text)
 
 
 def _describe(exc: BaseException | None) -> str:

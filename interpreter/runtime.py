@@ -146,6 +146,16 @@ class ReplayResult:
     events_checked: int
 
 
+class ReplayCutOff(BaseException):  # noqa: N818 - control flow of replay
+    """Replay of a call the recorded run cut off with the timeout of `at` (a step's path; "" the run's):
+    it ends the enclosing attempts at once, up to that step, which fails with its recorded timeout.
+    A BaseException, like the cancellation it stands for: no `catch` or retry inside sees it."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__(at)
+        self.at = at
+
+
 class Diverged(Exception):  # noqa: N818 - control flow of replay
     def __init__(self, divergence: Divergence) -> None:
         super().__init__(divergence.reason)

@@ -216,13 +216,7 @@ async def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool
         ex.diverge(
             path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
         )
-    # The call was cut off. When this step's own timeout did it, fail the attempt the same way; otherwise
-    # (an enclosing timeout, a sibling that won the join) wait to be cancelled as the recording was.
-    assert rec is not None
-    ended = rec.attempt_errors.get(attempt)
-    if ended is not None and ended.get("code") == "timeout" and ended.get("node_path") == path:
-        raise StepError.from_dict(ended)
-    await asyncio.Future()
+    await ex.cut_off(path)  # cut off by a timeout, or by a sibling that won the join: ends as it did
     return None
 
 

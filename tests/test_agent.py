@@ -542,3 +542,41 @@ def test_a_model_call_past_its_timeout_fails_with_code_timeout_and_is_retried(
     assert result.output == {"answer": "on time"}
     (retrying,) = events(store, result.run_id, "step.retrying")
     assert retrying["error"]["code"] == "timeout"
+
+
+def test_a_model_call_cut_off_by_an_enclosing_timeout_replays(tmp_path: Path, server: OpenAIServer) -> None:
+    """The recorded call has no answer because the group around it timed out: replay ends it the same
+    way at once (it used to report a divergence, or to wait for the timeout in real time)."""
+    server.stall(2.0)
+    server.reply("too late")
+    path = tmp_path / "cut.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        charter: "1.0"
+        name: cut-off-model
+        models:
+          default: {{provider: openai, model: test-model, base_url: "{server.url}"}}
+        steps:
+          - id: guarded
+            try:
+              steps:
+                - id: group
+                  timeout: 300ms
+                  steps:
+                    - {{id: ask, llm: {{prompt: Say hi}}}}
+              catch:
+                as: problem
+                steps:
+                  - {{id: note, set: {{why: "${{{{ problem.code }}}}"}}}}
+        vars: {{why: ""}}
+        output: {{why: "${{{{ vars.why }}}}"}}
+        """),
+        encoding="utf-8",
+    )
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    result, store = run(tmp_path, graph)
+    assert result.status == "completed", result.error
+    assert result.output == {"why": "timeout"}
+    replayed = replay_run(result.run_id, store=store)
+    assert replayed.ok, replayed.divergence
