@@ -306,7 +306,9 @@ class StepCall:
         agent.output rules, before the answer is written to the log. Returns the answer as the log records
         it and the step uses it (every `redact` match masked) and what it leads to; an error found here
         is returned, to be raised once the answer is recorded (resume then reuses it)."""
-        context = {"output": self._answer(response), "tool_calls": _calls(response)}
+        answer = self._answer(response)
+        # A turn that only calls tools said nothing: "" (a check on the text must not fail on null).
+        context = {"output": "" if answer is None else answer, "tool_calls": _calls(response)}
         try:
             verdict = self._check("model.output", context)
         except EscalationRequired as esc:

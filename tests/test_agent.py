@@ -580,3 +580,17 @@ def test_a_model_call_cut_off_by_an_enclosing_timeout_replays(tmp_path: Path, se
     assert result.output == {"why": "timeout"}
     replayed = replay_run(result.run_id, store=store)
     assert replayed.ok, replayed.divergence
+
+
+def test_a_model_output_check_on_text_passes_a_turn_that_only_calls_tools(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """At model.output, a turn without text has `output == ""`: a string check evaluates (it used to
+    fail closed on null and end the agent at its first tool call)."""
+    rule = "guardrails:\n  - {id: polite, on: model.output, check: '!output.contains(\"stupid\")'}\n"
+    server.call_tools(("lookup_company", {"name": "Globex"}))
+    server.reply("Globex is rated BBB.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, rule + agent()), {"q": "Globex"})
+    assert result.status == "completed", result.error
+    outcomes = [e["outcome"] for e in events(store, result.run_id, "guardrail.evaluated")]
+    assert "error" not in outcomes
