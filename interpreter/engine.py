@@ -552,7 +552,8 @@ class Execution:
                         "attempt": attempt,
                         "error": err.to_dict(),
                         "duration_ms": (time.perf_counter() - t0) * 1000,
-                        "caught_by": scope.catcher,
+                        # a spent workflow budget halts the run: no `try` around the step handles it
+                        "caught_by": None if err.halts_run else scope.catcher,
                     },
                 )
             )

@@ -48,6 +48,11 @@ class StepError(Exception):
         self.step: str | None = None
         self.node_path: str | None = None
 
+    @property
+    def halts_run(self) -> bool:
+        """A spent workflow-level budget: no `catch` inside the run handles it (spec §11.3)."""
+        return isinstance(self.details, dict) and bool(self.details.get("halts_run"))
+
     def kinds(self) -> set[str]:
         return {self.code} | ({self.category} if self.category else set())
 

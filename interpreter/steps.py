@@ -317,7 +317,7 @@ async def run_try(ex: Execution, node: Any, scope: Scope, path: str, attempt: in
     try:
         return await ex.exec_block(body, inner)
     except StepError as err:
-        if catch is None or (isinstance(err.details, dict) and err.details.get("halts_run")):
+        if catch is None or err.halts_run:
             raise
         name = node.step.try_.catch.as_
         handler = Scope(

@@ -654,6 +654,10 @@ steps:
     assert code == 1 and result["error"]["code"] == "guardrail", result["error"]
     assert "max_tool_calls 2" in result["error"]["message"]
     assert [c["tool"] for c in calls(tmp_path)] == ["tick", "lookup"]  # no catch ran: the budget halts
+    (failed,) = [
+        e for e in events(tmp_path, result["run_id"], "step.failed") if e["error"]["code"] == "guardrail"
+    ][:1]
+    assert failed["caught_by"] is None  # the log does not claim the `try` handled it
 
 
 def test_a_resumed_child_run_is_still_bound_by_its_parent_rules(tmp_path: Path) -> None:
