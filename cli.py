@@ -263,6 +263,8 @@ def _options(principal, claims_file, allow_modules, durability, quiet=False, mod
 
     from interpreter import RunOptions
 
+    if principal is not None and not principal.strip():
+        _die("--as needs a name (an empty one would silently mean your user name)")
     claims = None
     if claims_file:
         try:
@@ -368,7 +370,9 @@ def _allow_option(fn):  # type: ignore[no-untyped-def]
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_json", metavar="JSON", help="The run input as JSON text.")
 @click.option("--input-file", type=click.Path(dir_okay=False), help="Read the run input from a JSON file.")
-@click.option("--as", "principal", metavar="PRINCIPAL", help="Principal the run acts for.")
+@click.option(
+    "--as", "principal", metavar="PRINCIPAL", help="Principal the run acts for (default: your user name)."
+)
 @click.option(
     "--claims", "claims_file", type=click.Path(dir_okay=False), help="JSON file of the principal's claims."
 )

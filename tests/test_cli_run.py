@@ -81,6 +81,8 @@ def test_exit_codes_for_bad_input_file_and_module(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "not allowed" in refused.stderr
     assert not log.exists()
     assert "Traceback" not in refused.stderr + bad_input.stderr
+    nobody = charter("run", str(EXAMPLES / "approval.yaml"), "--as", " ", cwd=tmp_path)
+    assert nobody.returncode == 2 and "--as needs a name" in nobody.stderr
 
 
 def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) -> None:
