@@ -740,6 +740,7 @@ class StepCall:
             )
         except StepError as err:
             err.step, err.node_path = self.node.id, path
+            ex.guard.mask_tool_error(path, name, err)
             ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, self.actor)
             return None, err, None
         except asyncio.CancelledError:

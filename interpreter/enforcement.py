@@ -429,10 +429,18 @@ class RunGuard:
         """`args` with the `tool.input` redact rules for `tool` applied, each masking rule an event: the
         arguments inside a model's answer are logged (`model.completed`) before the call reaches its
         `tool.input` hook, and must not reach the log in clear."""
+        return self._mask_only("tool.input", node_path, tool, args)
+
+    def mask_tool_error(self, node_path: str, tool: str, err: StepError) -> None:
+        """A failed call's message may quote what the tool read: the `tool.output` redact rules mask it
+        (in place) before it is logged or shown to a model, as they would have masked the result."""
+        err.message = self._mask_only("tool.output", node_path, tool, err.message)
+
+    def _mask_only(self, hook: str, node_path: str, tool: str, value: Any) -> Any:
         if not self._has_rules:
-            return args
+            return value
         rules, step_ids = self._set_for(node_path, tool)
-        masked, events = rules.mask_only("tool.input", args, tool=tool, step_ids=step_ids)
+        masked, events = rules.mask_only(hook, value, tool=tool, step_ids=step_ids)
         for event in events:
             payload = event.to_event_payload()
             payload["verdict"] = "redact"

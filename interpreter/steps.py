@@ -95,6 +95,7 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         )
     except StepError as err:
         err.step, err.node_path = node.id, path
+        ex.guard.mask_tool_error(path, name, err)
         ex.emit(
             s.TOOL_FAILED,
             path,

@@ -42,6 +42,7 @@ tools:
   send: {python: "h16tools:send", effect: write}
   tick: {python: "h16tools:tick", effect: read}
   same: {python: "h16tools:same", effect: read}
+  blocked: {python: "h16tools:blocked", effect: read}
 identities:
   bot: {kind: agent, roles: [support]}
   supervisor: {kind: user, roles: [lead]}
@@ -175,6 +176,32 @@ output: {card: "${{ steps.find.output.card }}"}
     assert b"4111 1111 1111 1111" not in raw  # never in the log, in clear
     kinds = {e["rule"]: e["decision"] for e in events(tmp_path, result["run_id"], "guardrail.evaluated")}
     assert kinds == {"no-cards": "redact"}
+
+
+def test_redact_masks_a_failed_call_message_too(tmp_path: Path) -> None:
+    """An error that quotes what the tool read is masked by the tool.output rules like a result."""
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-cards, on: tool.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+vars: {why: ""}
+steps:
+  - id: guarded
+    try:
+      steps:
+        - {id: find, tool: blocked, args: {id: A1}}
+      catch:
+        as: problem
+        steps:
+          - {id: note, set: {why: "${{ problem.message }}"}}
+output: {why: "${{ vars.why }}"}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 0, result
+    assert "[REDACTED:no-cards]" in result["output"]["why"]
+    assert b"4111 1111 1111 1111" not in (tmp_path / "charter.db").read_bytes()
 
 
 def test_warn_records_and_goes_on(tmp_path: Path) -> None:
