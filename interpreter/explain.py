@@ -123,6 +123,21 @@ def _answer_of(response: Any) -> tuple[str | None, list[dict[str, Any]], list[di
     )
 
 
+def _told(messages: Any) -> list[dict[str, Any]]:
+    """The errors and refusals this turn tells the model about its last tool calls (an unknown tool,
+    arguments that are not JSON or break the schema, a guardrail or grant that said no, a failed call):
+    why a call the model chose did not happen, as the model was told."""
+    if not isinstance(messages, list):
+        return []
+    told: list[dict[str, Any]] = []
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            break  # only the results that answer the latest assistant turn
+        if message.get("is_error"):
+            told.append({"tool": message.get("name"), "message": message.get("content")})
+    return told[::-1]
+
+
 def _calls_of(calls: Any) -> list[dict[str, Any]]:
     return [
         {"tool": c.get("name"), "arguments": c.get("arguments")} for c in calls or [] if isinstance(c, dict)
@@ -162,7 +177,7 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
     if kind == s.MODEL_CALLED:
         return {**base, "what": "model.prompt", "model": p.get("model") or p.get("model_name"), "turn": p.get("turn", p.get("call")),
                 "prompt": _prompt_of(p.get("messages")), "messages": p.get("messages"),
-                "tools": p.get("tools")}  # fmt: skip
+                "tools": p.get("tools"), "told": _told(p.get("messages"))}  # fmt: skip
     if kind == s.MODEL_COMPLETED:
         text, chosen, skipped = _answer_of(p.get("response"))
         return {**base, "what": "model.answer", "model": p.get("model") or p.get("model_name"), "turn": p.get("turn", p.get("call")),
@@ -239,8 +254,16 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
     row = store.run(run_id)
     events = list(store.events(run_id))
     entries = [e for e in (_entry(ev) for ev in events if _in_node(ev.node_path, node)) if e is not None]
+    entries = _with_children(entries, events, store.children(run_id), node)
     if node is not None:
         entries = [e for e in entries if e["node_path"]]  # run-level lines only without --node
+        # the node's own outcome: what `--node` asks about first
+        entries += [
+            {"seq": ev.seq, "ts": ev.ts, "node_path": node, "kind": ev.kind, "what": "done",
+             "output": (ev.payload or {}).get("output")}
+            for ev in events if ev.kind == s.STEP_COMPLETED and ev.node_path == node
+        ]  # fmt: skip
+        entries.sort(key=lambda e: e["seq"])
     from interpreter.audit import audit_authz
 
     return {
@@ -255,6 +278,22 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
         "audit": audit_authz(events),
         "integrity": _integrity(store, run_id),
     }
+
+
+def _with_children(
+    entries: list[dict[str, Any]], events: list[s.Event], children: list[Any], node: str | None
+) -> list[dict[str, Any]]:
+    """A line for each child run (a `workflow` step or tool), placed after the last event its parent
+    logged before the child was created."""
+    for child in children:
+        at = child.parent_node or ""
+        if not _in_node(at, node):
+            continue
+        seq = max((ev.seq for ev in events if ev.ts <= child.created_at), default=0)
+        entries.append({"seq": seq, "ts": child.created_at, "node_path": at, "kind": "run.child", "what": "child",
+                        "run_id": child.run_id, "workflow": child.workflow_name, "status": child.status})  # fmt: skip
+    entries.sort(key=lambda e: e["seq"])  # stable: a child comes after the event it follows
+    return entries
 
 
 def _integrity(store: s.EventStore, run_id: str) -> dict[str, Any]:
@@ -303,7 +342,13 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
     if what == "authz":
         verb = "ALLOW" if e.get("decision") == "allow" else "DENY"
         tail = f": {e.get('reason')}" if verb == "DENY" else ""
-        return f"authz {verb} {e.get('tool')} for {_who(e)} by {e.get('grant')}{tail}"
+        parties = [g for g in e.get("grants") or [] if isinstance(g, dict)]
+        by = (
+            ", ".join(f"{g.get('grant')} ({g.get('sub')})" for g in parties)
+            if len(parties) > 1
+            else e.get("grant")
+        )
+        return f"authz {verb} {e.get('tool')} for {_who(e)} by {by}{tail}"
     if what == "guardrail":
         final = e.get("verdict")
         after = f"; verdict {final}" if final and final != e.get("decision") else ""
@@ -316,7 +361,16 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
     if what == "tool.error":
         return f"  ! {e.get('tool')}: {(e.get('error') or {}).get('message')}"
     if what == "model.prompt":
-        return f"model {e.get('model')} turn {e.get('turn')}: prompt {_short(e.get('prompt') or '', 100)}"
+        told = "".join(
+            f"; told: {c.get('tool')}: {_short(c.get('message') or '', 100)}" for c in e.get("told") or []
+        )
+        return (
+            f"model {e.get('model')} turn {e.get('turn')}: prompt {_short(e.get('prompt') or '', 100)}{told}"
+        )
+    if what == "done":
+        return f"completed = {_short(e.get('output'), 100)}"
+    if what == "child":
+        return f"child run {e.get('run_id')} ({e.get('workflow')}): {e.get('status')} (charter explain {e.get('run_id')})"
     if what == "model.answer":
         chosen, skipped = _call_list(e.get("tool_calls")), _call_list(e.get("skipped_tool_calls"))
         said = _short(e["answer"], 100) if e.get("answer") else ""

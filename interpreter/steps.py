@@ -669,21 +669,14 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
 
 def _existing_child(ex: Execution, path: str, key: str) -> str | None:
     """The child run this call started (its `run.started` names the call's key), if any."""
-    db = getattr(ex.store, "db", None)
-    if db is None:
-        return None
-    rows = db.execute(
-        "SELECT run_id FROM runs WHERE parent_run_id = ? AND parent_node = ? ORDER BY created_at, rowid",
-        [ex.run_id, path],
-    ).fetchall()
-    for (child,) in rows:
-        started = next(iter(ex.store.events(child)), None)
+    for child in ex.store.children(ex.run_id, path):
+        started = next(iter(ex.store.events(child.run_id)), None)
         if (
             started is not None
             and isinstance(started.payload, dict)
             and started.payload.get("parent_key") == key
         ):
-            return str(child)
+            return child.run_id
     return None
 
 

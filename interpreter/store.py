@@ -299,6 +299,8 @@ class EventStore(StoreTransaction, Protocol):
 
     def runs(self, limit: int = 50, status: str | None = None) -> list[RunRecord]: ...
 
+    def children(self, run_id: str, node_path: str | None = None) -> list[RunRecord]: ...
+
     def get_blob(self, sha256: str) -> bytes: ...
 
     def verify(self, run_id: str) -> VerifyResult: ...
@@ -1111,6 +1113,16 @@ class SQLiteEventStore:
             f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, run_id DESC LIMIT ?",
             (*params, int(limit)),
             "listing runs",
+        )
+        return [_run_record(row) for row in rows]
+
+    def children(self, run_id: str, node_path: str | None = None) -> list[RunRecord]:
+        """The child runs a run started (at `node_path`, or anywhere), oldest first."""
+        where, params = ("AND parent_node = ?", (node_path,)) if node_path is not None else ("", ())
+        rows = self._query(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_run_id = ? {where} ORDER BY created_at, rowid",
+            (run_id, *params),
+            "listing child runs",
         )
         return [_run_record(row) for row in rows]
 

@@ -178,6 +178,11 @@ def test_an_unknown_tool_is_refused_and_the_model_told(tmp_path: Path, server: O
     assert "no tool named 'drop_tables'" in drop["content"]
     assert "lookup_company, lookup_invoice" in drop["content"]
     assert events(store, result.run_id, "tool.called") == []
+    # `charter explain` says why the chosen calls did not happen, as the model was told
+    from interpreter.explain import build_trace, format_text
+
+    text = format_text(build_trace(store, result.run_id))
+    assert "told: drop_tables: error: there is no tool named 'drop_tables'" in text
 
 
 def test_malformed_tool_arguments_are_reported_to_the_model(tmp_path: Path, server: OpenAIServer) -> None:

@@ -254,3 +254,24 @@ def test_agent_escalation_approved_across_processes_is_explained(tmp_path: Path)
     )
     assert 'call issue_refund({"amount": 150.0' in text
     assert text.index("approval approved by supervisor") < text.index('call issue_refund({"amount": 150.0')
+
+
+def test_child_runs_are_named_where_they_started_and_a_node_shows_its_outcome(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text(
+        'charter: "1.0"\nname: kid\nsteps:\n  - {id: x, set: {v: 1}}\nvars: {v: 0}\noutput: {v: "${{ vars.v }}"}\n'
+    )
+    (tmp_path / "wf.yaml").write_text(
+        'charter: "1.0"\nname: parent\nsteps:\n  - {id: sub, workflow: {path: child.yaml}}\n'
+        'output: {v: "${{ steps.sub.output.v }}"}\n'
+    )
+    result = start(tmp_path, "wf.yaml")
+    assert result["status"] == "completed", result
+    (child,) = [
+        r
+        for r in json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
+        if r["run_id"] != result["run_id"]
+    ]
+    text = explain(tmp_path, result["run_id"])
+    assert f"sub: child run {child['run_id']} (kid): completed (charter explain {child['run_id']})" in text
+    node = explain(tmp_path, result["run_id"], "--node", "sub")  # used to say "no events at node"
+    assert 'sub: completed = {"v": 1}' in node
