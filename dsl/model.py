@@ -409,7 +409,11 @@ class McpTool(Base):
     command: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None, min_length=1, description="Server command and arguments (stdio), e.g. [docs-server, --stdio]."
     )
-    url: str | None = Field(None, min_length=1, description="Streamable-HTTP endpoint of the server.")
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+\S*$",
+        description="Streamable-HTTP endpoint of the server, e.g. http://127.0.0.1:8000/mcp.",
+    )
     tool: str | None = Field(
         None, min_length=1, description="Tool name on the server (default: this tool's name)."
     )
