@@ -493,8 +493,9 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
         for i, item in queue:
             try:
                 await asyncio.create_task(one(i, item), context=start.copy())
-            except Suspend as sus:  # waits for a person: the other items go on
+            except Suspend as sus:  # waits for a person: it keeps its slot, the other workers go on
                 suspended.extend(sus.pending)
+                return
 
     workers = {asyncio.ensure_future(worker()) for _ in range(min(spec.concurrency, len(items)))}
     try:

@@ -679,6 +679,29 @@ def test_a_run_with_a_child_that_failed_or_waits_replays(store: Any, workdir: Pa
     assert replayed.ok, replayed.divergence
 
 
+def test_a_for_each_item_waiting_for_a_person_keeps_its_slot(store: Any, workdir: Path) -> None:
+    """concurrency 2 over 5 items that each need an approval: two are asked at a time, not all five."""
+    flow = write_flow(
+        workdir,
+        "approve-each",
+        """\
+        steps:
+          - id: each
+            for_each:
+              in: "${{ [1, 2, 3, 4, 5] }}"
+              concurrency: 2
+              steps:
+                - {id: ok, approval: {message: "item ${{ item }}?"}}
+        """,
+    )
+    waiting = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert waiting.status == "waiting" and waiting.pending == ["each[0]/body/ok", "each[1]/body/ok"]
+    after = decide_approval(
+        waiting.run_id, "each[0]/body/ok", store=store, person="bob", approved=True, options=OPTS
+    )
+    assert after.status == "waiting" and sorted(after.pending) == ["each[1]/body/ok", "each[2]/body/ok"]
+
+
 def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     write_flow(
         workdir,
