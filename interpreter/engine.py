@@ -1144,13 +1144,15 @@ async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reaso
     principal = row.principal or _principal(options)
     guard = _guard_for(store, run_id, graph, started, principal, secrets, records)
     guard.restore(events, records)
-    store.append(
-        run_id,
-        s.RUN_RESUMED,
-        "",
-        {"reason": reason, "after_seq": row.head_seq, "host": socket.gethostname(), "pid": os.getpid()},
-    )
-    store.set_status(run_id, "running")
+    with store.transaction() as tx:  # both or neither: a run marked running has its resume logged
+        resumed = {
+            "reason": reason,
+            "after_seq": row.head_seq,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        tx.append(run_id, s.RUN_RESUMED, "", resumed)
+        tx.set_status(run_id, "running")
     execution = Execution(
         store,
         graph,

@@ -806,10 +806,14 @@ class SQLiteEventStore:
             # timeout=0: a busy database is polled by `_polling`, never by SQLite's own busy handler
             # (which sleeps in long steps, and would double the wait on top of the polling).
             self._conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-            # Several processes may open a new file at once: both steps wait for each other's locks.
-            self._polling(self._configure)
-            self.db = sqlite_utils.Database(self._conn)
-            self._polling(self._ensure_schema_atomically)
+            try:
+                # Several processes may open a new file at once: both steps wait for each other's locks.
+                self._polling(self._configure)
+                self.db = sqlite_utils.Database(self._conn)
+                self._polling(self._ensure_schema_atomically)
+            except BaseException:  # a file too new, not WAL-capable, locked: no connection is left open
+                self._conn.close()
+                raise
 
     # -- setup
 

@@ -361,8 +361,6 @@ async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
                 raise error  # here, in this frame: a StopIteration is reported as itself
     except StepError:
         raise
-    except TypeError as exc:
-        raise StepError("tool", f"tool '{tool.name}': {exc}", type="ToolError") from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # noqa: BLE001 - the tool's own failure (even SystemExit) is the step's error
