@@ -166,7 +166,8 @@ class AgentRuntime:
             config, provider = build_model(ex.graph, name, ex.options.model_overrides, ex.secrets, ex.file)
         except (ModelError, ValueError) as exc:
             raise StepError("model", str(exc), type="ModelError", retryable=False) from None
-        return _Model(provider, config.provider, config.model, dict(config.parameters), config.prices)
+        model = config.model or getattr(provider, "model", None)  # the scripted provider names itself
+        return _Model(provider, config.provider, model, dict(config.parameters), config.prices)
 
     def _skip_recorded(self, name: str, provider: Any) -> None:
         """A resumed or forked run takes earlier answers from the log; a scripted provider must skip the

@@ -52,6 +52,11 @@ def test_example_runs_offline_and_replays(tmp_path: Path, name: str) -> None:
     log = charter("log", result["run_id"], db=db)
     assert "model.called" in log.stdout and "model.completed" in log.stdout
     assert "model usage:" in log.stdout
+    logged = [
+        json.loads(line) for line in charter("log", result["run_id"], "--json", db=db).stdout.splitlines()
+    ]
+    called = [e["payload"] for e in logged if e["kind"] == "model.called"]
+    assert called and all(isinstance(c["model"], str) for c in called)  # event-log §5: a string
 
 
 def test_the_mcp_example_calls_the_real_server(tmp_path: Path) -> None:
