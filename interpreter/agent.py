@@ -255,8 +255,8 @@ class StepCall:
         self.spec = spec
         self.is_agent = is_agent
         self.what = f"{'agent' if is_agent else 'llm'} step '{node.id}'"
-        self.guard = getattr(ex, "guard", None)
-        self.ledger = _ledger() if self.guard is not None else None
+        self.guard = ex.guard  # every execution has one (the run's identities, grants, rules)
+        self.ledger = _ledger()
         self.keys = EscalationKeys(path)  # each escalation of this execution is asked (and kept) apart
         self.calls = 0  # model calls so far (the scripted provider's "turn")
         self.turns = 0  # model turns that count against max_turns (re-asks do not)
@@ -316,12 +316,11 @@ class StepCall:
             return self._masked(response, esc.verdict), _Next(error=esc)
         except StepError as err:  # a spent budget
             return response, _Next(error=err)
-        if verdict is not None:
-            response = self._masked(response, verdict)
-            if verdict.action == "retry":
-                return response, _Next(feedback=verdict.message or _NOT_ACCEPTED)
-            if verdict.action == "deny":
-                return response, _Next(error=self._denied(verdict))
+        response = self._masked(response, verdict)
+        if verdict.action == "retry":
+            return response, _Next(feedback=verdict.message or _NOT_ACCEPTED)
+        if verdict.action == "deny":
+            return response, _Next(error=self._denied(verdict))
         if response.tool_calls and self.is_agent:
             return response, _Next(tools=True)
         try:
@@ -357,8 +356,6 @@ class StepCall:
             verdict = self._check("agent.output", {"output": value})
         except EscalationRequired as esc:
             return self._masked(response, esc.verdict), _Next(error=esc)
-        if verdict is None:
-            return response, _Next(value=value)
         response = self._masked(response, verdict)
         if verdict.redacted:
             value = verdict.value
@@ -372,7 +369,7 @@ class StepCall:
         """The answer with each tool call's arguments masked by that tool's `tool.input` redact rules.
         The step goes on with the masked answer (as with model.output redaction), so the log, the next
         turn's messages, the tool and a resume or replay all see the same arguments."""
-        if self.guard is None or not (response.tool_calls or response.skipped_tool_calls):
+        if not (response.tool_calls or response.skipped_tool_calls):
             return response
         from dataclasses import replace
 
@@ -426,8 +423,6 @@ class StepCall:
         return ToolSpec(name, tool.description or "", dict(schema))
 
     def _identity_chain(self) -> None:
-        if self.guard is None:
-            return
         on_behalf_of = self.ex.evaluate(
             self.node.values.get("on_behalf_of"), self.scope, f"{self.what}: on_behalf_of"
         )
@@ -459,11 +454,9 @@ class StepCall:
     def _check(
         self, hook: str, context: dict[str, Any], tool: str | None = None, occurrence: str | None = None
     ) -> Any:
-        """Run a guard hook; the caller acts on the verdict (None without a guard). An escalation
+        """Run a guard hook; the caller acts on the verdict. An escalation
         propagates as EscalationRequired, a spent budget as the `guardrail` step error. `occurrence`
         names the call (default: this model call) so an approval covers that call only."""
-        if self.guard is None:
-            return None
         context = {"identity": self._identity_binding(), **context}
         return self.guard.check(
             hook,
@@ -491,9 +484,9 @@ class StepCall:
     async def _ask(self) -> tuple[ModelResponse, _Next]:
         self.calls += 1
         verdict = self._check("model.input", {"messages": [m.to_record() for m in self.messages]})
-        if verdict is not None and verdict.action in ("deny", "retry"):  # nothing to re-ask before the call
+        if verdict.action in ("deny", "retry"):  # nothing to re-ask before the call
             raise self._denied(verdict)
-        if verdict is not None and verdict.redacted and isinstance(verdict.value, list):
+        if verdict.redacted and isinstance(verdict.value, list):
             # Thinking blocks go back as they came, whatever a rule matched in them: the provider checks
             # their signatures and refuses the turn if one changed (and the model wrote them itself).
             self.messages = [
@@ -515,17 +508,16 @@ class StepCall:
             runtime(self.ex).usage.add(
                 response.usage.input_tokens, response.usage.output_tokens, cost, latency
             )
-        if self.guard is not None:
-            self.guard.record_model_call(
-                response.usage.input_tokens, response.usage.output_tokens, cost or 0.0, node_path=self.path
-            )
+        self.guard.record_model_call(
+            response.usage.input_tokens, response.usage.output_tokens, cost or 0.0, node_path=self.path
+        )
 
     async def _complete(self, request: ModelRequest) -> tuple[ModelResponse, _Next]:
         """The answer to a request, screened (`_screen`): from the log (replay, resume, where it was
         recorded screened) or from the provider (screened, then recorded)."""
         ex, path = self.ex, self.path
         messages = [m.to_record() for m in request.messages]
-        logged = self.guard.mask(messages) if self.guard is not None else messages
+        logged = self.guard.mask(messages)
         recorded = self.rec.models.get((self.attempt, self.calls)) if self.rec is not None else None
         if ex.replaying or (recorded is not None and recorded.completed is not None):
             if ex.replaying:
@@ -580,7 +572,7 @@ class StepCall:
         response = self._mask_tool_args(response)  # tool.input redaction of the arguments, before the log
         response, then = self._screen(response)  # redaction before the log
         answer = response.to_record()
-        logged_answer = self.guard.mask(answer) if self.guard is not None else answer
+        logged_answer = self.guard.mask(answer)
         completed = {
             "provider": model.name,
             "model": response.model or model.model,
@@ -652,32 +644,29 @@ class StepCall:
         refused = self._tool_hook("tool.select", {"tool": name, "args": args}, name, occurrence)
         if refused is not None:
             return refused, True
-        if self.guard is not None:
-            decision = self.guard.authorize_tool(
-                self.chain, name, args, self.path, bindings=self.ex.bindings(self.scope)
+        decision = self.guard.authorize_tool(
+            self.chain, name, args, self.path, bindings=self.ex.bindings(self.scope)
+        )
+        if not decision.allowed:
+            return (
+                f"refused: {self.identity or 'this agent'} is not authorized to call {name} ({decision.reason})",
+                True,
             )
-            if not decision.allowed:
-                return (
-                    f"refused: {self.identity or 'this agent'} is not authorized to call {name} ({decision.reason})",
-                    True,
-                )
         try:
             validate_args(name, self.ex.tool_schema(name), args, self.ex.schema_cache)
         except StepError as err:
             return f"error: {err.message}; fix the arguments and call it again", True
         verdict = self._check("tool.input", {"tool": name, "args": args}, name, occurrence)
-        if verdict is not None:
-            if verdict.action in ("deny", "retry"):
-                return _refusal(verdict), True
-            if verdict.action == "redact":
-                args = verdict.value
+        if verdict.action in ("deny", "retry"):
+            return _refusal(verdict), True
+        if verdict.action == "redact":
+            args = verdict.value
         self.tool_calls += 1
         result, error, verdict = await self._invoke(name, args, self.tool_calls, call.id, occurrence)
-        if self.guard is not None:
-            self.guard.record_tool_call(name, args, node_path=self.path, result=result)
+        self.guard.record_tool_call(name, args, node_path=self.path, result=result)
         if error is not None:
             return f"error: {error.message}", True
-        if verdict is not None and verdict.action in ("deny", "retry"):
+        if verdict.action in ("deny", "retry"):
             return "refused: the result was withheld: " + _refusal(verdict).removeprefix("refused: "), True
         return result if isinstance(result, str) else _json(result), False
 
@@ -687,11 +676,11 @@ class StepCall:
         """The tool.output rules on a result: the result as the log and the model see it (every
         `redact` match masked) and the verdict; an escalation propagates."""
         verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, name, occurrence)
-        return (result if verdict is None else verdict.value), verdict
+        return verdict.value, verdict
 
     def _tool_hook(self, hook: str, context: dict[str, Any], tool: str, occurrence: str) -> str | None:
         verdict = self._check(hook, context, tool, occurrence)
-        if verdict is not None and verdict.action in ("deny", "retry"):
+        if verdict.action in ("deny", "retry"):
             return _refusal(verdict)
         return None
 
@@ -727,7 +716,7 @@ class StepCall:
         else:
             ex.emit(s.TOOL_CALLED, path, called, self.actor)
         t0 = time.perf_counter()
-        token = _CURRENT_CHAIN.set(self.chain) if _CURRENT_CHAIN is not None else None
+        token = _CURRENT_CHAIN.set(self.chain)
         try:
             result = await call_tool(
                 ex,
@@ -748,8 +737,7 @@ class StepCall:
             ex.emit(s.TOOL_FAILED, path, {**ids, "error": _CANCELLED, "duration_ms": _ms(t0)}, self.actor)
             raise
         finally:
-            if token is not None:
-                _CURRENT_CHAIN.reset(token)
+            _CURRENT_CHAIN.reset(token)
         duration, escalation = _ms(t0), None
         try:
             result, verdict = self._screen_result(name, args, result, occurrence)

@@ -60,8 +60,7 @@ def _text(value: Any) -> str:
 @runner("tool")
 async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     name = node.step.tool
-    compiled = ex.graph.tools.get(name) if ex.graph.tools else None
-    tool = compiled.tool if compiled is not None else ex.graph.workflow.tools[name]
+    tool = ex.graph.workflow.tools[name]
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
     key = idempotency_key(ex.run_id, path, attempt)
     validate_args(name, ex.tool_schema(name), args, ex.schema_cache)
@@ -90,9 +89,8 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     t0 = time.perf_counter()
     token = CURRENT_CHAIN.set(chain)  # a child workflow started by this call narrows this chain
     try:
-        result = await _call(
-            ex, name, tool, compiled, python, args, key, scope, path, node.step.identity, attempt
-        )
+        # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
+        result = await call_tool(ex, name, args, key=key, scope=scope, path=path, identity=node.step.identity)
     except StepError as err:
         err.step, err.node_path = node.id, path
         ex.guard.mask_tool_error(path, name, err)
@@ -165,23 +163,6 @@ def _completed_call(ex: Execution, path: str, attempt: int) -> dict[str, Any] | 
     rec = ex.records.get(path) if not ex.write_reused else None
     call = rec.tools.get(attempt) if rec is not None else None
     return call.completed if call is not None and call.completed is not None else None
-
-
-async def _call(
-    ex: Execution,
-    name: str,
-    tool: Any,
-    compiled: Any,
-    python: Any,
-    args: Any,
-    key: str,
-    scope: Scope,
-    path: str,
-    identity: str | None,
-    attempt: int,
-) -> Any:
-    # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
-    return await call_tool(ex, name, args, key=key, scope=scope, path=path, identity=identity)
 
 
 CANCELLED = {
