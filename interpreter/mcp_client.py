@@ -216,8 +216,7 @@ class McpConnection:
                 self._failure = f"it {self._not_mcp_reason()}"
                 message = f"{self.config.label} {self._not_mcp_reason()}"
             elif died in done:
-                verb = "failed to start" if self.config.command else "could not be reached"
-                message = f"{self.config.label} {verb}: {self._failure}"
+                message = self._start_failure(self._failure or "the session ended")
             else:
                 message = f"{self.config.label} did not start within {self.startup_timeout:g}s"
             await self._abort()
@@ -275,9 +274,8 @@ class McpConnection:
                 self._failure = f"it {self._not_mcp_reason()}"
                 message = f"{self.config.label} {self._not_mcp_reason()}"
             else:
-                self._failure = _describe(exc)
-                verb = "failed to start" if self.config.command else "could not be reached"
-                message = f"{self.config.label} {verb}: {self._failure}"
+                self._failure = self._failure or _describe(exc)  # the transport's own report first
+                message = self._start_failure(self._failure)
             if not self._ready.done():
                 self._ready.set_exception(McpServerError(message + self._stderr_tail()))
         finally:
@@ -332,6 +330,13 @@ class McpConnection:
             await asyncio.sleep(_NOT_MCP_GRACE)
 
         return asyncio.ensure_future(watch())
+
+    def _start_failure(self, reason: str) -> str:
+        verb = "failed to start" if self.config.command else "could not be reached"
+        message = f"{self.config.label} {verb}: {reason}"
+        if self._not_mcp:  # e.g. a program that printed something and exited
+            message += f", after it {self._not_mcp_reason()}"
+        return message
 
     def _not_mcp_reason(self) -> str:
         reason = "answered with something that is not MCP (JSON-RPC)"
@@ -418,8 +423,8 @@ class McpConnection:
 
 class _WatchedStream:
     """The transport's read stream as the session reads it, with what the session does not report:
-    output that is not JSON-RPC (the SDK passes it on as an exception, which the session only logs) and
-    the end of the stream (a stdio server exited, even between calls)."""
+    output that is not JSON-RPC and other transport faults (the SDK passes them on as exceptions, which
+    the session only logs) and the end of the stream (a stdio server exited, even between calls)."""
 
     def __init__(self, inner: Any, connection: McpConnection) -> None:
         self._inner = inner
@@ -433,8 +438,10 @@ class _WatchedStream:
         except anyio.EndOfStream:
             self._connection._ended()
             raise
-        if isinstance(item, Exception):
+        if isinstance(item, ValueError):  # the SDK's parse error: not JSON, or not JSON-RPC
             self._connection._saw_not_mcp(_excerpt(item))
+        elif isinstance(item, Exception):  # another transport fault (SDK 1.x over HTTP): no answer will come
+            self._connection._lost(f"the transport failed: {_describe(item)}")
         return item
 
     def __aiter__(self) -> _WatchedStream:
@@ -467,7 +474,7 @@ class _WatchedStream:
 _current: contextvars.ContextVar[McpConnection | None] = contextvars.ContextVar(
     "charter_mcp_connection", default=None
 )
-_SDK_TRANSPORT_LOGGERS = ("mcp.client.stdio", "mcp.client.streamable_http", "mcp.client.sse")
+_SDK_TRANSPORT_LOGGERS = ("mcp.client.stdio", "mcp.client.streamable_http")
 
 
 class _NotMcpLog(logging.Filter):

@@ -1,13 +1,17 @@
-"""The MCP client against a real MCP server process (tests/fixtures/mcp_server.py, written with the SDK)."""
+"""The MCP client against real MCP server processes: tests/fixtures/mcp_server.py (written with the SDK),
+mcp_crash_server.py (it with tools that make it exit), mcp_garbage_server.py (servers answering with
+something that is not MCP)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,9 +30,13 @@ from interpreter.mcp_client import (  # noqa: E402
     McpServerError,
     McpToolError,
 )
+from tests.fixtures.charter_cli import charter  # noqa: E402
 
-SERVER = str(Path(__file__).resolve().parent / "fixtures" / "mcp_server.py")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SERVER = str(FIXTURES / "mcp_server.py")
 STDIO = McpServerConfig.create(command=[sys.executable, SERVER])
+CRASHING = McpServerConfig.create(command=[sys.executable, str(FIXTURES / "mcp_crash_server.py")])
+GARBAGE = str(FIXTURES / "mcp_garbage_server.py")
 
 
 def with_pool(body: Callable[[McpClientPool], Awaitable[Any]], **kwargs: Any) -> Any:
@@ -157,7 +165,7 @@ def test_server_that_never_answers_times_out_at_startup() -> None:
         with_pool(lambda pool: pool.connection(config), startup_timeout=1.0)
 
 
-def test_server_killed_mid_call_fails_the_call_and_later_calls(tmp_path: Path) -> None:
+def test_server_killed_mid_call_fails_the_call_and_the_next_call_starts_it_again(tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     config = McpServerConfig.create(
         command=[sys.executable, SERVER], env={"CHARTER_TEST_MARKER": str(marker)}
@@ -170,19 +178,115 @@ def test_server_killed_mid_call_fails_the_call_and_later_calls(tmp_path: Path) -
                 return
             await asyncio.sleep(0.05)
 
-    async def body(pool: McpClientPool) -> tuple[str, str]:
-        await pool.connection(config)
+    async def body(pool: McpClientPool) -> tuple[str, str, Any]:
+        killed = await pool.connection(config)
         killer = asyncio.create_task(kill_when_sleeping())
         with pytest.raises(McpServerError) as during:
             await pool.call(config, "sleep", {"seconds": 60})
         await killer
-        with pytest.raises(McpServerError) as after:
-            await pool.call(config, "add", {"a": 1, "b": 2})
-        return str(during.value), str(after.value)
+        with pytest.raises(McpServerError) as after:  # the session itself stays ended
+            await killed.call("add", {"a": 1, "b": 2})
+        again = await pool.call(config, "add", {"a": 1, "b": 2})  # the pool starts the server again
+        assert await pool.connection(config) is not killed
+        return str(during.value), str(after.value), again.value
 
-    during, after = with_pool(body)
-    assert "tool 'sleep': the server went away during the call" in during
+    during, after, again = with_pool(body)
+    assert "tool 'sleep': the server went away during the call: the server exited" in during
     assert "is no longer running" in after
+    assert again == 3
+
+
+def test_a_crashed_server_is_started_again_once_per_call() -> None:
+    """A server that exits during a call fails that call; each later call finds it ended and starts it
+    again (a new process), also when it exited between calls."""
+
+    async def body(pool: McpClientPool) -> tuple[list[int], str]:
+        first = (await pool.call(CRASHING, "pid", {})).value
+        with pytest.raises(McpServerError) as crashed:
+            await pool.call(CRASHING, "crash", {"reason": "testing"})
+        second = (await pool.call(CRASHING, "pid", {})).value
+        assert (await pool.call(CRASHING, "pid", {})).value == second  # one server while it runs
+        session = await pool.connection(CRASHING)
+        os.kill(second, signal.SIGKILL)  # between calls
+        for _ in range(200):  # bounded: at most ~10s for the session to see its server end
+            if not session.alive:
+                break
+            await asyncio.sleep(0.05)
+        assert not session.alive
+        third = (await pool.call(CRASHING, "pid", {})).value
+        return [first, second, third], str(crashed.value)
+
+    pids, crashed = with_pool(body)
+    assert len(set(pids)) == 3
+    assert (
+        "tool 'crash': the server went away during the call: the server exited (its stdout closed)" in crashed
+    )
+    assert crashed.endswith("its stderr ends with: crashing on purpose: testing")
+
+
+def sdk_parse_reports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The SDK's log records about output that is not JSON-RPC (a traceback on stderr, unconfigured)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("mcp") and r.exc_info]
+
+
+def test_a_server_answering_garbage_is_a_prompt_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A stdio server that answers every line with plain text: the start fails at once (not after the
+    startup timeout), naming the server and what it sent; the SDK's traceback is not logged."""
+    config = McpServerConfig.create(command=[sys.executable, GARBAGE])
+    caplog.set_level(logging.DEBUG)
+    began = time.monotonic()
+    with pytest.raises(McpServerError) as caught:
+        with_pool(lambda pool: pool.connection(config), startup_timeout=60.0)
+    assert time.monotonic() - began < 30
+    assert str(caught.value) == (
+        f"MCP server `{sys.executable} {GARBAGE}` answered with something that is not MCP (JSON-RPC): "
+        "'this is not json-rpc' (a stdio MCP server must write only JSON-RPC messages to its stdout)"
+    )
+    assert sdk_parse_reports(caplog) == []
+
+
+def test_a_program_that_prints_and_exits_is_named_with_what_it_printed() -> None:
+    config = McpServerConfig.create(command=[sys.executable, "-c", "print('hello there')"])
+    with pytest.raises(McpServerError) as caught:
+        with_pool(lambda pool: pool.connection(config))
+    assert str(caught.value).endswith(
+        "failed to start: the server exited (its stdout closed), after it answered with something that is "
+        "not MCP (JSON-RPC): 'hello there' (a stdio MCP server must write only JSON-RPC messages to its stdout)"
+    )
+
+
+def test_a_stray_line_is_tolerated_but_a_call_answered_with_garbage_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real server that prints a line on its stdout (a banner, a tool's chatter) still works when its
+    answer follows; a call after which only such output comes fails within the grace, not the call's
+    timeout, and the next call gets a new server."""
+    config = McpServerConfig.create(command=[sys.executable, GARBAGE, "banner"])
+    caplog.set_level(logging.DEBUG)
+
+    async def body(pool: McpClientPool) -> tuple[Any, Any, str, float, Any]:
+        added = await pool.call(config, "add", {"a": 1, "b": 2})
+        chatty = await pool.call(config, "chatty", {"text": "hi"})
+        began = time.monotonic()
+        with pytest.raises(McpServerError) as rude:
+            await pool.call(config, "rude", {"seconds": 60}, timeout=50.0)
+        took = time.monotonic() - began
+        return (
+            added.value,
+            chatty.value,
+            str(rude.value),
+            took,
+            (await pool.call(config, "echo", {"text": "x"})),
+        )
+
+    added, chatty, rude, took, after = with_pool(body)
+    assert (added, chatty, after.value) == (3, "hi", "x")
+    assert rude.endswith(
+        "tool 'rude': the server answered with something that is not MCP (JSON-RPC): 'rude says hello' "
+        "(a stdio MCP server must write only JSON-RPC messages to its stdout)"
+    )
+    assert took < 30
+    assert sdk_parse_reports(caplog) == []
 
 
 def test_a_start_cancelled_while_the_server_spawns_ends_its_session() -> None:
@@ -256,6 +360,34 @@ def test_streamable_http_list_call_and_server_death(http_server: tuple[str, subp
     assert error.startswith(f"MCP server at {url}, tool 'add': the server went away during the call")
 
 
+def test_an_http_endpoint_that_is_not_mcp_is_a_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A URL answering JSON that is not JSON-RPC (here a chat completion): reached, but not MCP."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, GARBAGE, "http", str(port)])
+    caplog.set_level(logging.DEBUG)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/mcp"
+        with pytest.raises(McpServerError) as caught:
+            with_pool(lambda pool: pool.connection(McpServerConfig.create(url=url)), startup_timeout=20.0)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert str(caught.value) == (
+        f"MCP server at {url} answered with something that is not MCP (JSON-RPC): "
+        """'{"id": "x", "object": "chat.completion", "choices": []}'"""
+    )
+    assert sdk_parse_reports(caplog) == []
+
+
 def test_unreachable_http_server_is_a_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -265,3 +397,59 @@ def test_unreachable_http_server_is_a_clear_error() -> None:
         McpServerError, match=rf"MCP server at http://127.0.0.1:{port}/mcp could not be reached"
     ):
         with_pool(lambda pool: pool.connection(config), startup_timeout=10.0)
+
+
+# --- in a run ---------------------------------------------------------------------------------------------
+
+
+def run_flow(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(textwrap.dedent(body), encoding="utf-8")
+    # Run from the repository, whose pyproject.toml allows the modules tests.fixtures.*.
+    return charter("run", str(flow), "--json", db=tmp_path / "charter.db", timeout=120)
+
+
+def test_a_step_retry_gets_a_new_server_after_a_crash(tmp_path: Path) -> None:
+    """The crash fails the step's first attempt with a retryable error; the retry starts the server
+    again and succeeds."""
+    marker = tmp_path / "crashed"
+    proc = run_flow(
+        tmp_path,
+        f"""
+        charter: "1.0"
+        name: mcp-restart
+        tools:
+          flaky: {{mcp: {{command: [python, -m, tests.fixtures.mcp_crash_server], tool: crash_once}}, effect: read}}
+        steps:
+          - id: call
+            retry: {{attempts: 2, backoff: {{initial: 100ms}}}}
+            tool: flaky
+            args: {{marker: "{marker}"}}
+        output: {{answer: "${{{{ steps.call.output }}}}"}}
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"answer": "survived"' in proc.stdout
+    assert marker.exists()
+
+
+def test_a_run_against_a_server_answering_garbage_fails_clearly_without_a_traceback(tmp_path: Path) -> None:
+    began = time.monotonic()
+    proc = run_flow(
+        tmp_path,
+        """
+        charter: "1.0"
+        name: mcp-garbage
+        tools:
+          ok: {mcp: {command: [python, -m, tests.fixtures.mcp_garbage_server], tool: ok}, effect: read}
+        steps:
+          - {id: call, tool: ok, args: {q: a}}
+        """,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - began < 30  # not the 30s startup timeout
+    assert "Traceback" not in proc.stderr and "pydantic" not in proc.stderr
+    assert (
+        "answered with something that is not MCP (JSON-RPC): 'this is not json-rpc'"
+        in proc.stdout + proc.stderr
+    )
