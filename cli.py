@@ -717,6 +717,8 @@ def approve(
     """
     from interpreter import decide_approval
 
+    if not person.strip():
+        _die("--as needs the name of the person who decides")
     store = _open_store(db)
     options = _options(None, claims_file, allow_modules, "normal", models=models)
     result = _guarded(

@@ -561,6 +561,7 @@ class StepCall:
                 "timeout" if isinstance(exc, ModelTimeoutError) else "model",  # retry.on: [timeout] applies
                 f"{self.what}: {exc}",
                 type="ModelError",
+                category="model",  # and [model] still does
                 retryable=exc.retryable,
                 details=exc.to_record(),
             ) from None

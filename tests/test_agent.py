@@ -547,6 +547,7 @@ def test_a_model_call_past_its_timeout_fails_with_code_timeout_and_is_retried(
     assert result.output == {"answer": "on time"}
     (retrying,) = events(store, result.run_id, "step.retrying")
     assert retrying["error"]["code"] == "timeout"
+    assert retrying["error"]["category"] == "model"  # `retry.on: [model]` still matches it
 
 
 def test_a_model_call_cut_off_by_an_enclosing_timeout_replays(tmp_path: Path, server: OpenAIServer) -> None:

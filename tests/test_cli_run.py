@@ -83,6 +83,8 @@ def test_exit_codes_for_bad_input_file_and_module(tmp_path: Path) -> None:
     assert "Traceback" not in refused.stderr + bad_input.stderr
     nobody = charter("run", str(EXAMPLES / "approval.yaml"), "--as", " ", cwd=tmp_path)
     assert nobody.returncode == 2 and "--as needs a name" in nobody.stderr
+    no_approver = charter("approve", "01NOSUCHRUN", "gate", "--as", "", cwd=tmp_path)
+    assert no_approver.returncode == 2 and "--as needs the name" in no_approver.stderr
 
 
 def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) -> None:
