@@ -121,6 +121,7 @@ class Inherited(NamedTuple):
 
     rules: GuardrailSet
     step_ids: tuple[str, ...]
+    secret_values: frozenset[str]  # masked in the child's log as in the parent's
 
 
 class EscalationKeys:
@@ -209,7 +210,11 @@ class RunGuard:
         self._emit = emit
         self.pending: list[tuple[str, str, Any, dict[str, Any] | None]] = []  # before the sink exists
         self.state = state or (lambda: {})
-        self._secret_regex = self._secrets_pattern(secrets or {})
+        # A child run masks its parent's secrets too: a value the parent holds never reaches the log.
+        self.secret_values = frozenset(v for v in (secrets or {}).values() if isinstance(v, str) and v) | (
+            inherited.secret_values if inherited is not None else frozenset()
+        )
+        self._secret_regex = self._secrets_pattern(self.secret_values)
         self.run_budget = Budget()
         # A child run: the rules (and budgets, shared) of its parent's workflow and of the steps around
         # the call come first; this workflow's rules add to them, never replace them (spec §13.13).
@@ -234,10 +239,10 @@ class RunGuard:
     # -- wiring
 
     @staticmethod
-    def _secrets_pattern(secrets: Mapping[str, str]) -> Any:
+    def _secrets_pattern(values: frozenset[str]) -> Any:
         import re2
 
-        literals = sorted({v for v in secrets.values() if isinstance(v, str) and v}, key=len, reverse=True)
+        literals = sorted(values, key=len, reverse=True)
         return compile_pattern("|".join(re2.escape(v) for v in literals)) if literals else None
 
     def attach(self, emit: Emit) -> None:
@@ -268,7 +273,7 @@ class RunGuard:
         """The rules a child run started at `node_path` inherits: this run's workflow-level rules and
         those of the steps around the call, with their budgets (the child's calls count in them)."""
         rules, step_ids = self._set_for(node_path, None)
-        return Inherited(rules, step_ids)
+        return Inherited(rules, step_ids, self.secret_values)
 
     def run_actor(self) -> dict[str, Any]:
         """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""

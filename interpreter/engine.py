@@ -998,12 +998,19 @@ async def start_run(
         outer=outer,
         inherited=inherited,
     )
+    if guard.mask(inputs) != inputs:
+        # The log keeps a run's input, and a resumed, replayed or forked run reads it back from there:
+        # a secret in it would be either in clear in the log or [REDACTED] for what runs later.
+        raise InputError(
+            "the input holds the value of a declared secret: pass it with `secrets:` (the workflow, or a "
+            "child workflow, declares it and reads it from the environment), not as input"
+        )
     gate, inputs = _input_gate(guard, inputs)
     with store.transaction() as tx:
         row = tx.create_run(
             name,
             workflow_source=graph.source,
-            inputs=guard.mask(inputs),  # the steps get the inputs as given; the log never a secret
+            inputs=inputs,
             principal=principal,
             interpreter_version=INTERPRETER_VERSION,
             parent_run_id=parent[0] if parent else None,
@@ -1082,7 +1089,6 @@ def _guard_for(
     """The guard of a continued (or replayed) run: principal, claims and parent chain from the log,
     never from the options of whoever resumes it (an approver's claims are not the principal's); a
     child run's parent is read from the log too, for the rules and grants it inherits."""
-    from interpreter.authz import Authorizer
     from interpreter.enforcement import chain_from_json
 
     claims = started.get("claims") if isinstance(started.get("claims"), dict) else None
@@ -1092,8 +1098,15 @@ def _guard_for(
         parent = store.run(row.parent_run_id)
         parent_graph = compile_source(parent.workflow_source or "", "<stored>")
         parent_started = _run_started(store, parent.run_id)
+        parent_secrets = {n: os.environ.get(n, "") for n in parent_graph.workflow.secrets}  # for masking
         parent_guard = _guard_for(  # with the grandparent's rules: read up the chain
-            store, parent.run_id, parent_graph, parent_started, parent.principal or principal, {}, {}
+            store,
+            parent.run_id,
+            parent_graph,
+            parent_started,
+            parent.principal or principal,
+            parent_secrets,
+            {},
         )
     guard = RunGuard(
         graph,
@@ -1104,8 +1117,8 @@ def _guard_for(
         approvals=approvals_from_records(records),
         inherited=parent_guard.rules_for_child(row.parent_node or "") if parent is not None else None,
     )
-    if parent is not None and parent_chain is not None:  # its parent's grants still bound it
-        guard.outer = ((Authorizer.from_graph(parent_graph), parent_chain),)
+    if parent is not None and parent_chain is not None:  # its ancestors' grants still bound it
+        guard.outer = parent_guard.outer_for_child(parent_chain)
     return guard
 
 

@@ -495,7 +495,9 @@ steps:
     assert "Traceback" not in proc.stderr
 
 
-def test_a_secret_given_as_input_is_masked_in_the_run_row_but_reaches_the_steps(tmp_path: Path) -> None:
+def test_an_input_holding_a_secret_value_is_refused(tmp_path: Path) -> None:
+    """The log keeps the input, and resume, replay and fork read it back: a secret in it would be in
+    clear there, or [REDACTED] for what runs later. Charter refuses it before anything is written."""
     project(
         tmp_path,
         """
@@ -509,6 +511,32 @@ steps:
         code, result, err = run(tmp_path, "--input", json.dumps({"note": "tok-5551234-in-input"}))
     finally:
         del os.environ["SEC_TOKEN"]
-    assert code == 0, err
-    assert calls(tmp_path) == [{"tool": "echo", "note": "tok-5551234-in-input"}]  # the step got it
-    assert b"tok-5551234" not in (tmp_path / "charter.db").read_bytes()  # the run row did not
+    assert code == 2 and "holds the value of a declared secret" in err, err
+    assert calls(tmp_path) == []
+    db = tmp_path / "charter.db"
+    assert not db.exists() or b"tok-5551234" not in db.read_bytes()
+
+
+def test_a_parent_secret_never_reaches_a_child_run_log(tmp_path: Path) -> None:
+    """A child run masks its parent's secrets too, and refuses one passed as its input (it declares
+    and reads its own)."""
+    project(
+        tmp_path, "steps:\n  - {id: a, tool: echo, args: {note: '${{ input.token }}'}}\n", name="child.yaml"
+    )
+    project(
+        tmp_path,
+        """
+secrets: [SEC_TOKEN]
+steps:
+  - {id: sub, workflow: {path: child.yaml, input: {token: "${{ secrets.SEC_TOKEN }}"}}}
+""",
+    )
+    os.environ["SEC_TOKEN"] = "tok-PARENT-only-4242"
+    try:
+        code, result, err = run(tmp_path)
+    finally:
+        del os.environ["SEC_TOKEN"]
+    assert code == 1 and result["error"]["code"] == "workflow", result
+    assert "holds the value of a declared secret" in result["error"]["message"]
+    assert calls(tmp_path) == []
+    assert b"tok-PARENT-only" not in (tmp_path / "charter.db").read_bytes()
