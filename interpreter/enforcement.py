@@ -116,6 +116,21 @@ def unauthorized_error(message: str, *, details: Any = None) -> StepError:
 policy_error = guardrail_error
 
 
+def _halting(budgets: tuple[tuple[str, int], ...], rules: tuple[str, ...]) -> dict[str, Any]:
+    """What a spent budget stops (spec §11.3, §13.13). A workflow-level budget halts its run: no catch
+    inside it handles the error. A budget a child run inherited halts the child, and the runs up to the
+    one that declared it (`halts_ancestors` of them): all of them if workflow-level there; if it was on
+    a step, the run that declared it sees its step fail (as any step-level budget makes it fail)."""
+    halts_run = any(level == "workflow" or generation > 0 for level, generation in budgets)
+    ancestors = max((g if level == "workflow" else g - 1 for level, g in budgets), default=0)
+    return {
+        "rules": list(rules),
+        "budget": True,
+        "halts_run": halts_run,
+        "halts_ancestors": max(ancestors, 0),
+    }
+
+
 class Inherited(NamedTuple):
     """What a child run inherits of its parent's guardrails (`RunGuard.rules_for_child`)."""
 
@@ -220,7 +235,7 @@ class RunGuard:
         # the call come first; this workflow's rules add to them, never replace them (spec §13.13).
         self._inherited_ids = inherited.step_ids if inherited is not None else ()
         self._workflow = (
-            inherited.rules.extend(graph.guardrails, level="workflow", budget=self.run_budget)
+            inherited.rules.for_child().extend(graph.guardrails, level="workflow", budget=self.run_budget)
             if inherited is not None
             else GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
         )
@@ -414,21 +429,13 @@ class RunGuard:
         finally:  # the trips are logged before the approval request they cause
             for event in verdict.events:
                 self._write(s.GUARDRAIL_EVALUATED, node_path, self._event_payload(event, final), None)
-        budgets = {r.id for r in rules.rules if r.limits is not None}
-        if final.action == "deny" and budgets.intersection(final.rules):
+        if final.action == "deny" and final.budgets:
             # A spent budget does not come back: the step stops here (a model told "no" would only
             # ask again until its turns run out), with the budget as the reason.
-            # A workflow-level budget halts the run: no try/catch inside the run may swallow it (spec §11.3).
             raise guardrail_error(
-                final.message or "budget exceeded",
-                details={"rules": list(final.rules), "budget": True, "halts_run": self.halts(final.rules)},
+                final.message or "budget exceeded", details=_halting(final.budgets, final.rules)
             )
         return final
-
-    def halts(self, rule_ids: Any) -> bool:
-        """Whether a budget among these rules is workflow-level here (this run's or inherited): its
-        denial halts the run, no catch inside it handles it (spec §11.3)."""
-        return bool({r.id for r in self._workflow.rules}.intersection(rule_ids))
 
     def mask_tool_args(self, node_path: str, tool: str, args: Any) -> Any:
         """`args` with the `tool.input` redact rules for `tool` applied, each masking rule an event: the
@@ -475,10 +482,10 @@ class RunGuard:
                 raise EscalationRequired(verdict, key, hook, requested=True)
         if decided.get("decision") == "approved":
             return Verdict("allow", verdict.rules, f"approved by {decided.get('by')}", verdict.value,
-                           verdict.redacted, verdict.events, verdict.escalation)  # fmt: skip
+                           verdict.redacted, verdict.events, verdict.escalation, verdict.budgets)  # fmt: skip
         why = f": {decided['reason']}" if decided.get("reason") else ""
         return Verdict("deny", verdict.rules, f"escalation denied by {decided.get('by')}{why}", verdict.value,
-                       verdict.redacted, verdict.events, verdict.escalation)  # fmt: skip
+                       verdict.redacted, verdict.events, verdict.escalation, verdict.budgets)  # fmt: skip
 
     def _set_for(self, node_path: str, tool: str | None) -> tuple[GuardrailSet, tuple[str, ...]]:
         key = (node_path, tool)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dsl import expr, model
@@ -231,6 +231,9 @@ class Verdict:
     redacted: bool = False
     events: tuple[GuardrailEvent, ...] = ()
     escalation: Mapping[str, Any] | None = None  # {rule, approvers, timeout_s, message} with escalate
+    # (level, generation) of the budgets among the rules that chose `action`: generation 0 is this run's
+    # rule, 1 its parent's (inherited by a child run), 2 the grandparent's...
+    budgets: tuple[tuple[str, int], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -255,6 +258,7 @@ class _Entry:
     regex: Any = None
     validator: Any = None
     setup_error: str | None = None  # fails closed at every evaluation
+    generation: int = 0  # 0: this run's rule; n: inherited from the run n levels up (`for_child`)
 
 
 def _prepare(item: Any, level: str, budget: Budget) -> _Entry:
@@ -311,6 +315,13 @@ class GuardrailSet:
         otherwise. The new set has a fresh retry ledger unless one is given."""
         new = GuardrailSet(rules, level=level, budget=budget, ledger=ledger, _entries=self._entries)
         new._budgets = tuple(dict.fromkeys([*self._budgets, new.budget]))
+        return new
+
+    def for_child(self) -> GuardrailSet:
+        """These rules as a child run inherits them: the same budgets (the child's calls count in
+        them), one generation further up, and a fresh retry ledger."""
+        new = GuardrailSet(_entries=[replace(e, generation=e.generation + 1) for e in self._entries])
+        new._budgets, new.budget = self._budgets, self.budget
         return new
 
     @property
@@ -497,6 +508,7 @@ def _verdict(
         redacted=redacted,
         events=tuple(events),
         escalation=escalation,
+        budgets=tuple((e.level, e.generation) for e, _ in chosen if e.rule.limits is not None),
     )
 
 

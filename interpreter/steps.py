@@ -642,9 +642,10 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
         error = result.error or {}
         message = f"child run {result.run_id} failed: {error.get('message', result.status)}"
         details = error.get("details") if isinstance(error.get("details"), dict) else {}
-        if details.get("halts_run") and ex.guard.halts(details.get("rules") or ()):
-            # a budget of this run's (inherited by the child) was spent there: it halts this run too
-            raise guardrail_error(message, details={**details, "run_id": result.run_id})
+        ancestors = details.get("halts_ancestors") or 0
+        if ancestors > 0:  # a workflow budget of this run (or above), spent in the child: halts this run
+            halted = {**details, "halts_run": True, "halts_ancestors": ancestors - 1, "run_id": result.run_id}
+            raise guardrail_error(message, details=halted)
         raise StepError("workflow", message, details={"run_id": result.run_id})
     return result.output
 

@@ -589,7 +589,7 @@ steps:
     assert result["error"]["message"].endswith("budget exceeded: tool call 2 exceeds max_tool_calls 1")
     assert len(calls(tmp_path)) == 1 and len(events(tmp_path, result["run_id"], "model.called")) == 2
     (failed,) = events(tmp_path, result["run_id"], "step.failed")
-    assert failed["error"]["details"] == {"rules": ["one-mail"], "budget": True, "halts_run": False}
+    assert failed["error"]["details"] == {"rules": ["one-mail"], "budget": True, "halts_run": False, "halts_ancestors": 0}
 
 
 def test_two_escalations_in_one_tool_step_are_asked_apart(tmp_path: Path) -> None:
@@ -685,6 +685,41 @@ steps:
         e for e in events(tmp_path, result["run_id"], "step.failed") if e["error"]["code"] == "guardrail"
     ][:1]
     assert failed["caught_by"] is None  # the log does not claim the `try` handled it
+
+
+def test_a_child_budget_with_the_id_of_a_parent_rule_does_not_halt_the_parent(tmp_path: Path) -> None:
+    """Rule ids are unique per file only: the child's own spent budget is a child failure the parent's
+    `try` catches, whatever the parent names its rules."""
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: budget, limits: {max_tool_calls: 1}}
+steps:
+  - {id: a, tool: tick, args: {n: 1}}
+  - {id: b, tool: tick, args: {n: 2}}
+""",
+        name="child.yaml",
+    )
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: budget, limits: {max_tool_calls: 100}}
+vars: {caught: false}
+steps:
+  - id: guarded
+    try:
+      steps:
+        - {id: sub, workflow: {path: child.yaml}}
+      catch:
+        steps:
+          - {id: note, set: {caught: true}}
+output: {caught: "${{ vars.caught }}"}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 0 and result["output"] == {"caught": True}, result
 
 
 def test_a_resumed_child_run_is_still_bound_by_its_parent_rules(tmp_path: Path) -> None:
