@@ -609,7 +609,7 @@ class StepCall:
             error = self.rec.attempt_errors.get(self.attempt) if self.rec is not None else None
             if error:
                 raise StepError.from_dict(error)
-            await ex.cut_off(path)  # cut off by a timeout or a sibling that won the join
+            await ex.cut_off(path, self.attempt)  # cut off by a timeout or a sibling that won the join
         assert done is not None
         return (
             ModelResponse.from_record(done.get("response") or {}),
@@ -766,7 +766,9 @@ class StepCall:
             return recorded.completed.get("result"), None
         failed = (recorded.failed or {}).get("error")
         if failed and failed.get("code") == "cancelled":
-            await ex.cut_off(path)  # cut off by a timeout or a sibling that won the join: ends as it did
+            await ex.cut_off(
+                path, self.attempt
+            )  # cut off by a timeout or a sibling that won the join: ends as it did
         if failed:
             return None, StepError.from_dict(failed)
         ex.diverge(

@@ -640,23 +640,31 @@ class Execution:
         self.notify("reused", path, node.kind)
         return rec.output
 
-    async def cut_off(self, path: str) -> None:
-        """Replay of a call at `path` that the recorded run cut off (its tool.failed says `cancelled`,
-        or its model call has no answer): end it as it ended then, at once. A timeout (this step's,
-        an enclosing step's, the run's) raises `ReplayCutOff` for that step; otherwise a sibling branch
-        won a join, and the call waits to be cancelled when the replay reaches that point."""
+    async def cut_off(self, path: str, attempt: int) -> None:
+        """Replay of attempt `attempt` of a call at `path` that the recorded run cut off (its tool.failed
+        says `cancelled`, or its model call has no answer): end it as it ended then, at once. A timeout
+        (this step's, an enclosing step's, the run's) raises `ReplayCutOff` for that step. A step around
+        it that completed (a join whose winner was another branch) means it was cancelled from inside:
+        the call waits to be cancelled when the replay reaches that point."""
+        attempts = {**dict(OUTER_ATTEMPTS.get()), path: attempt}  # the attempts being replayed
         for candidate in _enclosing(path):
             rec = self.records.get(candidate)
-            if rec is not None and rec.attempt_errors:
-                last = rec.attempt_errors[max(rec.attempt_errors)]
-                if last.get("code") == "timeout" and last.get("node_path") == candidate:
-                    raise ReplayCutOff(candidate)
-        row = self.store.run(self.run_id)
-        error = row.error or {}
-        if error.get("code") == "timeout" and not error.get("node_path"):
-            raise ReplayCutOff("")
-        if row.status == "running":  # the recording stops here (a crash): nothing says how it ended
-            self.diverge(path, None, None, "the recorded call has no result (the run was interrupted there)")
+            if rec is None:
+                continue
+            ended = rec.attempt_errors.get(attempts.get(candidate, 1))
+            if ended is not None and ended.get("code") == "timeout" and ended.get("node_path") == candidate:
+                raise ReplayCutOff(candidate)
+            if candidate != path and rec.status == "completed":
+                break
+        else:
+            row = self.store.run(self.run_id)
+            error = row.error or {}
+            if error.get("code") == "timeout" and not error.get("node_path"):
+                raise ReplayCutOff("")
+            if row.status == "running":  # the recording stops here (a crash): nothing says how it ended
+                self.diverge(
+                    path, None, None, "the recorded call has no result (the run was interrupted there)"
+                )
         await asyncio.Future()
 
     def _write_reused(self, children: list[tuple[str, NodeRecord]]) -> None:

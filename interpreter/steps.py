@@ -198,7 +198,7 @@ async def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool
         ex.diverge(
             path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
         )
-    await ex.cut_off(path)  # cut off by a timeout, or by a sibling that won the join: ends as it did
+    await ex.cut_off(path, attempt)  # cut off by a timeout, or by a sibling that won the join: ends as it did
     return None
 
 
@@ -584,8 +584,11 @@ async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, a
         if error:
             raise StepError.from_dict(error)
         if rec is None or rec.status is None:
-            raise Suspend([path])  # the child had not finished when the run was recorded
-        return rec.output
+            children = ex.store.children(ex.run_id, path)
+            if children and children[-1].status == "waiting":
+                raise Suspend([path])  # the child still waits for a person
+            await ex.cut_off(path, attempt)  # cut off by a timeout or a join, as the recording was
+        return rec.output if rec is not None else None
     return await child_run(
         ex, path, node.step.workflow.path, inputs, idempotency_key(ex.run_id, path, attempt)
     )

@@ -647,16 +647,20 @@ def test_a_fork_that_pauses_keeps_what_it_reused_inside_a_group(store: Any, work
     assert store.verify(forked.run_id).ok
 
 
-@pytest.mark.parametrize("child", ["fails", "waits"])
-def test_a_run_with_a_child_that_failed_or_waits_replays(store: Any, workdir: Path, child: str) -> None:
-    """Replay takes a workflow step's outcome from the log: a failure (caught here) or a child still
-    waiting for a person is reproduced, not reported as a divergence."""
-    body = (
-        "- {id: boom, fail: {code: nope, message: child failed}}"
-        if child == "fails"
-        else ("- {id: ok, approval: {message: please}}")
-    )
-    write_flow(workdir, f"child-{child}", f"steps:\n  {body}\n")
+CHILDREN = {
+    "fails": "- {id: boom, fail: {code: nope, message: child failed}}",
+    "waits": "- {id: ok, approval: {message: please}}",
+    "is-cut-off": "- {id: long, tool: slow, args: {value: 1, seconds: 30}}",  # by the step's timeout
+}
+
+
+@pytest.mark.parametrize("child", sorted(CHILDREN))
+def test_a_run_with_a_child_that_failed_waits_or_was_cut_off_replays(
+    store: Any, workdir: Path, child: str
+) -> None:
+    """Replay takes a workflow step's outcome from the log: a failure (caught here), a child still
+    waiting for a person, or one cut off by a timeout is reproduced, not reported as a divergence."""
+    write_flow(workdir, f"child-{child}", f"steps:\n  {CHILDREN[child]}\n")
     parent = write_flow(
         workdir,
         f"parent-of-{child}",
@@ -666,7 +670,7 @@ def test_a_run_with_a_child_that_failed_or_waits_replays(store: Any, workdir: Pa
           - id: guard
             try:
               steps:
-                - {{id: sub, workflow: {{path: child-{child}.yaml}}}}
+                - {{id: sub, timeout: 300ms, workflow: {{path: child-{child}.yaml}}}}
               catch:
                 steps:
                   - {{id: handled, set: {{x: 1}}}}
@@ -674,7 +678,7 @@ def test_a_run_with_a_child_that_failed_or_waits_replays(store: Any, workdir: Pa
         """,
     )
     result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
-    assert result.status == ("completed" if child == "fails" else "waiting"), result.error
+    assert result.status == ("waiting" if child == "waits" else "completed"), result.error
     replayed = replay_run(result.run_id, store=store, options=OPTS)
     assert replayed.ok, replayed.divergence
 
@@ -700,6 +704,35 @@ def test_a_for_each_item_waiting_for_a_person_keeps_its_slot(store: Any, workdir
         waiting.run_id, "each[0]/body/ok", store=store, person="bob", approved=True, options=OPTS
     )
     assert after.status == "waiting" and sorted(after.pending) == ["each[1]/body/ok", "each[2]/body/ok"]
+
+
+@pytest.mark.parametrize("where", ["run", "group"])
+def test_replay_tells_a_call_cut_by_a_join_from_one_cut_by_a_later_timeout(
+    store: Any, workdir: Path, where: str
+) -> None:
+    """The race's loser was cancelled by the join; a later step timed out (the run's or a group's
+    timeout). Replay must not blame the timeout for the loser (it ended the run at the race)."""
+    steps = """\
+        - id: race
+          parallel:
+            join: any
+            branches:
+              - [{id: quick, tool: slow, args: {value: 1, seconds: 0}}]
+              - [{id: laggard, tool: slow, args: {value: 2, seconds: 30}}]
+        - {id: after, tool: slow, args: {value: 3, seconds: 0}}
+        - {id: tooslow, tool: slow, args: {value: 4, seconds: 30}}
+    """
+    if where == "run":
+        body = "timeout: 1s\nsteps:\n" + textwrap.indent(textwrap.dedent(steps), "  ")
+    else:
+        body = "steps:\n  - id: group\n    timeout: 1s\n    steps:\n" + textwrap.indent(
+            textwrap.dedent(steps), "      "
+        )
+    flow = write_flow(workdir, f"race-then-timeout-{where}", body)
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout", result.error
+    replayed = replay_run(result.run_id, store=store, options=OPTS)
+    assert replayed.ok, replayed.divergence
 
 
 def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
