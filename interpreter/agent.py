@@ -29,7 +29,7 @@ from typing import Any
 
 from interpreter import store as s
 from interpreter.enforcement import CURRENT_CHAIN as _CURRENT_CHAIN
-from interpreter.enforcement import EscalationKeys, EscalationRequired, guardrail_error
+from interpreter.enforcement import EscalationKeys, EscalationRequired, as_recorded, guardrail_error, withheld
 from interpreter.providers import (
     Message,
     ModelError,
@@ -699,13 +699,13 @@ class StepCall:
             if error is not None:
                 return None, error, None
             logged, verdict = self._screen_result(name, args, result, occurrence)
-            return logged, None, verdict
+            return logged, None, as_recorded(verdict, recorded.completed)
         if recorded is not None and recorded.called is not None and recorded.called.get("args") == args:
             if recorded.completed is not None:  # resume: the result is in the log (already screened)
                 logged, verdict = self._screen_result(
                     name, args, recorded.completed.get("result"), occurrence
                 )
-                return logged, None, verdict
+                return logged, None, as_recorded(verdict, recorded.completed)
             failed = (recorded.failed or {}).get("error")
             if failed and failed.get("code") != "cancelled":
                 return None, StepError.from_dict(failed), None
@@ -744,7 +744,10 @@ class StepCall:
             result, verdict = self._screen_result(name, args, result, occurrence)
         except EscalationRequired as esc:  # raised once the (screened) result is logged
             result, verdict, escalation = esc.verdict.value, esc.verdict, esc
-        ex.emit(s.TOOL_COMPLETED, path, {**ids, "result": result, "duration_ms": duration}, self.actor)
+        completed = {**ids, "result": result, "duration_ms": duration}
+        if withheld(verdict):  # the model is told no: resume and replay must tell it the same
+            completed["withheld"] = withheld(verdict)
+        ex.emit(s.TOOL_COMPLETED, path, completed, self.actor)
         if tool.effect == "write":
             ex.commit()  # a completed write is never repeated
         if escalation is not None:

@@ -688,6 +688,25 @@ def enforce_tool_output(
     return verdict
 
 
+def withheld(verdict: Verdict) -> dict[str, Any] | None:
+    """What `tool.completed` records of a tool.output verdict that kept the result from its caller
+    (`as_recorded` reads it back)."""
+    if verdict.action in ("deny", "retry"):
+        return {"rules": list(verdict.rules), "message": verdict.message}
+    return None
+
+
+def as_recorded(verdict: Verdict, completed: Mapping[str, Any]) -> Verdict:
+    """The tool.output verdict on a result read back from the log, no weaker than the recording's: the
+    logged result is already masked, and a rule that matched what a `redact` rule masked would not match
+    it again (resume and replay must decide as the run did)."""
+    recorded = completed.get("withheld")
+    if not isinstance(recorded, dict) or verdict.action in ("deny", "retry", "escalate"):
+        return verdict
+    rules, message = tuple(recorded.get("rules") or ()), recorded.get("message")
+    return Verdict("deny", rules, message, verdict.value, verdict.redacted, verdict.events)
+
+
 def _identity(chain: ActorChain) -> dict[str, Any] | None:
     actor = chain.actor
     return actor.to_binding() if isinstance(actor, Actor) else None

@@ -21,9 +21,11 @@ from interpreter.enforcement import (
     CURRENT_CHAIN,
     EscalationKeys,
     EscalationRequired,
+    as_recorded,
     enforce_tool_input,
     enforce_tool_output,
     guardrail_error,
+    withheld,
 )
 from interpreter.engine import Execution, Scope
 from interpreter.records import request_expired
@@ -72,11 +74,11 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         ex.guard, chain, name, args, path, node=node, bindings=ex.bindings(scope), keys=keys
     )
     if ex.replaying:
-        result = await _replayed_call(ex, path, attempt, name, tool, args)
-        return _guard_output(ex, chain, name, args, result, path, node, keys)
+        completed = await _replayed_call(ex, path, attempt, name, tool, args)
+        return _guard_output(ex, chain, name, args, completed, path, node, keys)
     reused = _completed_call(ex, path, attempt)
     if reused is not None:  # called before an escalation at tool.output: a completed call is not repeated
-        return _guard_output(ex, chain, name, args, reused.get("result"), path, node, keys)
+        return _guard_output(ex, chain, name, args, reused, path, node, keys)
     called = {"tool": name, "attempt": attempt, "idempotency_key": key, "args": args, "effect": tool.effect}
     python = ex.python_tool(name, tool.python) if tool.python else None
     if python is not None and python.code:
@@ -128,17 +130,16 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         logged = verdict.value
     except EscalationRequired as esc:
         verdict, escalation, logged = esc.verdict, esc, esc.verdict.value
-    ex.emit(
-        s.TOOL_COMPLETED,
-        path,
-        {
-            "tool": name,
-            "attempt": attempt,
-            "idempotency_key": key,
-            "result": logged,
-            "duration_ms": (time.perf_counter() - t0) * 1000,
-        },
-    )
+    completed = {
+        "tool": name,
+        "attempt": attempt,
+        "idempotency_key": key,
+        "result": logged,
+        "duration_ms": (time.perf_counter() - t0) * 1000,
+    }
+    if withheld(verdict):
+        completed["withheld"] = withheld(verdict)
+    ex.emit(s.TOOL_COMPLETED, path, completed)
     if escalation is not None:
         raise escalation
     if not verdict.allowed:
@@ -149,9 +150,19 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
 
 
 def _guard_output(
-    ex: Execution, chain: Any, name: str, args: Any, result: Any, path: str, node: Any, keys: EscalationKeys
+    ex: Execution,
+    chain: Any,
+    name: str,
+    args: Any,
+    completed: Any,
+    path: str,
+    node: Any,
+    keys: EscalationKeys,
 ) -> Any:
+    """The tool.output rules on a logged result (resume, replay): decided no weaker than the run did."""
+    result = completed.get("result")
     verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node, keys=keys)
+    verdict = as_recorded(verdict, completed)
     if not verdict.allowed:
         raise guardrail_error(
             verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
@@ -173,7 +184,10 @@ CANCELLED = {
 }
 
 
-async def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool: Any, args: Any) -> Any:
+async def _replayed_call(
+    ex: Execution, path: str, attempt: int, name: str, tool: Any, args: Any
+) -> dict[str, Any]:
+    """The recorded `tool.completed` payload standing in for the call (or its recorded failure)."""
     rec = ex.records.get(path)
     call = rec.tools.get(attempt) if rec is not None else None
     ex.checked += 1
@@ -190,7 +204,7 @@ async def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool
         if current is not None and current != recorded_code:
             ex.diverge(path, recorded_code, current, f"the code of tool '{name}' ({tool.python}) changed")
     if call.completed is not None:
-        return call.completed.get("result")
+        return call.completed
     failed = call.failed.get("error") or {} if call.failed is not None else None
     if failed is not None and failed.get("code") != "cancelled":
         raise StepError.from_dict(failed)
@@ -199,7 +213,7 @@ async def _replayed_call(ex: Execution, path: str, attempt: int, name: str, tool
             path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
         )
     await ex.cut_off(path, attempt)  # cut off by a timeout, or by a sibling that won the join: ends as it did
-    return None
+    return {}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -600,3 +600,25 @@ def test_a_model_output_check_on_text_passes_a_turn_that_only_calls_tools(
     assert result.status == "completed", result.error
     outcomes = [e["outcome"] for e in events(store, result.run_id, "guardrail.evaluated")]
     assert "error" not in outcomes
+
+
+def test_a_tool_result_denied_after_redaction_is_denied_again_on_replay(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """A `deny` rule matched what a `redact` rule masked: the log holds the masked result, on which the
+    deny would not match again. Replay (and resume) tell the model the same refusal as the run did."""
+    rule = (
+        "guardrails:\n"
+        "  - {id: mask, on: tool.output, regex: 'unrated', action: redact}\n"
+        "  - {id: no-unrated, on: tool.output, regex: 'unrated', action: deny, message: no unrated companies}\n"
+    )
+    server.call_tools(("lookup_company", {"name": "Initech"}))
+    server.reply("Initech: no data.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, rule + agent()), {"q": "Initech"})
+    assert result.status == "completed", result.error
+    (answer,) = tool_messages(server.requests[1])
+    assert answer["content"] == "refused: the result was withheld: no unrated companies"
+    (completed,) = events(store, result.run_id, "tool.completed")
+    assert completed["withheld"] == {"rules": ["no-unrated"], "message": "no unrated companies"}
+    replayed = replay_run(result.run_id, store=store)
+    assert replayed.ok, replayed.divergence

@@ -204,6 +204,23 @@ output: {why: "${{ vars.why }}"}
     assert b"4111 1111 1111 1111" not in (tmp_path / "charter.db").read_bytes()
 
 
+def test_a_result_denied_after_redaction_replays_as_denied(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: no-cards, on: tool.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+  - {id: stop-cards, on: tool.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', message: no card data}
+steps:
+  - {id: find, tool: lookup, args: {id: A1}}
+""",
+    )
+    code, result = run(tmp_path)
+    assert code == 1 and result["error"]["message"] == "no card data", result
+    replay = charter("replay", result["run_id"], cwd=tmp_path)
+    assert replay.returncode == 0, replay.stdout + replay.stderr  # the masked log still says "denied"
+
+
 def test_warn_records_and_goes_on(tmp_path: Path) -> None:
     project(
         tmp_path,
