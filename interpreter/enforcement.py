@@ -33,7 +33,7 @@ from interpreter.authz import (
     Principal,
 )
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
-from interpreter.records import request_expired
+from interpreter.records import build_records, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import StepError
 from interpreter.timing import Segment, began_at, execution_time, segments
@@ -566,7 +566,7 @@ class RunGuard:
             steps = enclosing.get(event.node_path, ())
             if event.kind == s.TOOL_CALLED:
                 tool, args = str(payload.get("tool")), payload.get("args")
-                self._workflow.record_tool_call(tool, args)  # the run's budget and any inherited
+                self.run_budget.record_tool_call(tool, args)  # inherited budgets: the parent counts them
                 self._tool_budgets.setdefault(tool, Budget()).record_tool_call(tool, args)
                 for budget in steps:
                     budget.record_tool_call(tool, args)
@@ -579,11 +579,35 @@ class RunGuard:
                     int(usage.get("output_tokens") or 0),
                     float(payload.get("cost") or 0.0),
                 )
-                self._workflow.record_model_call(*spent)
+                self.run_budget.record_model_call(*spent)
                 for budget in steps:
                     budget.record_model_call(*spent)
                 if self._has_rules:
                     self.history.append(_model_call(*spent))
+
+    def restore_child(self, events: Any, at: str) -> None:
+        """What a child run started at `at` spent, for this run continued later: its finished calls
+        count in this run's budget and in those of the steps with limits around `at`, as they did live."""
+        events = list(events)
+        records = build_records(events)
+        around = [r for r, node in self._ancestors(at) if _has_limits(node)] if self._has_rules else []
+        budgets = [self.run_budget, *(self._step_budgets.setdefault(r, Budget()) for r in around)]
+        for event in events:
+            rec = records.get(event.node_path)
+            if rec is None or rec.status is None:
+                continue
+            payload = event.payload if isinstance(event.payload, dict) else {}
+            if event.kind == s.TOOL_CALLED:
+                for budget in budgets:
+                    budget.record_tool_call(str(payload.get("tool")), payload.get("args"))
+            elif event.kind == s.MODEL_COMPLETED:
+                usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+                for budget in budgets:
+                    budget.record_model_call(
+                        int(usage.get("input_tokens") or 0),
+                        int(usage.get("output_tokens") or 0),
+                        float(payload.get("cost") or 0.0),
+                    )
 
     def _restore_step_budgets(self, events: list[Any], spans: list[Segment]) -> dict[str, list[Budget]]:
         """The own budgets of the steps with limits that enclose each logged node path (keyed as

@@ -25,7 +25,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1093,29 +1093,30 @@ def _guard_for(
     principal: str,
     secrets: dict[str, str],
     records: Any,
+    parent: tuple[RunGuard, str] | None = None,
 ) -> RunGuard:
     """The guard of a continued (or replayed) run: principal, claims and parent chain from the log,
-    never from the options of whoever resumes it (an approver's claims are not the principal's); a
-    child run's parent is read from the log too, for the rules and grants it inherits."""
+    never from the options of whoever resumes it (an approver's claims are not the principal's). A
+    child run is bound by its parent's rules and grants: the live parent's (`parent`: its guard and the
+    call's path, when the parent continues it), else a parent guard rebuilt from the log, with what the
+    parent and its runs spent."""
     from interpreter.enforcement import chain_from_json
 
     claims = started.get("claims") if isinstance(started.get("claims"), dict) else None
     parent_chain = chain_from_json(started.get("parent_chain"), claims)
-    row, parent = store.run(run_id), None
-    if row.parent_run_id:
-        parent = store.run(row.parent_run_id)
-        parent_graph = compile_source(parent.workflow_source or "", "<stored>")
-        parent_started = _run_started(store, parent.run_id)
-        parent_secrets = {n: os.environ.get(n, "") for n in parent_graph.workflow.secrets}  # for masking
-        parent_guard = _guard_for(  # with the grandparent's rules: read up the chain
-            store,
-            parent.run_id,
-            parent_graph,
-            parent_started,
-            parent.principal or principal,
-            parent_secrets,
-            {},
+    row = store.run(run_id)
+    if parent is None and row.parent_run_id:
+        up = store.run(row.parent_run_id)
+        up_graph = compile_source(up.workflow_source or "", "<stored>")
+        up_events = list(store.events(up.run_id))
+        up_started = next((e.payload for e in up_events if e.kind == s.RUN_STARTED), None) or {}
+        up_secrets = {n: os.environ.get(n, "") for n in up_graph.workflow.secrets}  # for masking
+        up_records = build_records(up_events)
+        up_guard = _guard_for(  # with the grandparent's rules: read up the chain
+            store, up.run_id, up_graph, up_started, up.principal or principal, up_secrets, up_records
         )
+        restore_spent(up_guard, store, up.run_id, up_events, up_records)
+        parent = (up_guard, row.parent_node or "")
     guard = RunGuard(
         graph,
         principal=principal,
@@ -1123,11 +1124,26 @@ def _guard_for(
         secrets=secrets,
         parent_chain=parent_chain,
         approvals=approvals_from_records(records),
-        inherited=parent_guard.rules_for_child(row.parent_node or "") if parent is not None else None,
+        inherited=parent[0].rules_for_child(parent[1]) if parent is not None else None,
     )
     if parent is not None and parent_chain is not None:  # its ancestors' grants still bound it
-        guard.outer = parent_guard.outer_for_child(parent_chain)
+        guard.outer = parent[0].outer_for_child(parent_chain)
     return guard
+
+
+def restore_spent(guard: RunGuard, store: s.EventStore, run_id: str, events: list[Any], records: Any) -> None:
+    """A continued run's budgets: what its own log and every run it started (at any depth) spent."""
+    guard.restore(events, records)
+    for child, at in _descendant_runs(store, run_id):
+        guard.restore_child(store.events(child.run_id), at)
+
+
+def _descendant_runs(store: s.EventStore, run_id: str, at: str | None = None) -> Iterator[tuple[Any, str]]:
+    """Every run started under `run_id`, with the node path of this run it started at."""
+    for child in store.children(run_id):
+        where = at if at is not None else (child.parent_node or "")
+        yield child, where
+        yield from _descendant_runs(store, child.run_id, where)
 
 
 async def continue_run(
@@ -1137,18 +1153,26 @@ async def continue_run(
     reason: str,
     *,
     wait: Callable[[s.Lease], None] | None = None,
+    parent: tuple[RunGuard, str] | None = None,
 ) -> RunResult:
     """Continue a run under its lease. `RunLeased` when another live process executes it; with `wait`
     (a parent continuing its child run), wait until that process lets it go instead, after calling
-    `wait` once with the holder's lease."""
+    `wait` once with the holder's lease. `parent`: the live guard of the parent continuing this child
+    and the path of its call (the child's calls count in the parent's budgets as they happen)."""
     row = store.run(run_id)
     if row.status in s.TERMINAL_STATUSES:  # finished for good: no lease needed to say so
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
     lease = await _acquire(store, run_id, wait)
-    return await _leased(store, lease, lambda: _continue(run_id, store, options, reason), options)
+    return await _leased(store, lease, lambda: _continue(run_id, store, options, reason, parent), options)
 
 
-async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reason: str) -> RunResult:
+async def _continue(
+    run_id: str,
+    store: s.EventStore,
+    options: RunOptions,
+    reason: str,
+    parent: tuple[RunGuard, str] | None = None,
+) -> RunResult:
     row = store.run(run_id)  # read again under the lease: the previous holder may have finished it
     if row.status in s.TERMINAL_STATUSES:
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
@@ -1163,8 +1187,8 @@ async def _continue(run_id: str, store: s.EventStore, options: RunOptions, reaso
     policy, secrets, python_tools = await _prepare(graph, options, file)
     records = build_records(events)
     principal = row.principal or _principal(options)
-    guard = _guard_for(store, run_id, graph, started, principal, secrets, records)
-    guard.restore(events, records)
+    guard = _guard_for(store, run_id, graph, started, principal, secrets, records, parent)
+    restore_spent(guard, store, run_id, events, records)
     with store.transaction() as tx:  # both or neither: a run marked running has its resume logged
         resumed = {
             "reason": reason,

@@ -621,7 +621,9 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
         def held(by: Any) -> None:
             ex.notify("held", path, "workflow", f"child run {child_id} is executed by {by.describe()}")
 
-        result = await continue_run(child_id, ex.store, ex.options, "manual", wait=held)
+        result = await continue_run(
+            child_id, ex.store, ex.options, "manual", wait=held, parent=(ex.guard, path)
+        )
     else:
         base = Path(ex.file).parent if ex.file else Path.cwd()
         target = (base / relative).resolve()

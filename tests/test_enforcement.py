@@ -606,7 +606,12 @@ steps:
     assert result["error"]["message"].endswith("budget exceeded: tool call 2 exceeds max_tool_calls 1")
     assert len(calls(tmp_path)) == 1 and len(events(tmp_path, result["run_id"], "model.called")) == 2
     (failed,) = events(tmp_path, result["run_id"], "step.failed")
-    assert failed["error"]["details"] == {"rules": ["one-mail"], "budget": True, "halts_run": False, "halts_ancestors": 0}
+    assert failed["error"]["details"] == {
+        "rules": ["one-mail"],
+        "budget": True,
+        "halts_run": False,
+        "halts_ancestors": 0,
+    }
 
 
 def test_two_escalations_in_one_tool_step_are_asked_apart(tmp_path: Path) -> None:
@@ -702,6 +707,40 @@ steps:
         e for e in events(tmp_path, result["run_id"], "step.failed") if e["error"]["code"] == "guardrail"
     ][:1]
     assert failed["caught_by"] is None  # the log does not claim the `try` handled it
+
+
+def test_a_parent_budget_still_counts_a_child_continued_after_an_approval(tmp_path: Path) -> None:
+    """The child waits for a person; once approved (in another process) its calls and the parent's
+    later ones are counted together against the parent's budget, as in one uninterrupted run."""
+    project(
+        tmp_path,
+        """
+steps:
+  - {id: gate, approval: {message: go on?}}
+  - {id: a, tool: tick, args: {n: 1}}
+  - {id: b, tool: tick, args: {n: 2}}
+""",
+        name="child.yaml",
+    )
+    project(
+        tmp_path,
+        """
+guardrails:
+  - {id: two, limits: {max_tool_calls: 2}}
+steps:
+  - {id: sub, workflow: {path: child.yaml}}
+  - {id: after, tool: tick, args: {n: 3}}
+""",
+    )
+    code, waiting = run(tmp_path)
+    assert code == 3, waiting
+    runs = json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
+    (child,) = [r["run_id"] for r in runs if r["run_id"] != waiting["run_id"]]
+    proc = charter("approve", child, "gate", "--as", "alice", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (ended,) = events(tmp_path, waiting["run_id"], "run.failed")
+    assert "max_tool_calls 2" in ended["error"]["message"], ended
+    assert [c["n"] for c in calls(tmp_path)] == [1, 2]  # the third call was never made
 
 
 def test_a_child_budget_with_the_id_of_a_parent_rule_does_not_halt_the_parent(tmp_path: Path) -> None:
