@@ -225,6 +225,7 @@ class McpConnection:
             await asyncio.shield(self._abort())
             if self._ready.done() and not self._ready.cancelled():
                 self._ready.exception()  # retrieved: a failure the session reported too late is not logged
+            self._close_stderr()  # its tail is in the error already; a restart opens a new one
             raise
 
     async def close(self) -> None:
@@ -235,6 +236,9 @@ class McpConnection:
                 await asyncio.wait_for(asyncio.shield(self._task), _CLOSE_TIMEOUT)
             except (TimeoutError, Exception):
                 await self._abort()
+        self._close_stderr()
+
+    def _close_stderr(self) -> None:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -361,13 +365,10 @@ class McpConnection:
         limit = timeout or self.call_timeout
         call = asyncio.ensure_future(self._session.call_tool(tool, dict(arguments)))
         died = asyncio.ensure_future(self._dead.wait())
-        not_mcp = self._watch_not_mcp()
         try:
-            done, _ = await asyncio.wait(
-                {call, died, not_mcp}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({call, died}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (call, died, not_mcp):
+            for task in (call, died):
                 if not task.done():
                     task.cancel()
         where = f"{self.config.label}, tool {tool!r}"
@@ -389,10 +390,10 @@ class McpConnection:
             raise McpServerError(
                 f"{where}: the server went away during the call: {self._failure}{self._stderr_tail()}"
             )
-        if not_mcp in done:
-            self._lost(f"it {self._not_mcp_reason()}")
-            raise McpServerError(f"{where}: the server {self._not_mcp_reason()}{self._stderr_tail()}")
-        raise McpServerError(f"{where}: no answer within {limit:g}s")
+        # Stray output during a call (a tool printing progress) is tolerated: only the call's timeout
+        # ends it, and then says what else the server wrote.
+        meanwhile = f"; meanwhile the server {self._not_mcp_reason()}" if self._not_mcp else ""
+        raise McpServerError(f"{where}: no answer within {limit:g}s{meanwhile}")
 
     def _lost(self, reason: str) -> None:
         """The transport is gone or unusable (the SDK keeps the session open): fail later calls of this

@@ -234,10 +234,8 @@ def test_a_server_answering_garbage_is_a_prompt_clear_error(caplog: pytest.LogCa
     startup timeout), naming the server and what it sent; the SDK's traceback is not logged."""
     config = McpServerConfig.create(command=[sys.executable, GARBAGE])
     caplog.set_level(logging.DEBUG)
-    began = time.monotonic()
-    with pytest.raises(McpServerError) as caught:
+    with pytest.raises(McpServerError) as caught:  # with the not-MCP reason, not "did not start within"
         with_pool(lambda pool: pool.connection(config), startup_timeout=60.0)
-    assert time.monotonic() - began < 30
     assert str(caught.value) == (
         f"MCP server `{sys.executable} {GARBAGE}` answered with something that is not MCP (JSON-RPC): "
         "'this is not json-rpc' (a stdio MCP server must write only JSON-RPC messages to its stdout)"
@@ -255,37 +253,29 @@ def test_a_program_that_prints_and_exits_is_named_with_what_it_printed() -> None
     )
 
 
-def test_a_stray_line_is_tolerated_but_a_call_answered_with_garbage_fails(
+def test_stray_lines_are_tolerated_and_named_when_the_answer_does_not_come(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A real server that prints a line on its stdout (a banner, a tool's chatter) still works when its
-    answer follows; a call after which only such output comes fails within the grace, not the call's
-    timeout, and the next call gets a new server."""
+    """A real server that prints lines on its stdout (a banner, a tool's chatter) still works: a call
+    whose answer comes after such output (even seconds later) succeeds; one whose answer never comes
+    fails at its timeout and names what the server wrote instead."""
     config = McpServerConfig.create(command=[sys.executable, GARBAGE, "banner"])
     caplog.set_level(logging.DEBUG)
 
-    async def body(pool: McpClientPool) -> tuple[Any, Any, str, float, Any]:
+    async def body(pool: McpClientPool) -> tuple[Any, Any, Any, str]:
         added = await pool.call(config, "add", {"a": 1, "b": 2})
         chatty = await pool.call(config, "chatty", {"text": "hi"})
-        began = time.monotonic()
-        with pytest.raises(McpServerError) as rude:
-            await pool.call(config, "rude", {"seconds": 60}, timeout=50.0)
-        took = time.monotonic() - began
-        return (
-            added.value,
-            chatty.value,
-            str(rude.value),
-            took,
-            (await pool.call(config, "echo", {"text": "x"})),
-        )
+        late = await pool.call(config, "rude", {"seconds": 2.5}, timeout=30.0)  # longer than the grace
+        with pytest.raises(McpServerError) as never:
+            await pool.call(config, "rude", {"seconds": 60}, timeout=1.0)
+        return added.value, chatty.value, late.value, str(never.value)
 
-    added, chatty, rude, took, after = with_pool(body)
-    assert (added, chatty, after.value) == (3, "hi", "x")
-    assert rude.endswith(
-        "tool 'rude': the server answered with something that is not MCP (JSON-RPC): 'rude says hello' "
-        "(a stdio MCP server must write only JSON-RPC messages to its stdout)"
+    added, chatty, late, never = with_pool(body)
+    assert (added, chatty, late) == (3, "hi", "late")
+    assert never.endswith(
+        "tool 'rude': no answer within 1s; meanwhile the server answered with something that is not MCP "
+        "(JSON-RPC): 'rude says hello' (a stdio MCP server must write only JSON-RPC messages to its stdout)"
     )
-    assert took < 30
     assert sdk_parse_reports(caplog) == []
 
 
@@ -434,7 +424,6 @@ def test_a_step_retry_gets_a_new_server_after_a_crash(tmp_path: Path) -> None:
 
 
 def test_a_run_against_a_server_answering_garbage_fails_clearly_without_a_traceback(tmp_path: Path) -> None:
-    began = time.monotonic()
     proc = run_flow(
         tmp_path,
         """
@@ -447,7 +436,6 @@ def test_a_run_against_a_server_answering_garbage_fails_clearly_without_a_traceb
         """,
     )
     assert proc.returncode == 1, proc.stderr
-    assert time.monotonic() - began < 30  # not the 30s startup timeout
     assert "Traceback" not in proc.stderr and "pydantic" not in proc.stderr
     assert (
         "answered with something that is not MCP (JSON-RPC): 'this is not json-rpc'"
