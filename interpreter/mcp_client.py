@@ -9,10 +9,10 @@ exits (or is killed) fails the calls in flight with an `McpServerError` that say
 happened, with the tail of its stderr when it wrote any. The pool's next call for that server starts it
 again (a new session): once per call, so a step's `retry` gets a fresh server for each attempt.
 
-A server that answers with something that is not MCP (not JSON-RPC: a stdio server printing to its stdout,
-a URL that is not an MCP endpoint) fails the start or the call in flight promptly, with an excerpt of what
-it sent, unless a real answer follows within `_NOT_MCP_GRACE` (a stray line, such as a banner, is
-tolerated). The SDK's own report of such output (a traceback logged on stderr) is dropped for Charter's
+A server that answers its start with something that is not MCP (not JSON-RPC: a stdio server printing to
+its stdout, a URL that is not an MCP endpoint) fails the start promptly, with an excerpt of what it sent,
+unless a real answer follows within `_NOT_MCP_GRACE` (a stray line, such as a banner, is tolerated).
+During a call such output is tolerated until the call's timeout, whose error then names it. The SDK's own report of such output (a traceback logged on stderr) is dropped for Charter's
 sessions: the error says it instead.
 
 A tool's result is the value the tool returned (`McpResult.value`): a string stays a string, a number a
