@@ -68,50 +68,64 @@ def broken_refs(schema: Any) -> list[BrokenRef]:
 
     root = SPECIFICATIONS.combine(registry()).resolver_with_root(DRAFT202012.create_resource(schema))
     found: list[BrokenRef] = []
-    # (node, its path, the resolver of its parent; None for the root, whose resolver is `root`)
-    stack: list[tuple[Any, Path, Any]] = [(schema, (), None)]
-    while stack:
-        node, path, parent = stack.pop()
-        if not isinstance(node, dict):
-            continue  # true/false, or a malformed value check_schema let through
+    seen: set[int] = set()  # nodes walked (a schema reached again through a reference is not walked twice)
+    # (node, its path, the resolver of its parent -- None for the root, whose resolver is `root` --, and
+    # whether it was reached through a reference: then `path` is that reference's, where a fault inside
+    # is reported)
+    stack: list[tuple[Any, Path, Any, bool]] = [(schema, (), None, False)]
+    targets: list[tuple[Any, Path, Any, bool]] = []  # walked after the schema itself, if not walked then
+    while stack or targets:
+        if not stack:
+            stack, targets = targets[::-1], []
+        node, path, parent, via = stack.pop()
+        if not isinstance(node, dict) or id(node) in seen:
+            continue  # true/false, a malformed value check_schema let through, or walked already
+        seen.add(id(node))
         # as jsonschema's descend: a subschema's `$id` changes the base its references resolve against
         resolver = root if parent is None else parent.in_subresource(DRAFT202012.create_resource(node))
+        children: list[tuple[Any, Path, Any, bool]] = []
         for keyword in _REF_KEYWORDS:
             ref = node.get(keyword)
             if isinstance(ref, str):
-                reason = _resolve(resolver, keyword, ref)
+                at = path if via else (*path, keyword)
+                reason, resolved = _resolve(resolver, keyword, ref)
                 if reason is not None:
-                    found.append(BrokenRef((*path, keyword), ref, reason))
-        children: list[tuple[Any, Path, Any]] = []
+                    found.append(BrokenRef(at, ref, reason))
+                elif isinstance(resolved.contents, dict):  # e.g. under an unknown keyword: walk it too
+                    targets.append((resolved.contents, at, resolved.resolver, True))
         for key, value in node.items():
             if key in _IN_VALUE:
-                children.append((value, (*path, key), resolver))
+                children.append((value, path if via else (*path, key), resolver, via))
             elif key in _IN_SUBARRAY and isinstance(value, list):
-                children.extend((item, (*path, key, i), resolver) for i, item in enumerate(value))
+                children.extend(
+                    (v, path if via else (*path, key, i), resolver, via) for i, v in enumerate(value)
+                )
             elif key in _IN_SUBVALUES and isinstance(value, dict):
-                children.extend((item, (*path, key, name), resolver) for name, item in value.items())
+                children.extend(
+                    (v, path if via else (*path, key, n), resolver, via) for n, v in value.items()
+                )
         stack.extend(reversed(children))
     return found
 
 
-def _resolve(resolver: Any, keyword: str, ref: str) -> str | None:
-    """Why `ref` does not resolve to a schema, or None when it does."""
+def _resolve(resolver: Any, keyword: str, ref: str) -> tuple[str | None, Any]:
+    """(why `ref` does not resolve to a schema, None) or (None, what it resolves to)."""
     from referencing.exceptions import NoSuchAnchor, PointerToNowhere, Unresolvable
 
     what = f"{keyword} '{ref}'"
     try:
-        target = resolver.lookup(ref).contents
+        resolved = resolver.lookup(ref)
     except PointerToNowhere as exc:
-        return f"{what} does not resolve: the schema has nothing at '{exc.ref}'"
+        return f"{what} does not resolve: the schema has nothing at '{exc.ref}'", None
     except NoSuchAnchor as exc:
-        return f"{what} does not resolve: the schema has no $anchor '{exc.anchor}'"
+        return f"{what} does not resolve: the schema has no $anchor '{exc.anchor}'", None
     except Unresolvable:
         return (
             f"{what} refers to another document, which is never fetched: a schema must be "
             "self-contained (refer to its own parts, e.g. '#/$defs/name')"
-        )
+        ), None
     except Exception as exc:  # noqa: BLE001 - a malformed URI: the validator would fail on it too
-        return f"{what} cannot be resolved: {exc}"
-    if isinstance(target, dict | bool):
-        return None
-    return f"{what} does not point at a schema but at {_KINDS.get(type(target), 'a value')}"
+        return f"{what} cannot be resolved: {exc}", None
+    if isinstance(resolved.contents, dict | bool):
+        return None, resolved
+    return f"{what} does not point at a schema but at {_KINDS.get(type(resolved.contents), 'a value')}", None

@@ -213,6 +213,17 @@ def test_broken_refs_walks_only_subschemas() -> None:
     ]
 
 
+def test_a_schema_reached_only_through_a_reference_is_checked_too() -> None:
+    """Under an unknown keyword a `$ref` is data, until a reference leads there: the validator would
+    then follow it, so it must resolve. Reported at the reference that leads there."""
+    schema = {
+        "x-lib": {"item": {"$ref": "#/nope"}},
+        "properties": {"a": {"$ref": "#/x-lib/item"}},
+        "$defs": {"loop": {"properties": {"next": {"$ref": "#/$defs/loop"}}}},  # recursion: walked once
+    }
+    assert [(b.path, b.ref) for b in broken_refs(schema)] == [(("properties", "a", "$ref"), "#/nope")]
+
+
 # --- run time: a schema the front end never saw ------------------------------------------------------------
 
 
