@@ -1111,14 +1111,15 @@ class SQLiteEventStore:
         return _run_record(rows[0])
 
     def runs(self, limit: int = 50, status: str | None = None) -> list[RunRecord]:
-        """Newest first."""
+        """Newest first. A run whose stored JSON no longer decodes is listed with those fields None
+        (one damaged row must not hide the others; reading that run names the damage)."""
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         rows = self._query(
             f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, run_id DESC LIMIT ?",
             (*params, int(limit)),
             "listing runs",
         )
-        return [_run_record(row) for row in rows]
+        return [_run_record(row, lenient=True) for row in rows]
 
     def children(self, run_id: str, node_path: str | None = None) -> list[RunRecord]:
         """The child runs a run started (at `node_path`, or anywhere), oldest first."""
@@ -1287,9 +1288,18 @@ class SQLiteEventStore:
         self.close()
 
 
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
+def _run_record(row: tuple[Any, ...], *, lenient: bool = False) -> RunRecord:
     (run_id, parent_run_id, parent_node, name, digest, source, inputs, principal, version, status) = row[:10]
     created_at, updated_at, output, error, head_seq, head_hash = row[10:]
+
+    def decode(text: str | None, what: str) -> Any:
+        try:
+            return _decode(text, run_id, what)
+        except DamagedLog:
+            if lenient:
+                return None
+            raise
+
     return RunRecord(
         run_id=run_id,
         parent_run_id=parent_run_id,
@@ -1297,14 +1307,14 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
         workflow_name=name,
         workflow_digest=digest,
         workflow_source=source,
-        inputs=_decode(inputs, run_id, "column inputs"),
+        inputs=decode(inputs, "column inputs"),
         principal=principal,
         interpreter_version=version,
         status=status,
         created_at=created_at,
         updated_at=updated_at,
-        output=_decode(output, run_id, "column output"),
-        error=_decode(error, run_id, "column error"),
+        output=decode(output, "column output"),
+        error=decode(error, "column error"),
         head_seq=head_seq,
         head_hash=head_hash,
     )

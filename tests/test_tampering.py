@@ -179,7 +179,7 @@ _EVENT = (
 
 @pytest.mark.parametrize(
     ("command", "damage"),
-    [(c, _RUN_ROW) for c in ("log", "explain", "replay", "resume", "runs")]
+    [(c, _RUN_ROW) for c in ("log", "explain", "replay", "resume")]
     + [
         (c, _EVENT) for c in ("log", "explain", "replay")
     ],  # `runs` (and `resume` of a finished run) read none
@@ -195,6 +195,14 @@ def test_json_that_no_longer_decodes_is_named_by_every_reader(
     assert proc.returncode == 2, describe(proc)
     assert f"run {run_id}: {named}" in proc.stderr, describe(proc)
     assert "Traceback" not in proc.stderr
+
+
+def test_a_damaged_run_row_does_not_hide_the_other_runs(copy: tuple[str, Path, int]) -> None:
+    run_id, db, _ = copy
+    _sql(db, "UPDATE runs SET inputs = '{not json' WHERE run_id = ?", run_id)
+    proc = charter("runs", "--json", "--db", str(db), env=ENV)
+    assert proc.returncode == 0, describe(proc)
+    assert run_id in proc.stdout
 
 
 def test_unknown_run_is_a_clear_error(copy: tuple[str, Path, int]) -> None:
