@@ -695,10 +695,12 @@ class Execution:
                 async with asyncio.timeout(self.time_left()):
                     await self.exec_block(graph.root, root)
                 output = (
-                    self.evaluate(graph.output, root, "workflow output") if graph.output is not None else None
+                    self.evaluate(graph.output, root, "workflow output") if graph.output is not None else {}
                 )
             except (TimeoutError, ReplayCutOff):
-                raise StepError("timeout", f"the run timed out after {graph.workflow.timeout}") from None
+                raise StepError(  # nothing inside the run can retry or catch it (spec §12.5)
+                    "timeout", f"the run timed out after {graph.workflow.timeout}", retryable=False
+                ) from None
         except Suspend as sus:
             return self.finish("waiting", None, None, sus.pending)
         except StepError as err:

@@ -735,6 +735,12 @@ def test_replay_tells_a_call_cut_by_a_join_from_one_cut_by_a_later_timeout(
     assert replayed.ok, replayed.divergence
 
 
+def test_a_workflow_without_output_returns_an_empty_mapping(store: Any, workdir: Path) -> None:
+    flow = write_flow(workdir, "no-output", "steps:\n  - {id: a, set: {x: 1}}\nvars: {x: 0}\n")
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "completed" and result.output == {}  # spec §5: always a mapping
+
+
 def test_child_workflow_is_a_linked_run(store: Any, workdir: Path) -> None:
     write_flow(
         workdir,
