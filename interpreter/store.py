@@ -1204,12 +1204,17 @@ class SQLiteEventStore:
             return VerifyResult(False, 0, "the run's workflow_source does not match its workflow_digest")
         genesis = genesis_hash({name: getattr(run, name) for name in GENESIS_FIELDS})
         expected_seq, prev_hash, checked = 1, genesis, 0
+        ended: tuple[int, str, str | None] | None = None  # the last run.completed / run.failed event
         for row in self._event_rows(run_id, 0):
             fault = self._check_row(row, expected_seq, prev_hash, run)
             if fault is not None:
                 return VerifyResult(False, fault[0], fault[1], checked)
             checked += 1
             expected_seq, prev_hash = row[1] + 1, row[8]
+            if row[4] in (RUN_COMPLETED, RUN_FAILED):
+                ended = (row[1], row[4], row[6])
+            elif row[4] == RUN_RESUMED:
+                ended = None
         last_seq = expected_seq - 1
         if last_seq < run.head_seq:
             return VerifyResult(
@@ -1222,7 +1227,27 @@ class SQLiteEventStore:
             return VerifyResult(
                 False, last_seq, "the last event does not match the run's head_hash checkpoint", checked
             )
+        fault = self._check_outcome(run, ended)
+        if fault is not None:
+            return VerifyResult(False, 0, fault, checked)
         return VerifyResult(True, None, "", checked)
+
+    def _check_outcome(self, run: RunRecord, ended: tuple[int, str, str | None] | None) -> str | None:
+        """The run row's status, output and error are those of its last run.completed / run.failed
+        event (which the chain covers); a run continued since has no outcome yet."""
+        if ended is None:
+            if run.status in ("completed", "failed"):
+                return f"the run row says {run.status}, but no event ended the run"
+            return None
+        seq, kind, payload = ended
+        logged = self._resolve(_loads(payload), run.run_id, f"event seq {seq}") or {}
+        status, field = ("completed", "output") if kind == RUN_COMPLETED else ("failed", "error")
+        if run.status != status or getattr(run, field) != logged.get(field):
+            return (
+                f"the run row's status, output or error ({run.status}) do not match the event that "
+                f"ended the run (seq {seq}, {kind}): the run row was edited"
+            )
+        return None
 
     def _check_row(
         self, row: tuple[Any, ...], expected_seq: int, prev_hash: str, run: RunRecord

@@ -495,9 +495,10 @@ def test_transaction_commits_together_or_not_at_all(store: SQLiteEventStore) -> 
         tx.append(child.run_id, "run.started", "", {})
         tx.append(run_id, "step.started", "call", {"child_run_id": child.run_id})
         store.append(run_id, "vars.set", "call", {"joined": True})  # nested use joins the transaction
+        tx.append(run_id, "run.completed", "", {"output": {"x": 1}})  # verify: the row agrees with it
         tx.set_status(run_id, "completed", output={"x": 1})
     run = store.run(run_id)
-    assert (run.head_seq, run.status, run.output) == (4, "completed", {"x": 1})
+    assert (run.head_seq, run.status, run.output) == (5, "completed", {"x": 1})
     assert store.run(child.run_id).parent_run_id == run_id
     assert store.verify(run_id).ok and store.verify(child.run_id).ok
 

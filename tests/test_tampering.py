@@ -205,6 +205,19 @@ def test_a_damaged_run_row_does_not_hide_the_other_runs(copy: tuple[str, Path, i
     assert run_id in proc.stdout
 
 
+@pytest.mark.parametrize(
+    "forgery",
+    ["status = 'failed'", "output = '{\"total\":-1}'", "status = 'running'"],
+    ids=["status", "output", "reopened"],
+)
+def test_a_forged_run_outcome_is_named_as_seq_0(copy: tuple[str, Path, int], forgery: str) -> None:
+    """The run row's status and output must be those of the event that ended the run (the chain
+    covers that one): `charter runs` and `resume` read the row."""
+    run_id, db, _ = copy
+    _sql(db, f"UPDATE runs SET {forgery} WHERE run_id = ?", run_id)
+    _assert_broken_at(run_id, db, 0)
+
+
 def test_unknown_run_is_a_clear_error(copy: tuple[str, Path, int]) -> None:
     _, db, _ = copy
     proc = _verify("01NOSUCHRUN0000000000000000", db)
