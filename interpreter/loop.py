@@ -47,22 +47,33 @@ def run_coroutine(main: Coroutine[Any, Any, T], *, grace: float = SHUTDOWN_GRACE
         )
     runner = asyncio.Runner()
     received: list[int] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def tracked() -> T:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await main
+
     try:
-        with _terminate_like_interrupt(received):
-            return runner.run(main)
+        with _terminate_like_interrupt(received, tasks):
+            return runner.run(tracked())
     except KeyboardInterrupt:
         raise Interrupted(received[0] if received else signal.SIGINT) from None
+    except asyncio.CancelledError:
+        if received:  # cancelled by our SIGTERM handler (SIGINT ignored: no Runner handler to do it)
+            raise Interrupted(received[0]) from None
+        raise
     finally:
         _close(runner.get_loop(), grace)
 
 
 @contextlib.contextmanager
-def _terminate_like_interrupt(received: list[int]) -> Iterator[None]:
+def _terminate_like_interrupt(received: list[int], tasks: list[asyncio.Task[Any]]) -> Iterator[None]:
     """Within the block, SIGTERM does what SIGINT does (the Runner's handler: cancel the main task, then
-    a second signal interrupts at once). Only in the main thread, and only where both still have their
-    default handlers (a caller that handles signals itself keeps its handlers)."""
+    a second signal interrupts at once). Only in the main thread, and only where SIGTERM has its default
+    handler and SIGINT its default or none (a shell starts background jobs with SIGINT ignored: SIGTERM
+    must still stop them cleanly); a caller that handles signals itself keeps its handlers."""
     if threading.current_thread() is not threading.main_thread() or not (
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN)
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     ):
         yield
@@ -71,9 +82,12 @@ def _terminate_like_interrupt(received: list[int]) -> Iterator[None]:
     def on_terminate(signum: int, frame: Any) -> None:
         received.append(signum)
         handler = signal.getsignal(signal.SIGINT)  # the Runner's while `main` runs, else the default
-        if not callable(handler):
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif len(received) > 1 or not tasks or tasks[0].done():  # a second signal: at once
             raise KeyboardInterrupt
-        handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored, so the Runner installed no handler: cancel the run's task as it would
+            tasks[0].get_loop().call_soon_threadsafe(tasks[0].cancel)  # wakes the loop from its wait
 
     signal.signal(signal.SIGTERM, on_terminate)
     try:

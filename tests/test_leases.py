@@ -57,7 +57,7 @@ class Lab:
             extra["LEASE_GATE_AT"] = gate_at
         return child_env(extra, allow=ALLOW)
 
-    def start(self, *args: str, gate_at: str = "") -> subprocess.Popen[str]:
+    def start(self, *args: str, gate_at: str = "", sigint_ignored: bool = False) -> subprocess.Popen[str]:
         return subprocess.Popen(
             charter_cmd(*args, "--db", str(self.db)),
             cwd=REPO,
@@ -65,6 +65,8 @@ class Lab:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # as a shell starts a background job (`charter run ... &` in a script)
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
 
     def charter(self, *args: str, gate_at: str = "") -> subprocess.CompletedProcess[str]:
@@ -160,12 +162,16 @@ def test_two_concurrent_resumes_execute_the_run_once(tmp_path: Path) -> None:
     _assert_verified(lab, run_id)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("signum", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-background-job"],
+)
 def test_a_signal_stops_the_run_releases_its_lease_and_says_how_to_continue(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: int, sigint_ignored: bool
 ) -> None:
     lab = Lab(tmp_path)
-    proc = lab.start("run", str(FLOW), gate_at="b")
+    proc = lab.start("run", str(FLOW), gate_at="b", sigint_ignored=sigint_ignored)
     try:
         _wait_for(lambda: lab.reached() or proc.poll() is not None, "the run to reach step b")
         assert proc.poll() is None, proc.communicate()
