@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from interpreter import store as s
 from interpreter.engine import compile_source, resume_run
-from interpreter.records import build_records
+from interpreter.records import build_records, request_expired
 from interpreter.runtime import RunOptions, RunResult, RunSetupError
 
 
@@ -36,7 +36,14 @@ def decide_approval(
         )
     if row.status in s.TERMINAL_STATUSES:
         raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
-    approvers = rec.approval_requested[0].get("approvers") or []
+    requested = rec.approval_requested[0]
+    if request_expired(requested):  # too late for a person: the timeout decides (spec §13.11)
+        result = resume_run(run_id, store=store, options=options, reason="timeout")
+        raise RunSetupError(
+            f"the approval at '{node_path}' expired at {requested.get('expires_at')}: its timeout "
+            f"decided, not {person}; run {run_id} is {result.status}"
+        )
+    approvers = requested.get("approvers") or []
     verified = _check_approver(approvers, person, options, row)
     decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}
     earlier = store.decide(run_id, node_path, {**decision, "verified": verified}, actor={"sub": person})
@@ -62,6 +69,8 @@ def _check_approver(approvers: list[str], person: str, options: RunOptions, row:
     nothing (claims, a declared identity) says which roles they hold."""
     if person.startswith("role:"):
         raise RunSetupError(f"'{person}' names a role, not a person: approve --as NAME --claims FILE")
+    if person.startswith("system:"):  # what the runtime decides as (`system:timeout`): not a person
+        raise RunSetupError(f"'{person}' is a name the runtime decides as, not a person's")
     if not approvers or person in approvers:
         return True
     roles = {a[5:] for a in approvers if a.startswith("role:")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -733,6 +734,27 @@ def test_replay_tells_a_call_cut_by_a_join_from_one_cut_by_a_later_timeout(
     assert result.status == "failed" and result.error["code"] == "timeout", result.error
     replayed = replay_run(result.run_id, store=store, options=OPTS)
     assert replayed.ok, replayed.divergence
+
+
+def test_a_decision_after_the_approval_expired_is_refused_and_the_timeout_decides(
+    store: Any, workdir: Path
+) -> None:
+    flow = write_flow(
+        workdir,
+        "late-approval",
+        "steps:\n  - {id: gate, approval: {message: ok?, timeout: 200ms, on_timeout: deny}}\n",
+    )
+    waiting = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert waiting.status == "waiting"
+    with pytest.raises(RunSetupError, match="'system:timeout' is a name the runtime decides as"):
+        decide_approval(
+            waiting.run_id, "gate", store=store, person="system:timeout", approved=True, options=OPTS
+        )
+    time.sleep(0.3)  # past the deadline
+    with pytest.raises(RunSetupError, match="expired at .*: its timeout decided, not bob; run .* is failed"):
+        decide_approval(waiting.run_id, "gate", store=store, person="bob", approved=True, options=OPTS)
+    decided = [e.payload for e in store.events(waiting.run_id) if e.kind == "approval.decided"]
+    assert [(d["decision"], d["by"]) for d in decided] == [("denied", "system:timeout")]
 
 
 def test_a_workflow_without_output_returns_an_empty_mapping(store: Any, workdir: Path) -> None:
