@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from interpreter import store as s
+from interpreter.timing import execution_time, segments, ts_seconds
 
 ABSENT = "<absent>"
 _TEXT_LIMIT = 160
@@ -213,15 +213,13 @@ def _in_node(path: str, node: str | None) -> bool:
     return path == node or path.startswith(node + "/") or path.startswith(node + "[")
 
 
-def budgets_used(events: Iterable[s.Event]) -> dict[str, Any]:
+def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     """What the run spent, counted from its log (the same quantities guardrail budgets limit)."""
+    events = list(events)
     per_tool: dict[str, int] = {}
     model_calls = input_tokens = output_tokens = 0
     cost = 0.0
-    first = last = None
     for event in events:
-        first = first or event.ts
-        last = event.ts
         p = event.payload if isinstance(event.payload, dict) else {}
         if event.kind == s.TOOL_CALLED:
             per_tool[str(p.get("tool"))] = per_tool.get(str(p.get("tool")), 0) + 1
@@ -231,12 +229,14 @@ def budgets_used(events: Iterable[s.Event]) -> dict[str, Any]:
             input_tokens += int(usage.get("input_tokens") or 0)
             output_tokens += int(usage.get("output_tokens") or 0)
             cost += float(p.get("cost") or 0.0)
+    # execution time, as budgets and timeouts count it: waits for people and time between a crash and
+    # its resume do not count (spec §12.5). `spans`: the whole run's, when `events` are a node's only.
     elapsed = None
-    if first and last:
-        try:
-            elapsed = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-        except ValueError:
-            elapsed = None
+    times = [t for t in (ts_seconds(e.ts) for e in events) if t is not None]
+    if times:
+        lo, hi = min(times), max(times)
+        clipped = [(max(a, lo), min(b, hi)) for a, b in (segments(events) if spans is None else spans)]
+        elapsed = execution_time(c for c in clipped if c[1] > c[0])
     return {
         "tool_calls": sum(per_tool.values()),
         "calls_per_tool": per_tool,
@@ -274,7 +274,7 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
         "node": node,
         "error": row.error,
         "trace": entries,
-        "budgets": budgets_used(ev for ev in events if _in_node(ev.node_path, node) or node is None),
+        "budgets": budgets_used([ev for ev in events if _in_node(ev.node_path, node)], segments(events)),
         "audit": audit_authz(events),
         "integrity": _integrity(store, run_id),
     }

@@ -275,3 +275,22 @@ def test_child_runs_are_named_where_they_started_and_a_node_shows_its_outcome(tm
     assert f"sub: child run {child['run_id']} (kid): completed (charter explain {child['run_id']})" in text
     node = explain(tmp_path, result["run_id"], "--node", "sub")  # used to say "no events at node"
     assert 'sub: completed = {"v": 1}' in node
+
+
+def test_budgets_used_counts_execution_time_not_waits_or_downtime() -> None:
+    """A run that executed 1 s, waited 100 s for a person, then executed 1 s more: 2 s, as its
+    budgets and timeouts count it (the whole span would say 102 s)."""
+    from interpreter.explain import budgets_used
+
+    def at(seq: int, second: int, kind: str, path: str = "") -> s.Event:
+        ts = f"2026-01-01T00:{second // 60:02d}:{second % 60:02d}.000000Z"
+        return s.Event("r", seq, ts, path, kind, None, {}, "", "")
+
+    events = [
+        at(1, 0, "run.started"),
+        at(2, 1, "run.waiting"),
+        at(3, 50, "approval.decided", "gate"),
+        at(4, 101, "run.resumed"),
+        at(5, 102, "run.completed"),
+    ]
+    assert budgets_used(events)["elapsed_s"] == 2.0
