@@ -79,7 +79,8 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
         }
         timeout = esc.get("timeout_s")
         if timeout:
-            payload["expires_at"] = (datetime.now(UTC) + timedelta(seconds=float(timeout))).isoformat()
+            at = datetime.now(UTC) + timedelta(seconds=float(timeout))
+            payload["expires_at"] = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as every time in the log
         return payload
 
 

@@ -581,9 +581,8 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
     message = _text(ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message"))
     payload: dict[str, Any] = {"message": message, "approvers": list(spec.approvers), "data": None}
     if spec.timeout:
-        payload["expires_at"] = (
-            datetime.now(UTC) + timedelta(seconds=parse_duration(spec.timeout))
-        ).isoformat()
+        at = datetime.now(UTC) + timedelta(seconds=parse_duration(spec.timeout))
+        payload["expires_at"] = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as every time in the log
     ex.commit(s.NewEvent(s.APPROVAL_REQUESTED, path, payload))
     ex.notify("waiting", path, "approval", message)
     raise Suspend([path])
