@@ -329,7 +329,11 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
         return f"run of {e.get('workflow')} as {actor}{claims}"
     if what == "route":
         values = _values(e.get("values"))
-        text = f"{e.get('step')}: `{e.get('expression')}` -> {e.get('result')}; chose {e.get('chosen')}"
+        result = json.dumps(e.get("result"))  # as CEL writes it: true, false, null
+        if e.get("expression"):
+            text = f"{e.get('step')}: `{e.get('expression')}` -> {result}; chose {e.get('chosen') or 'nothing'}"
+        else:  # a switch where no case held and there is no default
+            text = f"{e.get('step')}: no case held; chose {e.get('chosen') or 'nothing'}"
         text += f" [{values}]" if values else ""
         for case in e.get("rejected") or []:
             text += f"; not {case.get('case')} [{_values(case.get('values'))}]"

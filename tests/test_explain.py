@@ -42,7 +42,7 @@ def test_tools_pipeline_explained(tmp_path: Path) -> None:
     assert lines[0] == f"run {result['run_id']} (price-orders) principal ann: completed"
     # the loop's exit with the values its condition read
     assert any(
-        "collect: loop: `!steps.page.output.has_more` -> True; chose exit [index=1, "
+        "collect: loop: `!steps.page.output.has_more` -> true; chose exit [index=1, "
         "steps.page.output.has_more=false]" in line
         for line in lines
     )
@@ -158,7 +158,7 @@ def test_switch_route_records_the_values_that_chose_it(tmp_path: Path) -> None:
     result = start(tmp_path, "wf.yaml", "--input", '{"kind": "b", "size": 3}')
     text = explain(tmp_path, result["run_id"])
     assert (
-        'pick: switch: `input.kind == "b"` -> True; chose case-1 [input.kind="b"]; not case-0 [input.kind="b", input.size=3]'
+        'pick: switch: `input.kind == "b"` -> true; chose case-1 [input.kind="b"]; not case-0 [input.kind="b", input.size=3]'
         in text
     )
     full = json.loads(explain(tmp_path, result["run_id"], "--json"))
