@@ -41,9 +41,9 @@ _EXPECTED = {
 }
 _RANGE = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 _PATTERNS = {
-    m.IDENT_PATTERN: "use letters, digits and '_', not starting with a digit",
-    m.NAME_PATTERN: "use letters, digits, '_', '.' and '-', starting with a letter or '_'",
-    m.TOOL_NAME_PATTERN: "use letters, digits, '_' and '-' (at most 64), starting with a letter or '_'",
+    m.IDENT_PATTERN: "use ASCII letters, digits and '_', not starting with a digit",
+    m.NAME_PATTERN: "use ASCII letters, digits, '_', '.' and '-', starting with a letter or '_'",
+    m.TOOL_NAME_PATTERN: "use ASCII letters, digits, '_' and '-' (at most 64), starting with a letter or '_'",
     m.GLOB_PATTERN: "write a tool name or a glob such as 'lookup_*'",
     m.PRINCIPAL_PATTERN: "write an identity name or 'role:NAME'",
     m.PYTHON_TARGET_PATTERN: "write 'module:function', e.g. 'examples.tools:lookup_invoice'",
