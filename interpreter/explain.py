@@ -331,7 +331,9 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
         values = _values(e.get("values"))
         result = json.dumps(e.get("result"))  # as CEL writes it: true, false, null
         if e.get("expression"):
-            text = f"{e.get('step')}: `{e.get('expression')}` -> {result}; chose {e.get('chosen') or 'nothing'}"
+            text = (
+                f"{e.get('step')}: `{e.get('expression')}` -> {result}; chose {e.get('chosen') or 'nothing'}"
+            )
         else:  # a switch where no case held and there is no default
             text = f"{e.get('step')}: no case held; chose {e.get('chosen') or 'nothing'}"
         text += f" [{values}]" if values else ""
