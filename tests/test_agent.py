@@ -81,6 +81,16 @@ def workflow(tmp_path: Path, url: str, body: str) -> Any:
     return graph
 
 
+def model_flow(tmp_path: Path, model: str, body: str) -> Any:
+    """A workflow of its own (not HEAD's agent setup) whose one model is `model` (a flow mapping)."""
+    path = tmp_path / "model_flow.yaml"
+    head = f'charter: "1.0"\nname: model-flow\nmodels:\n  {model}\n'
+    path.write_text(head + textwrap.dedent(body), encoding="utf-8")
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    return graph
+
+
 def run(tmp_path: Path, graph: Any, inputs: Any = None) -> tuple[Any, Any]:
     store = open_store(str(tmp_path / "charter.db"))
     return run_workflow(graph, inputs or {}, store=store, options=RunOptions(principal="tester")), store
@@ -525,23 +535,17 @@ def test_a_model_call_past_its_timeout_fails_with_code_timeout_and_is_retried(
     server.stall(2.0)  # the first call answers too late; the retry's answer comes at once
     server.reply("too late")
     server.reply("on time")
-    path = tmp_path / "slow.yaml"
-    path.write_text(
-        textwrap.dedent(f"""\
-        charter: "1.0"
-        name: slow-model
-        models:
-          default: {{provider: openai, model: test-model, base_url: "{server.url}", timeout: 300ms}}
+    graph = model_flow(
+        tmp_path,
+        f"default: {{provider: openai, model: test-model, base_url: '{server.url}', timeout: 300ms}}",
+        """\
         steps:
           - id: ask
-            retry: {{attempts: 2, backoff: {{initial: 10ms}}, on: [timeout]}}
-            llm: {{prompt: Say hi}}
-        output: {{answer: "${{{{ steps.ask.output }}}}"}}
-        """),
-        encoding="utf-8",
+            retry: {attempts: 2, backoff: {initial: 10ms}, on: [timeout]}
+            llm: {prompt: Say hi}
+        output: {answer: "${{ steps.ask.output }}"}
+        """,
     )
-    graph, diags = compile_file(path)
-    assert graph is not None, [str(d) for d in diags]
     result, store = run(tmp_path, graph)
     assert result.status == "completed", result.error
     assert result.output == {"answer": "on time"}
@@ -555,13 +559,10 @@ def test_a_model_call_cut_off_by_an_enclosing_timeout_replays(tmp_path: Path, se
     way at once (it used to report a divergence, or to wait for the timeout in real time)."""
     server.stall(2.0)
     server.reply("too late")
-    path = tmp_path / "cut.yaml"
-    path.write_text(
-        textwrap.dedent(f"""\
-        charter: "1.0"
-        name: cut-off-model
-        models:
-          default: {{provider: openai, model: test-model, base_url: "{server.url}"}}
+    graph = model_flow(
+        tmp_path,
+        f"default: {{provider: openai, model: test-model, base_url: '{server.url}'}}",
+        """\
         steps:
           - id: guarded
             try:
@@ -569,18 +570,15 @@ def test_a_model_call_cut_off_by_an_enclosing_timeout_replays(tmp_path: Path, se
                 - id: group
                   timeout: 300ms
                   steps:
-                    - {{id: ask, llm: {{prompt: Say hi}}}}
+                    - {id: ask, llm: {prompt: Say hi}}
               catch:
                 as: problem
                 steps:
-                  - {{id: note, set: {{why: "${{{{ problem.code }}}}"}}}}
-        vars: {{why: ""}}
-        output: {{why: "${{{{ vars.why }}}}"}}
-        """),
-        encoding="utf-8",
+                  - {id: note, set: {why: "${{ problem.code }}"}}
+        vars: {why: ""}
+        output: {why: "${{ vars.why }}"}
+        """,
     )
-    graph, diags = compile_file(path)
-    assert graph is not None, [str(d) for d in diags]
     result, store = run(tmp_path, graph)
     assert result.status == "completed", result.error
     assert result.output == {"why": "timeout"}
