@@ -587,15 +587,15 @@ class Execution:
 
     def reuse(self, node: Any, scope: Scope, path: str, rec: NodeRecord) -> Any:
         """A node the log says finished: restore its effects on `steps` and `vars`, do not run it."""
+        children = descendants(self.records, path)
         if self.replaying:  # a fork's reused step: what the log says of it is what replay reproduces
-            self.visited.update([path, *(p for p, _ in descendants(self.records, path))])
+            self.visited.update([path, *(p for p, _ in children)])
         if rec.status == "skipped":
             scope.steps[node.id] = {"output": None, "status": "skipped", "error": None}
             if self.write_reused:
                 self.emit(s.STEP_SKIPPED, path, rec.skip)
             return None
         deltas = [(rec.vars_seq, rec.vars_delta)] if rec.vars_delta else []
-        children = descendants(self.records, path)
         if self.write_reused:  # the fork's own log holds them too: its resume finds `steps.X` inside
             self._write_reused(children)
         for child_path, child in children:
