@@ -5,6 +5,7 @@ something that is not MCP)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -307,13 +308,14 @@ def test_call_timeout_is_a_clear_error() -> None:
 # --- streamable HTTP ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+@contextlib.contextmanager
+def serving_http(script: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`script http PORT` on a free local port, once it accepts connections: its /mcp URL and process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, SERVER, "http", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, script, "http", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 30
@@ -323,12 +325,18 @@ def http_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                 break
             except OSError:
                 if process.poll() is not None:
-                    pytest.fail("the HTTP MCP server exited at startup")
+                    pytest.fail(f"{script} exited at startup")
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}/mcp", process
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with serving_http(SERVER) as served:
+        yield served
 
 
 def test_streamable_http_list_call_and_server_death(http_server: tuple[str, subprocess.Popen[bytes]]) -> None:
@@ -352,25 +360,9 @@ def test_streamable_http_list_call_and_server_death(http_server: tuple[str, subp
 
 def test_an_http_endpoint_that_is_not_mcp_is_a_clear_error(caplog: pytest.LogCaptureFixture) -> None:
     """A URL answering JSON that is not JSON-RPC (here a chat completion): reached, but not MCP."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, GARBAGE, "http", str(port)])
     caplog.set_level(logging.DEBUG)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}/mcp"
-        with pytest.raises(McpServerError) as caught:
-            with_pool(lambda pool: pool.connection(McpServerConfig.create(url=url)), startup_timeout=20.0)
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with serving_http(GARBAGE) as (url, _), pytest.raises(McpServerError) as caught:
+        with_pool(lambda pool: pool.connection(McpServerConfig.create(url=url)), startup_timeout=20.0)
     assert str(caught.value) == (
         f"MCP server at {url} answered with something that is not MCP (JSON-RPC): "
         """'{"id": "x", "object": "chat.completion", "choices": []}'"""
