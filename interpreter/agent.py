@@ -745,8 +745,8 @@ class StepCall:
         except EscalationRequired as esc:  # raised once the (screened) result is logged
             result, verdict, escalation = esc.verdict.value, esc.verdict, esc
         completed = {**ids, "result": result, "duration_ms": duration}
-        if withheld(verdict):  # the model is told no: resume and replay must tell it the same
-            completed["withheld"] = withheld(verdict)
+        if refusal := withheld(verdict):  # the model is told no: resume and replay must tell it the same
+            completed["withheld"] = refusal
         ex.emit(s.TOOL_COMPLETED, path, completed, self.actor)
         if tool.effect == "write":
             ex.commit()  # a completed write is never repeated

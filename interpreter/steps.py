@@ -137,8 +137,8 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         "result": logged,
         "duration_ms": (time.perf_counter() - t0) * 1000,
     }
-    if withheld(verdict):
-        completed["withheld"] = withheld(verdict)
+    if refusal := withheld(verdict):
+        completed["withheld"] = refusal
     ex.emit(s.TOOL_COMPLETED, path, completed)
     if escalation is not None:
         raise escalation
