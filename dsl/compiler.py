@@ -250,8 +250,10 @@ class _Compiler:
 
     # --- diagnostics helpers ---
 
-    def _pos(self, path: Path, offset: int | None = None) -> tuple[int, int]:
+    def _pos(self, path: Path, offset: int | None = None, at_key: bool = False) -> tuple[int, int]:
         try:
+            if at_key:
+                return self.doc.key_position(path)
             if offset is None:
                 return self.doc.position(path)
             return self.doc.value_position(path, offset)
@@ -259,9 +261,15 @@ class _Compiler:
             return (1, 1)
 
     def err(
-        self, code: str, message: str, path: Path, offset: int | None = None, hint: str | None = None
+        self,
+        code: str,
+        message: str,
+        path: Path,
+        offset: int | None = None,
+        hint: str | None = None,
+        at_key: bool = False,
     ) -> None:
-        line, col = self._pos(path, offset)
+        line, col = self._pos(path, offset, at_key)
         self.diags.append(error(code, message, self.doc.file, line, col, hint))
 
     def warn(
@@ -468,6 +476,7 @@ class _Compiler:
                         f"set step '{step.id}' assigns '{name}', which is not declared in `vars`",
                         (*path, "set", name),
                         hint=f"did you mean '{guess}'?" if guess else f"declare it: vars: {{{name}: null}}",
+                        at_key=True,
                     )
         elif isinstance(step, m.ForEachStep):
             values["in"] = items = self._value(step.for_each.in_, (*path, "for_each", "in"), scope)

@@ -413,6 +413,10 @@ class Execution:
         attempts = retry.attempts if retry is not None else 1
         attempt = rec.attempts_failed + 1 if rec is not None and not self.replaying else 1
         if rec is None or rec.started is None or self.write_reused:
+            if node.condition is not None:  # why the step ran: what its `if` read
+                self.emit(s.DECISION, path, {
+                    "step": "if", "expression": node.condition.source, "result": True, "chosen": "run",
+                    "values": _condition_values(node.condition, self.bindings(scope))})  # fmt: skip
             self.emit(s.STEP_STARTED, path, {"step": node.kind, "attempt": attempt})
         self.notify("started", path, node.kind)
         runner = self.runners.get(node.kind)
@@ -873,29 +877,34 @@ async def _prepare(
 def preflight(graph: Any, policy: ModulePolicy) -> None:
     """Every python tool's module and every stdio MCP server's command must be allowed before anything
     runs (nothing is imported or started here)."""
+    problems = []
     for name, tool in graph.workflow.tools.items():
         if tool.python:
             try:
                 policy.check(PythonTarget.parse(tool.python).module, name)
             except PolicyError as exc:
-                raise SetupPolicyError(f"{_where(graph, 'tools', name, 'python')}: {exc}") from None
+                problems.append(f"{_where(graph, 'tools', name, 'python')}: {exc}")
     try:
         check_mcp_commands(graph, policy)
     except PolicyError as exc:
-        raise SetupPolicyError(str(exc)) from None
+        problems.append(str(exc))
+    if problems:  # all of them at once: a user fixes the file (or the allow list) in one go
+        raise SetupPolicyError("\n".join(problems))
 
 
 def load_python_tools(graph: Any, policy: ModulePolicy) -> dict[str, PythonTool]:
     """Import every python tool before a run starts or continues (after `preflight` allowed all their
     modules): a wrong module or function name is refused with its place in the file, not found by the
     step (or the agent) that first calls it, halfway through."""
-    loaded = {}
+    loaded, problems = {}, []
     for name, tool in graph.workflow.tools.items():
         if tool.python:
             try:
                 loaded[name] = resolve_python(name, tool.python, policy)
             except StepError as exc:
-                raise RunSetupError(f"{_where(graph, 'tools', name, 'python')}: {exc.message}") from None
+                problems.append(f"{_where(graph, 'tools', name, 'python')}: {exc.message}")
+    if problems:
+        raise RunSetupError("\n".join(problems))
     return loaded
 
 

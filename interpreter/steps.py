@@ -517,7 +517,11 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         if i not in seen:
             ex.emit(s.LOOP_ITERATION, path, {"index": i})
         out = await ex.exec_block(body, inner)
-        if until is not None and ex.condition(until, inner, f"step '{node.id}': until"):
+        if until is None:
+            continue
+        done = ex.condition(until, inner, f"step '{node.id}': until")
+        if done or i + 1 not in seen:  # a resumed loop logged its earlier `until`s
+            last = i + 1 == spec.max_iterations
             ex.emit(
                 s.DECISION,
                 path,
@@ -525,10 +529,11 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
                     "step": "loop",
                     "expression": until.source,
                     "values": {"index": i, **referenced_values(until, ex.bindings(inner))},
-                    "result": True,
-                    "chosen": "exit",
+                    "result": done,
+                    "chosen": "exit" if done else None if last else "repeat",
                 },
             )
+        if done:
             return out
     if until is not None:  # the bound is a safety net: a half-finished loop is a failure (spec §13.7)
         raise StepError(

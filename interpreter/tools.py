@@ -563,9 +563,17 @@ def mcp_command(
 
 def check_mcp_commands(graph: Any, policy: ModulePolicy) -> None:
     """Every stdio MCP server of a workflow must be allowed (checked before a run; nothing is started)."""
+    from interpreter.policy import PolicyError
+
+    problems = []
     for name, tool in graph.workflow.tools.items():
         if tool.mcp is not None and tool.mcp.command:
-            mcp_command(tool.mcp.command, policy, name)
+            try:
+                mcp_command(tool.mcp.command, policy, name)
+            except PolicyError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise PolicyError("\n".join(problems))
 
 
 def _mcp_config(ex: Any, name: str, tool: Any, scope: Any) -> Any:

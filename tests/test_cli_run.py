@@ -91,7 +91,11 @@ def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) 
     """A python tool that does not load, or a model that cannot be built, exits 2 and creates no run."""
     routing = (EXAMPLES / "routing.yaml").read_text(encoding="utf-8")
     flow = tmp_path / "routing.yaml"
-    flow.write_text(routing.replace("examples.tools:lookup_invoice", "examples.tools:lookup_invoices"))
+    flow.write_text(
+        routing.replace("examples.tools:lookup_invoice", "examples.tools:lookup_invoices").replace(
+            "examples.tools:search", "examples.tools:searches"
+        )
+    )
     (tmp_path / "routing.responses.yaml").write_text((EXAMPLES / "routing.responses.yaml").read_text())
     (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["examples.*"]\n')
     line = next(n for n, text in enumerate(flow.read_text().splitlines(), 1) if "lookup_invoices" in text)
@@ -100,6 +104,7 @@ def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) 
     assert no_function.returncode == 2, no_function.stderr
     assert f"routing.yaml:{line}:" in no_function.stderr
     assert "cannot load examples.tools:lookup_invoices: AttributeError" in no_function.stderr
+    assert "cannot load examples.tools:searches" in no_function.stderr  # every problem at once
     for model, message in [
         ("default=bogus:x", "unknown provider 'bogus'"),
         ("default=scripted:missing.yaml", "the responses file does not exist"),

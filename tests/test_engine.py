@@ -459,6 +459,13 @@ def test_switch_if_set_and_fail(store: Any, workdir: Path) -> None:
     assert negative.error["code"] == "negative" and negative.error["message"] == "negative: -1"
     decision = next(e for e in store.events(big.run_id) if e.kind == "decision")
     assert decision.payload["chosen"] == "case-0"
+    # an `if` that held is a decision too, written before the step starts, with what it read
+    held = [(e.kind, e.payload) for e in store.events(negative.run_id) if e.node_path == "stop"][:2]
+    assert held == [
+        ("decision", {"step": "if", "expression": "input.n < 0", "values": {"input.n": -1}, "result": True,
+                      "chosen": "run"}),
+        ("step.started", {"step": "fail", "attempt": 1}),
+    ]  # fmt: skip
 
 
 def test_loop_until_exits_early_and_fails_when_exhausted(store: Any, workdir: Path) -> None:
@@ -482,6 +489,12 @@ def test_loop_until_exits_early_and_fails_when_exhausted(store: Any, workdir: Pa
     assert exhausted.status == "failed" and exhausted.error["code"] == "loop_exhausted"
     iterations = [e for e in store.events(exhausted.run_id) if e.kind == "loop.iteration"]
     assert len(iterations) == 5
+    # every evaluation of `until` is a decision: what it read, and whether the loop went on
+    chose = [(e.payload["values"]["index"], e.payload["result"], e.payload["chosen"])
+             for e in store.events(early.run_id) if e.kind == "decision"]  # fmt: skip
+    assert chose == [(0, False, "repeat"), (1, False, "repeat"), (2, True, "exit")]
+    last = [e.payload for e in store.events(exhausted.run_id) if e.kind == "decision"][-1]
+    assert (last["values"]["index"], last["result"], last["chosen"]) == (4, False, None)
 
 
 def test_unserialisable_result_is_a_step_error(store: Any, workdir: Path) -> None:

@@ -69,8 +69,11 @@ def test_tools_pipeline_explained(tmp_path: Path) -> None:
     whats = [e["what"] for e in full["trace"]]
     assert whats[0] == "run" and whats[-1] == "end"
     assert whats.count("authz") == whats.count("tool.call") == 8
-    route = next(e for e in full["trace"] if e["what"] == "route")
-    assert route["values"] == {"index": 1, "steps.page.output.has_more": False}
+    routes = [(e["values"], e["result"], e["chosen"]) for e in full["trace"] if e["what"] == "route"]
+    assert routes == [  # the loop's `until` after each page: false (another page), then true
+        ({"index": 0, "steps.page.output.has_more": True}, False, "repeat"),
+        ({"index": 1, "steps.page.output.has_more": False}, True, "exit"),
+    ]
     assert full["budgets"]["calls_per_tool"] == {
         "fetch_orders_page": 2, "quote_price": 4, "list_price": 1, "summarize_lines": 1
     }  # fmt: skip

@@ -396,6 +396,11 @@ with SQLiteEventStore(path, busy_timeout=30) as store:
     while not (barrier / "go").exists():  # start both writers at the same moment
         time.sleep(0.001)
     for i in range(n):
+        if i == n // 2:  # meet halfway, so that a descheduled writer cannot let the other finish alone
+            (barrier / f"half-{name}").touch()
+            deadline = time.monotonic() + 30
+            while len(list(barrier.glob("half-*"))) < int(sys.argv[6]) and time.monotonic() < deadline:
+                time.sleep(0.001)
         if i % 10 == 0:
             store.append_many(run_id, [NewEvent("vars.set", f"b{i}", {"i": i}), NewEvent("vars.set", "b", None)])
         else:
@@ -408,7 +413,7 @@ def _spawn_writers(db_path: Path, run_ids: list[str], n: int) -> None:
     barrier.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(db_path), run_id, str(n), str(k), str(barrier)],
+            [sys.executable, "-c", WRITER, db_path, run_id, str(n), str(k), barrier, str(len(run_ids))],
             cwd=REPO,
             stderr=subprocess.PIPE,
             text=True,
