@@ -4,7 +4,7 @@ One execution of a step is a `StepCall`. It renders the step's instructions and 
 compiled `Prompt.render` over the CEL-evaluated `vars` (nothing else is visible to a template), then asks
 the model. An agent offers only the step's tools; each tool call the model makes goes through the
 guard hooks and authorization (when the run has a guard), argument validation and the one tool-calling
-path (`interpreter.tools.call_tool`), and its result or error is returned to the model as the call's
+path (`interpreter.tool_calls.logged_call`), and its result or error is returned to the model as the call's
 result. A request for a tool the step does not list is refused and the model is told.
 
 Every model call is a `model.called` event (provider, model, parameters, the messages, the tools
@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from interpreter import store as s
-from interpreter.enforcement import CURRENT_CHAIN as _CURRENT_CHAIN
-from interpreter.enforcement import EscalationKeys, EscalationRequired, as_recorded, guardrail_error, withheld
+from interpreter.enforcement import EscalationKeys, EscalationRequired, as_recorded, guardrail_error
 from interpreter.providers import (
     Message,
     ModelError,
@@ -44,17 +43,10 @@ from interpreter.providers import (
 )
 from interpreter.providers.base import parse_structured
 from interpreter.runtime import RunSetupError, StepError, idempotency_key
-from interpreter.tools import call_tool, mcp_tool_info, run_resources, validate_args
+from interpreter.tool_calls import logged_call, replayed_call
+from interpreter.tools import mcp_tool_info, run_resources, validate_args
 
 _NOT_ACCEPTED = "Your answer was not accepted; answer again."
-_CANCELLED = {
-    "type": "Cancelled",
-    "code": "cancelled",
-    "message": "the call was cut off (a timeout, or another branch won the join)",
-    "retryable": False,
-}
-
-
 # --------------------------------------------------------------------------------------------------
 # Usage accounting
 
@@ -671,13 +663,10 @@ class StepCall:
             return "refused: the result was withheld: " + _refusal(verdict).removeprefix("refused: "), True
         return result if isinstance(result, str) else _json(result), False
 
-    def _screen_result(
-        self, name: str, args: dict[str, Any], result: Any, occurrence: str
-    ) -> tuple[Any, Any]:
-        """The tool.output rules on a result: the result as the log and the model see it (every
-        `redact` match masked) and the verdict; an escalation propagates."""
-        verdict = self._check("tool.output", {"tool": name, "args": args, "result": result}, name, occurrence)
-        return verdict.value, verdict
+    def _screen_result(self, name: str, args: dict[str, Any], result: Any, occurrence: str) -> Any:
+        """The tool.output rules' verdict on a result; its `value` is the result as the log and the model
+        see it (every `redact` match masked). An escalation propagates."""
+        return self._check("tool.output", {"tool": name, "args": args, "result": result}, name, occurrence)
 
     def _tool_hook(self, hook: str, context: dict[str, Any], tool: str, occurrence: str) -> str | None:
         verdict = self._check(hook, context, tool, occurrence)
@@ -692,92 +681,50 @@ class StepCall:
         the result after the tool.output rules (what `tool.completed` records: a secret they mask
         never reaches the log), the call's error, and the rules' verdict."""
         ex, path, attempt = self.ex, self.path, self.attempt
-        key = idempotency_key(ex.run_id, path, attempt, n)
         recorded = self.rec.agent_tools.get((attempt, n)) if self.rec is not None else None
         if ex.replaying:
-            result, error = await self._replayed_tool(recorded, name, args)
-            if error is not None:
-                return None, error, None
-            logged, verdict = self._screen_result(name, args, result, occurrence)
-            return logged, None, as_recorded(verdict, recorded.completed)
+            try:
+                completed = await replayed_call(ex, path, attempt, recorded, name, args)
+            except StepError as err:
+                return None, err, None
+            verdict = self._screen_result(name, args, completed.get("result"), occurrence)
+            return verdict.value, None, as_recorded(verdict, completed)
         if recorded is not None and recorded.called is not None and recorded.called.get("args") == args:
             if recorded.completed is not None:  # resume: the result is in the log (already screened)
-                logged, verdict = self._screen_result(
-                    name, args, recorded.completed.get("result"), occurrence
-                )
-                return logged, None, as_recorded(verdict, recorded.completed)
+                verdict = self._screen_result(name, args, recorded.completed.get("result"), occurrence)
+                return verdict.value, None, as_recorded(verdict, recorded.completed)
             failed = (recorded.failed or {}).get("error")
             if failed and failed.get("code") != "cancelled":
                 return None, StepError.from_dict(failed), None
         tool = ex.graph.workflow.tools[name]
-        ids = {"tool": name, "attempt": attempt, "call": n, "tool_call_id": call_id, "idempotency_key": key}
-        called = {**ids, "args": args, "effect": tool.effect}
-        if tool.effect == "write":
-            ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, self.actor))
-        else:
-            ex.emit(s.TOOL_CALLED, path, called, self.actor)
-        t0 = time.perf_counter()
-        token = _CURRENT_CHAIN.set(self.chain)
+        python = ex.python_tool(name, tool.python) if tool.python else None
+        key = idempotency_key(ex.run_id, path, attempt, n)
         try:
-            result = await call_tool(
+            verdict = await logged_call(
                 ex,
                 name,
                 args,
-                key=key,
-                scope=self.scope,
                 path=path,
-                child_path=f"{path}/call[{n}]",
+                ids={
+                    "tool": name,
+                    "attempt": attempt,
+                    "call": n,
+                    "tool_call_id": call_id,
+                    "idempotency_key": key,
+                },
+                step_id=self.node.id,
+                chain=self.chain,
                 identity=self.identity,
+                scope=self.scope,
+                actor=self.actor,
+                child_path=f"{path}/call[{n}]",
+                code=python.code if python is not None else None,
+                screen=lambda result: self._screen_result(name, args, result, occurrence),
+                commit_write=True,
             )
         except StepError as err:
-            err.step, err.node_path = self.node.id, path
-            ex.guard.mask_tool_error(path, name, err)
-            ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, self.actor)
             return None, err, None
-        except asyncio.CancelledError:
-            ex.emit(s.TOOL_FAILED, path, {**ids, "error": _CANCELLED, "duration_ms": _ms(t0)}, self.actor)
-            raise
-        finally:
-            _CURRENT_CHAIN.reset(token)
-        duration, escalation = _ms(t0), None
-        try:
-            result, verdict = self._screen_result(name, args, result, occurrence)
-        except EscalationRequired as esc:  # raised once the (screened) result is logged
-            result, verdict, escalation = esc.verdict.value, esc.verdict, esc
-        completed = {**ids, "result": result, "duration_ms": duration}
-        if refusal := withheld(verdict):  # the model is told no: resume and replay must tell it the same
-            completed["withheld"] = refusal
-        ex.emit(s.TOOL_COMPLETED, path, completed, self.actor)
-        if tool.effect == "write":
-            ex.commit()  # a completed write is never repeated
-        if escalation is not None:
-            raise escalation
-        return result, None, verdict
-
-    async def _replayed_tool(
-        self, recorded: Any, name: str, args: dict[str, Any]
-    ) -> tuple[Any, StepError | None]:
-        ex, path = self.ex, self.path
-        ex.checked += 1
-        if recorded is None or recorded.called is None:
-            ex.diverge(path, None, {"tool": name, "args": args}, "this tool call is not in the recorded run")
-        if recorded.called.get("tool") != name:
-            ex.diverge(path, recorded.called.get("tool"), name, "the agent called a different tool")
-        if recorded.called.get("args") != args:
-            ex.diverge(path, recorded.called.get("args"), args, f"the arguments of tool '{name}' differ")
-        if recorded.completed is not None:
-            return recorded.completed.get("result"), None
-        failed = (recorded.failed or {}).get("error")
-        if failed and failed.get("code") == "cancelled":
-            await ex.cut_off(
-                path, self.attempt
-            )  # cut off by a timeout or a sibling that won the join: ends as it did
-        if failed:
-            return None, StepError.from_dict(failed)
-        ex.diverge(
-            path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
-        )
-        return None, None
+        return verdict.value, None, verdict
 
 
 # --------------------------------------------------------------------------------------------------
@@ -801,10 +748,6 @@ def _sorted(value: Any) -> Any:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def _ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000
 
 
 def _calls(response: ModelResponse) -> list[dict[str, Any]]:

@@ -361,10 +361,12 @@ class RunGuard:
             payload["actor_chain"] = [self.principal.sub, self.workflow_actor.sub]
         elif payload["principal"] is None:
             payload["run_principal"] = self.principal.id
-        self._write(s.AUTHZ_DECIDED, node_path, payload, self._actor(chain))
+        self._write(s.AUTHZ_DECIDED, node_path, payload, self.actor_of(chain))
         return decision
 
-    def _actor(self, chain: ActorChain) -> dict[str, Any]:
+    def actor_of(self, chain: ActorChain) -> dict[str, Any]:
+        """The event `actor` of what `chain` does (an authorization, a tool call): the chain as a nested
+        `act` claim; the workflow acting for the principal when the chain has no links."""
         if not chain.links:
             return {"sub": self.principal.sub, "act": {"sub": self.workflow_actor.sub}}
         return chain.to_act_claim() or {"sub": self.principal.sub}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,17 +19,16 @@ from interpreter import store as s
 from interpreter.enforcement import (
     CURRENT_CHAIN,
     EscalationKeys,
-    EscalationRequired,
     as_recorded,
     enforce_tool_input,
     enforce_tool_output,
     guardrail_error,
-    withheld,
 )
 from interpreter.engine import Execution, Scope
 from interpreter.records import request_expired
 from interpreter.runtime import StepError, Suspend, idempotency_key, kind_of
-from interpreter.tools import call_tool, validate_args
+from interpreter.tool_calls import logged_call, replayed_call
+from interpreter.tools import validate_args
 
 StepRunner = Callable[[Execution, Any, Scope, str, int], Awaitable[Any]]
 STEP_RUNNERS: dict[str, StepRunner] = {}
@@ -74,79 +72,33 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         ex.guard, chain, name, args, path, node=node, bindings=ex.bindings(scope), keys=keys
     )
     if ex.replaying:
-        completed = await _replayed_call(ex, path, attempt, name, tool, args)
+        completed = await replayed_call(ex, path, attempt, _call(ex, path, attempt), name, args)
         return _guard_output(ex, chain, name, args, completed, path, node, keys)
     reused = _completed_call(ex, path, attempt)
     if reused is not None:  # called before an escalation at tool.output: a completed call is not repeated
         return _guard_output(ex, chain, name, args, reused, path, node, keys)
-    called = {"tool": name, "attempt": attempt, "idempotency_key": key, "args": args, "effect": tool.effect}
     python = ex.python_tool(name, tool.python) if tool.python else None
-    if python is not None and python.code:
-        called["code"] = python.code
-    if tool.effect == "write":
-        # Write-ahead: the intent is durable before the side effect, so recovery knows it was in flight.
-        ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, ex.actor))
-    else:
-        ex.emit(s.TOOL_CALLED, path, called, ex.actor)
-    t0 = time.perf_counter()
-    token = CURRENT_CHAIN.set(chain)  # a child workflow started by this call narrows this chain
-    try:
-        # The one tool-calling path, shared with agents' tool calls (python, http, workflow, mcp).
-        result = await call_tool(ex, name, args, key=key, scope=scope, path=path, identity=node.step.identity)
-    except StepError as err:
-        err.step, err.node_path = node.id, path
-        ex.guard.mask_tool_error(path, name, err)
-        ex.emit(
-            s.TOOL_FAILED,
-            path,
-            {
-                "tool": name,
-                "attempt": attempt,
-                "idempotency_key": key,
-                "error": err.to_dict(),
-                "duration_ms": (time.perf_counter() - t0) * 1000,
-            },
-        )
-        raise
-    except asyncio.CancelledError:
-        # Cut off from outside: a step or run timeout, or a sibling branch that won the join.
-        ex.emit(
-            s.TOOL_FAILED,
-            path,
-            {
-                "tool": name,
-                "attempt": attempt,
-                "idempotency_key": key,
-                "error": CANCELLED,
-                "duration_ms": (time.perf_counter() - t0) * 1000,
-            },
-        )
-        raise
-    finally:
-        CURRENT_CHAIN.reset(token)
-    escalation: EscalationRequired | None = None
-    try:
-        verdict = enforce_tool_output(ex.guard, chain, name, args, result, path, node=node, keys=keys)
-        logged = verdict.value
-    except EscalationRequired as esc:
-        verdict, escalation, logged = esc.verdict, esc, esc.verdict.value
-    completed = {
-        "tool": name,
-        "attempt": attempt,
-        "idempotency_key": key,
-        "result": logged,
-        "duration_ms": (time.perf_counter() - t0) * 1000,
-    }
-    if refusal := withheld(verdict):
-        completed["withheld"] = refusal
-    ex.emit(s.TOOL_COMPLETED, path, completed)
-    if escalation is not None:
-        raise escalation
+    verdict = await logged_call(
+        ex,
+        name,
+        args,
+        path=path,
+        ids={"tool": name, "attempt": attempt, "idempotency_key": key},
+        step_id=node.id,
+        chain=chain,
+        identity=node.step.identity,
+        scope=scope,
+        actor=ex.guard.actor_of(chain),
+        code=python.code if python is not None else None,
+        screen=lambda result: enforce_tool_output(
+            ex.guard, chain, name, args, result, path, node=node, keys=keys
+        ),
+    )
     if not verdict.allowed:
         raise guardrail_error(
             verdict.message or "refused by a guardrail", details={"rules": list(verdict.rules)}
         )
-    return logged
+    return verdict.value
 
 
 def _guard_output(
@@ -170,50 +122,14 @@ def _guard_output(
     return verdict.value
 
 
-def _completed_call(ex: Execution, path: str, attempt: int) -> dict[str, Any] | None:
+def _call(ex: Execution, path: str, attempt: int) -> Any:
     rec = ex.records.get(path) if not ex.write_reused else None
-    call = rec.tools.get(attempt) if rec is not None else None
+    return rec.tools.get(attempt) if rec is not None else None
+
+
+def _completed_call(ex: Execution, path: str, attempt: int) -> dict[str, Any] | None:
+    call = _call(ex, path, attempt)
     return call.completed if call is not None and call.completed is not None else None
-
-
-CANCELLED = {
-    "type": "Cancelled",
-    "code": "cancelled",
-    "message": "the call was cut off (a timeout, or another branch won the join)",
-    "retryable": False,
-}
-
-
-async def _replayed_call(
-    ex: Execution, path: str, attempt: int, name: str, tool: Any, args: Any
-) -> dict[str, Any]:
-    """The recorded `tool.completed` payload standing in for the call (or its recorded failure)."""
-    rec = ex.records.get(path)
-    call = rec.tools.get(attempt) if rec is not None else None
-    ex.checked += 1
-    if call is None or call.called is None:
-        ex.diverge(path, None, {"tool": name, "args": args}, "this tool call is not in the recorded run")
-    assert call is not None and call.called is not None
-    if call.called.get("tool") != name:
-        ex.diverge(path, call.called.get("tool"), name, "a different tool is called")
-    if call.called.get("args") != args:
-        ex.diverge(path, call.called.get("args"), args, f"the arguments of tool '{name}' differ")
-    recorded_code = call.called.get("code")
-    if tool.python and recorded_code:
-        current = ex.current_code(tool.python)
-        if current is not None and current != recorded_code:
-            ex.diverge(path, recorded_code, current, f"the code of tool '{name}' ({tool.python}) changed")
-    if call.completed is not None:
-        return call.completed
-    failed = call.failed.get("error") or {} if call.failed is not None else None
-    if failed is not None and failed.get("code") != "cancelled":
-        raise StepError.from_dict(failed)
-    if failed is None:
-        ex.diverge(
-            path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
-        )
-    await ex.cut_off(path, attempt)  # cut off by a timeout, or by a sibling that won the join: ends as it did
-    return {}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""One tool call and its events: the protocol shared by `tool` steps and the tool calls of agents.
+
+`tool.called` is written before the call (for a `write` tool it is committed first, so that recovery
+knows the side effect may have happened), then `tool.failed` or `tool.completed`. The result is logged
+as the `tool.output` rules leave it (a value they mask never reaches the log), with the refusal
+(`withheld`) when they deny it, so that resume and replay decide as the run did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from interpreter import store as s
+from interpreter.enforcement import CURRENT_CHAIN, EscalationRequired, withheld
+from interpreter.runtime import StepError
+from interpreter.tools import call_tool
+
+CANCELLED = {
+    "type": "Cancelled",
+    "code": "cancelled",
+    "message": "the call was cut off (a timeout, or another branch won the join)",
+    "retryable": False,
+}
+
+
+async def logged_call(
+    ex: Any,
+    name: str,
+    args: dict[str, Any],
+    *,
+    path: str,
+    ids: dict[str, Any],
+    step_id: str,
+    chain: Any,
+    identity: str | None,
+    scope: Any,
+    actor: dict[str, Any] | None,
+    screen: Callable[[Any], Any],
+    child_path: str | None = None,
+    code: str | None = None,
+    commit_write: bool = False,
+) -> Any:
+    """Call tool `name` under `chain` and log it. `ids` are the fields every event of the call carries
+    (tool, attempt, idempotency_key; for an agent's call also its number and the model's call id).
+    `screen` applies the tool.output rules to the result and returns their verdict, whose `value` is the
+    result as logged. Returns that verdict. Raises the call's StepError (its message masked like a
+    result) or the rules' EscalationRequired, each after its event. `commit_write`: a completed write
+    is committed at once (an agent's call; a tool step's completion is committed with the step's)."""
+    tool = ex.graph.workflow.tools[name]
+    called = {**ids, "args": args, "effect": tool.effect}
+    if code:
+        called["code"] = code
+    write = tool.effect == "write"
+    if write:  # write-ahead: the intent is durable before the side effect
+        ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, actor))
+    else:
+        ex.emit(s.TOOL_CALLED, path, called, actor)
+    t0 = time.perf_counter()
+    token = CURRENT_CHAIN.set(chain)  # a child workflow started by this call narrows this chain
+    try:
+        result = await call_tool(
+            ex, name, args, key=ids["idempotency_key"], scope=scope, path=path, child_path=child_path,
+            identity=identity,
+        )  # fmt: skip
+    except StepError as err:
+        err.step, err.node_path = step_id, path
+        ex.guard.mask_tool_error(path, name, err)
+        ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, actor)
+        raise
+    except asyncio.CancelledError:  # cut off from outside: a timeout, or a sibling branch won the join
+        ex.emit(s.TOOL_FAILED, path, {**ids, "error": CANCELLED, "duration_ms": _ms(t0)}, actor)
+        raise
+    finally:
+        CURRENT_CHAIN.reset(token)
+    duration, escalation = _ms(t0), None
+    try:
+        verdict = screen(result)
+    except EscalationRequired as esc:  # raised once the (screened) result is logged
+        verdict, escalation = esc.verdict, esc
+    completed = {**ids, "result": verdict.value, "duration_ms": duration}
+    if refusal := withheld(verdict):
+        completed["withheld"] = refusal
+    ex.emit(s.TOOL_COMPLETED, path, completed, actor)
+    if write and commit_write:
+        ex.commit()  # a completed write is never repeated
+    if escalation is not None:
+        raise escalation
+    return verdict
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+async def replayed_call(ex: Any, path: str, attempt: int, call: Any, name: str, args: Any) -> dict[str, Any]:
+    """Replay: the recorded `tool.completed` payload of `call` (a `records.ToolCall`, None when the
+    run made no such call) stands in for calling tool `name`; its recorded failure is raised. Another
+    tool, other arguments or a Python tool whose code changed since the run diverge here."""
+    tool = ex.graph.workflow.tools[name]
+    ex.checked += 1
+    if call is None or call.called is None:
+        ex.diverge(path, None, {"tool": name, "args": args}, "this tool call is not in the recorded run")
+    if call.called.get("tool") != name:
+        ex.diverge(path, call.called.get("tool"), name, "a different tool is called")
+    if call.called.get("args") != args:
+        ex.diverge(path, call.called.get("args"), args, f"the arguments of tool '{name}' differ")
+    recorded_code = call.called.get("code")
+    if tool.python and recorded_code:
+        current = ex.current_code(tool.python)
+        if current is not None and current != recorded_code:
+            ex.diverge(path, recorded_code, current, f"the code of tool '{name}' ({tool.python}) changed")
+    if call.completed is not None:
+        return call.completed
+    failed = (call.failed or {}).get("error")
+    if failed is None:
+        ex.diverge(
+            path, None, {"tool": name, "args": args}, "the recorded call has no result (interrupted run)"
+        )
+    if failed.get("code") != "cancelled":
+        raise StepError.from_dict(failed)
+    await ex.cut_off(path, attempt)  # cut off by a timeout, or by a sibling that won the join: ends as it did
+    raise AssertionError("unreachable: cut_off ends the call")
