@@ -264,7 +264,7 @@ class Execution:
 
     def _masked(self, batch: list[s.NewEvent]) -> list[s.NewEvent]:
         """Secrets never reach the log in clear: every payload is masked before it is written."""
-        if not self.secrets:  # nothing to mask (the guard masks the run's secrets only)
+        if not self.guard.secret_values:  # nothing to mask: no secret of this run or its parents
             return batch
         guard = self.guard
         return [NewEvent(e.kind, e.node_path, guard.mask(e.payload), e.actor) for e in batch]

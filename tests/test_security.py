@@ -540,3 +540,23 @@ steps:
     assert "holds the value of a declared secret" in result["error"]["message"]
     assert calls(tmp_path) == []
     assert b"tok-PARENT-only" not in (tmp_path / "charter.db").read_bytes()
+
+
+def test_a_child_that_declares_no_secret_masks_its_parents(tmp_path: Path) -> None:
+    """A child run with no secret of its own whose tool comes by the parent's secret (here: from the
+    process environment) logs it masked, and its log verifies."""
+    head = HEAD.replace("  echo:", '  getenv: {python: "sectools:getenv", effect: read}\n  echo:')
+    project(
+        tmp_path, "steps:\n  - {id: a, tool: getenv, args: {var: SEC_TOKEN}}\n", name="child.yaml", head=head
+    )
+    project(tmp_path, "secrets: [SEC_TOKEN]\nsteps:\n  - {id: sub, workflow: {path: child.yaml}}\n")
+    os.environ["SEC_TOKEN"] = "tok-PARENT-only-4343"
+    try:
+        code, result, err = run(tmp_path)
+    finally:
+        del os.environ["SEC_TOKEN"]
+    assert code == 0 and calls(tmp_path) == [{"tool": "getenv", "var": "SEC_TOKEN"}], err
+    assert b"tok-PARENT-only" not in (tmp_path / "charter.db").read_bytes()
+    child = [r for r in json.loads(charter("runs", "--json", cwd=tmp_path).stdout) if r["parent_run_id"]]
+    assert len(child) == 1
+    assert charter("verify", child[0]["run_id"], cwd=tmp_path).returncode == 0
