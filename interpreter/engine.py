@@ -231,7 +231,21 @@ class Execution:
             if turn.exception() is not None:  # it failed (e.g. locked too long): no call before it succeeds
                 self.commit()
 
-    def settle(self, *events: s.NewEvent, now: bool = False) -> None:
+    async def commit_write(self, *events: s.NewEvent) -> None:
+        """Commit a completed `write` call now (with `events`), waiting out a database that another
+        process keeps locked: the side effect happened, and a log without its completion would make
+        resume repeat it (spec §1.1). Only losing the lease (another process took the run) stops it."""
+        delay = 0.05
+        while True:
+            try:
+                self.commit(*events)
+                return
+            except s.StoreLockedError:
+                events = ()  # `commit` kept them in the buffer
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def settle(self, *events: s.NewEvent) -> None:
         """Record a step's completion.
 
         durability "full": committed (and fsynced) at the end of the event loop's turn, together with
@@ -240,13 +254,10 @@ class Execution:
         side-effect-free work wait at most GROUP_WINDOW seconds (or GROUP_EVENTS events) so that one
         commit carries many steps. The log stays a consistent prefix of the execution, and every
         barrier commits first: a `write` tool's call, an approval, a child run, a retry, the run's end.
-        A `write` tool step's completion (`now`) is committed at once: a completed write is never repeated.
-        A crash loses at most the window's read-only work, which resume runs again.
+        A `write` call's completion is not settled but committed at once (`commit_write`). A crash
+        loses at most the window's read-only work, which resume runs again.
         """
         if self.replaying:
-            return
-        if now:
-            self.commit(*events)
             return
         if not self.group:
             self.buffer.extend(events)
@@ -288,7 +299,9 @@ class Execution:
         return payload if earlier is None else earlier
 
     def _flush_window(self) -> None:
-        self.timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.buffer:
             try:
                 self.commit()
@@ -463,14 +476,15 @@ class Execution:
         if self.replaying:
             self.check(path, rec, "completed", output)
         elif rec is None or rec.status != "completed":
-            self.settle(
-                NewEvent(
-                    s.STEP_COMPLETED,
-                    path,
-                    {"attempt": attempt, "output": output, "duration_ms": (time.perf_counter() - t0) * 1000},
-                ),
-                now=node.kind == "tool" and self.writes(node),
+            completed = NewEvent(
+                s.STEP_COMPLETED,
+                path,
+                {"attempt": attempt, "output": output, "duration_ms": (time.perf_counter() - t0) * 1000},
             )
+            if node.kind == "tool" and self.writes(node):
+                await self.commit_write(completed)
+            else:
+                self.settle(completed)
             if node.kind == "set":
                 self.vars_after = self.after.get()
         self.notify("completed", path, node.kind, time.perf_counter() - t0)
@@ -709,7 +723,12 @@ class Execution:
             return self.finish("waiting", None, None, sus.pending)
         except StepError as err:
             return self.finish("failed", None, err.to_dict(), None)
-        except (Diverged, asyncio.CancelledError, KeyboardInterrupt):
+        except Diverged:
+            raise
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Cut off (Ctrl-C, a parent's timeout or join): what happened until now is true, and is
+            # written while this process still holds the run's lease -- not by a timer after it.
+            self._flush_window()
             raise
         except RunSetupError:  # a child run that cannot continue here: neither run fails for it
             raise
@@ -786,6 +805,12 @@ class Execution:
                 f"the run input was refused: {gate.message}", details={"rules": list(gate.rules)}
             )
 
+    def _waiting_for(self, pending: list[str] | None) -> str:
+        """`escalation` when every pending request is a guardrail's, else `approval`."""
+        requests = [self.guard.approvals.get(path, (None, None))[0] for path in pending or ()]
+        escalations = [r for r in requests if isinstance(r, dict) and "guardrail" in (r.get("data") or {})]
+        return "escalation" if requests and len(escalations) == len(requests) else "approval"
+
     def finish(
         self, status: str, output: Any, error: dict[str, Any] | None, pending: list[str] | None
     ) -> RunResult:
@@ -795,7 +820,9 @@ class Execution:
             elif status == "failed":
                 event = NewEvent(s.RUN_FAILED, "", {"error": error, "usage": self.usage()})
             else:
-                event = NewEvent(s.RUN_WAITING, "", {"reason": "approval", "pending": pending})
+                event = NewEvent(
+                    s.RUN_WAITING, "", {"reason": self._waiting_for(pending), "pending": pending}
+                )
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None

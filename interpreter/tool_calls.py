@@ -85,7 +85,7 @@ async def logged_call(
         completed["withheld"] = refusal
     ex.emit(s.TOOL_COMPLETED, path, completed, actor)
     if write and commit_write:
-        ex.commit()  # a completed write is never repeated
+        await ex.commit_write()  # a completed write is never repeated
     if escalation is not None:
         raise escalation
     return verdict

@@ -244,13 +244,14 @@ def test_a_run_started_with_full_durability_is_continued_with_it(workdir: Path, 
 
 
 class LockedOnce(SQLiteEventStore):
-    """The commit of `s1`'s completion finds the database locked by another process for too long."""
+    """The commit of `s1`'s `kind` event finds the database locked by another process for too long."""
 
     failed = False
+    kind = "step.completed"
 
     def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
         events = list(events)
-        if not self.failed and any(e.kind == "step.completed" and e.node_path == "s1" for e in events):
+        if not self.failed and any(e.kind == self.kind and e.node_path == "s1" for e in events):
             self.failed = True
             raise StoreLockedError(f"{self.path}: the database is locked by another connection (injected)")
         return super().append_many(run_id, events)
@@ -258,9 +259,10 @@ class LockedOnce(SQLiteEventStore):
 
 def test_a_locked_log_stops_the_run_resumable_instead_of_failing_it(workdir: Path, tmp_path: Path) -> None:
     db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
-    graph = flow(workdir, "locked-once", "write", probe_steps(3, db, log))  # write: committed at once
+    graph = flow(workdir, "locked-once", "write", probe_steps(3, db, log))
     options = RunOptions(allow_modules=(MODULE,))
     store = LockedOnce(db)
+    store.kind = "tool.called"  # a write's intent is committed before the call: the call is not made
     try:
         with pytest.raises(StoreLockedError):
             run_workflow(graph, {}, store=store, options=options)
@@ -274,7 +276,19 @@ def test_a_locked_log_stops_the_run_resumable_instead_of_failing_it(workdir: Pat
         assert result.status == "completed", result.error
         assert store.verify(run.run_id).ok
     calls = [e["me"] for e in map(json.loads, log.read_text().splitlines())]
-    assert calls == ["s0", "s1", "s1", "s2"]  # s1's completion was lost with the commit: it ran again
+    assert calls == ["s0", "s1", "s2"]
+
+
+def test_a_completed_write_waits_out_a_locked_log_rather_than_be_repeated(
+    workdir: Path, tmp_path: Path
+) -> None:
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(workdir, "locked-write", "write", probe_steps(3, db, log))  # write: committed at once
+    with LockedOnce(db) as store:
+        result = run_workflow(graph, {}, store=store, options=RunOptions(allow_modules=(MODULE,)))
+        assert store.failed and result.status == "completed", result.error
+        assert store.verify(result.run_id).ok
+    assert [e["me"] for e in map(json.loads, log.read_text().splitlines())] == ["s0", "s1", "s2"]
 
 
 def test_a_run_asking_for_full_durability_gets_fsynced_commits_from_a_library_caller(
@@ -289,3 +303,55 @@ def test_a_run_asking_for_full_durability_gets_fsynced_commits_from_a_library_ca
         assert result.status == "completed", result.error
         assert store.durability == "full"
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+class ReleaseWatch(SQLiteEventStore):
+    """Records any commit to a run made after this store released that run's lease."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.released: set[str] = set()
+        self.late: list[tuple[str, list[str]]] = []
+
+    def release_lease(self, lease, pending=()):  # type: ignore[no-untyped-def]
+        done = super().release_lease(lease, pending)
+        if done:
+            self.released.add(lease.run_id)
+        return done
+
+    def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
+        events = list(events)
+        if run_id in self.released:
+            self.late.append((run_id, [e.kind for e in events]))
+        return super().append_many(run_id, events)
+
+
+def test_a_cut_off_child_run_writes_nothing_after_giving_up_its_lease(workdir: Path, tmp_path: Path) -> None:
+    """A child run cancelled by its parent's timeout writes what it buffered while it holds its lease,
+    not from a group-commit timer after the release (another process may hold the lease by then)."""
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    flow(workdir, "busy-child", "read", """\
+        vars: {n: 0}
+        steps:
+          - id: spin
+            loop:
+              max_iterations: 100000
+              steps:
+                - {id: inc, set: {n: "${{ vars.n + 1 }}"}}
+                - {id: t, tool: together, args: {n: 1, me: x}}
+        """)  # fmt: skip
+    parent = flow(workdir, "cutting-parent", "read", f"""\
+        steps:
+          - id: g
+            try:
+              steps: [{{id: sub, timeout: 200ms, workflow: {{path: {workdir / 'busy-child.yaml'}}}}}]
+              catch:
+                steps: [{{id: caught, tool: probe, args: {{db: '{db}', log: '{log}', me: caught}}}}]
+        """)  # fmt: skip
+    for _ in range(3):  # each cut lands at another point of the child's group-commit window
+        with ReleaseWatch(db) as store:
+            result = run_workflow(parent, {}, store=store, options=RunOptions(allow_modules=(MODULE,)))
+            assert result.status == "completed", result.error
+            assert store.late == []
+            child = next(r for r in store.runs() if r.parent_run_id == result.run_id)
+            assert [e.kind for e in store.events(child.run_id)][-1] == "step.skipped"  # the cut is logged

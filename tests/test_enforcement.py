@@ -334,6 +334,8 @@ steps:
     assert req["path"] == "mail" and req["message"] == "long mail to dana@example.com"
     assert req["approvers"] == ["role:lead"] and req["data"]["guardrail"] == "cap" and "expires_at" in req
     assert [c["tool"] for c in calls(tmp_path)] == ["tick"]  # the write waits
+    (waiting,) = events(tmp_path, run_id, "run.waiting")
+    assert waiting["reason"] == "escalation" and waiting["pending"] == ["mail"]
     refused = charter("approve", run_id, "mail", "--as", "bot", cwd=tmp_path)  # roles: support
     assert refused.returncode == 2 and "may not decide" in refused.stderr
     ok = charter("approve", run_id, "mail", "--as", "supervisor", "--json", cwd=tmp_path)
