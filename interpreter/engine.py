@@ -16,10 +16,12 @@ Step kinds are implemented in `interpreter.steps` (a registry keyed by kind).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import contextvars
 import dataclasses
 import getpass
+import math
 import os
 import random
 import re
@@ -143,6 +145,9 @@ class Execution:
         self.reused_from = reused_from
         self.run_info = {"id": run_id, "principal": principal, "started_at": started_at}
         self.vars: dict[str, Any] = {}
+        self.initial_vars: dict[str, Any] = {}
+        self.assigned: dict[str, float] = {}  # variable -> seq of the assignment `vars` holds (`assign`)
+        self.var_history: tuple[list[int], list[dict[str, Any]]] | None = None  # replay: `vars_before`
         self.buffer: list[s.NewEvent] = []
         self.group = options.durability != "full"
         self.timer: asyncio.TimerHandle | None = None
@@ -603,6 +608,35 @@ class Execution:
             if expected != got:
                 self.diverge(path, expected, got, "the step failed differently")
 
+    def assign(self, delta: dict[str, Any], seq: int | None = None) -> dict[str, Any]:
+        """Apply a `set` to `vars`; returns what changed. A recorded assignment (`seq`: its `vars.set`
+        event's) changes only variables that no later recorded assignment has set already: the steps of
+        concurrent branches, reused in whatever order, leave `vars` as the log has it (spec §13.8).
+        An assignment made now (`seq` None) comes after everything recorded."""
+        if seq is not None:
+            delta = {k: v for k, v in delta.items() if seq > self.assigned.get(k, 0)}
+        if delta:
+            self.vars = {**self.vars, **delta}
+            at = math.inf if seq is None else seq
+            for name in delta:
+                self.assigned[name] = at
+        return delta
+
+    def vars_before(self, seq: int) -> dict[str, Any]:
+        """Replay: `vars` as the recorded run had them just before event `seq` -- what a `set` recorded
+        there read, whatever order concurrent branches finish in now."""
+        if self.var_history is None:
+            seqs, states, state = [], [], self.initial_vars
+            assignments = [(r.vars_seq, r.vars_delta) for r in self.records.values() if r.vars_delta]
+            for at, delta in sorted(assignments, key=lambda a: a[0]):
+                state = {**state, **delta}
+                seqs.append(at)
+                states.append(state)
+            self.var_history = (seqs, states)
+        seqs, states = self.var_history
+        i = bisect.bisect_left(seqs, seq)
+        return states[i - 1] if i else self.initial_vars
+
     def reuse(self, node: Any, scope: Scope, path: str, rec: NodeRecord) -> Any:
         """A node the log says finished: restore its effects on `steps` and `vars`, do not run it."""
         children = descendants(self.records, path)
@@ -613,20 +647,17 @@ class Execution:
             if self.write_reused:
                 self.emit(s.STEP_SKIPPED, path, rec.skip)
             return None
-        deltas = [(rec.vars_seq, rec.vars_delta)] if rec.vars_delta else []
         if self.write_reused:  # the fork's own log holds them too: its resume finds `steps.X` inside
             self._write_reused(children)
         for child_path, child in children:
-            if child.vars_delta:
-                deltas.append((child.vars_seq, child.vars_delta))
             if child.status is not None and "[" not in child_path[len(path) :]:
                 child_id = child_path.rsplit("/", 1)[-1]
                 scope.steps[child_id] = _binding(child)
-        merged: dict[str, Any] = {}
-        for _, delta in sorted(deltas, key=lambda d: d[0]):
-            merged.update(delta)
-        if merged:
-            self.vars = {**self.vars, **merged}
+        assignments = [(r.vars_seq, p, r.vars_delta) for p, r in [(path, rec), *children] if r.vars_delta]
+        for seq, at, delta in sorted(assignments, key=lambda a: a[0]):
+            applied = self.assign(delta, seq)
+            if applied and self.write_reused:
+                self.emit(s.VARS_SET, at, {"vars": applied})
         scope.steps[node.id] = _binding(rec)
         if rec.status == "failed":
             err = StepError.from_dict(rec.error or {})
@@ -646,8 +677,6 @@ class Execution:
                 )
             raise err
         if self.write_reused:
-            if merged:
-                self.emit(s.VARS_SET, path, {"vars": merged})
             self.settle(
                 NewEvent(
                     s.STEP_COMPLETED,
@@ -708,7 +737,7 @@ class Execution:
         try:
             try:
                 initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
-                self.vars = dict(initial or {})
+                self.vars = self.initial_vars = dict(initial or {})
                 self.gate_input()
                 async with asyncio.timeout(self.time_left()):
                     await self.exec_block(graph.root, root)

@@ -138,8 +138,18 @@ def _completed_call(ex: Execution, path: str, attempt: int) -> dict[str, Any] | 
 
 @runner("set")
 async def run_set(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
+    rec = ex.records.get(path) if ex.replaying else None
+    if rec is not None and rec.vars_delta is not None:
+        # Replay: the `vars` this set read then (concurrent branches may finish in another order now).
+        now, ex.vars = ex.vars, ex.vars_before(rec.vars_seq)
+        try:
+            delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set")
+        finally:
+            ex.vars = now
+        ex.assign(delta, rec.vars_seq)
+        return delta
     delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set")
-    ex.vars = {**ex.vars, **delta}
+    ex.assign(delta)
     ex.emit(s.VARS_SET, path, {"vars": delta})
     return delta
 

@@ -661,6 +661,46 @@ def test_a_fork_that_pauses_keeps_what_it_reused_inside_a_group(store: Any, work
     assert store.verify(forked.run_id).ok
 
 
+def test_concurrent_sets_keep_the_order_they_finished_in_through_resume_fork_and_replay(
+    store: Any, workdir: Path
+) -> None:
+    """Items that `set` one variable finish out of list order (1, then 0; item 2 waits for a person
+    first): resume, a fork and replay, which meet the items in list order, leave `vars` as the log
+    has it (spec §13.8)."""
+    flow = write_flow(
+        workdir,
+        "racing-sets",
+        """        vars: {order: []}
+        steps:
+          - id: fe
+            for_each:
+              in: [0.3, 0.02, 0.01]
+              concurrency: 3
+              steps:
+                - {id: nap, tool: slow, args: {value: "${{ index }}", seconds: "${{ item }}"}}
+                - {id: gate, if: "index == 2", approval: {message: go}}
+                - {id: acc, set: {order: "${{ vars.order + [index] }}"}}
+        output: {order: "${{ vars.order }}"}
+        """,
+    )
+    first = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert first.status == "waiting" and first.pending == ["fe[2]/body/gate"]
+    done = decide_approval(
+        first.run_id, "fe[2]/body/gate", store=store, person="bo", approved=True, options=OPTS
+    )
+    assert done.status == "completed" and done.output == {"order": [1, 0, 2]}, done
+    replayed = replay_run(first.run_id, store=store, options=OPTS)
+    assert replayed.ok, replayed.divergence
+    forked = fork_run(first.run_id, "fe[2]/body/acc", store=store, options=OPTS)
+    assert forked.status == "completed" and forked.output == {"order": [1, 0, 2]}, forked
+    copied = [(e.node_path, e.payload) for e in store.events(forked.run_id) if e.kind == "vars.set"]
+    assert copied == [  # each at its own step, as far as it still holds
+        ("fe[0]/body/acc", {"vars": {"order": [1, 0]}}),
+        ("fe[2]/body/acc", {"vars": {"order": [1, 0, 2]}}),
+    ]
+    assert replay_run(forked.run_id, store=store, options=OPTS).ok
+
+
 CHILDREN = {
     "fails": "- {id: boom, fail: {code: nope, message: child failed}}",
     "waits": "- {id: ok, approval: {message: please}}",
