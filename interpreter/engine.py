@@ -40,6 +40,7 @@ from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendants
 from interpreter.runtime import (
+    HALTS,
     OUTER_ATTEMPTS,
     Diverged,
     Divergence,
@@ -420,6 +421,9 @@ class Execution:
         return out
 
     async def exec_node(self, node: Any, scope: Scope) -> Any:
+        halts = HALTS.get()
+        if halts and any(halt.is_set() for halt in halts):
+            await asyncio.Future()  # the group this runs in was decided: start nothing, wait to be cancelled
         path = scope.path(node)
         rec = self.records.get(path)
         if rec is not None and rec.status is not None and (not self.replaying or rec.reused):

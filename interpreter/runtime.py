@@ -3,6 +3,7 @@ that travel through a run."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -172,6 +173,12 @@ class Diverged(Exception):  # noqa: N818 - control flow of replay
 OUTER_ATTEMPTS: contextvars.ContextVar[tuple[tuple[str, int], ...]] = contextvars.ContextVar(
     "charter_outer_attempts", default=()
 )
+
+
+# The groups (`parallel`, `for_each`) a node runs in, each as an event that is set once the group is
+# decided (a branch or item failed, a join is met). Their tasks are cancelled when the group's step
+# sees it; until then a task that was already running starts no further step (spec §13.5, §13.6).
+HALTS: contextvars.ContextVar[tuple[asyncio.Event, ...]] = contextvars.ContextVar("charter_halts", default=())
 
 
 def idempotency_key(run_id: str, path: str, attempt: int, *more: int) -> str:

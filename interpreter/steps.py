@@ -26,7 +26,7 @@ from interpreter.enforcement import (
 )
 from interpreter.engine import Execution, Scope
 from interpreter.records import request_expired
-from interpreter.runtime import StepError, Suspend, idempotency_key, kind_of
+from interpreter.runtime import HALTS, StepError, Suspend, idempotency_key, kind_of
 from interpreter.tool_calls import logged_call, replayed_call
 from interpreter.tools import validate_args
 
@@ -294,7 +294,22 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     join_all = spec.join == "all"
     need = len(blocks) if join_all else 1 if spec.join == "any" else int(spec.n)
     tolerant = spec.on_failure == "continue"
-    tasks = {asyncio.ensure_future(ex.exec_block(block, scope)): i for i, block in enumerate(blocks)}
+    decided, successes = asyncio.Event(), [0]
+
+    async def branch(block: Any) -> Any:
+        HALTS.set((*HALTS.get(), decided))  # the branch's own context (a task's copy)
+        try:
+            out = await ex.exec_block(block, scope)
+        except StepError:
+            if not tolerant:
+                decided.set()  # the step fails: no other branch starts another step
+            raise
+        successes[0] += 1
+        if not join_all and successes[0] >= need:
+            decided.set()  # the join is met: the losers start nothing more
+        return out
+
+    tasks = {asyncio.ensure_future(branch(block)): i for i, block in enumerate(blocks)}
     outputs: list[Any] = [None] * len(blocks)
     done_ok: list[int] = []
     failed: list[int] = []
@@ -381,10 +396,11 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     seen = rec.iterations if rec is not None and not ex.write_reused else set()
     results: list[Any] = [None] * len(items)
     done = [0]
-    failed = [False]  # an item failed: no worker takes another one (spec §13.6)
+
+    failing = asyncio.Event()  # an item failed: no item starts, nor does a running one start another step
 
     async def one(i: int, item: Any) -> None:
-        if failed[0]:  # this item's task was made before another item failed, and starts after it
+        if failing.is_set():  # this item's task was made before another item failed, and starts after it
             return
         inner = scope.iteration(node, path, i, {spec.as_: item, spec.index_as: i})
         if i not in seen:
@@ -394,7 +410,7 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
         except Suspend:
             raise
         except BaseException:
-            failed[0] = True
+            failing.set()
             raise
         done[0] += 1
         ex.notify("item", path, "for_each", (done[0], len(items)))
@@ -409,6 +425,8 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     queue = iter(enumerate(items))
     suspended: list[str] = []
     start = contextvars.copy_context()
+
+    start.run(HALTS.set, (*HALTS.get(), failing))
 
     async def worker() -> None:
         for i, item in queue:

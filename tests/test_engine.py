@@ -701,6 +701,51 @@ def test_concurrent_sets_keep_the_order_they_finished_in_through_resume_fork_and
     assert replay_run(forked.run_id, store=store, options=OPTS).ok
 
 
+def test_a_failed_item_or_branch_stops_its_siblings_from_starting_another_step(
+    store: Any, workdir: Path
+) -> None:
+    """Item 1 fails in the turn of the event loop in which item 2's call returns: item 2 starts no
+    further step (its `set` and its write would act after the step failed, spec §13.6); a parallel
+    branch likewise once another branch failed or the join was met (§13.5)."""
+    flow = write_flow(
+        workdir,
+        "fail-fast",
+        """        vars: {after: []}
+        steps:
+          - id: fe
+            for_each:
+              in: [0, 1, 2]
+              concurrency: 3
+              steps:
+                - {id: s, tool: spin, args: {value: "${{ item }}", turns: 3}}
+                - {id: boom, if: "item == 1", fail: {code: boom, message: "item 1 failed"}}
+                - {id: mark, set: {after: "${{ vars.after + [item] }}"}}
+                - {id: wr, tool: echo, args: {value: "${{ item }}"}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "boom"
+    started = {e.node_path for e in store.events(result.run_id) if e.kind in ("step.started", "vars.set")}
+    assert "fe[0]/body/mark" in started  # item 0 finished its call first: it went on before the failure
+    assert not {p for p in started if p.startswith("fe[2]/") and p != "fe[2]/body/s"}
+    race = write_flow(
+        workdir,
+        "join-any-stops",
+        """        steps:
+          - id: p
+            parallel:
+              join: any
+              branches:
+                - [{id: a, tool: spin, args: {value: 1, turns: 3}}]
+                - [{id: b, tool: spin, args: {value: 2, turns: 3}}, {id: b2, tool: echo, args: {value: b}}]
+        """,
+    )  # both calls return in one turn: branch 0 has then won, branch 1 must not go on to its write
+    won = run_workflow(compiled(race), {}, store=store, options=OPTS)
+    assert won.status == "completed", won
+    started = [e.node_path for e in store.events(won.run_id) if e.kind == "step.started"]
+    assert started == ["p", "p/branch-0/a", "p/branch-1/b"]
+
+
 CHILDREN = {
     "fails": "- {id: boom, fail: {code: nope, message: child failed}}",
     "waits": "- {id: ok, approval: {message: please}}",
