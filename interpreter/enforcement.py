@@ -33,7 +33,7 @@ from interpreter.authz import (
     Principal,
 )
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
-from interpreter.records import build_records, request_expired
+from interpreter.records import build_records, once_per_call, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import StepError
 from interpreter.timing import Segment, began_at, execution_time, segments
@@ -561,7 +561,7 @@ class RunGuard:
         spans = segments(events)
         self.run_budget.started -= execution_time(spans)
         enclosing = self._restore_step_budgets(events, spans) if self._has_rules else {}
-        for event in events:
+        for event in once_per_call(events):
             rec = records.get(event.node_path)
             if rec is None or rec.status is None:
                 continue
@@ -595,7 +595,7 @@ class RunGuard:
         records = build_records(events)
         around = [r for r, node in self._ancestors(at) if _has_limits(node)] if self._has_rules else []
         budgets = [self.run_budget, *(self._step_budgets.setdefault(r, Budget()) for r in around)]
-        for event in events:
+        for event in once_per_call(events):
             rec = records.get(event.node_path)
             if rec is None or rec.status is None:
                 continue

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from interpreter import store as s
+from interpreter.records import once_per_call
 from interpreter.timing import execution_time, segments, ts_seconds
 
 ABSENT = "<absent>"
@@ -219,7 +220,7 @@ def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | N
     per_tool: dict[str, int] = {}
     model_calls = input_tokens = output_tokens = 0
     cost = 0.0
-    for event in events:
+    for event in once_per_call(events):
         p = event.payload if isinstance(event.payload, dict) else {}
         if event.kind == s.TOOL_CALLED:
             per_tool[str(p.get("tool"))] = per_tool.get(str(p.get("tool")), 0) + 1

@@ -8,7 +8,7 @@ continue or re-check a run.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -220,3 +220,18 @@ def request_expired(request: Any, now: datetime | None = None) -> bool:
         return (now or datetime.now(UTC)) >= datetime.fromisoformat(expires)
     except ValueError:
         return False
+
+
+def once_per_call(events: Iterable[s.Event]) -> Iterator[s.Event]:
+    """The events, but a call's `tool.called` only once: a call made again under its idempotency key
+    (in flight at a crash, or a workflow tool continuing its waiting child run) is the same call, and
+    budgets count it once (spec §11.4)."""
+    seen: set[str] = set()
+    for event in events:
+        if event.kind == s.TOOL_CALLED and isinstance(event.payload, dict):
+            key = event.payload.get("idempotency_key")
+            if isinstance(key, str):
+                if key in seen:
+                    continue
+                seen.add(key)
+        yield event

@@ -746,6 +746,46 @@ def test_a_failed_item_or_branch_stops_its_siblings_from_starting_another_step(
     assert started == ["p", "p/branch-0/a", "p/branch-1/b"]
 
 
+def test_a_workflow_tool_that_continues_its_waiting_child_is_one_call_for_budgets(
+    store: Any, workdir: Path
+) -> None:
+    """Each call's child run waits for a person; continuing the call (same idempotency key, same child)
+    logs `tool.called` again, but budgets count the call once (spec §11.4): two calls fit a limit of 2."""
+    write_flow(
+        workdir,
+        "needs-ok",
+        """        input: {type: object, properties: {n: {type: integer}}}
+        steps:
+          - {id: ok, approval: {message: "ok for ${{ input.n }}?"}}
+        output: {n: "${{ input.n }}"}
+        """,
+    )
+    parent = workdir / "two-oks.yaml"
+    parent.write_text(
+        textwrap.dedent(f"""\
+        charter: "1.0"
+        name: two-oks
+        tools:
+          kid: {{workflow: {workdir / "needs-ok.yaml"}, effect: write}}
+        guardrails:
+          - {{id: budget, limits: {{max_tool_calls: 2}}}}
+        steps:
+          - {{id: c1, tool: kid, args: {{n: 1}}}}
+          - {{id: c2, tool: kid, args: {{n: 2}}}}
+        output: {{n: "${{{{ [steps.c1.output.n, steps.c2.output.n] }}}}"}}
+        """)
+    )
+    result = run_workflow(compiled(parent), {}, store=store, options=OPTS)
+    for _ in range(2):
+        assert result.status == "waiting", result.error
+        (child,) = [r for r in store.runs() if r.status == "waiting" and r.parent_run_id == result.run_id]
+        decide_approval(child.run_id, "ok", store=store, person="bo", approved=True, options=OPTS)
+        result = store.run(result.run_id)
+    assert result.status == "completed" and result.output == {"n": [1, 2]}, result.error
+    called = [e.node_path for e in store.events(result.run_id) if e.kind == "tool.called"]
+    assert called == ["c1", "c1", "c2", "c2"]  # each continued once
+
+
 CHILDREN = {
     "fails": "- {id: boom, fail: {code: nope, message: child failed}}",
     "waits": "- {id: ok, approval: {message: please}}",
