@@ -871,13 +871,25 @@ class Execution:
                     else:
                         tx.set_status(self.run_id, status)
             except s.PayloadError as exc:
-                error = {"type": "OutputError", "code": "output", "message": str(exc), "retryable": False}
-                with self.store.transaction() as tx:
-                    tx.append(self.run_id, s.RUN_FAILED, "", {"error": error, "usage": self.usage()})
-                    tx.set_status(self.run_id, "failed", error=error)
-                return RunResult(self.run_id, "failed", None, error)
+                return self._unwritable(batch[:-1], exc)
         self.notify(status, "", "", pending or error)
         return RunResult(self.run_id, status, output, error, list(pending or []))  # type: ignore[arg-type]
+
+    def _unwritable(self, before: list[s.NewEvent], exc: s.PayloadError) -> RunResult:
+        """The run's outcome cannot be written (an output that JSON cannot hold, such as 1.0/0.0): the
+        run fails with code `output`, after what happened before it, unless that is what cannot be."""
+        error = {"type": "OutputError", "code": "output", "message": str(exc), "retryable": False}
+        failed = NewEvent(s.RUN_FAILED, "", {"error": error, "usage": self.usage()})
+        for events in ([*before, failed], [failed]):
+            try:
+                with self.store.transaction() as tx:
+                    tx.append_many(self.run_id, events)
+                    tx.set_status(self.run_id, "failed", error=error)
+                break
+            except s.PayloadError:
+                if len(events) == 1:
+                    raise
+        return RunResult(self.run_id, "failed", None, error)
 
 
 def _condition_values(program: Any, bindings: dict[str, Any]) -> dict[str, Any]:

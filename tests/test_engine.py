@@ -497,6 +497,20 @@ def test_loop_until_exits_early_and_fails_when_exhausted(store: Any, workdir: Pa
     assert (last["values"]["index"], last["result"], last["chosen"]) == (4, False, None)
 
 
+def test_an_output_json_cannot_hold_fails_the_run_after_what_happened(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "infinite-output",
+        "vars: {n: 0}\nsteps:\n  - {id: a, set: {n: 1}}\noutput: {x: '${{ 1.0 / 0.0 }}'}\n",
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "output", result
+    assert [e.kind for e in store.events(result.run_id)] == [
+        "run.started", "step.started", "vars.set", "step.completed", "run.failed"
+    ]  # fmt: skip
+    assert store.verify(result.run_id).ok
+
+
 def test_unserialisable_result_is_a_step_error(store: Any, workdir: Path) -> None:
     flow = write_flow(workdir, "unserialisable", "steps:\n  - {id: b, tool: bad_result}\n")
     result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
