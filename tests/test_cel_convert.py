@@ -103,11 +103,18 @@ def test_from_cel() -> None:
         "type": "google.protobuf.Duration",
         "list": [1, [2]],
         "n": None,
-        9: "uint key",
+        "9": "uint key",
     }
     assert type(result["u"]) is int
-    assert type(next(k for k in result if not isinstance(k, str))) is int
-    json.dumps(result)  # JSON-able
+    json.dumps(result, allow_nan=False)  # strict JSON
+
+
+def test_from_cel_gives_strict_json() -> None:
+    assert from_cel({1: "a", 10: "b"}) == {"1": "a", "10": "b"}  # keys as JSON has them
+    assert from_cel({True: "t", UInt(2): "u"}) == {"true": "t", "2": "u"}
+    for double in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError, match="no JSON form"):
+            from_cel([1.0, double])
 
 
 def test_round_trip() -> None:

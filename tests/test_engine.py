@@ -497,12 +497,24 @@ def test_loop_until_exits_early_and_fails_when_exhausted(store: Any, workdir: Pa
     assert (last["values"]["index"], last["result"], last["chosen"]) == (4, False, None)
 
 
-def test_an_output_json_cannot_hold_fails_the_run_after_what_happened(store: Any, workdir: Path) -> None:
+def test_a_value_json_cannot_hold_fails_where_it_is_evaluated(store: Any, workdir: Path) -> None:
     flow = write_flow(
         workdir,
-        "infinite-output",
-        "vars: {n: 0}\nsteps:\n  - {id: a, set: {n: 1}}\noutput: {x: '${{ 1.0 / 0.0 }}'}\n",
+        "infinite-set",
+        "vars: {n: 0}\nsteps:\n  - {id: a, set: {n: '${{ 1.0 / 0.0 }}'}}\n  - {id: b, set: {n: 2}}\n",
     )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "expression", result
+    assert result.error["step"] == "a" and "no JSON form" in result.error["message"]
+    assert store.verify(result.run_id).ok
+
+
+def test_an_output_that_cannot_be_written_fails_the_run_after_what_happened(
+    store: Any, workdir: Path
+) -> None:
+    flow = write_flow(
+        workdir, "unwritable-output", "vars: {n: 0}\nsteps:\n  - {id: a, set: {n: 1}}\noutput: {x: .inf}\n"
+    )  # a YAML constant: no expression to fail
     result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
     assert result.status == "failed" and result.error["code"] == "output", result
     assert [e.kind for e in store.events(result.run_id)] == [

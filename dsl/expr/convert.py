@@ -1,14 +1,16 @@
 """Conversion between JSON-like Python data and CEL runtime values (see values.py).
 
 `to_cel` prepares bindings: Python data in, CEL values out (tuples become lists, datetimes
-timestamps, timedeltas durations). `from_cel` turns a result into something `json.dumps` accepts:
-uint -> int, bytes -> base64 text, timestamp -> RFC 3339 text, duration -> "1.5s", type -> its name.
+timestamps, timedeltas durations). `from_cel` turns a result into strict JSON data: uint -> int,
+bytes -> base64 text, timestamp -> RFC 3339 text, duration -> "1.5s", type -> its name, map keys ->
+strings (`1` -> "1", `true` -> "true"); a double that is not finite has no JSON form (ValueError).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import math
 from typing import Any
 
 from .functions import (
@@ -80,16 +82,20 @@ def _timestamp_from_datetime(value: datetime.datetime) -> Timestamp:
 
 
 def from_cel(value: Any) -> Any:
-    """A CEL value as plain JSON-able Python data."""
+    """A CEL value as plain JSON data: what the event log can hold and hash (strict JSON, no NaN)."""
     tv = type(value)
-    if tv is str or tv is int or tv is bool or tv is float or tv is _NoneType:
+    if tv is str or tv is int or tv is bool or tv is _NoneType:
+        return value
+    if tv is float:
+        if not math.isfinite(value):
+            raise ValueError(f"the double {value} has no JSON form (not a finite number)")
         return value
     if tv is UInt:
         return int(value)
     if tv is list or tv is tuple:
         return [from_cel(item) for item in value]
     if tv is dict:
-        return {(int(k) if type(k) is UInt else k): from_cel(v) for k, v in value.items()}
+        return {_json_key(k): from_cel(v) for k, v in value.items()}
     if tv is bytes:
         return base64.b64encode(value).decode("ascii")
     if tv is Timestamp:
@@ -99,6 +105,15 @@ def from_cel(value: Any) -> Any:
     if tv is CelType:
         return value.name
     raise TypeError(f"not a CEL value: Python type {tv.__name__}")
+
+
+def _json_key(key: Any) -> str:
+    """JSON object keys are strings: a CEL map's int, uint or bool key is written as JSON writes it."""
+    if type(key) is str:
+        return key
+    if type(key) is bool:
+        return "true" if key else "false"
+    return str(int(key))
 
 
 __all__ = ["from_cel", "to_cel"]
