@@ -67,6 +67,7 @@ CODES: dict[str, str] = {
     "CH015": "unsupported or invalid YAML tag",
     "CH016": "document nested too deeply",
     "CH017": "invalid merge key `<<`",
+    "CH018": "a number JSON cannot hold (`.inf`, `.nan`)",
     # CH1xx: schema and shape (dsl/validate.py)
     "CH100": "invalid workflow shape",
     "CH101": "unknown field",

@@ -16,6 +16,7 @@ Decisions (the spec repeats them for authors):
 - **Non-string keys** are CH007; a scalar key is kept under its source text so later stages go on.
 - **Nesting** deeper than `MAX_DEPTH` is CH016 (it also protects the C parser's stack).
 - `charter: 1.0` (a float) is accepted with warning CH014 and normalised to the string "1.0".
+- A float JSON cannot hold (`.inf`, `.nan`, `1e999`) is CH018.
 - **Positions** are 1-based; columns count Unicode code points (not bytes, not UTF-16 units); a
   leading byte-order mark is dropped. `value_position(path, offset)` maps a character offset inside a
   string value (e.g. a CEL error offset) to its file line and column for every scalar style: plain and
@@ -423,7 +424,10 @@ class _Builder:
             elif tag == INT:
                 return _to_int(value)
             elif tag == FLOAT:
-                return _to_float(value)
+                number = _to_float(value)
+                if not math.isfinite(number):  # workflows, their values and the log are JSON
+                    self.diags.append(self._err("CH018", f"{value} is not a number JSON can hold", node))
+                return number
             else:
                 self._check_tag(node, (STR,))
                 return value

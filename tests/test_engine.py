@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 import time
@@ -21,7 +22,7 @@ from interpreter import (
     run_workflow,
 )
 from interpreter.runtime import RunSetupError
-from interpreter.store import open_store
+from interpreter.store import PayloadError, SQLiteEventStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -509,18 +510,41 @@ def test_a_value_json_cannot_hold_fails_where_it_is_evaluated(store: Any, workdi
     assert store.verify(result.run_id).ok
 
 
+class RefusesOutputs(SQLiteEventStore):
+    """A store that cannot write a run's output (the file and its expressions give only JSON, so
+    this is injected)."""
+
+    @contextlib.contextmanager
+    def transaction(self):  # type: ignore[no-untyped-def, override]
+        with super().transaction() as tx:
+            yield _Refusing(tx)
+
+
+class _Refusing:
+    def __init__(self, tx: Any) -> None:
+        self._tx = tx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def append_many(self, run_id: str, events: Any) -> Any:
+        events = list(events)
+        if any(e.kind == "run.completed" for e in events):
+            raise PayloadError("payload of run.completed at <run> is not JSON-serializable (injected)")
+        return self._tx.append_many(run_id, events)
+
+
 def test_an_output_that_cannot_be_written_fails_the_run_after_what_happened(
-    store: Any, workdir: Path
+    tmp_path: Path, workdir: Path
 ) -> None:
-    flow = write_flow(
-        workdir, "unwritable-output", "vars: {n: 0}\nsteps:\n  - {id: a, set: {n: 1}}\noutput: {x: .inf}\n"
-    )  # a YAML constant: no expression to fail
-    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
-    assert result.status == "failed" and result.error["code"] == "output", result
-    assert [e.kind for e in store.events(result.run_id)] == [
-        "run.started", "step.started", "vars.set", "step.completed", "run.failed"
-    ]  # fmt: skip
-    assert store.verify(result.run_id).ok
+    flow = write_flow(workdir, "unwritable-output", "vars: {n: 0}\nsteps:\n  - {id: a, set: {n: 1}}\n")
+    with RefusesOutputs(tmp_path / "charter.db") as store:
+        result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+        assert result.status == "failed" and result.error["code"] == "output", result
+        assert [e.kind for e in store.events(result.run_id)] == [
+            "run.started", "step.started", "vars.set", "step.completed", "run.failed"
+        ]  # fmt: skip
+        assert store.verify(result.run_id).ok
 
 
 def test_unserialisable_result_is_a_step_error(store: Any, workdir: Path) -> None:

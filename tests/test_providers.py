@@ -169,6 +169,10 @@ class FakeLLMServer:
                 ok('```json\n{"risk": "low"}\n```')
         elif scenario == "malformed":
             self.send(h, 200, b'{"choices": [{"message": {"content": "cut off')
+        elif scenario == "nan":  # Python's json module reads it; JSON (and the event log) has no NaN
+            self.send(
+                h, 200, b'{"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "n": NaN}'
+            )
         elif scenario == "shapeless":
             self.send(h, 200, {"object": "something else"})
         elif scenario == "cutoff":
@@ -314,6 +318,11 @@ def test_openai_malformed_json_is_a_bad_response(server: FakeLLMServer) -> None:
     message = str(caught.value)
     assert message.startswith("openai model call to http://127.0.0.1:")
     assert "/malformed/v1/chat/completions failed: the answer is not JSON" in message
+
+
+def test_openai_nan_is_not_json(server: FakeLLMServer) -> None:
+    with pytest.raises(ModelBadResponseError, match="the answer is not JSON"):
+        run_openai(server.url("nan"), ask())
 
 
 def test_openai_json_without_choices_is_a_bad_response(server: FakeLLMServer) -> None:

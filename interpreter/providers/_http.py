@@ -9,7 +9,6 @@ jitter so that many clients do not retry in lockstep.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from .base import (
     ModelRequestError,
     ModelServerError,
     ModelTimeoutError,
+    strict_json,
 )
 
 DEFAULT_TIMEOUT = 120.0
@@ -159,7 +159,7 @@ class JsonHttpClient:
         if status >= 400:
             raise self._status_error(url, response)
         try:
-            data = json.loads(response.content)
+            data = strict_json(response.content)
         except ValueError:
             snippet = " ".join(response.text.split())[:200]
             raise ModelBadResponseError(self.provider, url, f"the answer is not JSON: {snippet!r}") from None

@@ -185,9 +185,19 @@ def parse_structured(text: str | None) -> Any:
         body = body.split("\n", 1)[1] if "\n" in body else ""
         body = body.rsplit("```", 1)[0]
     try:
-        return json.loads(body)
+        return strict_json(body)
     except ValueError:
         return None
+
+
+def strict_json(text: str | bytes) -> Any:
+    """`json.loads` without the NaN and Infinity that Python accepts: they are not JSON, and an answer
+    holding one could not be logged."""
+    return json.loads(text, parse_constant=_not_json)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 # --- errors -------------------------------------------------------------------------------------------

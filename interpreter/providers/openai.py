@@ -23,6 +23,7 @@ from .base import (
     ToolCall,
     Usage,
     parse_structured,
+    strict_json,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -185,7 +186,7 @@ def _tool_call(raw: Any, index: int, bad: Any) -> ToolCall:
     if isinstance(arguments, dict):  # some compatible servers send an object, not a string
         return ToolCall(call_id, name, arguments)
     try:
-        parsed = json.loads(arguments or "{}")
+        parsed = strict_json(arguments or "{}")
     except (TypeError, ValueError):
         return ToolCall(call_id, name, {}, error=f"the arguments are not valid JSON: {arguments!r:.200}")
     if not isinstance(parsed, dict):

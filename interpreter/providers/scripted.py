@@ -16,7 +16,15 @@ from typing import Any
 
 import yaml
 
-from .base import ModelConfigError, ModelRequest, ModelResponse, ModelScriptError, ToolCall, Usage
+from .base import (
+    ModelConfigError,
+    ModelRequest,
+    ModelResponse,
+    ModelScriptError,
+    ToolCall,
+    Usage,
+    strict_json,
+)
 
 _KEYS = {"step", "turn", "text", "json", "tool_calls", "usage"}
 _ANSWER_KEYS = ("text", "json", "tool_calls")
@@ -90,7 +98,7 @@ class ScriptedProvider:
             text, structured = json.dumps(entry.json), entry.json
         elif request.response_schema is not None and text is not None:
             try:
-                structured = json.loads(text)
+                structured = strict_json(text)
             except ValueError:
                 structured = None
         return ModelResponse(
