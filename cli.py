@@ -233,13 +233,32 @@ def _progress_printer():  # type: ignore[no-untyped-def]
     return show
 
 
-def _report(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _report(result, as_json: bool, store=None, decision=None) -> None:  # type: ignore[no-untyped-def]
+    """The outcome of a run on stdout (its output, or with --json the whole result) and stderr, and exit
+    with its code. A waiting run names each approval it waits for with the `charter approve` that
+    decides it, also one in a child run (`store`). `decision`: what `charter approve` recorded, when
+    that was in another run than the one reported (a child run of it)."""
     import json
 
+    approvals = _approvals(store, result)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        out = result.to_dict()
+        if approvals is not None:
+            out["approvals"] = [p.to_dict() for p in approvals]
+        if decision is not None:
+            out["decided"] = decision.to_dict()
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
     elif result.status == "completed":
         click.echo(json.dumps(result.output, indent=2, ensure_ascii=False))
+    if decision is not None and decision.run_id != result.run_id and decision.lineage:
+        from interpreter.approvals import route
+
+        click.echo(
+            f"{decision.decision} {decision.node_path} in child run {decision.run_id} (of "
+            f"{decision.lineage[0][0]}'s step {route(decision.lineage)}) as {decision.by}; "
+            f"run {decision.run_id} {decision.decided.status}",
+            err=True,
+        )
     if result.status == "failed" and result.error:
         where = result.error.get("node_path") or ""
         click.echo(
@@ -247,15 +266,58 @@ def _report(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
             err=True,
         )
     elif result.status == "waiting":
-        node = result.pending[0] if len(result.pending) == 1 else "NODE"
+        click.echo(_waiting_text(result, approvals or []), err=True)
+    elif result.status == "running":  # e.g. its process died while a child run waited
         click.echo(
-            f"run {result.run_id} is waiting for approval at {', '.join(result.pending) or '?'}; "
-            f"decide with: charter approve {result.run_id} {node} --as NAME",
+            f"run {result.run_id} is running, not waiting: if no process executes it any more, "
+            f"continue it with: charter resume {result.run_id}{_db_hint()}",
             err=True,
         )
     else:
         click.echo(f"run {result.run_id} {result.status}", err=True)
     sys.exit(_EXIT.get(result.status, 1))
+
+
+def _approvals(store, result):  # type: ignore[no-untyped-def]
+    """The approval requests a waiting run waits for, its own and its child runs' (None: not waiting,
+    or they cannot be read: the hint then names the run's own pending nodes)."""
+    if store is None or result.status != "waiting":
+        return None
+    from interpreter.approvals import pending_approvals
+
+    try:
+        return pending_approvals(store, result.run_id)
+    except Exception:  # noqa: BLE001 - a hint must never turn a waiting run into an error
+        return None
+
+
+def _db_hint() -> str:
+    import shlex
+
+    return f" --db {shlex.quote(_db_given[0])}" if _db_given else ""
+
+
+def _waiting_text(result, approvals) -> str:  # type: ignore[no-untyped-def]
+    """'run R is waiting for approval at N; decide with: charter approve R N --as NAME', naming the
+    child run and its node for a request in a child run, one line per request when there are several."""
+    db = _db_hint()
+    run_id = result.run_id
+    if not approvals:
+        node = result.pending[0] if len(result.pending) == 1 else "NODE"
+        return (
+            f"run {run_id} is waiting for approval at {', '.join(result.pending) or '?'}; "
+            f"decide with: charter approve {run_id} {node} --as NAME{db}"
+        )
+    if len(approvals) == 1:
+        (p,) = approvals
+        where = f"{p.node_path} in child run {p.run_id} (of step {p.route()})" if p.via else p.node_path
+        return f"run {run_id} is waiting for approval at {where}; decide with: {p.command()} --as NAME{db}"
+    lines = [f"run {run_id} is waiting for {len(approvals)} approvals; decide each with:"]
+    commands = [f"{p.command()} --as NAME{db}" for p in approvals]
+    width = max(map(len, commands))
+    for p, command in zip(approvals, commands, strict=True):
+        lines.append(f"  {command:<{width}}  # child run of {p.route()}" if p.via else f"  {command}")
+    return "\n".join(lines)
 
 
 def _options(principal, claims_file, allow_modules, durability, quiet=False, models=()):  # type: ignore[no-untyped-def]
@@ -306,7 +368,8 @@ def _result_json_option(fn):  # type: ignore[no-untyped-def]
         "--json",
         "as_json",
         is_flag=True,
-        help="Print {run_id, status, output, error}, and pending when waiting.",
+        help="Print {run_id, status, output, error}; when waiting also pending (the run's nodes) and "
+        "approvals (each request to decide: run_id, node_path, also in child runs).",
     )(fn)
 
 
@@ -452,7 +515,7 @@ def run(
     else:
         result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options))
     _show_usage(store, result.run_id)
-    _report(result, as_json)
+    _report(result, as_json, store)
 
 
 def _check_model_names(graph_, overrides: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
@@ -613,7 +676,7 @@ def resume(
     options = _options(None, None, allow_modules, "normal", models=models)
     result = _guarded(lambda: resume_run(run_id, store=store, options=options))
     _show_usage(store, result.run_id)
-    _report(result, as_json)
+    _report(result, as_json, store)
 
 
 @main.command(short_help="Re-execute a run offline; report the first divergence.")
@@ -706,27 +769,32 @@ def approve(
 ) -> None:
     """Record a decision on a pending approval and resume the run.
 
-    The person's roles must be known (--claims, or an identity with roles in the workflow).
-    Exit as `charter resume`; 4: the decision was recorded, and the process executing the run right
-    now continues with it.
+    The person's roles must be known (--claims, or an identity with roles in the workflow). An
+    approval in a child run is decided with the child's run id and node (`charter run` names them);
+    NODE may also be a step of RUN whose child run waits for exactly one approval.
+
+    The decided run is continued, then every run above it that waits for it; what is reported is the
+    top-level run: its output, and its exit status as `charter resume` (0 completed, 1 failed, 3 still
+    waiting); 4: the decision was recorded, and the process executing the run (or a run above it)
+    right now continues with it.
 
     \b
     Examples:
       charter approve 01JC... finance_ok --as carol --claims carol.json --reason "receipts ok"
       charter approve 01JC... finance_ok --as carol --claims carol.json --deny
     """
-    from interpreter import decide_approval
+    from interpreter.approvals import decide
 
     if not person.strip():
         _die("--as needs the name of the person who decides")
     store = _open_store(db)
     options = _options(None, claims_file, allow_modules, "normal", models=models)
-    result = _guarded(
-        lambda: decide_approval(
+    decision = _guarded(
+        lambda: decide(
             run_id, node_path, store=store, person=person, approved=not deny, reason=reason, options=options
         )
     )
-    _report(result, as_json)
+    _report(decision.result, as_json, store, decision)
 
 
 @main.command(short_help="Resume runs whose approvals timed out.")

@@ -1,11 +1,75 @@
-"""Human decisions on pending approvals: check who may decide, record it, resume the run."""
+"""Human decisions on pending approvals: find them (in a run or in the child runs it waits for), check
+who may decide, record the decision, continue the run and every waiting run above it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
 from interpreter import store as s
-from interpreter.engine import compile_source, resume_run
+from interpreter.engine import compile_source, continue_run
+from interpreter.leases import holder_alive
+from interpreter.loop import run_coroutine
 from interpreter.records import build_records, request_expired
 from interpreter.runtime import RunOptions, RunResult, RunSetupError
+
+Hop = tuple[str, str]  # (run id, node path of that run where a child run hangs)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    """An undecided approval request that a run waits for: in its own log, or in the log of a child run
+    (at any depth) that it waits for. `run_id` and `node_path` are what `charter approve` takes; `via`
+    leads from the run asked about down to that child: each run and the node where its child hangs."""
+
+    run_id: str
+    node_path: str
+    via: tuple[Hop, ...] = ()
+    message: Any = None
+
+    def command(self) -> str:
+        return f"charter approve {self.run_id} {self.node_path}"
+
+    def route(self) -> str:
+        """Where the child run hangs: 'kid' (a node of the run asked about), 'kid → C1 at inner' for a
+        child of a child ('' for a request in the run asked about)."""
+        return route(self.via)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "node_path": self.node_path,
+            "via": [{"run_id": run, "node_path": node} for run, node in self.via],
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `decide` did. The decision was recorded at `node_path` of run `run_id`; `lineage` leads
+    from the top-level run down to that run (empty: it is the top-level run). `forwarded`: the run and
+    node the caller named, when the request was found in a child run waiting there. `decided` is the
+    outcome of the decided run, `result` that of the top-level run continued after it."""
+
+    run_id: str
+    node_path: str
+    decision: str
+    by: str
+    lineage: tuple[Hop, ...]
+    forwarded: Hop | None
+    decided: RunResult
+    result: RunResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "node_path": self.node_path,
+            "decision": self.decision,
+            "by": self.by,
+            "via": [{"run_id": run, "node_path": node} for run, node in self.lineage],
+            "status": self.decided.status,
+        }
 
 
 def decide_approval(
@@ -18,18 +82,43 @@ def decide_approval(
     reason: str | None = None,
     options: RunOptions | None = None,
 ) -> RunResult:
-    """Record a person's decision on a pending approval, then resume the run."""
+    """Record a person's decision on a pending approval, then continue the run and every run above it
+    that waits for it; return the outcome of the top-level run (see `decide`)."""
+    return decide(
+        run_id, node_path, store=store, person=person, approved=approved, reason=reason, options=options
+    ).result
+
+
+def decide(
+    run_id: str,
+    node_path: str,
+    *,
+    store: s.EventStore,
+    person: str,
+    approved: bool,
+    reason: str | None = None,
+    options: RunOptions | None = None,
+) -> Decision:
+    """Record a person's decision on the approval request at `node_path` of run `run_id`, continue that
+    run and then each waiting run above it (a child run's parent, its parent...), and say what happened.
+
+    When `node_path` is a node of the run where a child run (at any depth) waits, the decision goes to
+    the one request pending in that child; with several, nothing is recorded and the error names each
+    (`charter approve CHILD NODE`)."""
     options = options or RunOptions()
     row = store.run(run_id)
-    events = list(store.events(run_id))
-    records = build_records(events)
-    pending = [p for p, r in records.items() if r.approval_requested and not r.approval_decided]
+    records = build_records(store.events(run_id))
     rec = records.get(node_path)
+    forwarded: Hop | None = None
     if rec is None or rec.approval_requested is None:
-        raise RunSetupError(
-            f"run {run_id} has no approval request at '{node_path}'"
-            + (f"; pending: {', '.join(pending)}" if pending else "; nothing is pending")
-        )
+        target = _forward(store, row, node_path)
+        forwarded = (run_id, node_path)
+        run_id, node_path = target.run_id, target.node_path
+        row = store.run(run_id)
+        records = build_records(store.events(run_id))
+        rec = records[node_path]
+    if rec.approval_requested is None:  # for the type checker: `_forward` found the request there
+        raise RunSetupError(f"run {run_id} has no approval request at '{node_path}'")
     if rec.approval_decided is not None:
         raise RunSetupError(
             f"the approval at '{node_path}' was already decided by {rec.approval_decided[0].get('by')}"
@@ -38,10 +127,11 @@ def decide_approval(
         raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
     requested = rec.approval_requested[0]
     if request_expired(requested):  # too late for a person: the timeout decides (spec §13.11)
-        result = resume_run(run_id, store=store, options=options, reason="timeout")
+        decided, top = _continue_up(store, run_id, options, "timeout", "the timeout decided")
+        above = f"; its top-level run {top.run_id} is {top.status}" if top.run_id != run_id else ""
         raise RunSetupError(
             f"the approval at '{node_path}' expired at {requested.get('expires_at')}: its timeout "
-            f"decided, not {person}; run {run_id} is {result.status}"
+            f"decided, not {person}; run {run_id} is {decided.status}{above}"
         )
     approvers = requested.get("approvers") or []
     verified = _check_approver(approvers, person, options, row)
@@ -49,19 +139,182 @@ def decide_approval(
     earlier = store.decide(run_id, node_path, {**decision, "verified": verified}, actor={"sub": person})
     if earlier is not None:  # decided since the log was read above (another person, a timeout)
         raise RunSetupError(f"the approval at '{node_path}' was already decided by {earlier.get('by')}")
+    decided, top = _continue_up(store, run_id, options, "approval", "the decision was recorded")
+    return Decision(
+        run_id,
+        node_path,
+        decision["decision"],
+        person,
+        lineage(store, run_id),
+        forwarded,
+        decided,
+        top,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a run waits
+
+
+def pending_approvals(store: s.EventStore, run_id: str) -> list[PendingApproval]:
+    """Every undecided approval request that the run waits for: its own (the nodes of its last
+    `run.waiting`), and, for a node where a child run waits, the child's, down to any depth."""
+    return list(_pending(store, store.run(run_id), (), set()))
+
+
+def _pending(
+    store: s.EventStore, row: s.RunRecord, via: tuple[Hop, ...], seen: set[str]
+) -> Iterator[PendingApproval]:
+    seen.add(row.run_id)
+    events = list(store.events(row.run_id))
+    records = build_records(events)
+    waiting = next((e for e in reversed(events) if e.kind == s.RUN_WAITING), None)
+    listed = waiting.payload.get("pending") if waiting and isinstance(waiting.payload, dict) else None
+    if row.status != "waiting" or not isinstance(listed, list):  # e.g. stopped by a crash: its own log
+        listed = [p for p, r in records.items() if r.approval_requested and not r.approval_decided]
+    newest: dict[str, s.RunRecord] = {}  # the child run a node started last is the one it waits for
+    if row.status == "waiting":
+        for child in store.children(row.run_id):
+            newest[child.parent_node or ""] = child
+    done: set[str] = set()
+    for path in listed:
+        rec = records.get(path)
+        if rec is not None and rec.approval_requested and not rec.approval_decided:
+            if path not in done:
+                done.add(path)
+                message = rec.approval_requested[0].get("message")
+                yield PendingApproval(row.run_id, path, via, message)
+            continue
+        for node, child in newest.items():
+            if node in done or child.run_id in seen or child.status != "waiting":
+                continue
+            if node == path or _under(node, path):
+                done.add(node)
+                yield from _pending(store, child, (*via, (row.run_id, node)), seen)
+
+
+def route(hops: tuple[Hop, ...]) -> str:
+    """'kid' for one hop (the node of the first run), then 'C1 at inner' for each deeper one."""
+    if not hops:
+        return ""
+    return " → ".join([hops[0][1], *(f"{run} at {node}" for run, node in hops[1:])])
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path.startswith(prefix + "/") or path.startswith(prefix + "[")
+
+
+def lineage(store: s.EventStore, run_id: str) -> tuple[Hop, ...]:
+    """The runs above `run_id`, from the top-level run down, each with the node where the next hangs."""
+    hops: list[Hop] = []
+    row = store.run(run_id)
+    seen = {run_id}
+    while row.parent_run_id and row.parent_run_id not in seen:
+        hops.append((row.parent_run_id, row.parent_node or ""))
+        seen.add(row.parent_run_id)
+        row = store.run(row.parent_run_id)
+    return tuple(reversed(hops))
+
+
+def _forward(store: s.EventStore, row: s.RunRecord, node_path: str) -> PendingApproval:
+    """The one request pending in a child run that waits at (or under) `node_path` of the run; else a
+    RunSetupError that names what is pending, each with the `charter approve` that decides it."""
+    run_id = row.run_id
+    pending = pending_approvals(store, run_id)
+    there = [p for p in pending if p.via and (p.via[0][1] == node_path or _under(p.via[0][1], node_path))]
+    if len(there) == 1:
+        return there[0]
+    if there:
+        raise RunSetupError(
+            f"run {run_id} waits at '{node_path}' for {len(there)} approvals in child runs; decide each "
+            "on its own: " + "; ".join(f"{p.command()} (child run of {p.route()})" for p in there)
+        )
+    if pending:
+        listed = ", ".join(
+            f"'{p.node_path}' ({p.command()})"
+            if not p.via
+            else f"'{p.node_path}' in child run {p.run_id} of step {p.route()} ({p.command()})"
+            for p in pending
+        )
+        raise RunSetupError(f"run {run_id} has no approval request at '{node_path}'; pending: {listed}")
+    if row.status == "waiting":
+        raise RunSetupError(
+            f"run {run_id} has no approval request at '{node_path}', and no request it waits for is "
+            f"undecided: continue it with `charter resume {run_id}`"
+        )
+    raise RunSetupError(f"run {run_id} has no approval request at '{node_path}'; nothing is pending")
+
+
+# --------------------------------------------------------------------------------------------------
+# Continuing the decided run and the runs above it
+
+
+def _continue_up(
+    store: s.EventStore, run_id: str, options: RunOptions, reason: str, done: str
+) -> tuple[RunResult, RunResult]:
+    """Continue the run, then each parent that waits for it, up to the top-level run (a parent waits
+    until its child finishes). Returns the run's outcome and the top-level run's."""
     try:
-        return resume_run(run_id, store=store, options=options, reason="approval")
+        decided = run_coroutine(continue_run(run_id, store, options, reason))
     except s.RunLeased as exc:  # the holder sees the decision when it lets the run go, and continues
         raise s.RunLeased(
             exc.holder,
-            f"the decision was recorded; run {run_id} is being executed by another process "
+            f"{done}; run {run_id} is being executed by another process "
             f"({exc.holder.describe()}), which continues with it",
         ) from None
     except RunSetupError as exc:  # e.g. a model key this environment lacks: the run stays waiting
         raise RunSetupError(
-            f"the decision was recorded, but run {run_id} cannot continue here: {exc}; "
+            f"{done}, but run {run_id} cannot continue here: {exc}; "
             f"continue it with `charter resume {run_id}` where it can"
         ) from None
+    result, row = decided, store.run(run_id)
+    while row.parent_run_id and result.status != "waiting":
+        parent = store.run(row.parent_run_id)
+        so_far = f"{done} and run {row.run_id} is {result.status}; its parent run {parent.run_id}"
+        if parent.status != "waiting":
+            held = store.lease(parent.run_id) if parent.status == "running" else None
+            if held is not None and holder_alive(
+                held.node, held.pid, held.proc_start, held.expires_at, s.utc_now()
+            ):
+                raise s.RunLeased(
+                    held,
+                    f"{so_far} is being executed by another process ({held.describe()}), "
+                    "which continues with it",
+                )
+            break  # it does not wait for this child (any more): the top-level run says where things are
+        try:
+            result = run_coroutine(continue_run(parent.run_id, store, options, reason))
+        except s.RunLeased as exc:
+            raise s.RunLeased(
+                exc.holder,
+                f"{so_far} is being executed by another process ({exc.holder.describe()}), "
+                "which continues with it",
+            ) from None
+        except RunSetupError as exc:
+            raise RunSetupError(
+                f"{so_far} cannot continue here: {exc}; continue it with "
+                f"`charter resume {parent.run_id}` where it can"
+            ) from None
+        row = parent
+    if row.parent_run_id is None:
+        return decided, result
+    hops = lineage(store, row.run_id)
+    return decided, result_of(store, hops[0][0] if hops else row.run_id)
+
+
+def result_of(store: s.EventStore, run_id: str) -> RunResult:
+    """The run's outcome as its row and log say (pending: the nodes of its last `run.waiting`)."""
+    row = store.run(run_id)
+    pending: list[str] = []
+    if row.status == "waiting":
+        waiting = next((e for e in reversed(list(store.events(run_id))) if e.kind == s.RUN_WAITING), None)
+        listed = waiting.payload.get("pending") if waiting and isinstance(waiting.payload, dict) else None
+        pending = [p for p in listed or [] if isinstance(p, str)]
+    return RunResult(run_id, row.status, row.output, row.error, pending)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# Who may decide
 
 
 def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:

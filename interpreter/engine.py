@@ -1392,18 +1392,20 @@ def resume_run(
     row = store.run(run_id)
     why = reason or ("recovery" if row.status == "running" else "manual")
     result = run_coroutine(continue_run(run_id, store, options or RunOptions(), why))
-    _resume_parent(store, run_id, result, options or RunOptions())
+    _resume_parent(store, run_id, result, options or RunOptions(), why)
     return result
 
 
-def _resume_parent(store: s.EventStore, run_id: str, result: RunResult, options: RunOptions) -> None:
-    """A child run that finished lets its waiting parent continue."""
+def _resume_parent(
+    store: s.EventStore, run_id: str, result: RunResult, options: RunOptions, why: str
+) -> None:
+    """A child run that finished lets its waiting parent continue (for the reason the child did)."""
     if result.status == "waiting":
         return
     row = store.run(run_id)
     if row.parent_run_id and store.run(row.parent_run_id).status == "waiting":
         with contextlib.suppress(s.RunLeased):  # its holder sees this child finished and continues it
-            resume_run(row.parent_run_id, store=store, options=options, reason="manual")
+            resume_run(row.parent_run_id, store=store, options=options, reason=why)
 
 
 def fork_run(

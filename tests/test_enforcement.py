@@ -739,7 +739,7 @@ steps:
     runs = json.loads(charter("runs", "--json", cwd=tmp_path).stdout)
     (child,) = [r["run_id"] for r in runs if r["run_id"] != waiting["run_id"]]
     proc = charter("approve", child, "gate", "--as", "alice", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the decision stands; the run it continued failed
     (ended,) = events(tmp_path, waiting["run_id"], "run.failed")
     assert "max_tool_calls 2" in ended["error"]["message"], ended
     assert [c["n"] for c in calls(tmp_path)] == [1, 2]  # the third call was never made

@@ -405,7 +405,8 @@ def test_a_parent_resumed_while_another_process_executes_its_child_waits_for_it(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    assert approving.returncode == 0, a_err
+    # The decision stands either way; `approve` exits 4 when B still held the parent (B continues it).
+    assert approving.returncode in (0, EXIT_LEASED), a_err
     assert resuming.returncode == 0, b_err
     _assert_clean((a_out, a_err))
     _assert_clean((b_out, b_err))
