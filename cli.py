@@ -860,7 +860,8 @@ def _wake_once(store, options, as_json: bool):  # type: ignore[no-untyped-def]
             return
         what = {"resumed": f"resumed: {w.status}", "skipped": "skipped", "error": "not resumed"}[w.action]
         why = f": {w.message}" if w.message else ""
-        click.echo(f"run {w.run_id} ({w.workflow}): expired {', '.join(w.expired)}; {what}{why}")
+        expired = f"expired {', '.join(w.expired)}; " if w.expired else ""  # none: its log cannot be read
+        click.echo(f"run {w.run_id} ({w.workflow}): {expired}{what}{why}")
 
     return wake_due(store, options, report=show)
 

@@ -2,8 +2,8 @@
 
 Kept apart from the store so that a second backend (PostgreSQL) and external verifiers compute
 exactly the same bytes. The canonical form is Python's `json.dumps` with sorted keys, no
-whitespace, `ensure_ascii=False`, NaN/Infinity rejected, encoded as UTF-8 (documented in
-spec/event-log.md).
+whitespace, `ensure_ascii=False`, NaN/Infinity and non-string object keys rejected, encoded as
+UTF-8 (documented in spec/event-log.md).
 """
 
 from __future__ import annotations
@@ -47,10 +47,41 @@ class NotCanonicalizable(ValueError):
     """A value that has no canonical JSON form (a set, bytes, NaN, a non-string key...)."""
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _check_keys(value: Any) -> None:
+    """Refuse a dict key that is not a string, anywhere in `value` (which encoded: JSON types only).
+
+    `json` writes an int, float, bool or None key as a string but sorts the keys by their own values:
+    {2: .., 10: ..} is written {"2": .., "10": ..}, while the same object read back sorts "10" first.
+    The text hashed on write would differ from the one `verify` hashes, and the key would come back
+    as another value ("2", not 2). Exact-type tests first: this runs on every event's payload."""
+    kind = type(value)
+    if kind is dict:
+        for key, member in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise NotCanonicalizable(f"object keys must be strings, got {type(key).__name__} key {key!r}")
+            if type(member) not in _SCALARS:
+                _check_keys(member)
+    elif kind is list or kind is tuple:
+        for member in value:
+            if type(member) not in _SCALARS:
+                _check_keys(member)
+    elif isinstance(value, dict):  # a subclass (OrderedDict...): its items, as the encoder reads them
+        _check_keys(dict(value.items()))
+    elif isinstance(value, list | tuple):
+        _check_keys(list(value))
+
+
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of `value`; raises NotCanonicalizable for anything JSON cannot hold."""
     try:
         text = "".join(_encode(value, 0)) if _encode is not None else _encoder.encode(value)
+        if type(value) not in _SCALARS:
+            _check_keys(value)
+    except NotCanonicalizable:
+        raise
     except (TypeError, ValueError) as exc:
         raise NotCanonicalizable(str(exc)) from exc
     except RecursionError:
@@ -86,13 +117,28 @@ def event_hash_from_parts(
     keys below are in sorted order and the nested texts are canonical themselves. This is the hot
     path of `append`, so it avoids re-encoding the payload.
     """
+    return event_hasher(run_id, ts)(seq, node_path, kind, actor_json, payload_json, prev_hash)
+
+
+def event_hasher(run_id: str, ts: str) -> Callable[[int, str, str, str, str, str], str]:
+    """`event_hash_from_parts` for a batch of one run's events written at one `ts`, as
+    `hash(seq, node_path, kind, actor_json, payload_json, prev_hash)`: the shared fields are encoded
+    once (the store hashes every event of a commit this way)."""
     # encode_basestring is exactly what the canonical encoder emits for a str (ensure_ascii=False).
-    text = (
-        f'{{"actor":{actor_json},"kind":{encode_basestring(kind)},"node_path":{encode_basestring(node_path)},'
-        f'"payload":{payload_json},"prev_hash":{encode_basestring(prev_hash)},'
-        f'"run_id":{encode_basestring(run_id)},"seq":{int(seq)},"ts":{encode_basestring(ts)}}}'
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    run_and_seq = f',"run_id":{encode_basestring(run_id)},"seq":'
+    ts_and_end = f',"ts":{encode_basestring(ts)}}}'
+    sha256 = hashlib.sha256
+
+    def digest(
+        seq: int, node_path: str, kind: str, actor_json: str, payload_json: str, prev_hash: str
+    ) -> str:
+        text = (
+            f'{{"actor":{actor_json},"kind":{encode_basestring(kind)},"node_path":{encode_basestring(node_path)},'
+            f'"payload":{payload_json},"prev_hash":{encode_basestring(prev_hash)}{run_and_seq}{int(seq)}{ts_and_end}'
+        )
+        return sha256(text.encode("utf-8")).hexdigest()
+
+    return digest
 
 
 def event_hash(

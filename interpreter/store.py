@@ -31,7 +31,7 @@ from interpreter.hashing import (
     NotCanonicalizable,
     canonical_json,
     event_hash,
-    event_hash_from_parts,
+    event_hasher,
     genesis_hash,
     sha256_hex,
 )
@@ -402,7 +402,6 @@ _HEAD_AND_LEASE = (
     "FROM runs WHERE run_id = ?"
 )
 _PAGE = 2000
-_VERIFY_TRIES = 3
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
 _WAL_AUTOCHECKPOINT_PAGES_FULL = 1_000
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -567,20 +566,12 @@ class _Tx:
         seq, prev_hash = self._head(run_id)
         rows, events = [], []
         ts = utc_now()  # when the batch was written: its events share it, and `seq` orders them
+        hash_event = event_hasher(run_id, ts)
         for kind, node_path, payload, actor, actor_json, payload_json, blobs in prepared:
             for blob in blobs:
                 self.put_blob(blob, "application/json")
             seq += 1
-            digest = event_hash_from_parts(
-                run_id=run_id,
-                seq=seq,
-                ts=ts,
-                node_path=node_path,
-                kind=kind,
-                actor_json=actor_json,
-                payload_json=payload_json,
-                prev_hash=prev_hash,
-            )
+            digest = hash_event(seq, node_path, kind, actor_json, payload_json, prev_hash)
             rows.append(
                 (
                     run_id,
@@ -726,13 +717,22 @@ def _actor_json(actor: dict[str, Any] | None) -> str:
     if actor is None:
         return "null"
     for known, text in tuple(_ACTORS):  # a snapshot: safe when another thread appends
-        if known == actor:  # equal by value (deep), so a changed dict is encoded again
+        if known == actor:  # exact: `known` holds only strings, and no number or bool equals a string
             return text
     text = _dumps(actor, "actor")
-    if len(_ACTORS) >= _ACTORS_KEPT:
-        _ACTORS.pop(0)
-    _ACTORS.append((copy.deepcopy(actor), text))  # a copy: later changes to the caller's dict cannot leak in
+    # Only actors made of strings are kept: {"mfa": 1} == {"mfa": True} in Python, not in JSON.
+    if _strings_only(actor):
+        if len(_ACTORS) >= _ACTORS_KEPT:
+            _ACTORS.pop(0)
+        _ACTORS.append((copy.deepcopy(actor), text))  # a copy: the caller may change its dict later
     return text
+
+
+def _strings_only(value: Any) -> bool:
+    """Dicts whose keys and leaves are all `str` exactly (the usual actor: `sub` and nested `act`)."""
+    if type(value) is dict:
+        return all(type(key) is str and _strings_only(member) for key, member in value.items())
+    return type(value) is str
 
 
 def _externalise(payload: Any, data: bytes, threshold: int) -> tuple[str, list[bytes]]:
@@ -794,6 +794,7 @@ class SQLiteEventStore:
         if durability not in ("normal", "full"):
             raise StoreError(f"invalid durability {durability!r}; expected 'normal' or 'full'")
         self.path = os.fspath(path)
+        self._abspath = os.path.abspath(self.path)  # for verify's own connection, wherever cwd is then
         self.durability = durability
         self.busy_timeout = busy_timeout
         self.blob_threshold = blob_threshold
@@ -1181,31 +1182,53 @@ class SQLiteEventStore:
     def verify(self, run_id: str) -> VerifyResult:
         """Recompute the chain and compare it with the run row's checkpoint; stops at the first fault.
 
-        The run row and the events are separate reads: a run that commits between them shows events
-        past the checkpoint read first. A fault seen while the run's head moved is checked again.
-        Data so damaged that it cannot be checked at all (a run row that no longer decodes) is a fault
-        with `first_bad_seq` None."""
-        for _ in range(_VERIFY_TRIES):
+        The run row and its events are read from one snapshot of the file: a run that commits while
+        it is verified is checked as it was when verify began (its later events are not seen, rather
+        than taken for rows added past the checkpoint). Data so damaged that it cannot be checked at
+        all (a run row that no longer decodes) is a fault with `first_bad_seq` None."""
+        with self._snapshot("verifying a run") as read:
+            row = read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r} in {self.path}")
             try:
-                run = self.run(run_id)
-                result = self._verify(run)
-                moved = self.run(run_id).head_seq != run.head_seq
+                events = read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,))
+                return self._verify(_run_record(row), events)
             except DamagedLog as exc:
                 return VerifyResult(False, None, exc.fault)
             except (LookupError, ValueError, TypeError) as exc:  # RunNotFound is neither: it propagates
                 return VerifyResult(False, None, f"the log is damaged: {type(exc).__name__}: {exc}")
-            if result.ok or not moved:
-                break
-        return result
 
-    def _verify(self, run: RunRecord) -> VerifyResult:
-        run_id = run.run_id
+    @contextmanager
+    def _snapshot(self, doing: str) -> Iterator[Callable[[str, tuple[Any, ...]], sqlite3.Cursor]]:
+        """`execute` for reads that all see the file as it was at the first of them: one read
+        transaction (WAL keeps its snapshot) on a connection of its own, so that the shared one stays
+        free for this process's writers meanwhile (a long verify must not hold up a run's commits or
+        its lease's heartbeat). Blobs are read through the shared connection: the store never changes
+        or deletes one, so any later state holds those of the snapshot's events."""
+        with self._lock:
+            self._check_usable()
+        with self._translate(doing):
+            if self.path in ("", ":memory:"):  # no other connection can open it: read under our lock
+                with self._lock:
+                    yield self._conn.execute
+                return
+            conn = sqlite3.connect(
+                self._abspath, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("BEGIN")  # deferred: the snapshot is taken by the first read
+                yield conn.execute
+            finally:
+                conn.close()
+
+    def _verify(self, run: RunRecord, rows: Iterable[tuple[Any, ...]]) -> VerifyResult:
         if run.workflow_source is not None and run.workflow_digest != sha256_hex(run.workflow_source):
             return VerifyResult(False, 0, "the run's workflow_source does not match its workflow_digest")
         genesis = genesis_hash({name: getattr(run, name) for name in GENESIS_FIELDS})
         expected_seq, prev_hash, checked = 1, genesis, 0
         ended: tuple[int, str, str | None] | None = None  # the last run.completed / run.failed event
-        for row in self._event_rows(run_id, 0):
+        for row in rows:
             fault = self._check_row(row, expected_seq, prev_hash, run)
             if fault is not None:
                 return VerifyResult(False, fault[0], fault[1], checked)

@@ -62,12 +62,22 @@ def expired_requests(events: Iterable[s.Event], now: datetime) -> list[str]:
     return out
 
 
-def due_runs(store: s.EventStore, now: datetime | None = None) -> list[tuple[s.RunRecord, list[str]]]:
-    """The waiting runs with at least one expired request, oldest first, with those requests' paths."""
+def due_runs(
+    store: s.EventStore, now: datetime | None = None
+) -> list[tuple[s.RunRecord, list[str] | s.StoreError]]:
+    """The waiting runs with at least one expired request, oldest first, with those requests' paths.
+    A run whose log cannot be read (damaged JSON, a missing blob) comes with that error instead: one
+    such run must not keep wake from the others."""
     now = now or datetime.now(UTC)
-    out = []
+    out: list[tuple[s.RunRecord, list[str] | s.StoreError]] = []
     for row in reversed(store.runs(limit=1_000_000, status="waiting")):
-        paths = expired_requests(store.events(row.run_id), now)
+        try:
+            paths = expired_requests(store.events(row.run_id), now)
+        except s.StoreLockedError:  # the whole file, not this run: the next look tries again
+            raise
+        except s.StoreError as exc:
+            out.append((row, exc))
+            continue
         if paths:
             out.append((row, paths))
     return out
@@ -81,25 +91,31 @@ def wake_due(
     report: Callable[[Woken], None] | None = None,
 ) -> list[Woken]:
     """Resume every waiting run whose approval timed out (the timeout's decision is taken then)."""
-    from interpreter.engine import resume_run
-    from interpreter.policy import PolicyError
-    from interpreter.runtime import RunSetupError
-
     done: list[Woken] = []
     for row, paths in due_runs(store, now):
-        base = {"run_id": row.run_id, "workflow": row.workflow_name, "expired": tuple(paths)}
-        try:
-            if store.run(row.run_id).status != "waiting":  # another process got there first
-                woken = Woken(**base, action="skipped", message="no longer waiting")
-            else:
-                result = resume_run(row.run_id, store=store, options=options, reason=WAKE_REASON)
-                message = (result.error or {}).get("message") if result.status == "failed" else None
-                woken = Woken(**base, action="resumed", status=result.status, message=message)
-        except s.StoreError as exc:  # e.g. held by a live process, or the database stayed locked
-            woken = Woken(**base, action="skipped", message=str(exc))
-        except (RunSetupError, PolicyError) as exc:  # e.g. a secret or an allowed module is missing here
-            woken = Woken(**base, action="error", message=str(exc))
+        if isinstance(paths, s.StoreError):  # its log cannot be read: an error for it, the others go on
+            woken = Woken(row.run_id, row.workflow_name, (), action="error", message=str(paths))
+        else:
+            woken = _wake(store, options, row, paths)
         done.append(woken)
         if report is not None:
             report(woken)
     return done
+
+
+def _wake(store: s.EventStore, options: RunOptions, row: s.RunRecord, paths: list[str]) -> Woken:
+    from interpreter.engine import resume_run
+    from interpreter.policy import PolicyError
+    from interpreter.runtime import RunSetupError
+
+    base = {"run_id": row.run_id, "workflow": row.workflow_name, "expired": tuple(paths)}
+    try:
+        if store.run(row.run_id).status != "waiting":  # another process got there first
+            return Woken(**base, action="skipped", message="no longer waiting")
+        result = resume_run(row.run_id, store=store, options=options, reason=WAKE_REASON)
+        message = (result.error or {}).get("message") if result.status == "failed" else None
+        return Woken(**base, action="resumed", status=result.status, message=message)
+    except s.StoreError as exc:  # e.g. held by a live process, or the database stayed locked
+        return Woken(**base, action="skipped", message=str(exc))
+    except (RunSetupError, PolicyError) as exc:  # e.g. a secret or an allowed module is missing here
+        return Woken(**base, action="error", message=str(exc))

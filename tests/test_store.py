@@ -210,26 +210,32 @@ def test_a_run_that_commits_while_it_is_verified_is_not_reported_as_tampered(
     store: SQLiteEventStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_id = _run_with_events(store)
-    read_rows = store._event_rows
-    commits = iter(range(2))  # the live run commits during the first two reads of its events
+    # more events than one page of reads: a reader paging through them would meet the later commits
+    store.append_many(
+        run_id, [NewEvent("step.completed", f"p{i}", {"output": i, "attempt": 1}) for i in range(2500)]
+    )
+    check_row = store._check_row
+    live = SQLiteEventStore(db_path)  # another writer (a live run in another process)
 
-    def rows_with_a_commit_first(run: str, after_seq: int):  # type: ignore[no-untyped-def]
-        if next(commits, None) is not None:
-            with SQLiteEventStore(db_path) as live:  # another process's store
-                live.append(run_id, "step.completed", "later", {"output": 0, "attempt": 1})
-        return read_rows(run, after_seq)
+    def commit_then_check(row, *args):  # type: ignore[no-untyped-def]
+        if row[1] % 1000 == 1:  # the live run commits while verify is half-way through the events
+            live.append(run_id, "step.completed", "later", {"output": 0, "attempt": 1})
+        return check_row(row, *args)
 
-    monkeypatch.setattr(store, "_event_rows", rows_with_a_commit_first)
+    monkeypatch.setattr(store, "_check_row", commit_then_check)
     result = store.verify(run_id)
-    assert result.ok and result.events_checked == 7, result
+    assert result.ok and result.events_checked == 2505, result  # the events as they were when it began
+    monkeypatch.undo()
+    assert store.verify(run_id).events_checked == 2508
+    live.close()
     # a row appended by hand stays beyond the checkpoint however often it is read
     raw = _raw(db_path)
     raw.execute(
         "INSERT INTO events SELECT run_id, seq + 1, ts, node_path, kind, actor, payload, hash, hash "
-        "FROM events WHERE run_id = ? AND seq = 7",
+        "FROM events WHERE run_id = ? AND seq = 2508",
         (run_id,),
     )
-    assert (store.verify(run_id).ok, store.verify(run_id).first_bad_seq) == (False, 8)
+    assert (store.verify(run_id).ok, store.verify(run_id).first_bad_seq) == (False, 2509)
 
 
 def test_deleted_middle_row_is_detected(store: SQLiteEventStore, db_path: Path) -> None:
