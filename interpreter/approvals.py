@@ -274,7 +274,7 @@ def _continue_up(
         if parent.status != "waiting":
             held = store.lease(parent.run_id) if parent.status == "running" else None
             if held is not None and holder_alive(
-                held.node, held.pid, held.proc_start, held.expires_at, s.utc_now()
+                held.node, held.pid, held.proc_start, held.expires_at, s.utc_now(), held.owner
             ):
                 raise s.RunLeased(
                     held,

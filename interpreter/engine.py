@@ -36,6 +36,7 @@ from dsl import __version__
 from dsl.model import parse_duration
 from interpreter import store as s
 from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from_records, policy_error
+from interpreter.leases import given_up
 from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendants
@@ -1355,6 +1356,7 @@ async def _leased(
         if not released and not lost.is_set():
             with contextlib.suppress(s.StoreError):  # e.g. the store was closed: the lease goes stale
                 store.release_lease(lease)
+        given_up(lease.owner)  # the row may remain (a locked file): this process executes the run no more
 
 
 async def _heartbeat(store: s.EventStore, lease: s.Lease, lost: asyncio.Event, run: Any) -> None:

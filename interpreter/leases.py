@@ -43,17 +43,31 @@ def this_process() -> ProcessIdentity:
     return _identity
 
 
-def holder_alive(node: str, pid: int, start: int | None, expires_at: str, now: str) -> bool:
+_HELD_HERE: set[str] = set()  # owner tokens of the leases this process has taken and not given up
+
+
+def taken(owner: str) -> None:
+    """This process took a lease (`owner` is its token)."""
+    _HELD_HERE.add(owner)
+
+
+def given_up(owner: str) -> None:
+    """This process no longer executes under the lease `owner`, even if its row could not be deleted
+    (the database stayed locked): in this process the row is stale, not another execution."""
+    _HELD_HERE.discard(owner)
+
+
+def holder_alive(node: str, pid: int, start: int | None, expires_at: str, now: str, owner: str) -> bool:
     """Whether the lease's holder still holds it: its heartbeat has not expired and, when it runs on
-    this machine, its process still runs. `expires_at` and `now` are ISO-8601 UTC texts of the same
-    format (they compare as strings)."""
+    this machine, its process still runs (when it is this process: it has not given the lease up).
+    `expires_at` and `now` are ISO-8601 UTC texts of the same format (they compare as strings)."""
     if expires_at <= now:
         return False
     me = this_process()
     if node != me.node or os.name == "nt":  # Windows: os.kill(pid, 0) would terminate the process
         return True
     if pid == me.pid:  # another execution in this very process, or a dead one that had our PID
-        return start is None or start == me.start
+        return (start is None or start == me.start) and owner in _HELD_HERE
     if me.start is not None:  # Linux: /proc tells whether the PID runs, and since when
         stat = _stat(pid)
         if stat is None or stat[0] in ("Z", "X"):  # gone, or a zombie: killed but not yet reaped

@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkabl
 
 import sqlite_utils
 
+from interpreter import leases
 from interpreter.hashing import (
     GENESIS_FIELDS,
     NotCanonicalizable,
@@ -627,7 +628,7 @@ class _Tx:
         now = utc_now()
         if row is not None:
             held = Lease(*row)
-            if holder_alive(held.node, held.pid, held.proc_start, held.expires_at, now):
+            if holder_alive(held.node, held.pid, held.proc_start, held.expires_at, now, held.owner):
                 raise RunLeased(held)
         # The run is free: a token this store kept from a lease it lost earlier fences nothing now
         # (left, a long-lived process such as `charter wake --watch` could never take the run again).
@@ -640,6 +641,7 @@ class _Tx:
             dataclasses.astuple(lease),
         )
         self._store._leased[run_id] = lease.owner
+        leases.taken(lease.owner)
         return lease
 
 
@@ -1083,6 +1085,7 @@ class SQLiteEventStore:
             )
         if self._leased.get(lease.run_id) == lease.owner:
             del self._leased[lease.run_id]
+        leases.given_up(lease.owner)
         return True
 
     def lease(self, run_id: str) -> Lease | None:

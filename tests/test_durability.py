@@ -279,6 +279,31 @@ def test_a_locked_log_stops_the_run_resumable_instead_of_failing_it(workdir: Pat
     assert calls == ["s0", "s1", "s2"]
 
 
+class LockedToTheEnd(LockedOnce):
+    """Still locked when the stopped run gives its lease up: the lease row stays behind."""
+
+    kind = "tool.called"
+
+    def release_lease(self, lease, pending=()):  # type: ignore[no-untyped-def]
+        raise StoreLockedError(f"{self.path}: the database is locked by another connection (injected)")
+
+
+def test_a_lease_left_behind_by_a_locked_log_does_not_bar_this_process(workdir: Path, tmp_path: Path) -> None:
+    """A long-lived process (`charter wake --watch`, a library host) continues a run it stopped itself
+    without waiting for the lease row it could not delete to expire."""
+    db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
+    graph = flow(workdir, "locked-lease", "write", probe_steps(2, db, log))
+    options = RunOptions(allow_modules=(MODULE,))
+    with LockedToTheEnd(db) as store:
+        with pytest.raises(StoreLockedError):
+            run_workflow(graph, {}, store=store, options=options)
+        (run,) = store.runs()
+        assert store.lease(run.run_id) is not None  # left behind, naming this process
+    with open_store(db) as store:
+        result = resume_run(run.run_id, store=store, options=options)
+        assert result.status == "completed", result.error
+
+
 def test_a_completed_write_waits_out_a_locked_log_rather_than_be_repeated(
     workdir: Path, tmp_path: Path
 ) -> None:
