@@ -146,6 +146,9 @@ class Divergence:
 
 @dataclass
 class ReplayResult:
+    """`events_checked`: the recorded run's events, when it was reproduced; on a divergence, the
+    recorded results (tool calls, model calls, step outcomes) compared before it."""
+
     run_id: str
     ok: bool
     divergence: Divergence | None
