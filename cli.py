@@ -94,7 +94,9 @@ def validate(paths: tuple[str, ...], output_format: str, strict: bool) -> None:
 
     files, missing = find_workflow_files(paths)
     if missing:
-        raise click.UsageError("no workflow file matches: " + ", ".join(missing))
+        raise click.UsageError(
+            "no workflow file (a YAML file that declares `charter:`) in: " + ", ".join(missing)
+        )
     diags = check_files(files)
     formatter = {
         "text": diagnostics.format_text,

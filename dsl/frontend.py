@@ -10,8 +10,9 @@ from pathlib import Path
 
 from dsl.diagnostics import Diagnostic, Severity
 
-# A file found in a directory is a workflow when it declares the language version at the top level.
-_DECLARES_CHARTER = re.compile(r"^charter\s*:", re.MULTILINE)
+# A file found in a directory is a workflow when it declares the language version: a `charter` key at
+# the start of a line (block style, after a byte-order mark too) or in a flow mapping, quoted or not.
+_DECLARES_CHARTER = re.compile(r"""(?:^\ufeff?|[{,]\s*)["']?charter["']?\s*:""", re.MULTILINE)
 
 
 def find_workflow_files(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
@@ -27,9 +28,10 @@ def find_workflow_files(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
         if path.is_file():
             found[path] = None
         elif path.is_dir():
-            for candidate in sorted(path.rglob("*")):
-                if _is_workflow(candidate):
-                    found[candidate] = None
+            workflows = [c for c in sorted(path.rglob("*")) if _is_workflow(c)]
+            if not workflows:  # a mistyped or emptied folder must not pass CI having checked nothing
+                missing.append(raw)
+            found.update(dict.fromkeys(workflows))
         else:
             workflows: list[Path] = []
             for match in (Path(m) for m in sorted(glob.glob(raw, recursive=True))):
