@@ -81,6 +81,51 @@ BROKEN = {
     "guardrail two checks": "guardrails: [{id: g, on: tool.input, check: x, regex: y}]\nsteps: [{id: a, tool: t}]",
     "bad step id": "steps: [{id: 'not an id', tool: t}]",
     "no steps": "description: nothing to do",
+    # entries of maps keyed by names: a bad name is an error, and the entry is still checked
+    "tool name with a space": "tools: {'send email': {python: 'm:f', effect: read}}\nsteps: [{id: a, tool: t}]",
+    "misspelt field under a bad tool name": "tools: {'send email': {pyhton: 'm:f', effect: read}}\n"
+    "steps: [{id: a, tool: t}]",
+    "model name with a space": "models: {'fast model': {provider: openai, model: m}}\nsteps: [{id: a, tool: t}]",
+    "identity kind": "identities: {'ops team': {kind: robot}}\nsteps: [{id: a, tool: t}]",
+    "var name": "vars: {my-var: 0}\nsteps: [{id: a, tool: t}]",
+    "set name": "steps: [{id: a, set: {my-var: 1}}]",
+    "prompt var name": "steps: [{id: a, llm: {prompt: p, vars: {my-var: 1}}}]",
+    "branch name": "steps: [{id: p, parallel: {branches: {bad-name: [{id: a, tool: t}]}}}]",
+    "bad entry under a good tool name": "tools: {t: {python: 'm:f', efect: read}}\nsteps: [{id: a, tool: t}]",
+    # cross-field rules (CH109/CH110)
+    "budget with on": "guardrails: [{id: g, on: tool.input, limits: {max_tool_calls: 3}}]\n"
+    "steps: [{id: a, tool: t}]",
+    "rule without on": "guardrails: [{id: g, check: 'true'}]\nsteps: [{id: a, tool: t}]",
+    "budget with retry": "guardrails: [{id: g, limits: {max_tool_calls: 3}, action: retry}]\n"
+    "steps: [{id: a, tool: t}]",
+    "empty budget": "guardrails: [{id: g, limits: {}}]\nsteps: [{id: a, tool: t}]",
+    "max_retries without retry": "guardrails: [{id: g, on: tool.input, check: 'true', max_retries: 2}]\n"
+    "steps: [{id: a, tool: t}]",
+    "escalation without escalate": "guardrails: [{id: g, on: tool.input, check: 'true', escalation: {}}]\n"
+    "steps: [{id: a, tool: t}]",
+    "redact without regex": "guardrails: [{id: g, on: tool.input, check: 'true', action: redact}]\n"
+    "steps: [{id: a, tool: t}]",
+    "tool guardrail on a model hook": "tools: {t: {python: 'm:f', effect: read, guardrails: "
+    "[{id: g, on: model.input, check: 'true'}]}}\nsteps: [{id: a, tool: t}]",
+    "body and json": "tools: {t: {http: {url: u, json: {}, body: b}, effect: write}}\nsteps: [{id: a, tool: t}]",
+    "key env and secret": "models: {default: {provider: openai, model: m, api_key_env: K, api_key_secret: S}}\n"
+    "steps: [{id: a, tool: t}]",
+    "responses on openai": "models: {default: {provider: openai, model: m, responses: r.yaml}}\n"
+    "steps: [{id: a, tool: t}]",
+    "scripted without responses": "models: {default: {provider: scripted}}\nsteps: [{id: a, tool: t}]",
+    "openai without model": "models: {default: {provider: openai}}\nsteps: [{id: a, tool: t}]",
+    "n without first-n": "steps: [{id: p, parallel: {n: 1, branches: [[{id: a, tool: t}]]}}]",
+    "first-n without n": "steps: [{id: p, parallel: {join: first-n, branches: [[{id: a, tool: t}]]}}]",
+    "default: null case": "steps: [{id: s, switch: [{default: null, steps: []}]}]",
+    "two default cases": "steps: [{id: s, switch: [{default: true, steps: []}, {default: true, steps: []}]}]",
+    "agent tools without identity": "steps: [{id: a, agent: {prompt: p, tools: [t]}}]",
+    "two tool kinds, one null": "tools: {t: {python: 'm:f', workflow: w.yaml, http: null, effect: read}}\n"
+    "steps: [{id: a, tool: t}]",
+    # scalars
+    "zero duration": "steps: [{id: a, tool: t, timeout: 0s}]",
+    "zero compound duration": "steps: [{id: a, tool: t, timeout: 0h0.0m}]",
+    "blank condition": "steps: [{id: a, tool: t, if: '  '}]",
+    "invalid input schema": "input: {type: 5}\nsteps: [{id: a, tool: t}]",
 }
 
 
@@ -91,3 +136,31 @@ def test_broken_documents_fail_both(body: str, validator: Draft202012Validator) 
     assert list(validator.iter_errors(doc.data)), "the JSON Schema accepted a broken document"
     workflow, shape = validate(doc)
     assert workflow is None and shape, "the models accepted a broken document"
+
+
+ACCEPTED = {
+    # the models read an explicit null as an absent field; so does the schema
+    "nulls": "description:\ntimeout:\nvars: {x: 0}\nsteps: [{id: a, timeout: null, retry: null, set: {x: 1}}]",
+    "null beside the one check": "guardrails: [{id: g, on: tool.input, check: null, regex: x}]\n"
+    "steps: [{id: a, tool: t}]",
+    "null beside the one kind": "tools: {t: {python: 'm:f', http: null, effect: read}}\nsteps: [{id: a, tool: t}]",
+    "budget with on: null": "guardrails: [{id: g, on: null, limits: {max_tool_calls: 1}}]\n"
+    "steps: [{id: a, tool: t}]",
+    "when: null beside default": "steps: [{id: s, switch: [{when: null, default: true, steps: []}]}]",
+    "n: null without first-n": "steps: [{id: p, parallel: {n: null, branches: [[{id: a, tool: t}]]}}]",
+    "agent without tools": "steps: [{id: a, agent: {prompt: p, tools: []}}]",
+    "plugin provider": "models: {default: {provider: my_plugin}}\nsteps: [{id: a, tool: t}]",
+    "durations above zero": "steps: [{id: a, tool: t, timeout: 0.5s, retry: {attempts: 2, backoff: {initial: 0m1ms}}}]",
+    "names with dots and dashes": "models: {fast.model-2: {provider: openai, model: m}}\n"
+    "identities: {ops.team-1: {kind: agent}}\ntools: {send-email: {python: 'm:f', effect: write}}\n"
+    "steps: [{id: a, tool: send-email}]",
+}
+
+
+@pytest.mark.parametrize("body", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_valid_documents_pass_both(body: str, validator: Draft202012Validator) -> None:
+    doc, diags = load_text('charter: "1.0"\nname: t\n' + textwrap.dedent(body), "ok.yaml")
+    assert doc is not None and diags == []
+    assert [e.message for e in validator.iter_errors(doc.data)] == []
+    workflow, shape = validate(doc)
+    assert workflow is not None, shape
