@@ -662,7 +662,8 @@ class ParallelSpec(Base):
     """Branches that run at the same time."""
 
     branches: Annotated[
-        Annotated[list[list[Step]], Tag("#list")] | Annotated[dict[Ident, list[Step]], Tag("#map")],
+        Annotated[list[list[Step]], Field(min_length=1), Tag("#list")]
+        | Annotated[dict[Ident, list[Step]], Field(min_length=1), Tag("#map")],
         Discriminator(_branches_tag),
     ] = Field(description="A list of step lists, or a mapping from branch name to step list.")
     join: Literal["all", "any", "first-n"] = Field(

@@ -121,6 +121,8 @@ def _diagnose(doc: Document, err: Any) -> Diagnostic:
             f"{_field_ref(loc, data)} is not valid ({_show_value(err['input'])}): {advice}",
         )
     elif kind in ("too_short", "string_too_short"):
+        if loc and loc[-1] in m.UNION_TAGS:  # a union member of its own ("#list"): the field is meant
+            loc = loc[:-1]
         code, message = "CH108", f"{_field_ref(loc, data)} must not be empty"
     elif kind in ("too_long", "string_too_long"):
         limit = err.get("ctx", {}).get("max_length")
