@@ -720,7 +720,6 @@ class StepCall:
                 child_path=f"{path}/call[{n}]",
                 code=python.code if python is not None else None,
                 screen=lambda result: self._screen_result(name, args, result, occurrence),
-                commit_write=True,
             )
         except StepError as err:
             return None, err, None

@@ -166,7 +166,6 @@ class Execution:
         # commit of the latest `set` too, wherever it ran.
         self.vars_after: asyncio.Future[None] | None = None
         self.code_digests: dict[str, str | None] = {}
-        self.write_tools: dict[str, bool] = {}  # tool name -> effect is "write"
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
         # never from model output or tool results.
         if guard is None:  # replay: the principal's claims and parent chain as the log recorded them
@@ -238,17 +237,16 @@ class Execution:
             if turn.exception() is not None:  # it failed (e.g. locked too long): no call before it succeeds
                 self.commit()
 
-    async def commit_write(self, *events: s.NewEvent) -> None:
-        """Commit a completed `write` call now (with `events`), waiting out a database that another
-        process keeps locked: the side effect happened, and a log without its completion would make
-        resume repeat it (spec §1.1). Only losing the lease (another process took the run) stops it."""
+    async def commit_write(self) -> None:
+        """Commit a completed `write` call now, waiting out a database that another process keeps
+        locked: the side effect happened, and a log without its completion would make resume repeat it
+        (spec §1.1). Only losing the lease (another process took the run) stops it."""
         delay = 0.05
         while True:
             try:
-                self.commit(*events)
+                self.commit()
                 return
-            except s.StoreLockedError:
-                events = ()  # `commit` kept them in the buffer
+            except s.StoreLockedError:  # `commit` kept the events in the buffer
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -261,7 +259,7 @@ class Execution:
         side-effect-free work wait at most GROUP_WINDOW seconds (or GROUP_EVENTS events) so that one
         commit carries many steps. The log stays a consistent prefix of the execution, and every
         barrier commits first: a `write` tool's call, an approval, a child run, a retry, the run's end.
-        A `write` call's completion is not settled but committed at once (`commit_write`). A crash
+        A `write` call's `tool.completed` is committed at once (`commit_write`). A crash
         loses at most the window's read-only work, which resume runs again.
         """
         if self.replaying:
@@ -398,14 +396,6 @@ class Execution:
         roots = self.policy.import_roots(allowance) if allowance else list(self.policy.roots)
         return code_digest(target, roots)
 
-    def writes(self, node: Any) -> bool:
-        name = node.step.tool
-        known = self.write_tools.get(name)
-        if known is None:
-            tool = self.graph.workflow.tools.get(name)
-            known = self.write_tools[name] = tool is not None and tool.effect == "write"
-        return known
-
     async def http(self) -> Any:
         if self.http_client is None:
             import httpx
@@ -422,11 +412,11 @@ class Execution:
         return out
 
     async def exec_node(self, node: Any, scope: Scope) -> Any:
-        halts = HALTS.get()
-        if halts and any(halt.is_set() for halt in halts):
-            await asyncio.Future()  # the group this runs in was decided: start nothing, wait to be cancelled
         path = scope.path(node)
         rec = self.records.get(path)
+        halts = HALTS.get()
+        if halts and (rec is None or rec.status is None) and any(halt.is_set() for halt in halts):
+            await asyncio.Future()  # the group this runs in was decided: start nothing, wait to be cancelled
         if rec is not None and rec.status is not None and (not self.replaying or rec.reused):
             return self.reuse(node, scope, path, rec)  # replay too: a fork's reused steps did not run
         if node.condition is not None and not self.condition(node.condition, scope, f"step '{node.id}': if"):
@@ -491,10 +481,7 @@ class Execution:
                 path,
                 {"attempt": attempt, "output": output, "duration_ms": (time.perf_counter() - t0) * 1000},
             )
-            if node.kind == "tool" and self.writes(node):
-                await self.commit_write(completed)
-            else:
-                self.settle(completed)
+            self.settle(completed)
             if node.kind == "set":
                 self.vars_after = self.after.get()
         self.notify("completed", path, node.kind, time.perf_counter() - t0)

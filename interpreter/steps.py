@@ -400,8 +400,8 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     failing = asyncio.Event()  # an item failed: no item starts, nor does a running one start another step
 
     async def one(i: int, item: Any) -> None:
-        if failing.is_set():  # this item's task was made before another item failed, and starts after it
-            return
+        if failing.is_set() and i not in seen:  # made before another item failed, starts after it
+            return  # (one the log says started -- replay -- runs as it did)
         inner = scope.iteration(node, path, i, {spec.as_: item, spec.index_as: i})
         if i not in seen:
             ex.emit(s.LOOP_ITERATION, path, {"index": i, "item": item})

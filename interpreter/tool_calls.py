@@ -41,14 +41,13 @@ async def logged_call(
     screen: Callable[[Any], Any],
     child_path: str | None = None,
     code: str | None = None,
-    commit_write: bool = False,
 ) -> Any:
     """Call tool `name` under `chain` and log it. `ids` are the fields every event of the call carries
     (tool, attempt, idempotency_key; for an agent's call also its number and the model's call id).
     `screen` applies the tool.output rules to the result and returns their verdict, whose `value` is the
     result as logged. Returns that verdict. Raises the call's StepError (its message masked like a
-    result) or the rules' EscalationRequired, each after its event. `commit_write`: a completed write
-    is committed at once (an agent's call; a tool step's completion is committed with the step's)."""
+    result) or the rules' EscalationRequired, each after its event. A completed write is committed at
+    once, whatever the step does next (its `output` may fail, a rule may deny it): never repeated."""
     tool = ex.graph.workflow.tools[name]
     called = {**ids, "args": args, "effect": tool.effect}
     if code:
@@ -84,7 +83,7 @@ async def logged_call(
     if refusal := withheld(verdict):
         completed["withheld"] = refusal
     ex.emit(s.TOOL_COMPLETED, path, completed, actor)
-    if write and commit_write:
+    if write:
         await ex.commit_write()  # a completed write is never repeated
     if escalation is not None:
         raise escalation

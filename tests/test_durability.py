@@ -310,6 +310,7 @@ def test_a_completed_write_waits_out_a_locked_log_rather_than_be_repeated(
     db, log = tmp_path / "charter.db", tmp_path / "seen.jsonl"
     graph = flow(workdir, "locked-write", "write", probe_steps(3, db, log))  # write: committed at once
     with LockedOnce(db) as store:
+        store.kind = "tool.completed"
         result = run_workflow(graph, {}, store=store, options=RunOptions(allow_modules=(MODULE,)))
         assert store.failed and result.status == "completed", result.error
         assert store.verify(result.run_id).ok

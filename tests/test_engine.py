@@ -22,7 +22,7 @@ from interpreter import (
     run_workflow,
 )
 from interpreter.runtime import RunSetupError
-from interpreter.store import PayloadError, SQLiteEventStore, open_store
+from interpreter.store import PayloadError, SQLiteEventStore, StoreLockedError, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -834,6 +834,99 @@ def test_a_workflow_tool_that_continues_its_waiting_child_is_one_call_for_budget
     assert result.status == "completed" and result.output == {"n": [1, 2]}, result.error
     called = [e.node_path for e in store.events(result.run_id) if e.kind == "tool.called"]
     assert called == ["c1", "c1", "c2", "c2"]  # each continued once
+
+
+def test_replay_and_resume_of_decided_groups_reproduce_what_their_siblings_did(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """A sibling that went on after the group was decided (it ran before) runs again in replay and is
+    reused on resume: the group's early end stops only steps the log has no outcome for."""
+    join_any = write_flow(
+        workdir,
+        "decided-any",
+        """        vars: {x: initial}
+        steps:
+          - id: p
+            parallel:
+              join: any
+              branches:
+                a: [{id: a1, tool: slow, args: {value: 1, seconds: 0.3}}]
+                b:
+                  - {id: b1, set: {x: set by b}}
+                  - {id: b2, tool: slow, args: {value: 2, seconds: 0.01}}
+                  - {id: b3, tool: slow, args: {value: 3, seconds: 5}}
+          - {id: after, tool: echo, args: {value: after}}
+        output: {x: "${{ vars.x }}"}
+        """,
+    )
+    fail_fast = write_flow(
+        workdir,
+        "decided-each",
+        """        steps:
+          - id: fe
+            for_each:
+              in: [0.3, 0.01]
+              concurrency: 2
+              steps:
+                - {id: s1, tool: slow, args: {value: "${{ item }}", seconds: "${{ item }}"}}
+                - {id: s2, if: "item > 0.1", fail: {message: late failure}}
+                - {id: s3, tool: slow, args: {value: 0, seconds: 0}}
+        """,
+    )
+
+    class LockedAtJoin(SQLiteEventStore):  # every commit carrying the join meets a locked file
+        block = True
+
+        def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
+            events = list(events)
+            if self.block and any(e.kind == "parallel.joined" for e in events):
+                raise StoreLockedError(f"{self.path}: locked (injected)")
+            return super().append_many(run_id, events)
+
+    with LockedAtJoin(tmp_path / "charter.db") as store:
+        with pytest.raises(StoreLockedError):  # at the write after the join: the run stops there
+            run_workflow(compiled(join_any), {}, store=store, options=OPTS)
+        store.block = False
+        (stopped,) = store.runs()
+        resumed = resume_run(stopped.run_id, store=store, options=OPTS)
+        assert resumed.status == "completed" and resumed.output == {"x": "set by b"}, resumed
+        assert replay_run(stopped.run_id, store=store, options=OPTS).ok
+        failed = run_workflow(compiled(fail_fast), {}, store=store, options=OPTS)
+        assert failed.status == "failed" and failed.error["message"] == "late failure"
+        replayed = replay_run(failed.run_id, store=store, options=OPTS)
+        assert replayed.ok, replayed.divergence
+
+
+def test_a_write_whose_step_then_fails_is_not_repeated(tmp_path: Path, workdir: Path) -> None:
+    """The call returned, then the step failed (its `output` does not evaluate) and a `try` caught it:
+    the write's completion was committed at once all the same (waiting out a locked file)."""
+    log = tmp_path / "writes.jsonl"
+    flow = write_flow(
+        workdir,
+        "write-then-fail",
+        f"""        steps:
+          - id: g
+            try:
+              steps: [{{id: w, tool: echo, args: {{value: charge, log: "{log}"}}, output: "${{{{ result.nope }}}}"}}]
+              catch:
+                steps: []
+        """,
+    )
+
+    class LockedOnce(SQLiteEventStore):
+        block = True
+
+        def append_many(self, run_id, events):  # type: ignore[no-untyped-def]
+            events = list(events)
+            if self.block and any(e.kind == "tool.completed" for e in events):
+                self.block = False
+                raise StoreLockedError(f"{self.path}: locked (injected)")
+            return super().append_many(run_id, events)
+
+    with LockedOnce(tmp_path / "charter.db") as store:
+        result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+        assert result.status == "completed" and not store.block, result
+    assert log.read_text().count("charge") == 1
 
 
 CHILDREN = {
