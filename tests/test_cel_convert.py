@@ -112,6 +112,8 @@ def test_from_cel() -> None:
 def test_from_cel_gives_strict_json() -> None:
     assert from_cel({1: "a", 10: "b"}) == {"1": "a", "10": "b"}  # keys as JSON has them
     assert from_cel({True: "t", UInt(2): "u"}) == {"true": "t", "2": "u"}
+    with pytest.raises(ValueError, match="same JSON text"):
+        from_cel({1: "a", "1": "b"})  # no value is dropped without a word
     for double in (float("inf"), float("-inf"), float("nan")):
         with pytest.raises(ValueError, match="no JSON form"):
             from_cel([1.0, double])

@@ -95,7 +95,10 @@ def from_cel(value: Any) -> Any:
     if tv is list or tv is tuple:
         return [from_cel(item) for item in value]
     if tv is dict:
-        return {_json_key(k): from_cel(v) for k, v in value.items()}
+        out = {_json_key(k): from_cel(v) for k, v in value.items()}
+        if len(out) < len(value):  # {1: a, "1": b}: two CEL keys, one JSON key
+            raise ValueError("a map has keys that are the same JSON text (such as 1 and \"1\")")
+        return out
     if tv is bytes:
         return base64.b64encode(value).decode("ascii")
     if tv is Timestamp:
