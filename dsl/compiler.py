@@ -9,9 +9,10 @@ models, identities, secrets, workflow files) and grants are checked.
 Visibility of `steps.<id>`: a step sees the steps before it in its own sequence and in every enclosing
 sequence. A composite step (switch, parallel, for_each, loop, try) exports only itself: the steps inside
 it may not have run (a case not taken, a failed branch) or ran many times (an iteration), so readers
-after it use its output. A `steps` group runs all its steps or none, so its inner steps stay visible
-after it. A catch also sees its try's steps; a loop's `until` sees the loop's body. `has(steps.x)`
-tests whether x has run and is allowed for any step of the file.
+after it use its output. A `steps` group without an `if` runs all its steps or fails, so its inner steps
+stay visible after it; a group with an `if` may run none of them, so it too exports only itself. A catch
+also sees its try's steps; a loop's `until` sees the loop's body. `has(steps.x)` tests whether x has run
+and is allowed for any step of the file.
 
 Positions point inside strings: the loader maps a character offset of a scalar's value back to the
 file, and every error carries the offset inside its expression. The compiler collects every diagnostic
@@ -62,6 +63,29 @@ _BUILTIN_NAMES = frozenset({*_BASE_TYPES, "result"})
 _STEP_FIELDS = ("output", "status", "error")
 _UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
 _MAX_WORKFLOW_DEPTH = 50
+
+# Where each variable exists (spec §15, "visible in"), for CH304 messages. `input` and `run` exist
+# everywhere.
+_GUARDRAILS = "guardrail checks and messages"
+_WHERE: dict[str, str] = {
+    "vars": "everywhere except in the initial `vars`",
+    "secrets": "only in step fields, the workflow `output`, the initial `vars` and tool definitions",
+    "steps": "only in step fields and the workflow `output`",
+    "result": f"only in a step's `output` mapping (the step's natural result) and in {_GUARDRAILS} "
+    "(a tool call's result)",
+    "item": "only inside a for_each body (`as` names it)",
+    "index": "only inside a for_each body (`index_as` names it) and inside a loop body and its `until`",
+    "error": "only inside a catch (`as` names it)",
+    "args": f"only in tool definitions, grant conditions and {_GUARDRAILS}",
+    "tool": f"only in grant conditions and {_GUARDRAILS}",
+    "principal": f"only in grant conditions and {_GUARDRAILS}",
+    "identity": f"only in grant conditions, {_GUARDRAILS} and the values of HTTP tool definitions",
+    "action": "only in grant conditions",
+    "resource": "only in grant conditions",
+    "output": f"only in {_GUARDRAILS} (a step's `output` mapping reads `result`)",
+    "usage": f"only in {_GUARDRAILS}",
+    "history": f"only in {_GUARDRAILS}",
+}
 
 
 def compile_workflow(
@@ -145,10 +169,17 @@ def _blocks(step: m.StepBase, path: Path) -> list[tuple[str, Path, list[Any], m.
     return []
 
 
+def _may_skip(step: m.StepBase) -> bool:
+    """Whether the step has an `if` that can be false (a literal `true` cannot)."""
+    return step.if_ is not None and step.if_.strip() != "true"
+
+
 def _exported(step: m.StepBase) -> set[str]:
-    """Step ids readable after `step` completed: itself, and the inside of a `steps` group."""
+    """Step ids certainly reached once the steps after `step` run: itself, and the inside of a `steps`
+    group without an `if` (such a group runs all its steps or fails; with an `if` it may run none, and its
+    inner steps then have no `steps` entry, so only the group itself, `skipped`, is readable after it)."""
     out = {step.id}
-    if isinstance(step, m.SequenceStep):
+    if isinstance(step, m.SequenceStep) and not _may_skip(step):
         for inner in step.steps:
             out |= _exported(inner)
     return out
@@ -553,7 +584,7 @@ class _Compiler:
                 "a condition is bare CEL, not a `${{ }}` template",
                 path,
                 source.find(templates.OPEN),
-                hint=f"write it without the braces: {source.replace('${{', '').replace('}}', '').strip()}",
+                hint=f"write it without the braces: {_yaml_scalar(source.replace('${{', '').replace('}}', '').strip())}",
             )
             return None
         program = self._expression(source, path, 0, scope)
@@ -591,21 +622,14 @@ class _Compiler:
         self.err("CH302", f"CEL type error: {message}", path, offset)
 
     def _where(self, name: str) -> str | None:
-        if name in self.scoped:
-            return " and ".join(dict.fromkeys(self.scoped[name]))
-        if name in ("item", "index"):
-            return "only inside a for_each body (`as`/`index_as` name it) or, for index, a loop body"
-        if name == "error":
-            return "only inside a catch (`as` names it)"
-        if name == "result":
-            return "only in a step's `output` mapping (the step's natural result)"
-        if name in ("steps", "vars"):
-            return "in steps and in the workflow's output, not here"
-        if name == "identity":
-            return "only in guardrail checks and messages, grant conditions and HTTP tool requests"
-        if name in GUARDRAIL_SCOPE or name in GRANT_SCOPE:
-            return "only in guardrail checks and messages, grant conditions and tool definitions"
-        return None
+        """Where `name` exists, by the spec's table of variables (§15), for a CH304 message."""
+        bound = list(dict.fromkeys(self.scoped.get(name, ())))  # as/index_as/catch names of this file
+        if name in ("item", "index", "error") and bound:
+            return " and ".join(bound)
+        where = _WHERE.get(name)
+        if where is None:
+            return " and ".join(bound) if bound else None
+        return " and ".join([where, *bound])
 
     def _check_references(self, program: expr.Program, path: Path, offset: int, scope: _Scope) -> None:
         if _ROOTS.isdisjoint(program.references):
@@ -711,6 +735,13 @@ class _Compiler:
                 kind = self.steps[container].kind
                 if kind != "steps":
                     return self._hidden_in(name, container, kind)
+                if container in scope.visible and _may_skip(self.steps[container].step):
+                    return (
+                        f"step '{name}' is inside group '{container}', which has an `if` and may have been "
+                        f"skipped (then none of its steps ran), so steps.{name} is not available here",
+                        f"read steps.{container}.output instead (null when '{container}' was skipped: "
+                        f"test steps.{container}.status first)",
+                    )
         return (
             f"step '{name}' runs after this point, so steps.{name} is not available here",
             "a step can read only steps that come before it",
@@ -1090,3 +1121,11 @@ def _workflow_targets(data: Any) -> Iterator[str]:
             if isinstance(call, dict) and isinstance(call.get("path"), str):
                 yield call["path"]
             stack.extend(v for k, v in node.items() if k != "workflow" and isinstance(v, list | dict))
+
+
+def _yaml_scalar(text: str) -> str:
+    """`text` as a YAML value that stays that text: quoted when YAML would read it otherwise (`!x` is a
+    tag, `*x` an alias, `a: b` a mapping, `a #b` a comment)."""
+    if text[:1] in "!&*{}[]|>'\"%@`#,?:-" or ": " in text or " #" in text:
+        return "'" + text.replace("'", "''") + "'"
+    return text

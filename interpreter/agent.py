@@ -696,8 +696,6 @@ class StepCall:
             failed = (recorded.failed or {}).get("error")
             if failed and failed.get("code") != "cancelled":
                 return None, StepError.from_dict(failed), None
-        tool = ex.graph.workflow.tools[name]
-        python = ex.python_tool(name, tool.python) if tool.python else None
         key = idempotency_key(ex.run_id, path, attempt, n)
         try:
             verdict = await logged_call(
@@ -718,7 +716,6 @@ class StepCall:
                 scope=self.scope,
                 actor=self.actor,
                 child_path=f"{path}/call[{n}]",
-                code=python.code if python is not None else None,
                 screen=lambda result: self._screen_result(name, args, result, occurrence),
             )
         except StepError as err:

@@ -60,7 +60,6 @@ def _text(value: Any) -> str:
 @runner("tool")
 async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     name = node.step.tool
-    tool = ex.graph.workflow.tools[name]
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
     key = idempotency_key(ex.run_id, path, attempt)
     validate_args(name, ex.tool_schema(name), args, ex.schema_cache)
@@ -77,7 +76,6 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     reused = _completed_call(ex, path, attempt)
     if reused is not None:  # called before an escalation at tool.output: a completed call is not repeated
         return _guard_output(ex, chain, name, args, reused, path, node, keys)
-    python = ex.python_tool(name, tool.python) if tool.python else None
     verdict = await logged_call(
         ex,
         name,
@@ -89,7 +87,6 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         identity=node.step.identity,
         scope=scope,
         actor=ex.guard.actor_of(chain),
-        code=python.code if python is not None else None,
         screen=lambda result: enforce_tool_output(
             ex.guard, chain, name, args, result, path, node=node, keys=keys
         ),

@@ -40,7 +40,6 @@ async def logged_call(
     actor: dict[str, Any] | None,
     screen: Callable[[Any], Any],
     child_path: str | None = None,
-    code: str | None = None,
 ) -> Any:
     """Call tool `name` under `chain` and log it. `ids` are the fields every event of the call carries
     (tool, attempt, idempotency_key; for an agent's call also its number and the model's call id).
@@ -50,8 +49,8 @@ async def logged_call(
     once, whatever the step does next (its `output` may fail, a rule may deny it): never repeated."""
     tool = ex.graph.workflow.tools[name]
     called = {**ids, "args": args, "effect": tool.effect}
-    if code:
-        called["code"] = code
+    if tool.python and (code := ex.python_tool(name, tool.python).code):
+        called["code"] = code  # replay tells a changed tool from the recorded one
     write = tool.effect == "write"
     if write:  # write-ahead: the intent is durable before the side effect
         ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, actor))

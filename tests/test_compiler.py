@@ -259,6 +259,182 @@ def test_scope_errors_say_where_the_name_exists() -> None:
     assert "for_each" in diags[0].message
 
 
+def test_group_with_if_exports_only_itself() -> None:
+    # A group whose `if` is false runs none of its steps, which then have no `steps` entry (§15.1 rule 2).
+    _, diags = build("""
+    steps:
+      - id: grp
+        if: input.go
+        steps:
+          - {id: inner, set: {x: 1}}
+          - {id: inner2, set: {x: "${{ steps.inner.output }}"}}
+          - id: sub
+            steps: [{id: deep, set: {x: 1}}]
+      - {id: after, set: {x: "${{ steps.inner.output }}", y: "${{ steps.grp.status }}"}}
+      - {id: later, if: has(steps.deep), set: {x: "${{ steps.deep.output }}"}}
+    output:
+      a: "${{ steps.inner2.output }}"
+      b: "${{ steps.grp.output }}"
+    """)
+    hits = [d for d in diags if d.code == "CH203"]
+    assert [(d.line, d.message.split(" is ")[0]) for d in hits] == [
+        (16, "step 'inner'"),
+        (17, "step 'deep'"),
+        (19, "step 'inner2'"),
+    ], diags
+    assert len(diags) == 3, diags
+    assert "inside group 'grp', which has an `if`" in hits[0].message
+    assert hits[0].hint is not None and "steps.grp.output" in hits[0].hint
+
+
+def test_group_without_if_or_inside_a_run_group_stays_visible() -> None:
+    _, diags = build("""
+    steps:
+      - id: outer
+        steps:
+          - id: g1
+            if: "true"
+            steps: [{id: a, set: {x: 1}}]
+          - id: g2
+            steps:
+              - {id: b, if: input.go, set: {x: 1}}
+              - id: g3
+                if: input.go
+                steps: [{id: c, set: {x: "${{ steps.a.output }}"}}]
+          - {id: d, set: {x: "${{ steps.b.status }}", y: "${{ steps.g3.status }}"}}
+      - {id: e, set: {x: "${{ steps.a.output }}", y: "${{ steps.b.status }}", z: "${{ steps.c.output }}"}}
+    """)
+    d = only(diags, "CH203")
+    assert d.line == 21 and "'c' is inside group 'g3'" in d.message
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        "try: {steps: [{id: inner, set: {x: 1}}], catch: {steps: [{id: c, set: {x: 2}}]}}",
+        "switch: [{when: input.a, steps: [{id: inner, set: {x: 1}}]}]",
+        "parallel: {branches: [[{id: inner, set: {x: 1}}], [{id: p2, set: {y: 1}}]]}",
+        "for_each: {in: [1, 2], steps: [{id: inner, set: {x: 1}}]}",
+        "loop: {max_iterations: 2, steps: [{id: inner, set: {x: 1}}]}",
+        "steps: [{id: inner, set: {x: 1}}]",
+    ],
+    ids=["try", "switch", "parallel", "for_each", "loop", "steps"],
+)
+def test_container_with_if_exports_only_itself(container: str) -> None:
+    _, diags = build(f"""
+    steps:
+      - id: box
+        if: input.go
+        {container}
+      - {{id: ok, set: {{x: "${{{{ steps.box.output }}}}", y: "${{{{ steps.box.status }}}}"}}}}
+      - {{id: bad, set: {{x: "${{{{ steps.inner.output }}}}"}}}}
+    """)
+    d = only(diags, "CH203")
+    assert d.line == 13 and len(diags) == 1, diags
+
+
+def test_workflow_step_with_if_exports_only_itself(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text('charter: "1.0"\nname: c\nsteps:\n  - {id: kid, set: {y: 1}}\n')
+    main = tmp_path / "main.yaml"
+    main.write_text(
+        'charter: "1.0"\nname: m\nvars: {x: null}\nsteps:\n'
+        "  - {id: call, if: input.go, workflow: {path: child.yaml}}\n"
+        '  - {id: ok, set: {x: "${{ steps.call.status }}"}}\n'
+        '  - {id: bad, set: {x: "${{ steps.kid.output }}"}}\n'
+    )
+    _, diags = compile_file(main)
+    assert codes(diags) == ["CH202"], diags  # the child's steps are not steps of this file
+
+
+def test_catch_and_until_do_not_see_steps_of_a_skippable_group() -> None:
+    _, diags = build("""
+    steps:
+      - id: t
+        try:
+          steps:
+            - {id: first, set: {x: 1}}
+            - id: grp
+              if: input.go
+              steps: [{id: risky, tool: refund}]
+          catch:
+            steps: [{id: rescue, set: {x: "${{ steps.first.output }}", y: "${{ steps.risky.status }}"}}]
+      - id: lp
+        loop:
+          max_iterations: 3
+          until: steps.page.output.done
+          steps:
+            - id: g
+              if: index > 0
+              steps: [{id: page, tool: search}]
+    """)
+    assert [(d.code, d.line) for d in diags] == [("CH203", 17), ("CH203", 21)], diags
+
+
+def test_secrets_outside_their_scope_is_ch304() -> None:
+    header = HEADER + "secrets: [TOK]\nidentities: {bot: {kind: agent}}\n"
+    _, diags = build(
+        """
+    grants:
+      - {id: g, to: bot, tools: [search], when: secrets.TOK != ""}
+    guardrails:
+      - {id: r, on: tool.input, check: secrets.TOK != ""}
+    steps:
+      - {id: a, tool: search, identity: bot, args: {k: "${{ secrets.TOK }}"}}
+    """,
+        header=header,
+    )
+    assert [(d.code, d.line) for d in diags] == [("CH304", 11), ("CH304", 13)], diags
+    for d in diags:
+        assert d.message == (
+            "'secrets' is not in scope here: it exists only in step fields, the workflow `output`, "
+            "the initial `vars` and tool definitions"
+        )
+
+
+def test_scope_messages_follow_the_spec_table() -> None:
+    header = (
+        HEADER.replace(
+            "  refund:",
+            '  mcp_t: {mcp: {command: [x], env: {A: "${{ identity }}"}}, effect: read}\n  refund:',
+        )
+        + "identities: {bot: {kind: agent}}\n"
+    )
+    _, diags = build(
+        """
+    vars:
+      a: 1
+      b: "${{ vars.a }}"
+      x: null
+    grants:
+      - {id: g1, to: bot, tools: [search], when: output == "x"}
+      - {id: g2, to: bot, tools: [search], when: result != null}
+      - {id: g3, to: bot, tools: [search], when: usage != null}
+    guardrails:
+      - {id: r1, on: tool.input, check: action == "read"}
+      - {id: r2, on: tool.input, check: steps.s.status == "completed"}
+    steps:
+      - {id: s, set: {x: "${{ args }}"}}
+    """,
+        header=header,
+    )
+    messages = {
+        d.message.split("'")[1]: d.message.split(": it exists ")[1] for d in diags if d.code == "CH304"
+    }
+    assert messages == {
+        "identity": "only in grant conditions, guardrail checks and messages and the values of HTTP tool "
+        "definitions",
+        "vars": "everywhere except in the initial `vars`",
+        "output": "only in guardrail checks and messages (a step's `output` mapping reads `result`)",
+        "result": "only in a step's `output` mapping (the step's natural result) and in guardrail checks and "
+        "messages (a tool call's result)",
+        "usage": "only in guardrail checks and messages",
+        "action": "only in grant conditions",
+        "steps": "only in step fields and the workflow `output`",
+        "args": "only in tool definitions, grant conditions and guardrail checks and messages",
+    }, diags
+    assert len(diags) == 8, diags
+
+
 def test_unknown_names_have_did_you_mean_hints() -> None:
     _, diags = build(
         """

@@ -97,7 +97,7 @@ def from_cel(value: Any) -> Any:
     if tv is dict:
         out = {_json_key(k): from_cel(v) for k, v in value.items()}
         if len(out) < len(value):  # {1: a, "1": b}: two CEL keys, one JSON key
-            raise ValueError("a map has keys that are the same JSON text (such as 1 and \"1\")")
+            raise ValueError('a map has keys that are the same JSON text (such as 1 and "1")')
         return out
     if tv is bytes:
         return base64.b64encode(value).decode("ascii")
