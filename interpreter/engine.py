@@ -619,7 +619,9 @@ class Execution:
         there read, whatever order concurrent branches finish in now."""
         if self.var_history is None:
             seqs, states, state = [], [], self.initial_vars
-            assignments = [(r.vars_seq, r.vars_delta) for r in self.records.values() if r.vars_delta]
+            assignments = getattr(self.records, "assignments", None)
+            if assignments is None:  # records given as a plain dict: the latest of each node
+                assignments = [(r.vars_seq, r.vars_delta) for r in self.records.values() if r.vars_delta]
             for at, delta in sorted(assignments, key=lambda a: a[0]):
                 state = {**state, **delta}
                 seqs.append(at)

@@ -70,12 +70,17 @@ class Records(dict[str, NodeRecord]):
         super().__init__(*args, **kwargs)
         self._index: tuple[list[str], dict[str, int]] | None = None  # sorted paths, path -> order
         self._next = 0  # order of the next new path
+        # Every `vars.set` as (seq, delta), those of retried attempts too (their nodes' records are
+        # forgotten): the variables at any point of the run, for replay (`Execution.vars_before`).
+        self.assignments: list[tuple[int, dict[str, Any]]] = []
 
     def __reduce__(self) -> Any:  # copy, deepcopy and pickle: rebuild from the items, not the index
-        return (type(self), (dict(self),))
+        return (type(self), (dict(self),), {"assignments": self.assignments})
 
     def copy(self) -> Records:
-        return type(self)(self)
+        copied = type(self)(self)
+        copied.assignments = list(self.assignments)
+        return copied
 
     def __setitem__(self, key: str, value: NodeRecord) -> None:
         index = self._index
@@ -187,6 +192,7 @@ def build_records(events: Iterable[s.Event]) -> Records:
             if isinstance(delta, dict):
                 rec.vars_delta = {**(rec.vars_delta or {}), **delta}
                 rec.vars_seq = event.seq
+                records.assignments.append((event.seq, delta))
         elif kind == s.APPROVAL_REQUESTED:
             rec.approval_requested, rec.approval_decided = (payload, event.ts), None
         elif kind == s.APPROVAL_DECIDED:

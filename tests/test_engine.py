@@ -929,6 +929,29 @@ def test_a_write_whose_step_then_fails_is_not_repeated(tmp_path: Path, workdir: 
     assert log.read_text().count("charge") == 1
 
 
+def test_replay_of_a_retried_group_whose_set_reads_its_own_variable(tmp_path: Path, workdir: Path) -> None:
+    """Each attempt's `set` read the variable as the attempt before left it; replay, which needs one
+    attempt, evaluates the last one's `set` against the same values."""
+    flow = write_flow(
+        workdir,
+        "retried-set",
+        f"""        vars: {{n: 0}}
+        steps:
+          - id: g
+            retry: {{attempts: 2, backoff: {{initial: 1ms}}}}
+            steps:
+              - {{id: inc, set: {{n: "${{{{ vars.n + 1 }}}}"}}}}
+              - {{id: f, tool: flaky, args: {{key: k, fails: 1, log: "{tmp_path / "flaky.jsonl"}"}}}}
+        output: {{n: "${{{{ vars.n }}}}"}}
+        """,
+    )
+    with open_store(tmp_path / "charter.db") as store:
+        result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+        assert result.status == "completed" and result.output == {"n": 2}, result
+        replayed = replay_run(result.run_id, store=store, options=OPTS)
+        assert replayed.ok, replayed.divergence
+
+
 CHILDREN = {
     "fails": "- {id: boom, fail: {code: nope, message: child failed}}",
     "waits": "- {id: ok, approval: {message: please}}",
