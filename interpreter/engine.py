@@ -619,10 +619,7 @@ class Execution:
         there read, whatever order concurrent branches finish in now."""
         if self.var_history is None:
             seqs, states, state = [], [], self.initial_vars
-            assignments = getattr(self.records, "assignments", None)
-            if assignments is None:  # records given as a plain dict: the latest of each node
-                assignments = [(r.vars_seq, r.vars_delta) for r in self.records.values() if r.vars_delta]
-            for at, delta in sorted(assignments, key=lambda a: a[0]):
+            for at, delta in sorted(getattr(self.records, "assignments", ()), key=lambda a: a[0]):
                 state = {**state, **delta}
                 seqs.append(at)
                 states.append(state)
@@ -866,8 +863,8 @@ class Execution:
         return RunResult(self.run_id, status, output, error, list(pending or []))  # type: ignore[arg-type]
 
     def _unwritable(self, before: list[s.NewEvent], exc: s.PayloadError) -> RunResult:
-        """The run's outcome cannot be written (an output that JSON cannot hold, such as 1.0/0.0): the
-        run fails with code `output`, after what happened before it, unless that is what cannot be."""
+        """The run's outcome cannot be written (an output JSON cannot hold): the run fails with code
+        `output`, after what happened before it, unless that is what cannot be written."""
         error = {"type": "OutputError", "code": "output", "message": str(exc), "retryable": False}
         failed = NewEvent(s.RUN_FAILED, "", {"error": error, "usage": self.usage()})
         for events in ([*before, failed], [failed]):
