@@ -523,8 +523,8 @@ class StepCall:
                 )
             self._count(response, cost, latency, live=False)
             screened = self._screen(response)
-            if not ex.replaying and recorded.completed.get("thinking_masked"):
-                _refuse_masked_thinking(self, screened[1])
+            if not ex.replaying:
+                _refuse_masked(self, screened[1], recorded.completed)
             return screened
         model = await runtime(ex).model(self.spec.model)
         request = _with_model(request, model)
@@ -578,6 +578,8 @@ class StepCall:
         }
         if logged_answer.get("thinking") != answer.get("thinking"):
             completed["thinking_masked"] = True  # what the log keeps cannot be sent back (_reused)
+        if logged_answer.get("tool_calls") != answer.get("tool_calls"):
+            completed["tool_args_masked"] = True  # nor can those calls be made from the log
         ex.emit(s.MODEL_COMPLETED, path, completed, self.actor)
         ex.commit()  # an answer costs money and time: durable before it is used, so resume reuses it
         return response, then
@@ -769,15 +771,21 @@ def _with_model(request: ModelRequest, model: _Model) -> ModelRequest:
     return replace(request, model=model.model)
 
 
-def _refuse_masked_thinking(step: StepCall, then: _Next) -> None:
-    """A resumed answer whose thinking held a declared secret cannot go back to the provider: the log keeps
-    it masked and the provider refuses a changed block. Only a final answer (nothing sent back) goes on."""
-    if then.tools or then.feedback:
+def _refuse_masked(step: StepCall, then: _Next, completed: dict[str, Any]) -> None:
+    """A resumed answer that held a declared secret where the log keeps it masked cannot be used as the
+    run used it: its thinking goes back to the provider only unchanged, its tool calls would be made
+    with `[REDACTED]` for the secret. Only a final answer (nothing sent back, nothing called) goes on."""
+    where = [
+        what
+        for flag, what in (("thinking_masked", "thinking"), ("tool_args_masked", "tool call arguments"))
+        if completed.get(flag)
+    ]
+    if where and (then.tools or then.feedback):
         raise StepError(
             "model",
-            f"{step.what}: cannot continue from the log: the thinking of model call {step.calls} contained a "
-            "declared secret, which the log keeps masked, and the provider only accepts the thinking back "
-            f"unchanged; run the step again: charter run FILE --from {step.ex.run_id}@{step.path}",
+            f"{step.what}: cannot continue from the log: the {' and '.join(where)} of model call "
+            f"{step.calls} contained a declared secret, which the log keeps masked; run the step again: "
+            f"charter run FILE --from {step.ex.run_id}@{step.path}",
             type="ModelError",
             retryable=False,
         )

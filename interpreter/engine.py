@@ -378,11 +378,15 @@ class Execution:
 
     def tool_schema(self, name: str) -> dict[str, Any] | None:
         """A tool's argument schema: its `args`, else a python tool's from its type hints (loaded when
-        the run started; replay checks nothing it did not record)."""
+        the run started; replay loads it here -- nothing is called -- so that arguments the run refused
+        are refused again, and goes without when its module cannot be imported here)."""
         tool = self.graph.workflow.tools[name]
         if tool.args is not None or not tool.python:
             return tool.args
         loaded = self.python_tools.get(name)
+        if loaded is None and self.replaying:
+            with contextlib.suppress(StepError):
+                loaded = self.python_tool(name, tool.python)
         return loaded.schema if loaded is not None else None
 
     def current_code(self, target: str) -> str | None:

@@ -349,6 +349,51 @@ def test_resume_reuses_recorded_model_answers(tmp_path: Path, server: OpenAIServ
     assert replay_run(result.run_id, store=store).ok
 
 
+def test_resume_never_makes_a_call_with_a_secret_the_log_keeps_masked(
+    tmp_path: Path, server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model put a declared secret in a tool call's arguments; the log keeps it masked, so a resumed
+    answer cannot make that call as the model asked: the step fails and says how to run it again,
+    rather than calling the tool with `[REDACTED]`."""
+    monkeypatch.setenv("CODENAME", "Zorblax")
+    server.call_tools(("lookup_company", {"name": "Zorblax"}))
+    graph = workflow(tmp_path, server.url, "secrets: [CODENAME]\n" + ESCALATING + agent())
+    result, store = run(tmp_path, graph, {"q": "the codename"})
+    assert result.status == "waiting", result.error
+    (completed,) = events(store, result.run_id, "model.completed")
+    assert completed["tool_args_masked"] is True and "Zorblax" not in json.dumps(completed)
+    from interpreter import decide_approval
+
+    resumed = decide_approval(result.run_id, result.pending[0], store=store, person="tester", approved=True)
+    assert resumed.status == "failed" and resumed.error["code"] == "model", resumed
+    assert "tool call arguments of model call 1 contained a declared secret" in resumed.error["message"]
+    assert not events(store, result.run_id, "tool.called")
+
+
+def test_replay_refuses_arguments_the_run_refused_by_type_hints(tmp_path: Path, server: OpenAIServer) -> None:
+    """A python tool without `args` is checked against its type hints; replay, which calls nothing,
+    loads the tool to check the same and so reproduces the refusal the model was told about."""
+    server.call_tools(("lookup_company", {}))  # `name` is missing
+    server.reply("I could not look it up.")
+    graph = model_flow(
+        tmp_path,
+        f"default: {{provider: openai, model: test-model, base_url: {server.url}}}",
+        """
+        tools:
+          lookup_company: {python: "examples.tools:lookup_company", effect: read}
+        identities: {analyst: {kind: agent}}
+        grants: [{id: read, to: analyst, tools: [lookup_company]}]
+        steps:
+          - {id: assess, agent: {identity: analyst, tools: [lookup_company], prompt: Look it up.}}
+        """,
+    )
+    result, store = run(tmp_path, graph)
+    assert result.status == "completed", result.error
+    assert not events(store, result.run_id, "tool.called")
+    replayed = replay_run(result.run_id, store=store)
+    assert replayed.ok, replayed.divergence
+
+
 def test_run_usage_sums_tokens_and_cost(tmp_path: Path, server: OpenAIServer) -> None:
     from types import SimpleNamespace
 
