@@ -11,7 +11,7 @@ from interpreter import store as s
 from interpreter.engine import compile_source, continue_run
 from interpreter.leases import holder_alive
 from interpreter.loop import run_coroutine
-from interpreter.records import build_records, request_expired
+from interpreter.records import build_records, last_pending, request_expired
 from interpreter.runtime import RunOptions, RunResult, RunSetupError
 
 Hop = tuple[str, str]  # (run id, node path of that run where a child run hangs)
@@ -168,9 +168,8 @@ def _pending(
     seen.add(row.run_id)
     events = list(store.events(row.run_id))
     records = build_records(events)
-    waiting = next((e for e in reversed(events) if e.kind == s.RUN_WAITING), None)
-    listed = waiting.payload.get("pending") if waiting and isinstance(waiting.payload, dict) else None
-    if row.status != "waiting" or not isinstance(listed, list):  # e.g. stopped by a crash: its own log
+    listed = last_pending(events)
+    if row.status != "waiting" or listed is None:  # e.g. stopped by a crash: its own log
         listed = [p for p, r in records.items() if r.approval_requested and not r.approval_decided]
     newest: dict[str, s.RunRecord] = {}  # the child run a node started last is the one it waits for
     if row.status == "waiting":
@@ -307,9 +306,7 @@ def result_of(store: s.EventStore, run_id: str) -> RunResult:
     row = store.run(run_id)
     pending: list[str] = []
     if row.status == "waiting":
-        waiting = next((e for e in reversed(list(store.events(run_id))) if e.kind == s.RUN_WAITING), None)
-        listed = waiting.payload.get("pending") if waiting and isinstance(waiting.payload, dict) else None
-        pending = [p for p in listed or [] if isinstance(p, str)]
+        pending = last_pending(store.events(run_id)) or []
     return RunResult(run_id, row.status, row.output, row.error, pending)  # type: ignore[arg-type]
 
 

@@ -241,3 +241,12 @@ def once_per_call(events: Iterable[s.Event]) -> Iterator[s.Event]:
                     continue
                 seen.add(key)
         yield event
+
+
+def last_pending(events: Iterable[s.Event]) -> list[str] | None:
+    """The node paths the run's last `run.waiting` waits on; None when it never waited."""
+    waiting = next((e for e in reversed(list(events)) if e.kind == s.RUN_WAITING), None)
+    listed = (
+        waiting.payload.get("pending") if waiting is not None and isinstance(waiting.payload, dict) else None
+    )
+    return [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from interpreter import store as s
-from interpreter.records import build_records, request_expired
+from interpreter.records import build_records, last_pending, request_expired
 from interpreter.runtime import RunOptions
 
 WAKE_REASON = "timeout"  # the `run.resumed` reason of a run woken because an approval expired
@@ -48,13 +48,9 @@ class Woken:
 def expired_requests(events: Iterable[s.Event], now: datetime) -> list[str]:
     """The node paths the run waits on (its last `run.waiting`) whose undecided request has expired."""
     events = list(events)
-    waiting = next((e for e in reversed(events) if e.kind == s.RUN_WAITING), None)
-    pending = (
-        waiting.payload.get("pending") if waiting is not None and isinstance(waiting.payload, dict) else []
-    )
     records = build_records(events)
     out = []
-    for path in pending or []:
+    for path in last_pending(events) or []:
         rec = records.get(path)
         if rec is not None and rec.approval_requested and not rec.approval_decided:
             if request_expired(rec.approval_requested[0], now):
