@@ -131,7 +131,7 @@ def schema() -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--format",
     "output_format",
@@ -141,6 +141,8 @@ def schema() -> None:
 )
 def graph(file: str, output_format: str) -> None:
     """Render the execution graph of a workflow.
+
+    Exit status: 0 rendered, 1 invalid file (its diagnostics on stderr), 2 usage error.
 
     \b
     Examples:

@@ -105,3 +105,10 @@ def test_cli_graph_of_an_invalid_file_prints_diagnostics(tmp_path: Path) -> None
     result = CliRunner().invoke(main, ["graph", str(bad)])
     assert result.exit_code == 1
     assert "CH204" in result.output
+
+
+def test_cli_graph_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    # Like `validate`: a path that names no file is a mistyped command (2), not an invalid workflow (1).
+    result = CliRunner().invoke(main, ["graph", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
