@@ -237,23 +237,29 @@ def _progress_printer():  # type: ignore[no-untyped-def]
     return show
 
 
-def _report(result, as_json: bool, store=None, decision=None) -> None:  # type: ignore[no-untyped-def]
+def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> None:  # type: ignore[no-untyped-def]
     """The outcome of a run on stdout (its output, or with --json the whole result) and stderr, and exit
     with its code. A waiting run names each approval it waits for with the `charter approve` that
     decides it, also one in a child run (`store`). `decision`: what `charter approve` recorded, when
-    that was in another run than the one reported (a child run of it)."""
+    that was in another run than the one reported (a child run of it). `resumed`: the outcome of the
+    child run `charter resume` continued, when the run reported is its top-level run."""
     import json
 
     approvals = _approvals(store, result)
+    resumed = resumed if resumed is not None and resumed.run_id != result.run_id else None
     if as_json:
         out = result.to_dict()
         if approvals is not None:
             out["approvals"] = [p.to_dict() for p in approvals]
         if decision is not None:
             out["decided"] = decision.to_dict()
+        if resumed is not None:
+            out["resumed"] = resumed.to_dict()
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
     elif result.status == "completed":
         click.echo(json.dumps(result.output, indent=2, ensure_ascii=False))
+    if resumed is not None:
+        click.echo(f"child run {resumed.run_id} {resumed.status}; its top-level run:", err=True)
     if decision is not None and decision.run_id != result.run_id and decision.lineage:
         from interpreter.approvals import route
 
@@ -668,7 +674,8 @@ def resume(
 
     One process executes a run at a time: exit 4 (and nothing is done) when another live process
     is executing it. A run whose process died can be resumed at once. Otherwise as `charter run`:
-    0 completed, 1 failed, 2 unknown run or setup problem, 3 waiting for approval.
+    0 completed, 1 failed, 2 unknown run or setup problem, 3 waiting for approval. A child run's
+    parents that waited for it continue after it: then the top-level run is reported (as `approve`).
 
     \b
     Example:
@@ -680,7 +687,15 @@ def resume(
     options = _options(None, None, allow_modules, "normal", models=models)
     result = _guarded(lambda: resume_run(run_id, store=store, options=options))
     _show_usage(store, result.run_id)
-    _report(result, as_json, store)
+    _report(_top_level(store, result), as_json, store, resumed=result)
+
+
+def _top_level(store, result):  # type: ignore[no-untyped-def]
+    """The outcome of the top-level run above a child run (its parents continued after it)."""
+    from interpreter.approvals import lineage, result_of
+
+    hops = lineage(store, result.run_id)
+    return result_of(store, hops[0][0]) if hops else result
 
 
 @main.command(short_help="Re-execute a run offline; report the first divergence.")
@@ -865,7 +880,8 @@ def _wake_once(store, options, as_json: bool):  # type: ignore[no-untyped-def]
         what = {"resumed": f"resumed: {w.status}", "skipped": "skipped", "error": "not resumed"}[w.action]
         why = f": {w.message}" if w.message else ""
         expired = f"expired {', '.join(w.expired)}; " if w.expired else ""  # none: its log cannot be read
-        click.echo(f"run {w.run_id} ({w.workflow}): {expired}{what}{why}")
+        above = f"; its top-level run {w.top[0]} is {w.top[1]}" if w.top else ""
+        click.echo(f"run {w.run_id} ({w.workflow}): {expired}{what}{why}{above}")
 
     return wake_due(store, options, report=show)
 

@@ -25,7 +25,8 @@ WAKE_REASON = "timeout"  # the `run.resumed` reason of a run woken because an ap
 class Woken:
     """What waking one run did: `action` is `resumed` (then `status` is the run's new status),
     `skipped` (another process holds the run, or it no longer waits) or `error` (it could not be
-    resumed; `message` says why)."""
+    resumed; `message` says why). `top`: for a child run, the top-level run above it and its status
+    after the wake (a parent that waited for the child continues with it)."""
 
     run_id: str
     workflow: str
@@ -33,6 +34,7 @@ class Woken:
     action: str
     status: str | None = None
     message: str | None = None
+    top: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,7 @@ class Woken:
             "action": self.action,
             "status": self.status,
             "message": self.message,
+            "top": None if self.top is None else {"run_id": self.top[0], "status": self.top[1]},
         }
 
 
@@ -100,6 +103,7 @@ def wake_due(
 
 
 def _wake(store: s.EventStore, options: RunOptions, row: s.RunRecord, paths: list[str]) -> Woken:
+    from interpreter.approvals import lineage
     from interpreter.engine import resume_run
     from interpreter.policy import PolicyError
     from interpreter.runtime import RunSetupError
@@ -110,7 +114,9 @@ def _wake(store: s.EventStore, options: RunOptions, row: s.RunRecord, paths: lis
             return Woken(**base, action="skipped", message="no longer waiting")
         result = resume_run(row.run_id, store=store, options=options, reason=WAKE_REASON)
         message = (result.error or {}).get("message") if result.status == "failed" else None
-        return Woken(**base, action="resumed", status=result.status, message=message)
+        hops = lineage(store, row.run_id)
+        top = (hops[0][0], store.run(hops[0][0]).status) if hops else None
+        return Woken(**base, action="resumed", status=result.status, message=message, top=top)
     except s.StoreError as exc:  # e.g. held by a live process, or the database stayed locked
         return Woken(**base, action="skipped", message=str(exc))
     except (RunSetupError, PolicyError) as exc:  # e.g. a secret or an allowed module is missing here

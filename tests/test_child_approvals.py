@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,42 @@ def test_python_api_forwards_and_returns_the_top_level_outcome(tmp_path: Path) -
             decide_approval(waiting.run_id, "second", store=store, person="ann", approved=True)
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Continuing a child run: `charter resume CHILD` and `charter wake` report the top-level run too
+
+
+def _decide_without_continuing(folder: Path, run_id: str, node: str) -> None:
+    """A decision recorded by a process that stopped before it continued the run (the log alone)."""
+    with open_store(folder / "charter.db") as store:
+        payload = {"decision": "approved", "by": "bob", "reason": None, "verified": False}
+        assert store.decide(run_id, node, payload, {"sub": "bob"}) is None
+
+
+def test_resume_a_child_reports_and_exits_with_its_top_level_run(tmp_path: Path) -> None:
+    _, parent = started(tmp_path, THEN_FAIL)
+    (kid,) = children_of(tmp_path, parent).values()
+    _decide_without_continuing(tmp_path, kid, "ok")
+    proc = charter("resume", kid, "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the parent failed after the child
+    result = run_json(proc)
+    assert (result["run_id"], result["status"]) == (parent, "failed")
+    assert (result["resumed"]["run_id"], result["resumed"]["status"]) == (kid, "completed")
+    assert f"child run {kid} completed" in proc.stderr
+    assert f"run {parent} failed at boom: failed after the child" in proc.stderr
+    assert statuses(tmp_path) == {parent: "failed", kid: "completed"}
+
+
+def test_wake_of_a_child_names_its_top_level_run(tmp_path: Path) -> None:
+    leaf = LEAF.replace("approval: {", "approval: {timeout: 1s, on_timeout: approve, ")
+    (tmp_path / "timed.yaml").write_text(leaf, encoding="utf-8")
+    _, parent = started(tmp_path, THEN_FAIL.replace("leaf.yaml", "timed.yaml"))
+    (kid,) = children_of(tmp_path, parent).values()
+    time.sleep(1.2)  # past the child's request's expiry
+    woke = charter("wake", "--json", cwd=tmp_path)
+    assert woke.returncode == 0, woke.stdout + woke.stderr
+    (line,) = [json.loads(text) for text in woke.stdout.splitlines()]
+    assert (line["run_id"], line["status"]) == (kid, "completed")
+    assert line["top"] == {"run_id": parent, "status": "failed"}
+    assert charter("wake", cwd=tmp_path).stderr.startswith("no waiting run")
