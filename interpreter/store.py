@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -294,7 +294,9 @@ class EventStore(StoreTransaction, Protocol):
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]: ...
 
-    def events(self, run_id: str, after_seq: int = 0) -> Iterator[Event]: ...
+    def events(
+        self, run_id: str, after_seq: int = 0, kinds: Collection[str] | None = None
+    ) -> Iterator[Event]: ...
 
     def run(self, run_id: str) -> RunRecord: ...
 
@@ -1135,13 +1137,16 @@ class SQLiteEventStore:
         )
         return [_run_record(row) for row in rows]
 
-    def _event_rows(self, run_id: str, after_seq: int) -> Iterator[tuple[Any, ...]]:
+    def _event_rows(
+        self, run_id: str, after_seq: int, kinds: Collection[str] | None = None
+    ) -> Iterator[tuple[Any, ...]]:
         # Pages, not one long-lived cursor: a half-read SELECT would hold a read transaction open on
         # the shared connection and make the next BEGIN IMMEDIATE fail.
+        only = "" if kinds is None else f" AND kind IN ({', '.join('?' * len(kinds))})"
         while True:
             rows = self._query(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, after_seq, _PAGE),
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? AND seq > ?{only} ORDER BY seq LIMIT ?",
+                (run_id, after_seq, *(kinds or ()), _PAGE),
                 "reading events",
             )
             yield from rows
@@ -1149,12 +1154,15 @@ class SQLiteEventStore:
                 return
             after_seq = rows[-1][1]
 
-    def events(self, run_id: str, after_seq: int = 0) -> Iterator[Event]:
-        """The run's events in order, after `after_seq`; blob references are resolved."""
+    def events(
+        self, run_id: str, after_seq: int = 0, kinds: Collection[str] | None = None
+    ) -> Iterator[Event]:
+        """The run's events in order, after `after_seq` (only those of `kinds`, when given); blob
+        references are resolved."""
         self.run(run_id)  # RunNotFound for a mistyped id rather than an empty timeline
         loads = json.loads
         for run, seq, ts, node_path, kind, actor, payload, prev_hash, digest in self._event_rows(
-            run_id, after_seq
+            run_id, after_seq, kinds
         ):
             try:
                 value = None if payload is None else loads(payload)

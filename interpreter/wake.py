@@ -19,6 +19,8 @@ from interpreter.records import build_records, last_pending, request_expired
 from interpreter.runtime import RunOptions
 
 WAKE_REASON = "timeout"  # the `run.resumed` reason of a run woken because an approval expired
+# All that says whether a run waits on an expired request: read instead of its whole log, every look.
+_WAITING_KINDS = (s.RUN_WAITING, s.APPROVAL_REQUESTED, s.APPROVAL_DECIDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,7 @@ def due_runs(
     out: list[tuple[s.RunRecord, list[str] | s.StoreError]] = []
     for row in reversed(store.runs(limit=1_000_000, status="waiting")):
         try:
-            paths = expired_requests(store.events(row.run_id), now)
+            paths = expired_requests(store.events(row.run_id, kinds=_WAITING_KINDS), now)
         except s.StoreLockedError:  # the whole file, not this run: the next look tries again
             raise
         except s.StoreError as exc:

@@ -531,6 +531,25 @@ def test_events_after_seq_and_paging(store: SQLiteEventStore) -> None:
     assert store.verify(run_id).events_checked == 4500
 
 
+def test_events_of_some_kinds_page_in_order_and_resolve_blobs(store: SQLiteEventStore) -> None:
+    run_id = store.create_run("kinds").run_id
+    big = "x" * (store.blob_threshold + 1)
+    store.append_many(
+        run_id,
+        [NewEvent("loop.iteration", "l", {"i": i}) for i in range(2500)]
+        + [NewEvent("approval.requested", "gate", {"message": big})]
+        + [NewEvent("loop.iteration", "l", {"i": i}) for i in range(2500)]
+        + [NewEvent("run.waiting", "", {"pending": ["gate"]})],
+    )
+    picked = list(store.events(run_id, kinds=("run.waiting", "approval.requested")))
+    assert [(e.seq, e.kind) for e in picked] == [(2501, "approval.requested"), (5002, "run.waiting")]
+    assert picked[0].payload == {"message": big}
+    loops = [e.seq for e in store.events(run_id, kinds=("loop.iteration",))]  # pages of 2,000
+    assert loops == [*range(1, 2501), *range(2502, 5002)]
+    assert len(list(store.events(run_id, after_seq=4000, kinds=("loop.iteration",)))) == 1001
+    assert list(store.events(run_id, kinds=())) == []
+
+
 # -- configuration, reopening, errors ---------------------------------------------------------------
 
 
