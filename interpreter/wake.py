@@ -119,6 +119,8 @@ def _wake(store: s.EventStore, options: RunOptions, row: s.RunRecord, paths: lis
         hops = lineage(store, row.run_id)
         top = (hops[0][0], store.run(hops[0][0]).status) if hops else None
         return Woken(**base, action="resumed", status=result.status, message=message, top=top)
+    except (s.DamagedLog, s.BlobNotFound) as exc:  # its log cannot be read: nobody can continue it
+        return Woken(**base, action="error", message=str(exc))
     except s.StoreError as exc:  # e.g. held by a live process, or the database stayed locked
         return Woken(**base, action="skipped", message=str(exc))
     except (RunSetupError, PolicyError) as exc:  # e.g. a secret or an allowed module is missing here

@@ -143,8 +143,9 @@ output: {by: "${{ steps.ok.output.by }}"}
 
 
 @pytest.mark.skipif(not ENGINE.exists(), reason="interpreter/engine.py not written yet")
+@pytest.mark.parametrize("damaged_kind", ["run.started", APPROVAL_REQUESTED])  # read by the resume, by wake
 def test_wake_reports_a_run_whose_log_cannot_be_read_and_wakes_the_others(
-    tmp_path: Path, db_path: Path
+    tmp_path: Path, db_path: Path, damaged_kind: str
 ) -> None:
     from interpreter import run_workflow
 
@@ -158,7 +159,9 @@ def test_wake_reports_a_run_whose_log_cannot_be_read_and_wakes_the_others(
             if e.kind == APPROVAL_REQUESTED
         ]
     with sqlite3.connect(db_path) as raw:  # an event of the newer run edited by hand
-        raw.execute("UPDATE events SET payload = '{broken' WHERE run_id = ? AND seq = 1", (damaged,))
+        raw.execute(
+            "UPDATE events SET payload = '{broken' WHERE run_id = ? AND kind = ?", (damaged, damaged_kind)
+        )
     while datetime.now(UTC) <= max(expiries):  # both approvals expire after 10 ms
         time.sleep(0.01)
     proc = charter("wake", "--db", str(db_path), "--json", cwd=tmp_path)
