@@ -116,13 +116,6 @@ OPTS = RunOptions(allow_modules=(MODULE, "examples.*"))
 FINANCE = RunOptions(allow_modules=(MODULE, "examples.*"), claims={"roles": ["finance"]})
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    st = open_store(tmp_path / "charter.db")
-    yield st
-    st.close()
-
-
 def kinds(store: Any, run_id: str) -> list[tuple[str, str]]:
     return [(e.node_path, e.kind) for e in store.events(run_id)]
 

@@ -37,17 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 ALICE_VIA_AGENT = {"sub": "user:alice", "act": {"sub": "agent:triage", "act": {"sub": "service:charter"}}}
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "charter.db"
-
-
-@pytest.fixture
-def store(db_path: Path):
-    with SQLiteEventStore(db_path) as s:
-        yield s
-
-
 def _run_with_events(store: SQLiteEventStore, n: int = 5) -> str:
     run = store.create_run(
         "demo", workflow_source="steps: []\n", inputs={"q": "héllo"}, principal="user:alice"

@@ -17,17 +17,6 @@ from interpreter.hashing import NotCanonicalizable, canonical_json
 from interpreter.store import APPROVAL_REQUESTED, PayloadError, SQLiteEventStore
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "charter.db"
-
-
-@pytest.fixture
-def store(db_path: Path):
-    with SQLiteEventStore(db_path) as opened:
-        yield opened
-
-
 def _compile(tmp_path: Path, source: str):  # type: ignore[no-untyped-def]
     from dsl.frontend import compile_file
 

@@ -19,7 +19,6 @@ from dsl.frontend import compile_file
 from interpreter import RunOptions, run_workflow
 from interpreter.policy import PolicyError, build_policy
 from interpreter.runtime import RunSetupError
-from interpreter.store import open_store
 from interpreter.tools import code_digest
 
 MODULE = "h10_tool_tools"
@@ -58,13 +57,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("tools")
     (d / f"{MODULE}.py").write_text(TOOLS)
     return d
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Any]:
-    st = open_store(tmp_path / "charter.db")
-    yield st
-    st.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
