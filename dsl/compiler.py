@@ -618,7 +618,17 @@ class _Compiler:
             where = self._where(name)
             if where:
                 self.err("CH304", f"'{name}' is not in scope here: it exists {where}", path, offset)
-                return
+            else:  # a name that exists nowhere: "reading anything else is CH304" (spec §15)
+                visible = sorted(scope.names)
+                guess = closest(name, scope.names)
+                self.err(
+                    "CH304",
+                    f"'{name}' is not a variable: in scope here are {', '.join(visible)}",
+                    path,
+                    offset,
+                    hint=f"did you mean '{guess}'?" if guess else None,
+                )
+            return
         self.err("CH302", f"CEL type error: {message}", path, offset)
 
     def _where(self, name: str) -> str | None:
