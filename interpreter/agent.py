@@ -191,19 +191,30 @@ def build_model(
     return config, provider_factory(config.provider)(config)
 
 
+# A model key shorter than this is a placeholder for a local server ("dummy"), not a credential:
+# masking it would blank that word wherever the log has it.
+_MASKED_KEY_LENGTH = 8
+
+
 async def check_models(
     graph: Any, overrides: dict[str, str], secrets: dict[str, str], file: str | None
-) -> None:
+) -> dict[str, str]:
     """Every model a step of the workflow asks for can be set up: its provider exists, its key is there,
     its responses file loads. Checked before a run starts, so that a wrong `--model` or a missing key is
-    refused at once (RunSetupError) rather than found by the first model call, halfway through the run."""
+    refused at once (RunSetupError) rather than found by the first model call, halfway through the run.
+    Returns the API keys the models use, by model name: the log masks them like declared secrets (a
+    provider may echo its key in an error)."""
     used = {spec.model for node in graph.nodes() if (spec := _model_step(node)) is not None}
+    keys: dict[str, str] = {}
     for name in sorted(used):
         try:
-            _, provider = build_model(graph, name, overrides, secrets, file)
+            config, provider = build_model(graph, name, overrides, secrets, file)
         except (ModelError, ValueError) as exc:
             raise RunSetupError(f"model '{name}': {exc}") from None
         await provider.close()
+        if config.api_key and len(config.api_key) >= _MASKED_KEY_LENGTH:
+            keys[f"model {name}"] = config.api_key
+    return keys
 
 
 def _model_step(node: Any) -> Any:

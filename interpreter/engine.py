@@ -40,6 +40,7 @@ from interpreter.leases import given_up
 from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendants
+from interpreter.redact import MASK, iter_texts
 from interpreter.runtime import (
     HALTS,
     OUTER_ATTEMPTS,
@@ -166,6 +167,9 @@ class Execution:
         # commit of the latest `set` too, wherever it ran.
         self.vars_after: asyncio.Future[None] | None = None
         self.code_digests: dict[str, str | None] = {}
+        # The first reused step whose recorded result holds a masked secret: no tool is called with
+        # that mask in its arguments (`tool_calls.logged_call`).
+        self.masked_from: str | None = None
         # Enforcement (issue 6): the principal comes from RunOptions (--as/--claims) or the run's log,
         # never from model output or tool results.
         if guard is None:  # replay: the principal's claims and parent chain as the log recorded them
@@ -316,6 +320,8 @@ class Execution:
     def notify(self, kind: str, path: str, step_kind: str = "", detail: Any = None) -> None:
         if self.progress is None:
             return
+        if isinstance(detail, str | dict | list):  # messages: a secret never reaches the terminal either
+            detail = self.guard.mask(detail)
         try:
             self.progress(ProgressEvent(kind, path, step_kind, detail))
         except Exception:  # noqa: BLE001 - e.g. a closed pipe: a display must never end the run
@@ -363,7 +369,7 @@ class Execution:
     # -- divergence (replay)
 
     def diverge(self, path: str, expected: Any, got: Any, reason: str) -> None:
-        raise Diverged(Divergence(path, expected, got, reason))
+        raise Diverged(Divergence(path, self.guard.mask(expected), self.guard.mask(got), reason))
 
     # -- tools
 
@@ -649,6 +655,10 @@ class Execution:
                 child_id = child_path.rsplit("/", 1)[-1]
                 scope.steps[child_id] = _binding(child)
         assignments = [(r.vars_seq, p, r.vars_delta) for p, r in [(path, rec), *children] if r.vars_delta]
+        if self.masked_from is None and self.guard.secret_values and not self.replaying:
+            reused = [rec.output, *(c.output for _, c in children), *(d for _, _, d in assignments)]
+            if any(MASK in text for text in iter_texts(reused)):
+                self.masked_from = path
         for seq, at, delta in sorted(assignments, key=lambda a: a[0]):
             applied = self.assign(delta, seq)
             if applied and self.write_reused:
@@ -914,27 +924,28 @@ def check_inputs(graph: Any, inputs: Any) -> None:
 
 
 def resolve_secrets(graph: Any) -> dict[str, str]:
-    missing = [name for name in graph.workflow.secrets if name not in os.environ]
-    if missing:
-        raise RunSetupError(f"secret(s) not set in the environment: {', '.join(missing)}")
+    missing = [name for name in graph.workflow.secrets if not os.environ.get(name)]
+    if missing:  # an empty value is no value: masking it would mask nothing (spec §9)
+        raise RunSetupError(f"secret(s) not set (or empty) in the environment: {', '.join(missing)}")
     return {name: os.environ[name] for name in graph.workflow.secrets}
 
 
 async def _prepare(
     graph: Any, options: RunOptions, file: str | None
-) -> tuple[ModulePolicy, dict[str, str], dict[str, PythonTool]]:
+) -> tuple[ModulePolicy, dict[str, str], dict[str, PythonTool], dict[str, str]]:
     """What a run needs before its first step, checked before anything is written for it: every module
     and server command allowed, every python tool loaded, every secret set, every model a step uses
     buildable. Each problem is a RunSetupError (the CLI's exit 2): a run being continued stays
-    resumable, instead of failing for good at the step that needs what is missing."""
+    resumable, instead of failing for good at the step that needs what is missing. Returns the policy,
+    the secrets, the python tools and what the guard masks: the secrets and the models' API keys."""
     policy = build_policy(options.allow_modules, file)
     preflight(graph, policy)
     python_tools = load_python_tools(graph, policy)
     secrets = resolve_secrets(graph)
     from interpreter.agent import check_models  # agents load only for runs that have them
 
-    await check_models(graph, options.model_overrides, secrets, file)
-    return policy, secrets, python_tools
+    keys = await check_models(graph, options.model_overrides, secrets, file)
+    return policy, secrets, python_tools, {**keys, **secrets}
 
 
 def preflight(graph: Any, policy: ModulePolicy) -> None:
@@ -1068,14 +1079,14 @@ async def start_run(
         store.set_durability("full")
     file = _file_of(graph)
     remember_graph(graph, file or "<stored>")
-    policy, secrets, python_tools = await _prepare(graph, options, file)
+    policy, secrets, python_tools, masked = await _prepare(graph, options, file)
     principal = _principal(options)
     name = graph.workflow.name
     guard = RunGuard(
         graph,
         principal=principal,
         claims=options.claims,
-        secrets=secrets,
+        secrets=masked,
         parent_chain=parent_chain,
         outer=outer,
         inherited=inherited,
@@ -1258,10 +1269,10 @@ async def _continue(
         store.set_durability("full")
     file = started.get("file")
     graph = compile_source(row.workflow_source or "", file or "<stored>")
-    policy, secrets, python_tools = await _prepare(graph, options, file)
+    policy, secrets, python_tools, masked = await _prepare(graph, options, file)
     records = build_records(events)
     principal = row.principal or _principal(options)
-    guard = _guard_for(store, run_id, graph, started, principal, secrets, records, parent)
+    guard = _guard_for(store, run_id, graph, started, principal, masked, records, parent)
     restore_spent(guard, store, run_id, events, records)
     with store.transaction() as tx:  # both or neither: a run marked running has its resume logged
         resumed = {

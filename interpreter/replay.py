@@ -15,6 +15,7 @@ from interpreter.engine import Execution, _file_of, compile_source
 from interpreter.loop import run_coroutine
 from interpreter.policy import build_policy
 from interpreter.records import build_records
+from interpreter.redact import MASK
 from interpreter.runtime import Diverged, Divergence, ReplayResult, RunOptions
 
 
@@ -45,7 +46,9 @@ async def _replay(run_id: str, store: s.EventStore, graph: Any, options: RunOpti
         started_at=row.created_at,
         file=file,
         policy=build_policy(options.allow_modules, file),
-        secrets={name: os.environ.get(name, "") for name in graph.workflow.secrets},
+        # Without the key, a secret replays as the mask the log holds in its place: what the run
+        # computed from it was recorded masked, so it compares equal (replay needs no credential).
+        secrets={name: os.environ.get(name) or MASK for name in graph.workflow.secrets},
         mode="replay",
         records=records,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from interpreter import store as s
 from interpreter.enforcement import CURRENT_CHAIN, EscalationRequired, withheld
+from interpreter.redact import MASK, iter_texts
 from interpreter.runtime import StepError
 from interpreter.tools import call_tool
 
@@ -48,6 +49,8 @@ async def logged_call(
     result) or the rules' EscalationRequired, each after its event. A completed write is committed at
     once, whatever the step does next (its `output` may fail, a rule may deny it): never repeated."""
     tool = ex.graph.workflow.tools[name]
+    if ex.masked_from is not None and any(MASK in text for text in iter_texts(args)):
+        raise _masked_args(ex, name, step_id, path)
     called = {**ids, "args": args, "effect": tool.effect}
     if tool.python and (code := ex.python_tool(name, tool.python).code):
         called["code"] = code  # replay tells a changed tool from the recorded one
@@ -89,6 +92,21 @@ async def logged_call(
     return verdict
 
 
+def _masked_args(ex: Any, name: str, step_id: str, path: str) -> StepError:
+    """A call whose arguments hold a secret as the log kept it ([REDACTED]), read from a result this
+    run reused after a crash, a pause or a fork: made, it would act on the mask, not the secret."""
+    err = StepError(
+        "policy",
+        f"tool '{name}' was not called: its arguments hold {MASK}, a declared secret as the log keeps "
+        f"it, from the result of '{ex.masked_from}' that this run reused from the log; run the workflow "
+        f"again, or from that step: charter run FILE --from {ex.reused_from or ex.run_id}@{ex.masked_from}",
+        type="MaskedSecret",
+        retryable=False,
+    )
+    err.step, err.node_path = step_id, path
+    return err
+
+
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
 
@@ -103,6 +121,7 @@ async def replayed_call(ex: Any, path: str, attempt: int, call: Any, name: str, 
         ex.diverge(path, None, {"tool": name, "args": args}, "this tool call is not in the recorded run")
     if call.called.get("tool") != name:
         ex.diverge(path, call.called.get("tool"), name, "a different tool is called")
+    args = ex.guard.mask(args)  # the recording holds secrets masked
     if call.called.get("args") != args:
         ex.diverge(path, call.called.get("args"), args, f"the arguments of tool '{name}' differ")
     recorded_code = call.called.get("code")

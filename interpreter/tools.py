@@ -407,8 +407,10 @@ async def call_http(
     args: dict[str, Any],
     key: str,
     client: Any,
+    mask: Callable[[Any], Any] = lambda text: text,
 ) -> Any:
-    """One request; a non-2xx answer is a tool error that carries the status."""
+    """One request; a non-2xx answer is a tool error that carries the status and the start of the
+    body, cut after `mask` (the run's secrets) so that no part of a secret the server echoed is left."""
     import httpx
 
     from dsl.expr import from_cel
@@ -449,7 +451,7 @@ async def call_http(
     if not 200 <= response.status_code < 300:
         raise StepError(
             "http",
-            f"tool '{name}': {spec.method} {url} answered HTTP {response.status_code}: {response.text[:200]}",
+            f"tool '{name}': {spec.method} {url} answered HTTP {response.status_code}: {mask(response.text)[:200]}",
             type="ToolError",
             category="tool",
             retryable=response.status_code >= 500 or response.status_code == 429,
@@ -503,7 +505,7 @@ async def call_tool(
     elif tool.http is not None:
         bindings = {"args": args, **ex.bindings(scope), "identity": identity or ""}
         values = compiled.values if compiled is not None else {}
-        call = call_http(name, tool.http, values, bindings, args, key, await ex.http())
+        call = call_http(name, tool.http, values, bindings, args, key, await ex.http(), ex.guard.mask)
     elif tool.workflow is not None:
         from interpreter.steps import child_run
 
