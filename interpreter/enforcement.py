@@ -9,7 +9,8 @@ What it adds to the pure layer:
   tool's own rules, each level with its budget (run, step execution, tool) that lives as long as the run;
 - escalations: a verdict `escalate` raises `EscalationRequired`; the engine turns it into a durable
   approval request at the step's node path (the n-th of one step execution at `<path>/escalation[n]`,
-  see `EscalationKeys`); once decided, the same check of the same call passes (approved) or denies;
+  see `EscalationKeys`); once decided, the same check of the same call in the same attempts of the
+  steps around it passes (approved) or denies; a new attempt of a retried step around it asks again;
 - step errors with the codes of spec Appendix A: `guardrail` (a rule, an escalation denied, a budget),
   `unauthorized` (the grants);
 - masking: declared secrets never reach the log in clear (`mask`).
@@ -35,7 +36,7 @@ from interpreter.authz import (
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
 from interpreter.records import build_records, once_per_call, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
-from interpreter.runtime import StepError
+from interpreter.runtime import OUTER_ATTEMPTS, StepError
 from interpreter.timing import Segment, began_at, execution_time, segments
 
 Emit = Callable[[str, str, Any, dict[str, Any] | None], None]
@@ -57,6 +58,7 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
         *,
         requested: bool = False,
         fingerprint: str | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(verdict.message or "approval required")
         self.verdict = verdict
@@ -64,6 +66,8 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
         self.hook = hook
         self.requested = requested  # already pending in the log: just wait
         self.fingerprint = fingerprint  # which call is approved: the hook, the tool and its payload
+        # ... in which attempts of the retried steps around it (and of its own step): `enclosing_attempts`
+        self.attempts = dict(attempts or {})
 
     def request_payload(self) -> dict[str, Any]:
         esc = dict(self.verdict.escalation or {})
@@ -77,6 +81,8 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
                 "fingerprint": self.fingerprint,
             },
         }
+        if self.attempts:  # only in a retried attempt: a first attempt's request reads as it always did
+            payload["data"]["attempts"] = dict(self.attempts)
         timeout = esc.get("timeout_s")
         if timeout:
             at = datetime.now(UTC) + timedelta(seconds=float(timeout))
@@ -425,7 +431,7 @@ class RunGuard:
             if verdict.action == "escalate":
                 key = keys.next() if keys is not None else node_path
                 final = self._settle_escalation(
-                    verdict, key, hook, _fingerprint(hook, tool, context, occurrence)
+                    verdict, key, hook, _fingerprint(hook, tool, context, occurrence), enclosing_attempts()
                 )
                 if keys is not None:
                     keys.seen(final)
@@ -468,14 +474,26 @@ class RunGuard:
         payload["verdict"] = verdict.action
         return payload
 
-    def _settle_escalation(self, verdict: Verdict, key: str, hook: str, fingerprint: str) -> Verdict:
+    def _settle_escalation(
+        self, verdict: Verdict, key: str, hook: str, fingerprint: str, attempts: Mapping[str, int]
+    ) -> Verdict:
+        """The verdict once the escalation at `key` is settled: approved (allow), denied or timed out
+        (deny), or still to be asked (EscalationRequired). The decision at `key` settles this check only
+        when it was asked for this call (`fingerprint`) in these `attempts` (spec §11.3: an approval
+        covers the one call it was asked for, and a call in a new attempt of a retried step is a new
+        call, §8, §12.4)."""
         requested, decided = self.approvals.get(key, (None, None))
         data = requested.get("data") if isinstance(requested, dict) else None
         if requested is None or (
-            isinstance(data, dict) and data.get("fingerprint") not in (None, fingerprint)
+            isinstance(data, dict)
+            and (
+                data.get("fingerprint") not in (None, fingerprint)
+                or not _same_attempts(data.get("attempts"), attempts)
+            )
         ):
-            # nothing asked yet here, or an approval of another call (an agent step makes several)
-            raise EscalationRequired(verdict, key, hook, fingerprint=fingerprint)
+            # nothing asked yet here, an approval of another call (an agent step makes several), or of
+            # this call in an earlier attempt of a step around it: ask (again)
+            raise EscalationRequired(verdict, key, hook, fingerprint=fingerprint, attempts=attempts)
         if decided is None:
             if request_expired(requested):
                 decided = {"decision": "denied", "by": "system:timeout", "reason": "the approval timed out"}
@@ -748,6 +766,33 @@ def _fingerprint(hook: str, tool: str | None, context: Mapping[str, Any], occurr
         return sha256_hex(canonical_json(what))
     except NotCanonicalizable:
         return sha256_hex(repr(what))
+
+
+def enclosing_attempts() -> dict[str, int]:
+    """The attempts of the steps around the call now being checked that are past their first (the
+    runtime path of each, its own step's included): what its idempotency key carries as `+PATH@K` and
+    `/ATTEMPT` (runtime.idempotency_key), so that an approval is tied to the same notion of "this call"."""
+    return dict(OUTER_ATTEMPTS.get())
+
+
+def _same_attempts(recorded: Any, now: Mapping[str, int]) -> bool:
+    """Whether an approval asked in the `recorded` attempts (a request's `data.attempts`; absent: every
+    step around it in its first) settles a call made in the attempts `now`.
+
+    The same attempts: yes. Earlier ones: no, a new attempt asks again. Later ones can only be met when
+    the log is executed again from the start (`charter replay`): its records keep only the last attempt
+    of a retried step's children, which stands in for each earlier attempt, as its recorded tool results
+    do; a live or continued run only moves forward (it continues the attempt its log ends in)."""
+    if recorded is not None and not (
+        isinstance(recorded, dict) and all(type(v) is int for v in recorded.values())
+    ):
+        return False  # not what this runtime records: ask again rather than guess
+    before = dict(recorded or {})
+    if before == dict(now):
+        return True
+    # the enclosing steps' runtime paths are prefixes of one another: shorter is further out
+    paths = sorted(set(before) | set(now), key=len)
+    return tuple(before.get(p, 1) for p in paths) > tuple(now.get(p, 1) for p in paths)
 
 
 def _has_limits(node: Any) -> bool:

@@ -1,0 +1,138 @@
+"""Identity, grants and escalation fixes from the security review of the identity layer (s8): an
+approval covers one attempt of a retried step, delegation in a child run keeps the principal, an
+`on_behalf_of` that names nobody fails closed, a child run cannot rebind a name its parent granted,
+`principal` means the run's principal in grants as in guardrails, a principal is never an agent, and
+a secret is masked in its percent-encoded forms too. Real `charter` processes on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from fixtures.charter_cli import describe, run_json, tool_project
+from fixtures.charter_cli import project_charter as charter
+from fixtures.charter_cli import project_events as events
+from fixtures.charter_cli import tool_calls as calls
+
+
+def project(tmp_path: Path, files: dict[str, str], answers: list[dict[str, Any]] | None = None) -> None:
+    """A project folder: the logged tools as module `idtools`, the workflow files, scripted answers."""
+    tool_project(tmp_path, "idtools")
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    if answers is not None:
+        (tmp_path / "answers.yaml").write_text(json.dumps({"responses": answers}))
+
+
+def run(tmp_path: Path, file: str, *extra: str) -> tuple[int, dict[str, Any]]:
+    proc = charter("run", file, "--json", *extra, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    return proc.returncode, (run_json(proc) if proc.stdout.strip() else {})
+
+
+def approve(tmp_path: Path, run_id: str, node: str) -> tuple[int, dict[str, Any]]:
+    proc = charter("approve", run_id, node, "--as", "sup", "--json", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    return proc.returncode, (run_json(proc) if proc.stdout.strip() else {})
+
+
+def child_run(tmp_path: Path, parent: str) -> str:
+    db = sqlite3.connect(tmp_path / "charter.db")
+    try:
+        (child,) = db.execute("SELECT run_id FROM runs WHERE parent_run_id = ?", [parent]).fetchone()
+    finally:
+        db.close()
+    return str(child)
+
+
+# --- 1. an escalation approval covers one attempt of a retried step ---------------------------------
+
+RETRIED_TOOL = """\
+charter: "1.0"
+name: retried-tool
+tools:
+  tick: {python: "idtools:tick", effect: write}
+guardrails:
+  - {id: cap, on: tool.input, tools: [tick], check: 'args.n <= 1', action: escalate, message: "tick"}
+steps:
+  - id: g
+    retry: {attempts: 3, on: [failed], backoff: {initial: 1ms}}
+    steps:
+      - {id: t, tool: tick, args: {n: 5}}
+      - {id: f, fail: {message: "downstream failed"}}
+"""
+
+
+def test_an_approval_covers_one_attempt_of_a_retried_group(tmp_path: Path) -> None:
+    """One approval, one call: every new attempt of the retried group asks again at the same node,
+    and the request says which attempt it is for. The finished run replays from its log."""
+    project(tmp_path, {"wf.yaml": RETRIED_TOOL})
+    code, result = run(tmp_path, "wf.yaml")
+    assert code == 3 and result["pending"] == ["g/body/t"], result
+    run_id = result["run_id"]
+    for attempt in (2, 3):
+        code, result = approve(tmp_path, run_id, "g/body/t")
+        assert code == 3 and result["pending"] == ["g/body/t"], result  # asked again, not allowed
+        assert len(calls(tmp_path)) == attempt - 1  # one call per approval, never more
+    code, result = approve(tmp_path, run_id, "g/body/t")
+    assert code == 1 and result["error"]["message"] == "downstream failed", result
+    assert calls(tmp_path) == [{"tool": "tick", "n": 5}] * 3
+    requests = events(tmp_path, run_id, "approval.requested")
+    assert [r["data"].get("attempts") for r in requests] == [None, {"g": 2}, {"g": 3}]
+    assert len(events(tmp_path, run_id, "approval.decided")) == 3
+    replay = charter("replay", run_id, cwd=tmp_path)
+    assert replay.returncode == 0, describe(replay)
+
+
+RETRIED_AGENT = """\
+charter: "1.0"
+name: retried-agent
+models:
+  default: {provider: scripted, responses: answers.yaml}
+tools:
+  tick:
+    python: "idtools:tick"
+    args: {type: object, required: [n], properties: {n: {type: integer}}}
+    effect: write
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-tick, to: bot, tools: [tick]}
+guardrails:
+  - {id: cap, on: tool.input, tools: [tick], check: 'args.n <= 1', action: escalate, message: "tick"}
+steps:
+  - id: g
+    retry: {attempts: 2, on: [failed], backoff: {initial: 1ms}}
+    steps:
+      - id: s
+        agent: {identity: bot, tools: [tick], prompt: "tick"}
+      - {id: f, fail: {message: "downstream failed"}}
+"""
+
+TICK_TWICE = [
+    {"step": "s", "turn": 1, "tool_calls": [{"name": "tick", "args": {"n": 5}}]},
+    {"step": "s", "turn": 2, "text": "done"},
+] * 2
+
+
+def test_an_agent_in_a_retried_group_asks_again_and_a_fork_does_too(tmp_path: Path) -> None:
+    project(tmp_path, {"wf.yaml": RETRIED_AGENT}, TICK_TWICE)
+    code, result = run(tmp_path, "wf.yaml")
+    assert code == 3 and result["pending"] == ["g/body/s"], result
+    run_id = result["run_id"]
+    code, result = approve(tmp_path, run_id, "g/body/s")
+    assert code == 3 and result["pending"] == ["g/body/s"], result  # the second attempt asks again
+    assert len(calls(tmp_path)) == 1
+    code, result = approve(tmp_path, run_id, "g/body/s")
+    assert code == 1, result
+    assert len(calls(tmp_path)) == 2
+    replay = charter("replay", run_id, cwd=tmp_path)
+    assert replay.returncode == 0, describe(replay)
+    # a fork from the failing step reuses the first attempt, and its second attempt asks again
+    (tmp_path / "answers.yaml").write_text(json.dumps({"responses": TICK_TWICE[:2]}))
+    code, fork = run(tmp_path, "wf.yaml", "--from", f"{run_id}@g/body/f")
+    assert code == 3 and fork["pending"] == ["g/body/s"], fork
+    assert len(calls(tmp_path)) == 2
