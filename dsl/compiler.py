@@ -1021,19 +1021,63 @@ class _Compiler:
         return tuple(out)
 
     def _covered(self, identity: str, tool: str, path: Path, who: str) -> None:
-        """CH501 unless some allow grant of the identity (or one of its roles) covers the tool."""
+        """CH501 when no grant of the identity (or one of its roles) can ever allow a call of the tool.
+
+        This is decided exactly as `interpreter.authz` decides a call, using only what is known before
+        the run: the tool's action (`action`, else its `effect`) and whether it has a resource (and which,
+        when `resource` is a plain string). A `when` may hold, so a grant with one can allow (and a deny
+        grant with one may not match); an unconditional deny that matches wins over every allow. Nothing
+        is reported that a run could allow (spec §10.2)."""
         ident = self.workflow.identities[identity]
-        principals = {identity, *(f"role:{r}" for r in ident.roles)}
-        for grant in self.workflow.grants:
-            if grant.effect == "allow" and grant.to in principals:
-                if any(fnmatch.fnmatchcase(tool, p) for p in grant.tools):
-                    return
+        spec = self.workflow.tools[tool]
+        action = spec.action or spec.effect
+        resource = _static_resource(spec)
+        parties = {identity, *(f"role:{r}" for r in ident.roles)}
+        named = [
+            (i, grant)
+            for i, grant in enumerate(self.workflow.grants)
+            if grant.to in parties and any(fnmatch.fnmatchcase(tool, p) for p in grant.tools)
+        ]
         roles = f" (roles: {', '.join(ident.roles)})" if ident.roles else ""
+        for i, grant in named:
+            if grant.effect == "deny" and grant.when is None:
+                fit, _ = _grant_fit(grant, tool, spec, action, resource)
+                if fit is True:  # matches every call, and a matching deny overrides every allow
+                    line, _col = self._pos(("grants", i))
+                    self.err(
+                        "CH501",
+                        f"{who} may call tool '{tool}', but deny grant '{grant.id}' (line {line}) denies "
+                        f"every call of it by identity '{identity}'{roles}: it has no `when`",
+                        path,
+                        hint="remove the tool from the step, narrow the deny grant's `tools`, or give it "
+                        "a `when`",
+                    )
+                    return
+        reasons: list[str] = []
+        hints: list[str] = []
+        for i, grant in named:
+            if grant.effect != "allow":
+                continue
+            fit, why = _grant_fit(grant, tool, spec, action, resource)
+            if fit is not False:  # matches every call, or some calls: the grant can allow
+                return
+            line, _col = self._pos(("grants", i))
+            reasons.append(f"grant '{grant.id}' (line {line}) {why[0]}")
+            hints.append(why[1])
+        if not reasons:
+            self.err(
+                "CH501",
+                f"{who} may call tool '{tool}', but no allow grant of identity '{identity}'{roles} covers it",
+                path,
+                hint=f"add a grant: {{id: {identity}-{tool}, to: {identity}, tools: [{tool}]}}",
+            )
+            return
         self.err(
             "CH501",
-            f"{who} may call tool '{tool}', but no allow grant of identity '{identity}'{roles} covers it",
+            f"{who} may call tool '{tool}', but no grant of identity '{identity}'{roles} can allow it: "
+            + "; ".join(reasons),
             path,
-            hint=f"add a grant: {{id: {identity}-{tool}, to: {identity}, tools: [{tool}]}}",
+            hint=hints[0],
         )
 
     def _check_unique_rule_ids(self) -> None:
@@ -1139,3 +1183,61 @@ def _yaml_scalar(text: str) -> str:
     if text[:1] in "!&*{}[]|>'\"%@`#,?:-" or ": " in text or " #" in text:
         return "'" + text.replace("'", "''") + "'"
     return text
+
+
+class _Unknown:
+    """A tool's resource that only a call decides (it has `${{ }}` in it)."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN_RESOURCE = _Unknown()
+
+
+def _static_resource(tool: m.Tool) -> str | None | _Unknown:
+    """The resource every call of `tool` has, when it is known before the run.
+
+    As `interpreter.enforcement.RunGuard._resource` binds it: None when the tool declares no `resource`
+    or one that never evaluates to a string (a number, a mapping, a list: a call then has no resource);
+    the text itself when it is a string without `${{ }}`; otherwise UNKNOWN_RESOURCE (an expression may
+    also fail or yield a non-string at run time, but it may yield any string, so nothing is decided)."""
+    value = tool.resource
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return UNKNOWN_RESOURCE if templates.OPEN in value else value
+    return None
+
+
+def _grant_fit(
+    grant: m.Grant, tool: str, spec: m.Tool, action: str, resource: str | None | _Unknown
+) -> tuple[bool | None, tuple[str, str]]:
+    """Whether a grant that names `tool` (by `to` and `tools`) matches its calls, `when` aside, as
+    `interpreter.authz._scope_matches` decides: True for every call, False for none (with why, and a
+    hint), None when it depends on the call (its resource)."""
+    if grant.actions is not None and action not in grant.actions:
+        what = f"is a {action}" if spec.action is None else f"has action '{action}'"
+        return False, (
+            f"allows only actions [{', '.join(grant.actions)}]; tool '{tool}' {what}",
+            f"add '{action}' to the `actions` of grant '{grant.id}', or add a grant for tool '{tool}'",
+        )
+    if grant.resources is None:
+        return True, ("", "")
+    globs = ", ".join(grant.resources)
+    if resource is None:
+        what = "declares no `resource`" if spec.resource is None else "has a `resource` that is not a string"
+        return False, (
+            f"allows only resources [{globs}]; tool '{tool}' {what}, and a call without a resource "
+            "never matches a grant with `resources`",
+            f"declare the resource of tool '{tool}' (e.g. resource: \"order/${{{{ args.id }}}}\"), or "
+            f"drop `resources` from grant '{grant.id}'",
+        )
+    if isinstance(resource, _Unknown):
+        return None, ("", "")
+    if any(fnmatch.fnmatchcase(resource, p) for p in grant.resources):
+        return True, ("", "")
+    return False, (
+        f"allows only resources [{globs}]; the resource of tool '{tool}' is always '{resource}'",
+        f"add a pattern matching '{resource}' to the `resources` of grant '{grant.id}'",
+    )
