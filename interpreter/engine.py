@@ -429,7 +429,7 @@ class Execution:
             await asyncio.Future()  # the group this runs in was decided: start nothing, wait to be cancelled
         if rec is not None and rec.status is not None and (not self.replaying or rec.reused):
             return self.reuse(node, scope, path, rec)  # replay too: a fork's reused steps did not run
-        if node.condition is not None and not self.condition(node.condition, scope, f"step '{node.id}': if"):
+        if node.condition is not None and not self._holds(node, scope, path, rec):
             return self.skip(node, scope, path, rec)
         step = node.step
         retry = step.retry
@@ -450,11 +450,7 @@ class Execution:
         while True:
             try:
                 result = await self._attempt(runner, node, scope, path, attempt, timeout)
-                output = result
-                if "output" in node.values:
-                    output = self.evaluate(
-                        node.values["output"], scope, f"step '{node.id}': output", {"result": result}
-                    )
+                output = self._output(node, scope, result)
                 break
             except EscalationRequired as esc:
                 self.escalate(esc)
@@ -520,9 +516,36 @@ class Execution:
 
     @staticmethod
     def _retries(retry: Any, err: StepError) -> bool:
-        if not err.retryable:
+        """Spec §12.4: a code listed in `on` is retried; without `on`, every error the runtime deems
+        worth another attempt. Never: a guardrail's or the grants' refusal (the same call would be
+        refused again, §11.3), a spent workflow budget, a step's own `output` (§12.3)."""
+        if err.final or err.halts_run or err.code in ("guardrail", "unauthorized"):
             return False
-        return retry.on is None or bool(err.kinds() & set(retry.on))
+        return err.retryable if retry.on is None else bool(err.kinds() & set(retry.on))
+
+    def _holds(self, node: Any, scope: Scope, path: str, rec: NodeRecord | None) -> bool:
+        """The step's `if`. One that does not evaluate fails the step (spec §12.3): logged, seen by a
+        `catch` as that step's failure."""
+        try:
+            return self.condition(node.condition, scope, f"step '{node.id}': if")
+        except StepError as err:
+            err.step, err.node_path = node.id, path
+            if rec is None or rec.started is None:
+                self.emit(s.STEP_STARTED, path, {"step": node.kind, "attempt": 1})
+            self.fail(node, scope, path, rec, err, 1, time.perf_counter())
+            raise
+
+    def _output(self, node: Any, scope: Scope, result: Any) -> Any:
+        """The step's `output` mapping applied to its natural result (the result itself without one)."""
+        if "output" not in node.values:
+            return result
+        try:
+            return self.evaluate(
+                node.values["output"], scope, f"step '{node.id}': output", {"result": result}
+            )
+        except StepError as err:
+            err.final = True  # another attempt would repeat the work to fail the same way (§12.3)
+            raise
 
     @staticmethod
     def _delay(retry: Any, attempt: int) -> float:

@@ -27,7 +27,8 @@ class SetupPolicyError(RunSetupError, PolicyError):
 
 class StepError(Exception):
     """A step failed. `code` is what `retry.on` and `catch` match: timeout, tool, http, model, expression,
-    denied, cancelled, unsupported, workflow, or a `fail` step's own code."""
+    denied, cancelled, unsupported, workflow, or a `fail` step's own code. `retryable`: whether a `retry`
+    without `on` repeats it (one whose `on` lists the code always does, unless the error is `final`)."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class StepError(Exception):
         self.details = details
         self.step: str | None = None
         self.node_path: str | None = None
+        self.final = False  # never retried, even when `retry.on` lists its code
 
     @property
     def halts_run(self) -> bool:

@@ -280,6 +280,93 @@ def test_retry_on_filter_does_not_retry_other_errors(store: Any, workdir: Path, 
     assert len(log_lines(log)) == 1
 
 
+def test_retry_on_listing_a_code_retries_it_even_when_not_retried_by_default(
+    store: Any, workdir: Path
+) -> None:
+    # An expression error is not retried without `on` (another attempt cannot change it)...
+    body = """\
+        vars: {n: 0, v: 0}
+        steps:
+          - id: g
+            retry: {attempts: 3, backoff: {initial: 1ms}ON}
+            steps:
+              - {id: inc, set: {n: "${{ vars.n + 1 }}"}}
+              - {id: use, set: {v: "${{ vars.n == 1 ? {'a': 1}.b : 7 }}"}}
+        output: {n: "${{ vars.n }}", v: "${{ vars.v }}"}
+        """
+    default = run_workflow(
+        compiled(write_flow(workdir, "retry_default", body.replace("ON", ""))), {}, store=store, options=OPTS
+    )
+    assert (default.status, default.error["code"]) == ("failed", "expression")
+    # ... but here it can (the group's first step changes what the second reads): `on` says to (§12.4).
+    listed = write_flow(workdir, "retry_listed", body.replace("ON", ", on: [expression]"))
+    result = run_workflow(compiled(listed), {}, store=store, options=OPTS)
+    assert (result.status, result.output) == ("completed", {"n": 2, "v": 7})
+    assert [e.payload["error"]["code"] for e in store.events(result.run_id) if e.kind == "step.retrying"] == [
+        "expression"
+    ]
+
+
+def test_a_steps_own_output_and_a_guardrail_are_never_retried(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "never_retried",
+        """\
+        guardrails:
+          - {id: no-x, on: tool.input, tools: [echo], check: "args.value != 'x'", action: deny}
+        vars: {caught: false}
+        steps:
+          - id: t
+            try:
+              steps:
+                - id: out
+                  tool: echo
+                  args: {value: 1}
+                  output: "${{ result.missing }}"
+                  retry: {attempts: 3, backoff: {initial: 1ms}, on: [expression]}
+              catch: {steps: [{id: caught, set: {caught: true}}]}
+          - id: denied
+            tool: echo
+            args: {value: x}
+            retry: {attempts: 3, backoff: {initial: 1ms}, on: [guardrail]}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert (result.status, result.error["code"]) == ("failed", "guardrail")
+    assert not [e for e in store.events(result.run_id) if e.kind == "step.retrying"]
+
+
+def test_an_if_that_does_not_evaluate_fails_its_step_in_the_log_and_for_the_catch(
+    store: Any, workdir: Path
+) -> None:
+    flow = write_flow(
+        workdir,
+        "if_error",
+        """\
+        steps:
+          - id: t
+            try:
+              steps:
+                - {id: s, if: "input.nope == 1", tool: echo, args: {value: 1}}
+              catch:
+                steps:
+                  - id: c
+                    tool: echo
+                    args: {value: "${{ [error.step, steps.s.status] }}"}
+        output: {caught: "${{ steps.t.output }}"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert (result.status, result.output) == ("completed", {"caught": ["s", "failed"]})
+    logged = [
+        (e.kind, e.payload.get("error", {}).get("code"))
+        for e in store.events(result.run_id)
+        if e.node_path == "t/body/s"
+    ]
+    assert logged == [("step.started", None), ("step.failed", "expression")]
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
+
+
 def test_hanging_tool_is_cut_off_and_caught(store: Any, workdir: Path) -> None:
     flow = write_flow(
         workdir,
