@@ -321,7 +321,12 @@ class RunGuard:
         base = self.base_chain
         if on_behalf_of is not None:
             if on_behalf_of in (self.principal.id, self.principal.sub):
-                base = ActorChain((*base.links, self.principal)) if not base.links else base
+                # The principal joins the chain unless it is in it already (a parent that acted on its
+                # behalf). A parent chain without it (a parent agent acting for nobody) keeps every link
+                # and gains the principal as the subject: delegation only ever narrows (spec §10.3), so
+                # dropping it would check the call against fewer parties than the step names.
+                if not any(isinstance(p, Principal) and p.id == self.principal.id for p in base.links):
+                    base = ActorChain((self.principal, *base.links))
             elif on_behalf_of in self.graph.workflow.identities:
                 base = base.delegate(self.authorizer.actor(on_behalf_of))
             else:

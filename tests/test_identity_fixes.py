@@ -136,3 +136,68 @@ def test_an_agent_in_a_retried_group_asks_again_and_a_fork_does_too(tmp_path: Pa
     code, fork = run(tmp_path, "wf.yaml", "--from", f"{run_id}@g/body/f")
     assert code == 3 and fork["pending"] == ["g/body/s"], fork
     assert len(calls(tmp_path)) == 2
+
+
+# --- 2. delegation in a child run keeps the principal -------------------------------------------------
+
+PARENT_AGENT = """\
+charter: "1.0"
+name: parent
+models:
+  default: {provider: scripted, responses: answers.yaml}
+tools:
+  sub: {workflow: child.yaml, effect: write}
+  admin: {python: "idtools:admin", effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-all, to: bot, tools: ["*"]}
+steps:
+  - id: s
+    agent: {identity: bot, tools: [sub], prompt: "do it"}
+"""
+
+DELEGATING_CHILD = """\
+charter: "1.0"
+name: child
+input: {type: object}
+models:
+  default: {provider: scripted, responses: answers.yaml}
+tools:
+  admin: {python: "idtools:admin", effect: write}
+identities:
+  bot: {kind: agent}
+  cbot: {kind: agent}
+grants:
+  - {id: c-bot, to: bot, tools: ["*"]}
+  - {id: c-cbot, to: cbot, tools: ["*"]}
+steps:
+  - id: c
+    agent:
+      identity: cbot
+      on_behalf_of: "${{ run.principal }}"
+      tools: [admin]
+      prompt: "go"
+"""
+
+CHILD_CALLS_ADMIN = [
+    {"step": "s", "turn": 1, "tool_calls": [{"name": "sub", "args": {}}]},
+    {"step": "s", "turn": 2, "text": "done"},
+    {"step": "c", "turn": 1, "tool_calls": [{"name": "admin", "args": {"what": "x"}}]},
+    {"step": "c", "turn": 2, "text": "done"},
+]
+
+
+def test_acting_for_the_principal_in_a_child_run_adds_the_principal_to_the_parents_chain(
+    tmp_path: Path,
+) -> None:
+    """The parent's agent acts for nobody; the child's acts for the run's principal, who holds no grant:
+    the call is checked against every party, the principal included, and denied."""
+    project(tmp_path, {"wf.yaml": PARENT_AGENT, "child.yaml": DELEGATING_CHILD}, CHILD_CALLS_ADMIN)
+    code, result = run(tmp_path, "wf.yaml", "--as", "alice")
+    assert code == 0, result
+    assert calls(tmp_path) == []  # admin never ran
+    (decided,) = events(tmp_path, child_run(tmp_path, result["run_id"]), "authz.decided")
+    assert decided["decision"] == "deny", decided
+    assert decided["actor_chain"] == ["user:alice", "agent:bot", "agent:cbot"]
+    assert decided["principal"] == "alice" and "user:alice" in decided["reason"]
