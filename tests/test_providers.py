@@ -173,6 +173,9 @@ class FakeLLMServer:
             self.send(
                 h, 200, b'{"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "n": NaN}'
             )
+        elif scenario == "overflow":  # 1e999: Python reads infinity, which no log can hold
+            call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1e999}'}}
+            self.send(h, 200, openai_answer({"content": None, "tool_calls": [call]}, "tool_calls"))
         elif scenario == "shapeless":
             self.send(h, 200, {"object": "something else"})
         elif scenario == "cutoff":
@@ -323,6 +326,12 @@ def test_openai_malformed_json_is_a_bad_response(server: FakeLLMServer) -> None:
 def test_openai_nan_is_not_json(server: FakeLLMServer) -> None:
     with pytest.raises(ModelBadResponseError, match="the answer is not JSON"):
         run_openai(server.url("nan"), ask())
+
+
+def test_openai_tool_arguments_overflowing_a_double_are_not_json(server: FakeLLMServer) -> None:
+    response, _ = run_openai(server.url("overflow"), ask())
+    (call,) = response.tool_calls
+    assert call.arguments == {} and call.error is not None and "not valid JSON" in call.error
 
 
 def test_openai_json_without_choices_is_a_bad_response(server: FakeLLMServer) -> None:

@@ -128,6 +128,12 @@ def test_text_answer_parses_as_structured_when_a_schema_is_asked(tmp_path: Path)
         ("responses:\n  - {step: s, text: a, extra: 1}\n", r"unknown key\(s\) \['extra'\]"),
         ("responses:\n  - {step: s, tool_calls: [{args: {}}]}\n", "tool call 1 needs a 'name'"),
         ("responses:\n  - {step: s, text: a, usage: {input_tokens: -1}}\n", "non-negative integers"),
+        ("responses:\n  - {step: s, json: {n: .nan}}\n", "'json' must be JSON: no .nan"),
+        ("responses:\n  - {step: s, json: {1: a}}\n", "'json' must be JSON"),
+        (
+            "responses:\n  - {step: s, tool_calls: [{name: f, args: {x: .inf}}]}\n",
+            "tool call 1 'args' must be JSON",
+        ),
     ],
 )
 def test_malformed_responses_file_fails_when_loaded(tmp_path: Path, content: str, message: str) -> None:

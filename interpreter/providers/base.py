@@ -17,6 +17,7 @@ them. They are not the answer: `text` never includes them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -191,13 +192,20 @@ def parse_structured(text: str | None) -> Any:
 
 
 def strict_json(text: str | bytes) -> Any:
-    """`json.loads` without the NaN and Infinity that Python accepts: they are not JSON, and an answer
-    holding one could not be logged."""
-    return json.loads(text, parse_constant=_not_json)
+    """`json.loads` without the NaN and Infinity that Python accepts, nor a number too large for a
+    double (`1e999`, which Python reads as infinity): an answer holding one could not be logged."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
 
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a double")
+    return value
 
 
 # --- errors -------------------------------------------------------------------------------------------

@@ -177,8 +177,19 @@ def _entry(raw: Any, line: int, fail: Any) -> ScriptEntry:
             raise fail(f"{where}: 'text' must be a string; use 'json' for a structured answer")
         return replace(entry, text=raw["text"])
     if "json" in raw:
-        return replace(entry, json=raw["json"], is_json=True)
+        return replace(entry, json=_json_value(raw["json"], f"{where}: 'json'", fail), is_json=True)
     return replace(entry, tool_calls=_tool_calls(raw["tool_calls"], where, fail))
+
+
+def _json_value(value: Any, what: str, fail: Any) -> Any:
+    """A value a real model could have answered: JSON (YAML's .nan, .inf, dates and non-string keys
+    are not), or the answer could not be logged when the run gets to it."""
+    try:
+        if strict_json(json.dumps(value, allow_nan=False)) == value:
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise fail(f"{what} must be JSON: no .nan or .inf, dates or non-string keys (quote them)")
 
 
 def _tool_calls(raw: Any, where: str, fail: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
@@ -194,7 +205,7 @@ def _tool_calls(raw: Any, where: str, fail: Any) -> tuple[tuple[str, dict[str, A
         args = call.get("args", {})
         if not isinstance(args, dict):
             raise fail(f"{where}: tool call {n} 'args' must be a mapping")
-        calls.append((call["name"], args))
+        calls.append((call["name"], _json_value(args, f"{where}: tool call {n} 'args'", fail)))
     return tuple(calls)
 
 
