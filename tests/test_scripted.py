@@ -218,6 +218,24 @@ def test_malformed_override_is_a_clear_error(text: str, message: str) -> None:
         parse_model_override(text)
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1", "Invalid port"),
+        ("http://127.0.0.1:99999/v1", "port 99999 is out of range"),
+        ("localhost:8080/v1", "it needs http:// or https:// and a host"),
+    ],
+)
+def test_a_base_url_that_cannot_be_requested_is_refused_at_setup(url: str, message: str) -> None:
+    with pytest.raises(ModelConfigError, match=f"the base URL is not usable: {message}"):
+        resolve_config({"provider": "openai", "model": "g", "base_url": url}, environ={})
+
+
+def test_a_key_no_http_header_can_hold_is_refused_at_setup() -> None:
+    with pytest.raises(ModelAuthError, match="the API key has characters an HTTP header cannot hold"):
+        get_provider({"provider": "openai", "model": "g", "api_key_env": "K"}, environ={"K": "sk-clé"})
+
+
 def test_keys_come_from_env_or_secrets_never_silently_missing() -> None:
     with pytest.raises(ModelAuthError, match="no API key: set ANTHROPIC_API_KEY"):
         get_provider({"provider": "anthropic", "model": "c"}, environ={})

@@ -194,8 +194,8 @@ def resolve_config(
     return ProviderConfig(
         provider=provider,
         model=fields.get("model"),
-        base_url=fields.get("base_url") or _env(env, _DEFAULT_URL_ENV.get(provider)),
-        api_key=_api_key(provider, fields, secrets or {}, env),
+        base_url=_checked_url(provider, fields.get("base_url") or _env(env, _DEFAULT_URL_ENV.get(provider))),
+        api_key=_header_safe(provider, _api_key(provider, fields, secrets or {}, env)),
         parameters=dict(fields.get("parameters") or {}),
         responses=fields.get("responses"),
         timeout=_seconds(timeout) if timeout is not None else None,
@@ -240,6 +240,30 @@ def _api_key(
             provider, "-", f"no API key: set {default}, or declare api_key_env or api_key_secret on the model"
         )
     return None
+
+
+def _header_safe(provider: str, key: str | None) -> str | None:
+    """A key goes in an HTTP header, which holds ASCII only: refused at setup, never mid-run."""
+    if key is not None and not (key.isascii() and key.isprintable()):
+        raise ModelAuthError(provider, "-", "the API key has characters an HTTP header cannot hold")
+    return key
+
+
+def _checked_url(provider: str, url: Any) -> str | None:
+    """A base URL that can be requested: refused when the run is set up, not at its first model call."""
+    if url is None:
+        return None
+    import httpx  # here, not at import: `charter validate` loads no HTTP client
+
+    try:
+        parsed = httpx.URL(str(url))
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("it needs http:// or https:// and a host")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ValueError(f"port {parsed.port} is out of range")
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ModelConfigError(provider, str(url), f"the base URL is not usable: {exc}") from None
+    return str(url)
 
 
 def _env(env: Mapping[str, str], name: str | None) -> str | None:

@@ -21,6 +21,7 @@ import httpx
 from .base import (
     ModelAuthError,
     ModelBadResponseError,
+    ModelConfigError,
     ModelConnectionError,
     ModelError,
     ModelRateLimitError,
@@ -152,6 +153,12 @@ class JsonHttpClient:
             raise _Retry(ModelConnectionError(self.provider, url, what), None) from None
         except httpx.HTTPError as exc:
             raise ModelConnectionError(self.provider, url, _reason(exc)) from None
+        except (httpx.InvalidURL, UnicodeError, ValueError, OverflowError, ExceptionGroup) as exc:
+            # The request could not even be made (a key that is not ASCII, a port out of range): no
+            # later attempt can do better.
+            raise ModelConfigError(
+                self.provider, url, f"the request cannot be sent: {_reason(exc)}"
+            ) from None
         return self._decode(url, response)
 
     def _decode(self, url: str, response: httpx.Response) -> dict[str, Any]:
