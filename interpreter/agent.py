@@ -426,10 +426,13 @@ class StepCall:
         return ToolSpec(name, tool.description or "", dict(schema))
 
     def _identity_chain(self) -> None:
-        on_behalf_of = self.ex.evaluate(
-            self.node.values.get("on_behalf_of"), self.scope, f"{self.what}: on_behalf_of"
-        )
-        self.chain = self.guard.chain_for(self.identity, on_behalf_of)
+        field = self.node.values.get("on_behalf_of")
+        if field is None:  # the step acts for nobody: the agent's own grants (within a parent's chain)
+            self.chain = self.guard.chain_for(self.identity)
+        else:  # a value the step set, null included: the guard refuses one that names nobody
+            where = f"{self.what}: on_behalf_of"
+            on_behalf_of = self.ex.evaluate(field, self.scope, where)
+            self.chain = self.guard.chain_for(self.identity, on_behalf_of, where=where)
         claim = self.chain.to_act_claim() if self.chain is not None else None
         if claim:
             self.actor = claim

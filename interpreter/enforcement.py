@@ -36,10 +36,13 @@ from interpreter.authz import (
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
 from interpreter.records import build_records, once_per_call, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
-from interpreter.runtime import OUTER_ATTEMPTS, StepError
+from interpreter.runtime import OUTER_ATTEMPTS, StepError, kind_of
 from interpreter.timing import Segment, began_at, execution_time, segments
 
 Emit = Callable[[str, str, Any, dict[str, Any] | None], None]
+
+# `RunGuard.chain_for` without `on_behalf_of`: the step delegates nothing (null is a value that does).
+NOT_DELEGATED: Any = object()
 
 # The chain a tool call runs under, for a child workflow started by that call (a workflow tool or step).
 CURRENT_CHAIN: contextvars.ContextVar[ActorChain | None] = contextvars.ContextVar(
@@ -305,11 +308,19 @@ class RunGuard:
     # -- identities
 
     def chain_for(
-        self, identity: str | None, on_behalf_of: str | None = None, parent: ActorChain | None = None
+        self,
+        identity: str | None,
+        on_behalf_of: Any = NOT_DELEGATED,
+        parent: ActorChain | None = None,
+        *,
+        where: str = "on_behalf_of",
     ) -> ActorChain:
         """The chain a call runs under. No identity: the workflow itself (within a parent run's chain).
         `parent` (a sub-agent's caller) or the run's parent chain can only be narrowed by appending.
-        `on_behalf_of` must name the run's principal or a declared identity, never anyone else."""
+        `on_behalf_of` (leave it out when the step has none) is the value the step's field evaluated
+        to: it must name the run's principal or a declared identity, never anyone else, and a value that
+        names nobody fails the step rather than let the agent act on its own grants (fail closed).
+        `where` names the field in errors (e.g. "agent step 's': on_behalf_of")."""
         if identity is None:
             return parent if parent is not None else self.base_chain
         try:
@@ -318,8 +329,22 @@ class RunGuard:
             raise unauthorized_error(str(exc)) from None
         if parent is not None:
             return parent.delegate(actor)
+        if on_behalf_of is None:
+            # Set, but null (e.g. `${{ input.user }}` without a user): the step said the agent acts for
+            # someone and named nobody. Acting on the agent's own grants instead would widen it.
+            raise unauthorized_error(
+                f"{where} evaluated to null: it names no principal, and the agent acts for someone "
+                "only when that someone is named"
+            )
+        if on_behalf_of is not NOT_DELEGATED and not isinstance(on_behalf_of, str):
+            raise StepError(
+                "expression",
+                f"{where} must evaluate to an identity name (a string), not {kind_of(on_behalf_of)}",
+                type="ExpressionError",
+                retryable=False,
+            )
         base = self.base_chain
-        if on_behalf_of is not None:
+        if isinstance(on_behalf_of, str):
             if on_behalf_of in (self.principal.id, self.principal.sub):
                 # The principal joins the chain unless it is in it already (a parent that acted on its
                 # behalf). A parent chain without it (a parent agent acting for nobody) keeps every link
@@ -331,7 +356,7 @@ class RunGuard:
                 base = base.delegate(self.authorizer.actor(on_behalf_of))
             else:
                 raise unauthorized_error(
-                    f"on_behalf_of '{on_behalf_of}' is neither the run's principal "
+                    f"{where} '{on_behalf_of}' is neither the run's principal "
                     f"('{self.principal.id}') nor a declared identity"
                 )
         return base.delegate(actor)
@@ -822,6 +847,7 @@ def approvals_from_records(
 
 __all__ = [
     "CURRENT_CHAIN",
+    "NOT_DELEGATED",
     "enforce_tool_input",
     "enforce_tool_output",
     "EscalationKeys",

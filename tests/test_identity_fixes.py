@@ -201,3 +201,60 @@ def test_acting_for_the_principal_in_a_child_run_adds_the_principal_to_the_paren
     assert decided["decision"] == "deny", decided
     assert decided["actor_chain"] == ["user:alice", "agent:bot", "agent:cbot"]
     assert decided["principal"] == "alice" and "user:alice" in decided["reason"]
+
+
+# --- 3. an on_behalf_of that names nobody fails closed ------------------------------------------------
+
+DELEGATED = """\
+charter: "1.0"
+name: delegated
+input: {type: object}
+models:
+  default: {provider: scripted, responses: answers.yaml}
+tools:
+  admin: {python: "idtools:admin", effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-all, to: bot, tools: [admin]}
+steps:
+  - id: s
+    agent:
+      identity: bot
+      on_behalf_of: 'ON_BEHALF_OF'
+      tools: [admin]
+      prompt: "do it"
+"""
+
+ADMIN_ONCE = [
+    {"step": "s", "turn": 1, "tool_calls": [{"name": "admin", "args": {"what": "x"}}]},
+    {"step": "s", "turn": 2, "text": "done"},
+]
+
+
+def test_on_behalf_of_null_fails_the_step_instead_of_using_the_agents_own_grants(tmp_path: Path) -> None:
+    project(tmp_path, {"wf.yaml": DELEGATED.replace("ON_BEHALF_OF", "${{ input.user }}")}, ADMIN_ONCE)
+    code, result = run(tmp_path, "wf.yaml", "--input", '{"user": null}')
+    assert code == 1, result
+    error = result["error"]
+    assert error["code"] == "unauthorized" and error["step"] == "s", error
+    assert error["message"].startswith("agent step 's': on_behalf_of evaluated to null"), error
+    assert calls(tmp_path) == []
+    assert events(tmp_path, result["run_id"], "model.called") == []  # refused before the model is asked
+    # a principal the step does name still delegates: alice holds no grant, so the call is denied
+    code, result = run(tmp_path, "wf.yaml", "--input", '{"user": "alice"}', "--as", "alice")
+    assert code == 0 and calls(tmp_path) == [], result
+    (decided,) = events(tmp_path, result["run_id"], "authz.decided")
+    assert decided["actor_chain"] == ["user:alice", "agent:bot"] and decided["decision"] == "deny"
+
+
+def test_on_behalf_of_a_list_is_a_step_error_naming_the_step(tmp_path: Path) -> None:
+    project(tmp_path, {"wf.yaml": DELEGATED.replace("ON_BEHALF_OF", '${{ ["alice"] }}')}, ADMIN_ONCE)
+    code, result = run(tmp_path, "wf.yaml", "--as", "alice")
+    assert code == 1, result
+    error = result["error"]
+    assert (error["code"], error["step"], error["type"]) == ("expression", "s", "ExpressionError"), error
+    assert error["message"] == (
+        "agent step 's': on_behalf_of must evaluate to an identity name (a string), not list"
+    )
+    assert calls(tmp_path) == []
