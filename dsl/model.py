@@ -214,18 +214,36 @@ class Base(BaseModel):
     )
 
 
-def _rule(message: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError("charter_rule", message, ctx)
+def _rule(
+    message: str, at: tuple[str | int, ...] = (), *, at_key: bool = False, **ctx: Any
+) -> PydanticCustomError:
+    """A cross-field rule broken (CH109). `at` is the path, inside the object validated, of the node the
+    rule is about (YAML keys: `schema`, not `schema_`), `at_key` to point at that key rather than at its
+    value: pydantic places a model validator's error at the whole object, `dsl.validate` then places the
+    diagnostic at the offending key or value (spec §17.2). Without `at`, it stays at the object (a rule
+    about something missing has nothing else to point at)."""
+    return PydanticCustomError("charter_rule", message, {**ctx, **_at(at, at_key)})
+
+
+def _at(at: tuple[str | int, ...], at_key: bool) -> dict[str, Any]:
+    """The context entries that tell `dsl.validate` where inside the object an error belongs."""
+    return {"at": list(at), "at_key": at_key} if at else {}
 
 
 def _exactly_one(obj: BaseModel, names: tuple[str, ...]) -> None:
-    """`names` are attribute names; a trailing underscore marks an alias (schema_ -> schema)."""
+    """`names` are attribute names; a trailing underscore marks an alias (schema_ -> schema). With
+    several present the error points at the second key (the first one is taken as meant); with none,
+    at the object."""
     present = [n.rstrip("_") for n in names if getattr(obj, n) is not None]
     if len(present) != 1:
         raise PydanticCustomError(
             "one_of",
             "must have exactly one of {options} (found {found})",
-            {"options": ", ".join(n.rstrip("_") for n in names), "found": ", ".join(present) or "none"},
+            {
+                "options": ", ".join(n.rstrip("_") for n in names),
+                "found": ", ".join(present) or "none",
+                **_at(tuple(present[1:2]), True),
+            },
         )
 
 
@@ -315,17 +333,29 @@ class Guardrail(Base):
         if self.limits is None and self.on is None:
             raise _rule("needs 'on': the hook point where the check runs ({hooks})", hooks=", ".join(HOOKS))
         if self.limits is not None and self.on is not None:
-            raise _rule("is a budget: remove 'on' (budgets count every call)")
+            raise _rule("is a budget: remove 'on' (budgets count every call)", ("on",), at_key=True)
         if self.limits is not None and self.action not in ("deny", "escalate", "warn"):
             raise _rule(
-                "is a budget: action must be deny, escalate or warn, not {action}", action=self.action
+                "is a budget: action must be deny, escalate or warn, not {action}",
+                ("action",),
+                action=self.action,
             )
         if self.action == "redact" and self.regex is None:
-            raise _rule("uses action redact, which needs a 'regex' whose matches are masked")
+            raise _rule("uses action redact, which needs a 'regex' whose matches are masked", ("action",))
         if self.max_retries is not None and self.action != "retry":
-            raise _rule("sets 'max_retries' but its action is {action}, not retry", action=self.action)
+            raise _rule(
+                "sets 'max_retries' but its action is {action}, not retry",
+                ("max_retries",),
+                at_key=True,
+                action=self.action,
+            )
         if self.escalation is not None and self.action != "escalate":
-            raise _rule("sets 'escalation' but its action is {action}, not escalate", action=self.action)
+            raise _rule(
+                "sets 'escalation' but its action is {action}, not escalate",
+                ("escalation",),
+                at_key=True,
+                action=self.action,
+            )
         return self
 
 
@@ -368,14 +398,22 @@ class LanguageModel(Base):
     @model_validator(mode="after")
     def _consistent(self) -> LanguageModel:
         if self.provider == "scripted" and self.responses is None:
-            raise _rule("uses the scripted provider, which needs 'responses' (a responses file)")
+            raise _rule(
+                "uses the scripted provider, which needs 'responses' (a responses file)", ("provider",)
+            )
         if self.provider in ("openai", "anthropic"):
             if self.responses is not None:
-                raise _rule("sets 'responses', which only the scripted provider reads")
+                raise _rule(
+                    "sets 'responses', which only the scripted provider reads", ("responses",), at_key=True
+                )
             if self.model is None:
-                raise _rule("needs 'model' (the model's name at {provider})", provider=self.provider)
+                raise _rule(
+                    "needs 'model' (the model's name at {provider})", ("provider",), provider=self.provider
+                )
         if self.api_key_env is not None and self.api_key_secret is not None:
-            raise _rule("sets both 'api_key_env' and 'api_key_secret'; keep one")
+            raise _rule(
+                "sets both 'api_key_env' and 'api_key_secret'; keep one", ("api_key_secret",), at_key=True
+            )
         return self
 
 
@@ -397,7 +435,7 @@ class HttpTool(Base):
     @model_validator(mode="after")
     def _one_body(self) -> HttpTool:
         if self.json_ is not None and self.body is not None:
-            raise _rule("sets both 'json' and 'body'; keep one")
+            raise _rule("sets both 'json' and 'body'; keep one", ("body",), at_key=True)
         return self
 
 
@@ -464,11 +502,12 @@ class Tool(Base):
     @model_validator(mode="after")
     def _one_kind(self) -> Tool:
         _exactly_one(self, ("python", "http", "mcp", "workflow"))
-        for rule in self.guardrails:
+        for i, rule in enumerate(self.guardrails):
             if rule.on is not None and not rule.on.startswith("tool."):
                 raise _rule(
                     "has guardrail '{id}' on {hook}; a tool's own rules hook tool.select, tool.input or "
                     "tool.output (put other hooks at workflow or step level)",
+                    ("guardrails", i, "on"),
                     id=rule.id,
                     hook=rule.on,
                 )
@@ -577,7 +616,9 @@ class AgentSpec(Base):
     @model_validator(mode="after")
     def _identity_for_tools(self) -> AgentSpec:
         if self.tools and self.identity is None:
-            raise _rule("lists tools, so it needs an 'identity' whose grants allow them")
+            raise _rule(
+                "lists tools, so it needs an 'identity' whose grants allow them", ("tools",), at_key=True
+            )
         return self
 
 
@@ -633,16 +674,24 @@ class Case(Base):
     def _when_or_default(self) -> Case:
         if (self.when is None) == (self.default is None):
             found = "both" if self.when is not None else "neither"
-            raise _rule("must have either 'when' or 'default: true' (found {found})", found=found)
+            at: tuple[str, ...] = ("default",) if found == "both" else ()
+            raise _rule(
+                "must have either 'when' or 'default: true' (found {found})", at, at_key=True, found=found
+            )
         return self
 
 
 def _check_cases(cases: list[Case]) -> list[Case]:
     defaults = [i for i, c in enumerate(cases) if c.default]
-    if len(defaults) > 1:
-        raise _rule("has {n} default cases; keep one", n=len(defaults))
+    if len(defaults) > 1:  # at the second one: the first is taken as meant
+        raise _rule("has {n} default cases; keep one", (defaults[1], "default"), at_key=True, n=len(defaults))
     if defaults and defaults[0] != len(cases) - 1:
-        raise _rule("has its default case at position {i}; put it last", i=defaults[0])
+        raise _rule(
+            "has its default case at position {i}; put it last",
+            (defaults[0], "default"),
+            at_key=True,
+            i=defaults[0],
+        )
     return cases
 
 
@@ -678,12 +727,12 @@ class ParallelSpec(Base):
     @model_validator(mode="after")
     def _n_with_first_n(self) -> ParallelSpec:
         if self.join == "first-n" and self.n is None:
-            raise _rule("uses join first-n, which needs 'n'")
+            raise _rule("uses join first-n, which needs 'n'", ("join",))
         if self.join != "first-n" and self.n is not None:
-            raise _rule("sets 'n', which only join first-n uses")
+            raise _rule("sets 'n', which only join first-n uses", ("n",), at_key=True)
         count = len(self.branches)
         if self.n is not None and self.n > count:
-            raise _rule("waits for n={n} branches but has only {count}", n=self.n, count=count)
+            raise _rule("waits for n={n} branches but has only {count}", ("n",), n=self.n, count=count)
         return self
 
 

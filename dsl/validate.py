@@ -103,9 +103,13 @@ def _diagnose(doc: Document, err: Any) -> Diagnostic:
         code = _CUSTOM_CODES[kind]
         subject = _describe(loc, data) if kind in ("one_of", "charter_rule") else _field_ref(loc, data)
         message = f"{subject} {err['msg']}"
-        inner = err.get("ctx", {}).get("path") if kind == "json_schema" else None
-        if inner:  # placed at the offending part of the schema (a `$ref`, a bad `type`), not its start
-            loc = (*loc, *inner)
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("path") if kind == "json_schema" else ctx.get("at")
+        if inner:
+            # a schema error at the offending part of the schema (a `$ref`, a bad `type`); a model's
+            # cross-field rule (`dsl.model._rule`) at the key or value it is about, not the object start
+            line, column = _position(doc, (*loc, *inner), bool(ctx.get("at_key")), fallback=loc)
+            return error(code, message, doc.file, line, column, hint)
     elif kind in _EXPECTED:
         code = "CH103"
         message = (
@@ -137,11 +141,13 @@ def _diagnose(doc: Document, err: Any) -> Diagnostic:
     return error(code, message, doc.file, line, column, hint)
 
 
-def _position(doc: Document, loc: Path, at_key: bool) -> tuple[int, int]:
+def _position(doc: Document, loc: Path, at_key: bool, fallback: Path | None = None) -> tuple[int, int]:
+    """Where `loc` is in the file (its key with `at_key`); else where `fallback` is (the enclosing
+    object a rule names a part of), else 1:1."""
     try:
         return doc.key_position(loc) if at_key and loc else doc.position(loc)
     except Exception:  # a position is a courtesy; never let it hide the diagnostic
-        return (1, 1)
+        return _position(doc, fallback, False) if fallback is not None else (1, 1)
 
 
 def _clean_loc(loc: Sequence[str | int]) -> Path:
