@@ -414,13 +414,18 @@ def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
     )
 
 
-def _guarded(action):  # type: ignore[no-untyped-def]
-    """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message."""
+def _guarded(action, runs_code: bool = False):  # type: ignore[no-untyped-def]
+    """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message.
+    `runs_code`: the call executes a workflow, and what its code prints (a python tool's `print`) goes
+    to stderr, since stdout is the run's output, which scripts read (`--json`)."""
+    import contextlib
+
     from interpreter import PolicyError, RunSetupError
     from interpreter.store import LeaseLost, RunLeased, StoreError, StoreLockedError
 
     try:
-        return action()
+        with contextlib.redirect_stdout(sys.stderr) if runs_code else contextlib.nullcontext():
+            return action()
     except (RunLeased, LeaseLost) as exc:  # not an error of the request: another process has the run
         _die(str(exc), EXIT_LEASED)
     except StoreLockedError as exc:  # another process kept the log locked: try again later
@@ -521,9 +526,11 @@ def run(
         run_id, sep, node_path = fork_from.partition("@")
         if not sep or not run_id or not node_path:
             raise click.UsageError("--from takes RUN@NODE_PATH, e.g. 01JC...@priced")
-        result = _guarded(lambda: fork_run(run_id, node_path, store=store, options=options, graph=graph_))
+        result = _guarded(
+            lambda: fork_run(run_id, node_path, store=store, options=options, graph=graph_), runs_code=True
+        )
     else:
-        result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options))
+        result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
     _report(result, as_json, store)
 
@@ -685,7 +692,7 @@ def resume(
 
     store = _open_store(db)
     options = _options(None, None, allow_modules, "normal", models=models)
-    result = _guarded(lambda: resume_run(run_id, store=store, options=options))
+    result = _guarded(lambda: resume_run(run_id, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
     _report(_top_level(store, result), as_json, store, resumed=result)
 
@@ -811,7 +818,8 @@ def approve(
     decision = _guarded(
         lambda: decide(
             run_id, node_path, store=store, person=person, approved=not deny, reason=reason, options=options
-        )
+        ),
+        runs_code=True,
     )
     _report(decision.result, as_json, store, decision)
 
@@ -869,21 +877,25 @@ def wake(
 
 
 def _wake_once(store, options, as_json: bool):  # type: ignore[no-untyped-def]
+    import contextlib
     import json
 
     from interpreter.wake import wake_due
 
+    out = sys.stdout  # the report's: what the runs' code prints goes to stderr (as in `_guarded`)
+
     def show(w) -> None:  # type: ignore[no-untyped-def]
         if as_json:
-            click.echo(json.dumps(w.to_dict(), ensure_ascii=False), nl=True)
+            click.echo(json.dumps(w.to_dict(), ensure_ascii=False), nl=True, file=out)
             return
         what = {"resumed": f"resumed: {w.status}", "skipped": "skipped", "error": "not resumed"}[w.action]
         why = f": {w.message}" if w.message else ""
         expired = f"expired {', '.join(w.expired)}; " if w.expired else ""  # none: its log cannot be read
         above = f"; its top-level run {w.top[0]} is {w.top[1]}" if w.top else ""
-        click.echo(f"run {w.run_id} ({w.workflow}): {expired}{what}{why}{above}")
+        click.echo(f"run {w.run_id} ({w.workflow}): {expired}{what}{why}{above}", file=out)
 
-    return wake_due(store, options, report=show)
+    with contextlib.redirect_stdout(sys.stderr):
+        return wake_due(store, options, report=show)
 
 
 def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: ignore[no-untyped-def]

@@ -228,6 +228,23 @@ def test_a_reader_that_leaves_early_does_not_end_the_run(tmp_path: Path) -> None
     assert row["status"] == "completed", row
 
 
+def test_what_a_tool_prints_goes_to_stderr_never_into_the_output(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["chatty"]\n')
+    (tmp_path / "chatty.py").write_text(
+        "def hello(n: int) -> int:\n    print('debug: hello', n)\n    return n + 1\n"
+    )
+    (tmp_path / "flow.yaml").write_text(
+        'charter: "1.0"\nname: chatty\ntools:\n  hello: {python: "chatty:hello", effect: read}\n'
+        'steps:\n  - {id: h, tool: hello, args: {n: 1}}\noutput: {n: "${{ steps.h.output }}"}\n'
+    )
+    for extra in (["--json"], []):
+        proc = charter("run", "flow.yaml", *extra, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)  # stdout is the output document alone
+        assert (out["output"] if extra else out) == {"n": 2}
+        assert "debug: hello 1" in proc.stderr
+
+
 def test_failed_run_exits_1(tmp_path: Path) -> None:
     flow = tmp_path / "failing.yaml"
     flow.write_text(
