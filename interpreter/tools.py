@@ -399,6 +399,37 @@ def _url(compiled: Any, default: str, bindings: Mapping[str, Any]) -> str:
     return text
 
 
+class _Unsendable(ValueError):
+    """A request that HTTP cannot carry, said without quoting the value (it may hold a secret)."""
+
+
+def _check_headers(headers: Mapping[str, str]) -> None:
+    """Header names and values must be ASCII without line breaks or NUL (RFC 9110): an argument such as
+    a model's "José" is refused with the header's name, not by an encoder deep in httpx."""
+    for name, value in headers.items():
+        for what, text in (("name", name), ("value", value)):
+            if not text.isascii():
+                raise _Unsendable(
+                    f"the {what} of header {name!r} is not ASCII, which an HTTP header cannot carry"
+                )
+            if any(c in text for c in "\r\n\0"):
+                raise _Unsendable(f"the {what} of header {name!r} holds a line break or NUL")
+
+
+def _check_port(url: Any) -> None:
+    """httpx accepts any port number; the socket layer would refuse one out of range only when sending."""
+    if url.port is not None and not 0 < url.port < 65536:
+        raise _Unsendable(f"the port {url.port} is out of range (1-65535)")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the first failure inside anyio's exception groups, with its type when its text is bare."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def call_http(
     name: str,
     spec: Any,
@@ -431,8 +462,13 @@ async def call_http(
     if payload is None and body is None and spec.method in ("POST", "PUT", "PATCH"):
         payload = args
     timeout = parse_duration(spec.timeout) if spec.timeout else 30.0
+    what = f"tool '{name}': {spec.method} {url}"
     try:
-        response = await client.request(
+        # Built apart from sending: what fails here (a URL that does not parse, a header HTTP cannot
+        # carry, a body that is not JSON) never reached the network, and another attempt with the same
+        # values fails the same way.
+        _check_headers(headers)
+        request = client.build_request(
             spec.method,
             httpx.URL(url).copy_merge_params(query) if query else url,  # `params=` drops the url's query
             headers=headers,
@@ -440,14 +476,20 @@ async def call_http(
             content=None if body is None else str(body),
             timeout=timeout,
         )
+        _check_port(request.url)
+    except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, UnicodeError, ...: never a run's `internal` failure
+        reason = str(exc) if isinstance(exc, _Unsendable) else _reason(exc)
+        raise StepError(
+            "http", f"{what} cannot be sent: {reason}", type="ToolError", category="tool", retryable=False
+        ) from None
+    try:
+        response = await client.send(request)
     except httpx.TimeoutException:
-        raise StepError(
-            "timeout", f"tool '{name}': {spec.method} {url} timed out", type="ToolError", category="tool"
-        ) from None
+        raise StepError("timeout", f"{what} timed out", type="ToolError", category="tool") from None
     except httpx.HTTPError as exc:
-        raise StepError(
-            "http", f"tool '{name}': {spec.method} {url} failed: {exc}", type="ToolError", category="tool"
-        ) from None
+        raise StepError("http", f"{what} failed: {exc}", type="ToolError", category="tool") from None
+    except Exception as exc:  # noqa: BLE001 - a transport fault httpx does not wrap (anyio's ExceptionGroup, OSError)
+        raise StepError("http", f"{what} failed: {_reason(exc)}", type="ToolError", category="tool") from None
     if not 200 <= response.status_code < 300:
         raise StepError(
             "http",

@@ -1,0 +1,202 @@
+"""Tools at the edges: HTTP requests that cannot be sent, slow bodies, header and body values that are not
+strings, the idempotency key header, MCP time limits, and Python tools raising CancelledError. Against a
+real HTTP server on 127.0.0.1, a real MCP server process and real SQLite event logs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsl.frontend import compile_file
+from interpreter import RunOptions, replay_run, run_workflow
+
+MODULE = "edge_tool_tools"
+TOOLS = """
+import asyncio
+
+async def awaits_a_cancelled_task():
+    helper = asyncio.ensure_future(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    helper.cancel()
+    return await helper  # raises CancelledError: the tool's own failure, not the step's cancellation
+
+def raises_cancelled():
+    raise asyncio.CancelledError("from a thread")
+
+async def hangs():
+    await asyncio.sleep(30)
+"""
+
+OPTS = RunOptions(allow_modules=(MODULE,))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("edges")
+    (d / f"{MODULE}.py").write_text(TOOLS)
+    return d
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """`/echo` answers what it received: the raw header lines and the body; `/slowbody` sends a long body
+    one byte at a time, each well within any per-read timeout."""
+
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _echo(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length).decode("utf-8") if length else None
+        data = json.dumps(
+            {"headers": [[k.lower(), v] for k, v in self.headers.items()], "body": body}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.startswith("/slowbody"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "600")
+            self.end_headers()
+            try:
+                for _ in range(600):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client gave up: what this test expects
+                pass
+            return
+        self._echo()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._echo()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True  # a trickling answer the client abandoned must not hold shutdown
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def flow(workdir: Path, name: str, text: str) -> Any:
+    path = workdir / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    graph, diags = compile_file(path)
+    assert graph is not None, [str(d) for d in diags]
+    return graph
+
+
+def kinds(store: Any, run_id: str, kind: str) -> list[dict[str, Any]]:
+    return [e.payload for e in store.events(run_id) if e.kind == kind]
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP: a request that cannot be made is a step error (`http`), never the run's `internal` failure
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"name": "José"}, "the value of header 'X-Name' is not ASCII"),
+        ({"name": "a\nb"}, "the value of header 'X-Name' holds a line break"),
+        ({"host": "127.0.0.1:99999"}, "the port 99999 is out of range"),
+        ({"host": "[::1"}, "InvalidURL"),
+    ],
+)
+def test_a_request_that_cannot_be_sent_is_an_http_error_that_catch_sees_and_replay_reproduces(
+    store: Any, workdir: Path, server: str, args: dict[str, str], message: str
+) -> None:
+    host = server.removeprefix("http://")
+    graph = flow(
+        workdir,
+        "unsendable",
+        """\
+        charter: "1.0"
+        name: unsendable
+        input: {type: object}
+        vars: {error: null}
+        tools:
+          call:
+            effect: read
+            http:
+              method: GET
+              url: "http://${{ args.host }}/echo"
+              headers: {X-Name: "${{ args.name }}"}
+        steps:
+          - id: t
+            try:
+              steps:
+                - id: c
+                  retry: {attempts: 3, backoff: {initial: 10ms}}
+                  tool: call
+                  args: {host: "${{ input.host }}", name: "${{ input.name }}"}
+              catch:
+                steps: [{id: why, set: {error: "${{ error }}"}}]
+        output: {error: "${{ vars.error }}"}
+        """,
+    )
+    result = run_workflow(graph, {"host": host, "name": "x", **args}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    error = result.output["error"]
+    assert error["code"] == "http" and message in error["message"] and "cannot be sent" in error["message"]
+    # Every call that started has its end in the log; another attempt cannot change it: made once.
+    assert len(kinds(store, result.run_id, "tool.called")) == 1
+    assert [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")] == ["http"]
+    assert replay_run(result.run_id, store=store).ok
+
+
+def test_an_agent_hears_of_a_request_that_cannot_be_sent_and_goes_on(
+    store: Any, workdir: Path, server: str
+) -> None:
+    (workdir / "agent_answers.yaml").write_text(
+        json.dumps(
+            {
+                "responses": [
+                    {"step": "ag", "turn": 1, "tool_calls": [{"name": "hdr", "args": {"name": "José"}}]},
+                    {"step": "ag", "turn": 2, "text": "done"},
+                ]
+            }
+        )
+    )
+    graph = flow(
+        workdir,
+        "agent_unsendable",
+        f"""\
+        charter: "1.0"
+        name: agent-unsendable
+        models: {{default: {{provider: scripted, responses: agent_answers.yaml}}}}
+        tools:
+          hdr:
+            effect: read
+            args: {{type: object, properties: {{name: {{type: string}}}}}}
+            http: {{method: GET, url: "{server}/echo", headers: {{X-Name: "${{{{ args.name }}}}"}}}}
+        identities: {{bot: {{kind: agent}}}}
+        grants: [{{id: g, to: bot, tools: [hdr]}}]
+        steps:
+          - id: ag
+            agent: {{identity: bot, tools: [hdr], prompt: "greet José"}}
+        output: {{answer: "${{{{ steps.ag.output }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "done"}
+    failed = kinds(store, result.run_id, "tool.failed")
+    assert len(failed) == 1 and failed[0]["error"]["code"] == "http"
+    assert replay_run(result.run_id, store=store).ok
