@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from interpreter import store as s
@@ -149,6 +150,57 @@ class Inherited(NamedTuple):
     secret_values: frozenset[str]  # masked in the child's log as in the parent's
 
 
+class Outer(NamedTuple):
+    """A run above this one, as a child run's calls must also satisfy it: its authorizer, the chain
+    that started the child, and what its tool names mean (its declarations, and the folder its
+    `workflow` paths are relative to), so that its grants are asked only about the tools they were
+    written for."""
+
+    authorizer: Authorizer
+    chain: ActorChain
+    tools: Mapping[str, Any]  # name -> dsl.model.Tool, as the parent's file declares them
+    folder: Path | None  # the parent file's folder; None: not known (a graph compiled from stored text)
+
+
+def tool_target(tool: Any, name: str, folder: Path | None) -> tuple[Any, ...]:
+    """What a tool declaration names, for deciding whether two files mean the same tool by a name:
+    its kind and target (a python ref; an http method and url; an mcp server and tool; a workflow
+    file, resolved against `folder` when known) and what grants decide on (its action and its
+    resource). Descriptions, schemas, timeouts and rules may differ: grants do not read them."""
+    if tool.python is not None:
+        target: tuple[Any, ...] = ("python", tool.python)
+    elif tool.http is not None:
+        target = ("http", tool.http.method, _plain(tool.http.url))
+    elif tool.mcp is not None:
+        server = tuple(tool.mcp.command) if tool.mcp.command is not None else tool.mcp.url
+        target = ("mcp", server, tool.mcp.tool or name)
+    elif tool.workflow is not None:
+        where = str((folder / tool.workflow).resolve()) if folder is not None else tool.workflow
+        target = ("workflow", where)
+    else:  # pragma: no cover - the schema requires one kind
+        target = ("unknown",)
+    return (*target, tool.action or tool.effect, _plain(tool.resource))
+
+
+def _plain(value: Any) -> Any:
+    """A declared value as comparable data (a template is compared as the text it was written as)."""
+    from interpreter.hashing import NotCanonicalizable, canonical_json
+
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    try:
+        return canonical_json(value)
+    except NotCanonicalizable:
+        return repr(value)
+
+
+def _folder_of(graph: Any) -> Path | None:
+    file = getattr(graph, "file", None)
+    if not isinstance(file, str) or not file or file.startswith("<"):
+        return None
+    return Path(file).resolve().parent
+
+
 class EscalationKeys:
     """Where the escalations of one step execution are asked (`charter approve RUN KEY`).
 
@@ -213,7 +265,7 @@ class RunGuard:
         state: Callable[[], Mapping[str, Any]] | None = None,
         parent_chain: ActorChain | None = None,
         approvals: Mapping[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] | None = None,
-        outer: tuple[tuple[Authorizer, ActorChain], ...] = (),
+        outer: tuple[Outer, ...] = (),
         inherited: Inherited | None = None,
     ) -> None:
         self.graph = graph
@@ -290,9 +342,10 @@ class RunGuard:
         else:
             self._emit(kind, path, payload, actor)
 
-    def outer_for_child(self, chain: ActorChain) -> tuple[tuple[Authorizer, ActorChain], ...]:
+    def outer_for_child(self, chain: ActorChain) -> tuple[Outer, ...]:
         """What a child run started under `chain` must also satisfy."""
-        return (*self.outer, (self.authorizer, chain))
+        tools = self.graph.workflow.tools or {}
+        return (*self.outer, Outer(self.authorizer, chain, tools, _folder_of(self.graph)))
 
     def rules_for_child(self, node_path: str) -> Inherited:
         """The rules a child run started at `node_path` inherits: this run's workflow-level rules and
@@ -378,10 +431,15 @@ class RunGuard:
         resource = self._resource(tool, args, bindings)
         cel_bindings = {k: bindings.get(k) for k in ("input", "vars", "run")}
         decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
-        for authorizer, outer_chain in self.outer if decision.allowed else ():
-            if not outer_chain.links:
+        for outer in self.outer if decision.allowed and spec is not None else ():
+            if not outer.chain.links:  # the parent workflow itself started this run: it trusts it
                 continue
-            upstream = authorizer.decide(outer_chain, tool, action, resource, args, cel_bindings)
+            # The parent's grants were written for the parent's tools: they decide about a call here
+            # only if this name means the same tool there, else a child file could rebind a granted
+            # name (`echo`) to other code and run it under the parent's grant (spec §13.13).
+            upstream = self._same_tool(outer, tool, spec)
+            if upstream is None:
+                upstream = outer.authorizer.decide(outer.chain, tool, action, resource, args, cel_bindings)
             if not upstream.allowed:
                 decision = Decision(
                     False, upstream.grant, f"the parent run's chain may not: {upstream.reason}",
@@ -399,6 +457,22 @@ class RunGuard:
             payload["run_principal"] = self.principal.id
         self._write(s.AUTHZ_DECIDED, node_path, payload, self.actor_of(chain))
         return decision
+
+    def _same_tool(self, outer: Outer, tool: str, spec: Any) -> Decision | None:
+        """None when `tool` means the same tool in the parent run as here; else the parent's denial."""
+        theirs = outer.tools.get(tool)
+        if theirs is None:
+            why = f"its workflow declares no tool '{tool}', so none of its grants was written for this one"
+        else:
+            ours_target = tool_target(spec, tool, _folder_of(self.graph))
+            their_target = tool_target(theirs, tool, outer.folder)
+            if ours_target == their_target:
+                return None
+            why = (
+                f"its workflow's tool '{tool}' is {_describe_target(their_target)}, this run's is "
+                f"{_describe_target(ours_target)}: its grants for that name do not cover another tool"
+            )
+        return Decision(False, DEFAULT_DENY, why, "", tool, None, None, outer.chain)
 
     def actor_of(self, chain: ActorChain) -> dict[str, Any]:
         """The event `actor` of what `chain` does (an authorization, a tool call): the chain as a nested
@@ -697,6 +771,13 @@ class RunGuard:
 # --- the tool-step path (steps.run_tool; the agent loop uses the RunGuard methods directly) --------------
 
 
+def _describe_target(target: tuple[Any, ...]) -> str:
+    """`tool_target` as people read it: `python stools:echo (action read)`."""
+    *what, action, resource = target
+    text = " ".join(str(part) for part in what)
+    return f"{text} (action {action}" + (f", resource {resource})" if resource is not None else ")")
+
+
 def _model_call(input_tokens: int, output_tokens: int, cost: float) -> dict[str, Any]:
     """A model call as `history` shows it to rules."""
     return {"kind": "model", "input_tokens": input_tokens, "output_tokens": output_tokens, "cost": cost}
@@ -848,6 +929,8 @@ def approvals_from_records(
 __all__ = [
     "CURRENT_CHAIN",
     "NOT_DELEGATED",
+    "Outer",
+    "tool_target",
     "enforce_tool_input",
     "enforce_tool_output",
     "EscalationKeys",

@@ -258,3 +258,99 @@ def test_on_behalf_of_a_list_is_a_step_error_naming_the_step(tmp_path: Path) -> 
         "agent step 's': on_behalf_of must evaluate to an identity name (a string), not list"
     )
     assert calls(tmp_path) == []
+
+
+# --- 4. a child run cannot rebind a tool name its parent granted ----------------------------------------
+
+REBIND_PARENT = """\
+charter: "1.0"
+name: parent
+tools:
+  echo: {python: "idtools:echo", effect: read}
+  leaf: {workflow: kids/leaf.yaml, effect: read}
+  sub_ok: {workflow: kids/same.yaml, effect: read}
+  sub_bad: {workflow: kids/rebinds.yaml, effect: read}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-tools, to: bot, tools: [echo, leaf, sub_ok, sub_bad]}
+steps:
+  - {id: ok, tool: sub_ok, identity: bot, args: {}}
+  - {id: bad, tool: sub_bad, identity: bot, args: {}}
+"""
+
+
+def child_file(name: str, body: str) -> str:
+    """A child workflow that grants `bot` every tool it declares in `body`."""
+    head = f"""\
+charter: "1.0"
+name: {name}
+input: {{type: object}}
+identities:
+  bot: {{kind: agent}}
+grants:
+  - {{id: child-grants-bot-everything, to: bot, tools: ["*"]}}
+"""
+    return head + body
+
+
+SAME_CHILD = child_file(
+    "same",
+    """\
+tools:
+  echo: {python: "idtools:echo", effect: read, description: "the parent's echo, described anew"}
+  leaf: {workflow: leaf.yaml, effect: read}
+steps:
+  - {id: e, tool: echo, args: {from: same}}
+  - {id: l, tool: leaf, args: {}}
+""",
+)
+
+LEAF = child_file(
+    "leaf",
+    """\
+tools:
+  echo: {python: "idtools:echo", effect: read}
+steps:
+  - {id: e, tool: echo, args: {from: leaf}}
+""",
+)
+
+REBINDING_CHILD = child_file(
+    "rebinds",
+    """\
+tools:
+  echo: {python: "idtools:admin", effect: write}
+steps:
+  - {id: e, tool: echo, args: {from: rebinds}}
+""",
+)
+
+
+def test_a_child_run_cannot_rebind_a_tool_name_its_parent_granted(tmp_path: Path) -> None:
+    """The parent grants bot `echo` (a read). A child that means the same tool by it (the same python
+    ref; a workflow path written relative to its own folder) may call it under that grant; a child
+    that binds `echo` to other code is denied, and the decision says why."""
+    (tmp_path / "kids").mkdir()
+    files = {
+        "wf.yaml": REBIND_PARENT,
+        "kids/same.yaml": SAME_CHILD,
+        "kids/leaf.yaml": LEAF,
+        "kids/rebinds.yaml": REBINDING_CHILD,
+    }
+    project(tmp_path, files)
+    code, result = run(tmp_path, "wf.yaml")
+    assert code == 1 and result["error"]["step"] == "bad", result
+    assert calls(tmp_path) == [{"tool": "echo", "from": "same"}, {"tool": "echo", "from": "leaf"}]
+    db = sqlite3.connect(tmp_path / "charter.db")
+    try:
+        rows = db.execute("SELECT run_id, workflow_name FROM runs WHERE parent_run_id IS NOT NULL").fetchall()
+    finally:
+        db.close()
+    children = {name: run_id for run_id, name in rows}
+    (denied,) = events(tmp_path, children["rebinds"], "authz.decided")
+    assert denied["decision"] == "deny" and denied["grant"] == "default-deny"
+    assert "parent run's chain may not" in denied["reason"]
+    assert "python idtools:echo (action read)" in denied["reason"]
+    assert "python idtools:admin (action write)" in denied["reason"]
+    assert [d["decision"] for d in events(tmp_path, children["same"], "authz.decided")] == ["allow"] * 2
