@@ -461,7 +461,7 @@ async def call_http(
         raise StepError("expression", f"tool '{name}': {exc}", type="ExpressionError") from None
     if payload is None and body is None and spec.method in ("POST", "PUT", "PATCH"):
         payload = args
-    timeout = parse_duration(spec.timeout) if spec.timeout else 30.0
+    limit = parse_duration(spec.timeout) if spec.timeout else None
     what = f"tool '{name}': {spec.method} {url}"
     try:
         # Built apart from sending: what fails here (a URL that does not parse, a header HTTP cannot
@@ -474,7 +474,7 @@ async def call_http(
             headers=headers,
             json=payload if body is None else None,
             content=None if body is None else str(body),
-            timeout=timeout,
+            timeout=30.0 if limit is None else limit,  # httpx's, per phase: the server's longest silence
         )
         _check_port(request.url)
     except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, UnicodeError, ...: never a run's `internal` failure
@@ -482,10 +482,14 @@ async def call_http(
         raise StepError(
             "http", f"{what} cannot be sent: {reason}", type="ToolError", category="tool", retryable=False
         ) from None
+    # httpx applies its timeout to each phase (connect, each read): a server that trickles its answer a
+    # byte at a time never trips it. The declared `timeout` bounds the whole request, body included.
     try:
-        response = await client.send(request)
-    except httpx.TimeoutException:
-        raise StepError("timeout", f"{what} timed out", type="ToolError", category="tool") from None
+        async with asyncio.timeout(limit):
+            response = await client.send(request)
+    except (TimeoutError, httpx.TimeoutException):
+        after = f" after {spec.timeout}" if spec.timeout else ""
+        raise StepError("timeout", f"{what} timed out{after}", type="ToolError", category="tool") from None
     except httpx.HTTPError as exc:
         raise StepError("http", f"{what} failed: {exc}", type="ToolError", category="tool") from None
     except Exception as exc:  # noqa: BLE001 - a transport fault httpx does not wrap (anyio's ExceptionGroup, OSError)

@@ -200,3 +200,29 @@ def test_an_agent_hears_of_a_request_that_cannot_be_sent_and_goes_on(
     failed = kinds(store, result.run_id, "tool.failed")
     assert len(failed) == 1 and failed[0]["error"]["code"] == "http"
     assert replay_run(result.run_id, store=store).ok
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP: `http.timeout` bounds the whole request, not each read
+
+
+def test_the_http_timeout_cuts_off_a_body_that_trickles_in(store: Any, workdir: Path, server: str) -> None:
+    """The server sends a byte every 50 ms for 30 s: no read waits anywhere near the 0.5 s limit."""
+    graph = flow(
+        workdir,
+        "slowbody",
+        f"""\
+        charter: "1.0"
+        name: slowbody
+        tools:
+          slow: {{effect: read, http: {{method: GET, url: "{server}/slowbody", timeout: 500ms}}}}
+        steps:
+          - id: s
+            retry: {{attempts: 2, backoff: {{initial: 10ms}}, on: [timeout]}}
+            tool: slow
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout"
+    assert "timed out after 500ms" in result.error["message"]
+    assert [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")] == ["timeout", "timeout"]
