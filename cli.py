@@ -582,8 +582,12 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     """
     import json
 
+    from interpreter.explain import forked_from
+
     store = _open_store(db)
     rows = _guarded(lambda: store.runs(limit=limit, status=status))
+    # which runs are forks (`run --from`): only their run.started says so, not the runs table
+    forks = _guarded(lambda: {r.run_id: forked_from(store, r.run_id) for r in rows})
     if as_json:
         click.echo(
             json.dumps(
@@ -596,6 +600,7 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
                         "updated_at": r.updated_at,
                         "parent_run_id": r.parent_run_id,
                         "events": r.head_seq,
+                        "forked_from": forks[r.run_id],  # {"run_id", "node_path"} or null
                     }
                     for r in rows
                 ],
@@ -609,8 +614,11 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     click.echo(f"{'RUN':<26}  {'STATUS':<9}  {'WORKFLOW':<24}  {'EVENTS':>6}  CREATED")
     for r in rows:
         child = f"  (child of {r.parent_run_id})" if r.parent_run_id else ""
+        fork = forks[r.run_id]
+        # as `charter run --from` takes it, so the line names what to explain or fork again
+        forked = f"  (forked from {fork['run_id']}@{fork.get('node_path')})" if fork else ""
         click.echo(
-            f"{r.run_id:<26}  {r.status:<9}  {r.workflow_name[:24]:<24}  {r.head_seq:>6}  {r.created_at}{child}"
+            f"{r.run_id:<26}  {r.status:<9}  {r.workflow_name[:24]:<24}  {r.head_seq:>6}  {r.created_at}{child}{forked}"
         )
 
 

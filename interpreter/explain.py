@@ -13,7 +13,7 @@ variables (and field selections such as `steps.classify.output.intent`) an expre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from interpreter import store as s
@@ -160,7 +160,11 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
                 "rejected": p.get("rejected") or []}  # fmt: skip
     if kind == s.STEP_SKIPPED:
         return {**base, "what": "skip", "reason": p.get("reason"), "expression": p.get("expression"),
-                "values": p.get("values") or {}}  # fmt: skip
+                "values": p.get("values") or {}, "reused_from": p.get("reused_from")}  # fmt: skip
+    if kind == s.STEP_COMPLETED and p.get("reused_from") is not None:
+        # a fork's copy of a step the run it was forked from finished: its result was taken, not made
+        # again, and the trace must not read as if this run had done that work
+        return {**base, "what": "reused", "output": p.get("output"), "reused_from": p.get("reused_from")}
     if kind == s.AUTHZ_DECIDED:
         return {**base, "what": "authz", **{k: p.get(k) for k in (
             "tool", "decision", "grant", "reason", "principal", "actor_chain", "action", "resource",
@@ -191,7 +195,8 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
         return {**base, "what": "approval", "decision": p.get("decision"), "by": p.get("by"),
                 "reason": p.get("reason"), "verified": p.get("verified"), "at": event.ts}  # fmt: skip
     if kind == s.STEP_FAILED:
-        return {**base, "what": "failure", "error": p.get("error"), "caught_by": p.get("caught_by")}
+        return {**base, "what": "failure", "error": p.get("error"), "caught_by": p.get("caught_by"),
+                "reused_from": p.get("reused_from")}  # fmt: skip
     if kind == s.STEP_RETRYING:
         return {**base, "what": "retry", "attempt": p.get("attempt"), "error": p.get("error")}
     if kind == s.PARALLEL_JOINED:
@@ -214,9 +219,9 @@ def _in_node(path: str, node: str | None) -> bool:
     return path == node or path.startswith(node + "/") or path.startswith(node + "[")
 
 
-def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | None = None) -> dict[str, Any]:
-    """What the run spent, counted from its log (the same quantities guardrail budgets limit)."""
-    events = list(events)
+def _spent(events: Iterable[s.Event]) -> dict[str, Any]:
+    """The calls, tokens and cost one run's log records, each call once (spec §11.4): a call made again
+    under its idempotency key is the same call, as the budgets count it (`records.once_per_call`)."""
     per_tool: dict[str, int] = {}
     model_calls = input_tokens = output_tokens = 0
     cost = 0.0
@@ -230,14 +235,6 @@ def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | N
             input_tokens += int(usage.get("input_tokens") or 0)
             output_tokens += int(usage.get("output_tokens") or 0)
             cost += float(p.get("cost") or 0.0)
-    # execution time, as budgets and timeouts count it: waits for people and time between a crash and
-    # its resume do not count (spec §12.5). `spans`: the whole run's, when `events` are a node's only.
-    elapsed = None
-    times = [t for t in (ts_seconds(e.ts) for e in events) if t is not None]
-    if times:
-        lo, hi = min(times), max(times)
-        clipped = [(max(a, lo), min(b, hi)) for a, b in (segments(events) if spans is None else spans)]
-        elapsed = execution_time(c for c in clipped if c[1] > c[0])
     return {
         "tool_calls": sum(per_tool.values()),
         "calls_per_tool": per_tool,
@@ -246,8 +243,84 @@ def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | N
         "output_tokens": output_tokens,
         "tokens": input_tokens + output_tokens,
         "cost": cost,
-        "elapsed_s": elapsed,
     }
+
+
+def _add(total: dict[str, Any], more: Mapping[str, Any]) -> None:
+    """Add the counts of `more` (a `_spent`) into `total`."""
+    for key in ("tool_calls", "model_calls", "input_tokens", "output_tokens", "tokens", "cost"):
+        total[key] += more[key]
+    for tool, n in more["calls_per_tool"].items():
+        total["calls_per_tool"][tool] = total["calls_per_tool"].get(tool, 0) + n
+
+
+def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """What the run spent, counted from its own log (the same quantities guardrail budgets limit);
+    `build_trace` adds what its child runs spent, which its budgets count too."""
+    events = list(events)
+    spent = _spent(events)
+    # execution time, as budgets and timeouts count it: waits for people and time between a crash and
+    # its resume do not count (spec §12.5). `spans`: the whole run's, when `events` are a node's only.
+    elapsed = None
+    times = [t for t in (ts_seconds(e.ts) for e in events) if t is not None]
+    if times:
+        lo, hi = min(times), max(times)
+        clipped = [(max(a, lo), min(b, hi)) for a, b in (segments(events) if spans is None else spans)]
+        elapsed = execution_time(c for c in clipped if c[1] > c[0])
+    return {**spent, "elapsed_s": elapsed}
+
+
+def _descendant_runs(store: s.EventStore, run_id: str, at: str | None = None) -> Iterator[tuple[Any, str]]:
+    """Every run started under `run_id`, at any depth, with the node path of `run_id` its branch of
+    runs started at (a grandchild counts where its parent's run started, as the budgets count it)."""
+    for child in store.children(run_id):
+        where = at if at is not None else (child.parent_node or "")
+        yield child, where
+        yield from _descendant_runs(store, child.run_id, where)
+
+
+def _with_child_spending(
+    store: s.EventStore, run_id: str, node: str | None, own: dict[str, Any]
+) -> dict[str, Any]:
+    """`own` plus what the run's child runs (at any depth; under `node` only, when given) spent, with
+    that part also on its own under `in_child_runs`. A budget counts the whole run with its child runs
+    (spec §11.4: enforcement restores them so on resume), and `explain` must report what the budget
+    counted, not a smaller number next to a "tool call 4 exceeds max_tool_calls 3" it cannot explain.
+    Each run's calls are counted once per idempotency key, as `RunGuard.restore_child` counts them."""
+    below = _spent(())
+    runs: list[str] = []
+    unreadable: list[str] = []
+    for child, at in _descendant_runs(store, run_id):
+        if not _in_node(at, node):
+            continue
+        try:
+            spent = _spent(store.events(child.run_id))
+        except s.StoreError:  # a damaged child log: say it was left out rather than fail the whole trace
+            unreadable.append(child.run_id)
+            continue
+        _add(below, spent)
+        runs.append(child.run_id)
+    total = {**own, "calls_per_tool": dict(own["calls_per_tool"])}
+    _add(total, below)
+    return {**total, "in_child_runs": {**below, "runs": runs, "unreadable": unreadable}}
+
+
+def forked_from(store: s.EventStore, run_id: str) -> dict[str, Any] | None:
+    """`{"run_id", "node_path"}` when the run is a fork (`charter run --from RUN@NODE`), from its
+    `run.started`; None otherwise, or when that event cannot be read (a damaged log is reported by the
+    commands that read the run, not by a listing)."""
+    try:
+        return _fork_of(store.events(run_id, kinds=(s.RUN_STARTED,)))
+    except s.StoreError:
+        return None
+
+
+def _fork_of(events: Iterable[s.Event]) -> dict[str, Any] | None:
+    """The `forked_from` of the run's `run.started` among `events`, when it is a well-formed one."""
+    started = next((e for e in events if e.kind == s.RUN_STARTED), None)
+    payload = started.payload if started is not None and isinstance(started.payload, dict) else {}
+    fork = payload.get("forked_from")
+    return fork if isinstance(fork, dict) and isinstance(fork.get("run_id"), str) else None
 
 
 def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> dict[str, Any]:
@@ -259,9 +332,11 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
     if node is not None:
         entries = [e for e in entries if e["node_path"]]  # run-level lines only without --node
         # the node's own outcome: what `--node` asks about first
+        # (a fork's reused copy of it is this "done" line, marked reused, rather than two lines)
+        entries = [e for e in entries if not (e["what"] == "reused" and e["node_path"] == node)]
         entries += [
             {"seq": ev.seq, "ts": ev.ts, "node_path": node, "kind": ev.kind, "what": "done",
-             "output": (ev.payload or {}).get("output")}
+             "output": (ev.payload or {}).get("output"), "reused_from": (ev.payload or {}).get("reused_from")}
             for ev in events if ev.kind == s.STEP_COMPLETED and ev.node_path == node
         ]  # fmt: skip
         entries.sort(key=lambda e: e["seq"])
@@ -275,7 +350,13 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
         "node": node,
         "error": row.error,
         "trace": entries,
-        "budgets": budgets_used([ev for ev in events if _in_node(ev.node_path, node)], segments(events)),
+        "forked_from": _fork_of(events),
+        "budgets": _with_child_spending(
+            store,
+            run_id,
+            node,
+            budgets_used([ev for ev in events if _in_node(ev.node_path, node)], segments(events)),
+        ),
         "audit": audit_authz(events),
         "integrity": _integrity(store, run_id),
     }
@@ -322,12 +403,27 @@ def _values(values: Any) -> str:
     )
 
 
+def _reused(e: Mapping[str, Any]) -> str:
+    """A fork's copy of an outcome says so: the step did not run in this run."""
+    return f" (reused from run {e['reused_from']}, not run again)" if e.get("reused_from") else ""
+
+
+def _spending(b: Mapping[str, Any]) -> str:
+    per = ", ".join(f"{k} {v}" for k, v in sorted(b["calls_per_tool"].items()))
+    return (
+        f"{b['tool_calls']} tool call(s){' (' + per + ')' if per else ''}, "
+        f"{b['model_calls']} model call(s), {b['tokens']} tokens, cost {b['cost']:g}"
+    )
+
+
 def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per entry kind
     what = e["what"]
     if what == "run":
         claims = f" claims {_short(e['claims'], 80)}" if e.get("claims") else ""
         actor = (e.get("actor") or {}).get("sub", "?")
-        return f"run of {e.get('workflow')} as {actor}{claims}"
+        fork = e.get("forked_from") if isinstance(e.get("forked_from"), Mapping) else None
+        forked = f"; forked from {fork.get('run_id')} at {fork.get('node_path')}" if fork else ""
+        return f"run of {e.get('workflow')} as {actor}{claims}{forked}"
     if what == "route":
         values = _values(e.get("values"))
         result = json.dumps(e.get("result"))  # as CEL writes it: true, false, null
@@ -342,10 +438,13 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
             text += f"; not {case.get('case')} [{_values(case.get('values'))}]"
         return text
     if what == "skip":
+        reused = _reused(e)
         if e.get("reason") != "condition":
-            return f"skipped ({e.get('reason')})"
+            return f"skipped ({e.get('reason')}){reused}"
         values = _values(e.get("values"))
-        return f"skipped: if `{e.get('expression')}` is false" + (f" [{values}]" if values else "")
+        return f"skipped: if `{e.get('expression')}` is false" + (f" [{values}]" if values else "") + reused
+    if what == "reused":
+        return f"reused from run {e.get('reused_from')}, not run again: = {_short(e.get('output'), 100)}"
     if what == "authz":
         verb = "ALLOW" if e.get("decision") == "allow" else "DENY"
         tail = f": {e.get('reason')}" if verb == "DENY" else ""
@@ -375,7 +474,7 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
             f"model {e.get('model')} turn {e.get('turn')}: prompt {_short(e.get('prompt') or '', 100)}{told}"
         )
     if what == "done":
-        return f"completed = {_short(e.get('output'), 100)}"
+        return f"completed{_reused(e)} = {_short(e.get('output'), 100)}"
     if what == "child":
         return f"child run {e.get('run_id')} ({e.get('workflow')}): {e.get('status')} (charter explain {e.get('run_id')})"
     if what == "model.answer":
@@ -397,7 +496,7 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
     if what == "failure":
         err = e.get("error") or {}
         caught = f" (caught by {e['caught_by']})" if e.get("caught_by") else ""
-        return f"FAILED [{err.get('code')}] {err.get('message')}{caught}"
+        return f"FAILED [{err.get('code')}] {err.get('message')}{caught}{_reused(e)}"
     if what == "retry":
         return f"retry after attempt {e.get('attempt')}: {(e.get('error') or {}).get('message')}"
     if what == "join":
@@ -430,6 +529,13 @@ def format_text(trace: Mapping[str, Any]) -> str:
             f"WARNING: this run's log fails verification{at}: {integrity['reason']}; "
             "what follows may not be what happened (see: charter verify)"
         )
+    fork = trace.get("forked_from")
+    if fork:
+        lines.append(
+            f"forked from run {fork.get('run_id')} at {fork.get('node_path')}: what had finished there "
+            f"before {fork.get('node_path')} is reused, not run again (marked reused below; "
+            f"charter explain {fork.get('run_id')})"
+        )
     for entry in trace["trace"]:
         text = _line(entry)
         if text is None:
@@ -439,12 +545,18 @@ def format_text(trace: Mapping[str, Any]) -> str:
         where = f"{path}: " if path else ""
         lines.append(f"{entry['seq']:>5} {'  ' * depth}{where}{text}")
     b = trace["budgets"]
-    per = ", ".join(f"{k} {v}" for k, v in sorted(b["calls_per_tool"].items()))
-    lines.append(
-        f"budgets used: {b['tool_calls']} tool call(s){' (' + per + ')' if per else ''}, "
-        f"{b['model_calls']} model call(s), {b['tokens']} tokens, cost {b['cost']:g}"
+    text = (
+        "budgets used: "
+        + _spending(b)
         + (f", {b['elapsed_s']:.3f}s" if b.get("elapsed_s") is not None else "")
     )
+    below = b.get("in_child_runs") or {}
+    if below.get("runs") or below.get("unreadable"):
+        # the total is what the budgets counted (spec §11.4); this says how much of it the children spent
+        text += f"; of which in {len(below.get('runs') or [])} child run(s): {_spending(below)}"
+        if below.get("unreadable"):
+            text += f" (not counted: the log of {', '.join(below['unreadable'])} could not be read)"
+    lines.append(text)
     problems = trace.get("audit") or []
     lines.append(
         "audit: every tool call was authorized first" if not problems else "audit: " + "; ".join(problems)
