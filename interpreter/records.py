@@ -48,6 +48,7 @@ class NodeRecord:
     models: dict[tuple[int, int], ModelCall] = field(default_factory=dict)  # (attempt, call) of agent/llm
     agent_tools: dict[tuple[int, int], ToolCall] = field(default_factory=dict)  # an agent's tool calls
     route: dict[str, Any] | None = None  # a switch's decision (which case it chose)
+    joined: dict[str, Any] | None = None  # a parallel's join: its mode and which branches won
     reused: bool = False  # a fork took this outcome from the run it was forked from (`reused_from`)
 
 
@@ -193,6 +194,8 @@ def build_records(events: Iterable[s.Event]) -> Records:
                 rec.vars_delta = {**(rec.vars_delta or {}), **delta}
                 rec.vars_seq = event.seq
                 records.assignments.append((event.seq, delta))
+        elif kind == s.PARALLEL_JOINED:
+            rec.joined = payload
         elif kind == s.APPROVAL_REQUESTED:
             rec.approval_requested, rec.approval_decided = (payload, event.ts), None
         elif kind == s.APPROVAL_DECIDED:

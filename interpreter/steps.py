@@ -25,6 +25,7 @@ from interpreter.enforcement import (
     guardrail_error,
 )
 from interpreter.engine import Execution, Scope
+from interpreter.hashing import sha256_hex
 from interpreter.records import request_expired
 from interpreter.runtime import HALTS, StepError, Suspend, idempotency_key, kind_of
 from interpreter.tool_calls import logged_call, replayed_call
@@ -256,6 +257,25 @@ async def _cancel(tasks: set[asyncio.Task[Any]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _same_join(ex: Execution, path: str, spec: Any, need: int) -> None:
+    """Replay: all recorded branch results arrive at once, so which branches win a join can only be
+    what the recording says. An edited join that needs another number of winners than the recording
+    has (`first-n` with another `n`, `any` made `all`) cannot be reproduced from it."""
+    rec = ex.records.get(path)
+    joined = rec.joined if rec is not None else None
+    if not joined:
+        return
+    recorded = (joined.get("join"), joined.get("n"))
+    now = (spec.join.replace("-", "_"), spec.n)
+    if recorded != now and len(joined.get("completed") or ()) != need:
+        ex.diverge(
+            path,
+            {"join": recorded[0], "n": recorded[1], "completed": joined.get("completed")},
+            {"join": now[0], "n": now[1]},
+            f"the join of parallel '{path}' changed: the recording does not say which branches it would keep",
+        )
+
+
 class _Arrivals:
     """Tasks in the order they finish, in batches. One done-callback per task: a loop over
     `asyncio.wait(pending, FIRST_COMPLETED)` registers on every pending task at each round, which is
@@ -291,6 +311,8 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     join_all = spec.join == "all"
     need = len(blocks) if join_all else 1 if spec.join == "any" else int(spec.n)
     tolerant = spec.on_failure == "continue"
+    if ex.replaying:
+        _same_join(ex, path, spec, need)
     decided, successes = asyncio.Event(), [0]
 
     async def branch(block: Any) -> Any:
@@ -538,6 +560,7 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
 async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input") or {}
     if ex.replaying:  # the child's recorded outcome stands in for it, as a tool's result does
+        _same_child(ex, path, node.step.workflow.path, inputs, idempotency_key(ex.run_id, path, attempt))
         rec = ex.records.get(path)
         error = rec.attempt_errors.get(attempt) if rec is not None else None
         if error:
@@ -612,6 +635,37 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
             raise guardrail_error(message, details=halted)
         raise StepError("workflow", message, details={"run_id": result.run_id})
     return result.output
+
+
+def _same_child(ex: Execution, path: str, relative: str, inputs: Any, key: str) -> None:
+    """Replay: the child run the recording made here had this input and this workflow file, as a
+    tool call had its arguments and code: otherwise its recorded outcome does not stand for it."""
+    child_id = _existing_child(ex, path, key)
+    if child_id is None:  # it never started (its input was refused): the step's recorded error says so
+        return
+    row = ex.store.run(child_id)
+    if row.inputs != inputs:
+        ex.diverge(path, row.inputs, inputs, f"the input of child workflow {relative} differs")
+    from dsl.frontend import compile_file
+
+    base = Path(ex.file).parent if ex.file else Path.cwd()
+    graph, _ = compile_file((base / relative).resolve())
+    if (
+        graph is not None
+        and row.workflow_source is not None
+        and _content(graph.source) != _content(row.workflow_source)
+    ):
+        ex.diverge(path, row.workflow_digest, sha256_hex(graph.source), f"child workflow {relative} changed")
+
+
+def _content(source: str) -> Any:
+    """What a workflow file says, without its comments and layout (which change nothing it does)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(source)
+    except yaml.YAMLError:
+        return source
 
 
 def _existing_child(ex: Execution, path: str, key: str) -> str | None:

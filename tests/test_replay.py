@@ -233,3 +233,73 @@ def test_edited_tool_code_diverges_at_its_step(project: Path, old: str, new: str
     proc = _replay(doc["run_id"], db, env=env, cwd=project)
     assert proc.returncode == 1, describe(proc)
     assert _names(proc.stdout + proc.stderr, node), f"replay must name {node}\n" + describe(proc)
+
+
+CHILD = """\
+charter: "1.0"
+name: child
+input: {type: object}
+vars: {y: 0}
+steps:
+  - {id: double, set: {y: "${{ input.x * 2 }}"}}
+output: {y: "${{ vars.y }}"}
+"""
+KID = """\
+charter: "1.0"
+name: kid
+steps:
+  - {id: kid, workflow: {path: child.yaml, input: {x: 21}}}
+output: {y: "${{ steps.kid.output.y }}"}
+"""
+
+
+def test_a_child_workflow_with_another_input_or_content_diverges_at_its_step(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text(CHILD)
+    (tmp_path / "kid.yaml").write_text(KID)
+    ran = _run(tmp_path / "kid.yaml", tmp_path / "c.db", cwd=tmp_path)
+    assert ran.returncode == 0 and run_json(ran)["output"] == {"y": 42}, describe(ran)
+    run_id = run_json(ran)["run_id"]
+    (tmp_path / "child.yaml").write_text("# a comment changes nothing it does\n" + CHILD)
+    assert _replay(run_id, tmp_path / "c.db", cwd=tmp_path).returncode == 0
+    (tmp_path / "edited.yaml").write_text(KID.replace("x: 21", "x: 22"))
+    other_input = _replay(run_id, tmp_path / "c.db", tmp_path / "edited.yaml", cwd=tmp_path)
+    assert other_input.returncode == 1, describe(other_input)
+    assert other_input.stdout.startswith("divergence at kid: the input of child workflow child.yaml differs")
+    (tmp_path / "child.yaml").write_text(CHILD.replace("input.x * 2", "input.x * 3"))
+    other_child = _replay(run_id, tmp_path / "c.db", cwd=tmp_path)
+    assert other_child.returncode == 1, describe(other_child)
+    assert other_child.stdout.startswith("divergence at kid: child workflow child.yaml changed")
+
+
+RACE = """\
+charter: "1.0"
+name: race
+tools:
+  timed: {python: "tests.fixtures.conc_tools:timed", effect: read}
+steps:
+  - id: race
+    parallel:
+      join: first-n
+      n: 2
+      branches:
+        - [{id: a, tool: timed, args: {log: LOG, name: a, hold: 0.01}}]
+        - [{id: b, tool: timed, args: {log: LOG, name: b, hold: 0.2}}]
+        - [{id: c, tool: timed, args: {log: LOG, name: c, hold: 3}}]
+output: {r: "${{ steps.race.output }}"}
+"""
+
+
+@pytest.mark.parametrize("edit", [("n: 2", "n: 1"), ("join: first-n\n      n: 2", "join: all")])
+def test_a_join_that_now_keeps_other_branches_diverges_and_never_hangs(
+    tmp_path: Path, edit: tuple[str, str]
+) -> None:
+    race = RACE.replace("LOG", str(tmp_path / "t.jsonl"))
+    (tmp_path / "race.yaml").write_text(race)
+    ran = _run(tmp_path / "race.yaml", tmp_path / "c.db")
+    assert ran.returncode == 0, describe(ran)
+    assert run_json(ran)["output"] == {"r": [{"name": "a"}, {"name": "b"}, None]}
+    assert _replay(run_json(ran)["run_id"], tmp_path / "c.db").returncode == 0
+    (tmp_path / "edited.yaml").write_text(race.replace(*edit))
+    proc = _replay(run_json(ran)["run_id"], tmp_path / "c.db", tmp_path / "edited.yaml")  # 30 s timeout
+    assert proc.returncode == 1, describe(proc)
+    assert proc.stdout.startswith("divergence at race: the join of parallel 'race' changed")
