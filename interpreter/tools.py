@@ -422,6 +422,15 @@ def _check_port(url: Any) -> None:
         raise _Unsendable(f"the port {url.port} is out of range (1-65535)")
 
 
+def _query_value(value: Any) -> Any:
+    """A `query` parameter's text; a list stays a list (the parameter repeated), each item as text."""
+    from dsl.templates import to_text
+
+    if isinstance(value, list):
+        return [to_text(item) for item in value]
+    return to_text(value)
+
+
 def _reason(exc: BaseException) -> str:
     """One line: the first failure inside anyio's exception groups, with its type when its text is bare."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -445,6 +454,7 @@ async def call_http(
     import httpx
 
     from dsl.expr import from_cel
+    from dsl.templates import to_text
 
     def value(field: str, default: Any) -> Any:
         compiled = values.get(field)
@@ -452,10 +462,13 @@ async def call_http(
 
     try:
         url = _url(values.get("url"), spec.url, bindings)
-        headers = {str(k): str(v) for k, v in (value("headers", spec.headers) or {}).items()}
+        # A value that is not a string goes as its JSON text (`true`, `null`, `{"a":1}`), as it does
+        # interpolated (§14), never as Python's repr (`True`, `None`).
+        headers = {str(k): to_text(v) for k, v in (value("headers", spec.headers) or {}).items()}
         headers.setdefault("Idempotency-Key", key)
-        query = value("query", spec.query) or {}
+        query = {str(k): _query_value(v) for k, v in (value("query", spec.query) or {}).items()}
         body = value("body", spec.body)
+        body = None if body is None else to_text(body)
         payload = value("json", spec.json_)
     except Exception as exc:  # noqa: BLE001 - an expression error in the tool definition
         raise StepError("expression", f"tool '{name}': {exc}", type="ExpressionError") from None
@@ -473,7 +486,7 @@ async def call_http(
             httpx.URL(url).copy_merge_params(query) if query else url,  # `params=` drops the url's query
             headers=headers,
             json=payload if body is None else None,
-            content=None if body is None else str(body),
+            content=body,
             timeout=30.0 if limit is None else limit,  # httpx's, per phase: the server's longest silence
         )
         _check_port(request.url)

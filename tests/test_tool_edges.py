@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -55,9 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _echo(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length).decode("utf-8") if length else None
-        data = json.dumps(
-            {"headers": [[k.lower(), v] for k, v in self.headers.items()], "body": body}
-        ).encode()
+        headers = [[k.lower(), v] for k, v in self.headers.items()]
+        data = json.dumps({"path": self.path, "headers": headers, "body": body}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -226,3 +226,48 @@ def test_the_http_timeout_cuts_off_a_body_that_trickles_in(store: Any, workdir: 
     assert result.status == "failed" and result.error["code"] == "timeout"
     assert "timed out after 500ms" in result.error["message"]
     assert [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")] == ["timeout", "timeout"]
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP: a header, body or query value that is not a string is sent as its JSON text
+
+
+def test_values_that_are_not_strings_are_sent_as_json_text(store: Any, workdir: Path, server: str) -> None:
+    graph = flow(
+        workdir,
+        "nonstrings",
+        f"""\
+        charter: "1.0"
+        name: nonstrings
+        tools:
+          send:
+            effect: write
+            http:
+              method: POST
+              url: "{server}/echo"
+              headers:
+                X-Bool: "${{{{ args.b }}}}"
+                X-Null: "${{{{ args.n }}}}"
+                X-Map: "${{{{ args.m }}}}"
+                X-Text: "${{{{ args.s }}}}"
+                X-Said: "v=${{{{ args.b }}}}"
+                X-Literal: true
+              query: {{m: "${{{{ args.m }}}}", l: "${{{{ args.l }}}}", f: "${{{{ args.f }}}}"}}
+              body: "${{{{ args.u }}}}"
+        steps:
+          - id: s
+            tool: send
+            args: {{b: true, n: null, m: {{a: 1}}, s: "as is", l: [1, "x"], f: 1.5, u: {{t: "é"}}}}
+        output: {{echo: "${{{{ steps.s.output }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    echo = result.output["echo"]
+    headers = dict(echo["headers"])
+    assert headers["x-bool"] == "true" and headers["x-said"] == "v=true"  # as interpolation has it
+    assert headers["x-null"] == "null" and headers["x-literal"] == "true"
+    assert headers["x-text"] == "as is" and json.loads(headers["x-map"]) == {"a": 1}
+    assert echo["body"] == '{"t":"é"}'
+    query = parse_qs(urlparse(echo["path"]).query)
+    assert query == {"m": ['{"a":1}'], "l": ["1", "x"], "f": ["1.5"]}
