@@ -540,12 +540,22 @@ class Execution:
         if "output" not in node.values:
             return result
         try:
-            return self.evaluate(
+            output = self.evaluate(
                 node.values["output"], scope, f"step '{node.id}': output", {"result": result}
             )
         except StepError as err:
             err.final = True  # another attempt would repeat the work to fail the same way (§12.3)
             raise
+        if isinstance(output, dict) and s.BLOB_REF_KEY in output:  # the log could not hold it
+            err = StepError(
+                "expression",
+                f"step '{node.id}': output: an object with the key {s.BLOB_REF_KEY!r}, which the event "
+                "log reserves for its blob references",
+                type="ExpressionError",
+            )
+            err.final = True
+            raise err
+        return output
 
     @staticmethod
     def _delay(retry: Any, attempt: int) -> float:

@@ -81,6 +81,19 @@ async def logged_call(
         verdict = screen(result)
     except EscalationRequired as esc:  # raised once the (screened) result is logged
         verdict, escalation = esc.verdict, esc
+    if _reserved(verdict.value):  # the log could not hold it: the call failed, not the run
+        err = StepError(
+            "tool",
+            f"tool '{name}' returned an object with the key {s.BLOB_REF_KEY!r}, which the event log "
+            "reserves for its blob references",
+            type="ToolError",
+            retryable=False,
+        )
+        err.step, err.node_path = step_id, path
+        ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": duration}, actor)
+        if write:
+            await ex.commit_write()  # its side effect happened: never repeated
+        raise err
     completed = {**ids, "result": verdict.value, "duration_ms": duration}
     if refusal := withheld(verdict):
         completed["withheld"] = refusal
@@ -105,6 +118,11 @@ def _masked_args(ex: Any, name: str, step_id: str, path: str) -> StepError:
     )
     err.step, err.node_path = step_id, path
     return err
+
+
+def _reserved(value: Any) -> bool:
+    """A value the store refuses as a member of a payload: it would read as a blob reference."""
+    return isinstance(value, dict) and s.BLOB_REF_KEY in value
 
 
 def _ms(t0: float) -> float:

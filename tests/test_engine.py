@@ -77,6 +77,9 @@ def overlap(item, log):
 
 def bad_result():
     return {"when": object()}
+
+def blob_like():
+    return {"$blob": "not a digest"}
 '''
 
 
@@ -100,6 +103,7 @@ def write_flow(workdir: Path, name: str, body: str) -> Path:
           spin: {{python: "{MODULE}:spin", effect: read}}
           overlap: {{python: "{MODULE}:overlap", effect: read}}
           bad_result: {{python: "{MODULE}:bad_result", effect: read}}
+          blob_like: {{python: "{MODULE}:blob_like", effect: write}}
         """
     path.write_text(textwrap.dedent(header) + textwrap.dedent(body))
     return path
@@ -364,6 +368,32 @@ def test_an_if_that_does_not_evaluate_fails_its_step_in_the_log_and_for_the_catc
         if e.node_path == "t/body/s"
     ]
     assert logged == [("step.started", None), ("step.failed", "expression")]
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
+
+
+def test_a_value_with_the_logs_reserved_key_fails_its_step_not_the_log(store: Any, workdir: Path) -> None:
+    flow = write_flow(
+        workdir,
+        "reserved_key",
+        """\
+        vars: {codes: []}
+        steps:
+          - id: t
+            try:
+              steps: [{id: call, tool: blob_like}]
+              catch: {as: e, steps: [{id: c1, set: {codes: "${{ vars.codes + [e.code] }}"}}]}
+          - id: u
+            try:
+              steps: [{id: out, tool: echo, args: {value: 1}, output: "${{ {'$blob': 'x'} }}"}]
+              catch: {as: e, steps: [{id: c2, set: {codes: "${{ vars.codes + [e.code] }}"}}]}
+        output: {codes: "${{ vars.codes }}"}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert (result.status, result.output) == ("completed", {"codes": ["tool", "expression"]})
+    kinds = [e.kind for e in store.events(result.run_id) if e.node_path == "t/body/call"]
+    assert kinds == ["step.started", "authz.decided", "tool.called", "tool.failed", "step.failed"]
+    assert store.verify(result.run_id).ok
     assert replay_run(result.run_id, store=store, options=OPTS).ok
 
 
