@@ -376,7 +376,9 @@ def open_store(
     target: str | os.PathLike[str] | None = None, durability: Durability = "normal", *, create: bool = True
 ) -> EventStore:
     """Open the store named by a path (or `sqlite:///path`); the seam for other backends. With
-    `create=False` a file that does not exist is an error, not a new empty log (a mistyped --db)."""
+    `create=False` (every command but `run` and `wake`) the file must already be a Charter event log:
+    a missing file (a mistyped --db), an empty one or any other database is an error and is left
+    exactly as it was, never made into a log."""
     # Not through Path(): it would collapse the "//" of a URL.
     text = os.fspath(target or os.environ.get("CHARTER_DB") or DEFAULT_DB)
     if text.startswith(("postgres://", "postgresql://")):
@@ -387,7 +389,7 @@ def open_store(
         raise StoreError(
             f"no event log at {text}: no run was recorded there (give --db PATH or set CHARTER_DB)"
         )
-    return SQLiteEventStore(text, durability=durability)
+    return SQLiteEventStore(text, durability=durability, create=create)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -780,6 +782,103 @@ def _check_status(status: str) -> None:
         raise StoreError(f"invalid run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
 
 
+# What opening a file checks before it changes anything (spec/event-log.md §2): Charter's tables with
+# (at least) their columns, and the names of its indexes. A name that something else already uses is
+# a foreign database, which Charter must neither read as a log nor write its schema into.
+_SCHEMA_TABLES: dict[str, tuple[str, ...]] = {
+    "runs": tuple(c.strip() for c in _RUN_COLUMNS.split(",")),
+    "events": tuple(c.strip() for c in _EVENT_COLUMNS.split(",")),
+    "blobs": ("sha256", "size", "media_type", "data"),
+    "run_leases": tuple(c.strip() for c in _LEASE_COLUMNS.split(",")),
+}
+_V1_TABLES = ("runs", "events", "blobs")  # schema 1; run_leases came with 2 and is added on opening
+_SCHEMA_INDEXES = {
+    "idx_runs_created_at": "runs",
+    "idx_runs_parent_run_id": "runs",
+    "idx_events_kind": "events",
+}
+_SCHEMA_NAMES = (*_SCHEMA_TABLES, *_SCHEMA_INDEXES)
+# One statement for every open: the Charter-named objects and their columns (pragma_table_info only
+# for those names, so a foreign table of an unloaded virtual-table module is never looked into).
+_LAYOUT_QUERY = (
+    "SELECT m.name, m.type, m.tbl_name, p.name FROM (SELECT name, type, tbl_name FROM sqlite_master "
+    f"WHERE name IN ({', '.join('?' * len(_SCHEMA_NAMES))})) m LEFT JOIN pragma_table_info(m.name) p"
+)
+_SQLITE_NOTADB = 26
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a database file holds, as far as opening it is concerned."""
+
+    version: int  # PRAGMA user_version
+    tables: frozenset[str]  # Charter's tables present (each with Charter's columns)
+
+    @property
+    def current(self) -> bool:
+        return self.version == SCHEMA_VERSION and self.tables == frozenset(_SCHEMA_TABLES)
+
+
+def _not_a_log(path: str, why: str) -> StoreError:
+    return StoreError(f"{path}: not a Charter event log: {why}")
+
+
+def _read_layout(conn: sqlite3.Connection, path: str, *, create: bool) -> _Layout:
+    """Read (never write) what `path` holds. Anything Charter must not use is a StoreError here, before
+    the caller changes the file: a database that is not SQLite, a newer schema, a Charter name that
+    something else uses, a partial schema; and, unless `create`, a file with none of Charter's tables
+    (empty or another application's: reading never makes a log)."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        rows = conn.execute(_LAYOUT_QUERY, _SCHEMA_NAMES).fetchall()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_NOTADB:
+            raise _not_a_log(path, f"not a SQLite database ({exc})") from exc
+        raise  # busy (polled by the caller) or damaged: reported as such
+    kinds: dict[str, tuple[str, str]] = {}
+    columns: dict[str, set[str]] = {}
+    for name, kind, table, column in rows:
+        kinds[name] = (kind, table)
+        if column is not None:
+            columns.setdefault(name, set()).add(column)
+    v1 = [t for t in _V1_TABLES if kinds.get(t, ("",))[0] == "table"]
+    if version > SCHEMA_VERSION:  # before any other judgment: a newer Charter may have changed tables
+        if v1:
+            raise StoreError(
+                f"{path} uses event-log schema {version}; this Charter understands up to {SCHEMA_VERSION}"
+            )
+        raise _not_a_log(path, f"its user_version is {version} and it has none of Charter's tables")
+    for name, (kind, table) in kinds.items():
+        if name in _SCHEMA_TABLES:
+            if kind != "table":
+                raise _not_a_log(path, f"'{name}' is a {kind}, not Charter's table")
+            missing = [c for c in _SCHEMA_TABLES[name] if c not in columns.get(name, ())]
+            if missing:
+                shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise _not_a_log(path, f"its table '{name}' is not Charter's (it has no column {shown})")
+        elif kind != "index" or table != _SCHEMA_INDEXES[name]:
+            raise _not_a_log(path, f"'{name}' is a {kind} on '{table}', not Charter's index")
+    present = frozenset(name for name in kinds if name in _SCHEMA_TABLES)
+    if len(v1) == len(_V1_TABLES):
+        return _Layout(version, present)
+    if present:  # a schema that Charter never leaves half made (it is created in one transaction)
+        lacking = [t for t in _V1_TABLES if t not in present]
+        raise _not_a_log(path, f"it has {', '.join(sorted(present))} but no {', '.join(lacking)} table")
+    if create and version == 0:  # nobody's database, or one that others share: Charter's tables join it
+        return _Layout(version, present)
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        raise _not_a_log(path, "the file is empty")
+    others = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    if not others:
+        why = "the database has no tables"
+    else:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        why = f"it has none of Charter's tables (it has {shown})"
+    if version:  # another application's version number, which writing Charter's would overwrite
+        why += f"; its user_version is {version}"
+    raise _not_a_log(path, why)
+
+
 class SQLiteEventStore:
     """The event log in one SQLite file (WAL), safe to share between processes.
 
@@ -794,7 +893,11 @@ class SQLiteEventStore:
         *,
         busy_timeout: float = 5.0,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        create: bool = True,
     ) -> None:
+        """Open (with `create`, make) the event log at `path`. The file is read first and changed only
+        once it is known to be a Charter log, or a database Charter may add its tables to (`create`):
+        another application's database is refused as it was, and so, unless `create`, is an empty one."""
         if durability not in ("normal", "full"):
             raise StoreError(f"invalid durability {durability!r}; expected 'normal' or 'full'")
         self.path = os.fspath(path)
@@ -810,13 +913,22 @@ class SQLiteEventStore:
         with self._translate("opening the database"):
             # timeout=0: a busy database is polled by `_polling`, never by SQLite's own busy handler
             # (which sleeps in long steps, and would double the wait on top of the polling).
-            self._conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            target, uri = self.path, False
+            if not create and self.path not in ("", ":memory:"):
+                # mode=rw: a file removed since open_store looked is an error, not a new empty file.
+                target, uri = Path(self._abspath).as_uri() + "?mode=rw", True
+            self._conn = sqlite3.connect(
+                target, timeout=0, isolation_level=None, check_same_thread=False, uri=uri
+            )
             try:
+                # Checked before the first write (the WAL switch): a refused file is left as it was.
+                layout = self._polling(lambda: self._read_layout_snapshot(create))
                 # Several processes may open a new file at once: both steps wait for each other's locks.
                 self._polling(self._configure)
                 self.db = sqlite_utils.Database(self._conn)
-                self._polling(self._ensure_schema_atomically)
-            except BaseException:  # a file too new, not WAL-capable, locked: no connection is left open
+                if not layout.current:  # a current log (the usual case) takes no write lock
+                    self._polling(lambda: self._ensure_schema_atomically(create))
+            except BaseException:  # a foreign or too new file, not WAL-capable, locked: nothing left open
                 self._conn.close()
                 raise
 
@@ -849,16 +961,21 @@ class SQLiteEventStore:
         self._sync_pragmas()
         conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
 
-    def _ensure_schema_atomically(self) -> None:
-        # The common case, an existing current file, takes no write lock: readers never wait on writers.
-        if (
-            self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-            and self.db["events"].exists()
-        ):
-            return
+    def _read_layout_snapshot(self, create: bool) -> _Layout:
+        # One read transaction: the version and the tables as of one moment, even while another process
+        # creates the schema of a new file.
+        self._conn.execute("BEGIN")
+        try:
+            return _read_layout(self._conn, self.path, create=create)
+        finally:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")  # it only read
+
+    def _ensure_schema_atomically(self, create: bool) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._ensure_schema()
+            # Read again under the write lock: another process may have made (or changed) it meanwhile.
+            self._ensure_schema(_read_layout(self._conn, self.path, create=create))
             if self._conn.in_transaction:
                 self._conn.execute("COMMIT")
         except BaseException:
@@ -866,15 +983,13 @@ class SQLiteEventStore:
                 self._conn.execute("ROLLBACK")
             raise
 
-    def _ensure_schema(self) -> None:
-        db = self.db
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} uses event-log schema {version}; this Charter understands up to {SCHEMA_VERSION}"
-            )
-        if version == SCHEMA_VERSION and db["events"].exists():
+    def _ensure_schema(self, layout: _Layout) -> None:
+        """Bring a file `_read_layout` accepted to the current schema: all of it for a new file, the
+        run_leases table for a version-1 log. `if_not_exists` never meets a foreign object of the same
+        name: `_read_layout` refused those."""
+        if layout.current:
             return
+        db = self.db
         db["runs"].create(
             {
                 "run_id": str,
