@@ -465,7 +465,10 @@ async def call_http(
         # A value that is not a string goes as its JSON text (`true`, `null`, `{"a":1}`), as it does
         # interpolated (§14), never as Python's repr (`True`, `None`).
         headers = {str(k): to_text(v) for k, v in (value("headers", spec.headers) or {}).items()}
-        headers.setdefault("Idempotency-Key", key)
+        # The call's key, unless the definition sets the header itself (in any case: header names are
+        # case-insensitive, and two copies would leave the server to pick one).
+        if not any(k.lower() == "idempotency-key" for k in headers):
+            headers["Idempotency-Key"] = key
         query = {str(k): _query_value(v) for k, v in (value("query", spec.query) or {}).items()}
         body = value("body", spec.body)
         body = None if body is None else to_text(body)

@@ -271,3 +271,32 @@ def test_values_that_are_not_strings_are_sent_as_json_text(store: Any, workdir: 
     assert echo["body"] == '{"t":"é"}'
     query = parse_qs(urlparse(echo["path"]).query)
     assert query == {"m": ['{"a":1}'], "l": ["1", "x"], "f": ["1.5"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP: one Idempotency-Key header, the definition's own when it sets one in any case
+
+
+def test_an_idempotency_key_header_set_in_any_case_is_sent_once_and_wins(
+    store: Any, workdir: Path, server: str
+) -> None:
+    graph = flow(
+        workdir,
+        "idem",
+        f"""\
+        charter: "1.0"
+        name: idem
+        tools:
+          own: {{effect: write, http: {{url: "{server}/echo", headers: {{idempotency-key: "order-${{{{ args.n }}}}"}}}}}}
+          charters: {{effect: write, http: {{url: "{server}/echo"}}}}
+        steps:
+          - {{id: a, tool: own, args: {{n: 7}}}}
+          - {{id: b, tool: charters, args: {{}}}}
+        output: {{a: "${{{{ steps.a.output.headers }}}}", b: "${{{{ steps.b.output.headers }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    for step, expected in (("a", "order-7"), ("b", f"{result.run_id}/b/1")):
+        keys = [v for k, v in result.output[step] if k == "idempotency-key"]
+        assert keys == [expected]
