@@ -20,8 +20,8 @@ Rules (DESIGN.md §6, issue 6):
   output and tool results are bound only as `args`; nothing in them can change the principal.
 
 Condition bindings: `args`, `tool`, `action`, `resource`, `principal` (the chain's principal as
-`{**claims, id, kind, roles, claims}` — reserved keys win over claims — or null when the chain has no
-principal), `identity` (the party whose grant is being evaluated: `{id, kind, roles}`), and whatever the
+`{**claims, id, kind, roles, claims}` — reserved keys win over claims —, else the run's principal the
+caller passes, as guardrails see it (spec §11.1, §15), else null), `identity` (the party whose grant is being evaluated: `{id, kind, roles}`), and whatever the
 caller passes in `bindings` (`input`, `vars`, `run`).
 """
 
@@ -301,8 +301,11 @@ class Authorizer:
         resource: str | None = None,
         args: Any = None,
         bindings: Mapping[str, Any] | None = None,
+        principal: Principal | None = None,
     ) -> Decision:
-        """Allow or deny one call. Never raises for bad arguments or conditions: it denies."""
+        """Allow or deny one call. Never raises for bad arguments or conditions: it denies.
+        `principal` is the run's principal: what `principal` means in a `when` when the chain delegates
+        for no one (an agent on its own grants, a tool step's identity), as in guardrails."""
         args = {} if args is None else args
         try:
             digest = args_digest(args)
@@ -319,7 +322,7 @@ class Authorizer:
                 return done(False, DEFAULT_DENY, "no identity acts: a principal alone cannot call tools")
             return done(True, WORKFLOW_GRANT, "the workflow itself calls the tool (no identity): trusted")
 
-        base = self._base_bindings(chain, tool, action, resource, args, bindings)
+        base = self._base_bindings(chain, tool, action, resource, args, bindings, principal)
         results = [(party, self._decide_link(party, tool, action, resource, base)) for party in chain.links]
         per = [(party.sub, r.grant) for party, r in results]
         denied = [(party, r) for party, r in results if not r.allowed]
@@ -338,10 +341,11 @@ class Authorizer:
         resource: str | None,
         args: Any,
         bindings: Mapping[str, Any] | None,
+        run_principal: Principal | None = None,
     ) -> dict[str, Any]:
         base: dict[str, Any] = {"input": None, "vars": None, "run": None}
         base.update(bindings or {})
-        principal = chain.principal
+        principal = chain.principal or run_principal
         # set last: nothing the caller (or a model, through args) passes can replace these
         base.update(
             args=args,

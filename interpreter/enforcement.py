@@ -269,13 +269,23 @@ class RunGuard:
         inherited: Inherited | None = None,
     ) -> None:
         self.graph = graph
+        from interpreter.runtime import RunSetupError
+
         self.authorizer = Authorizer.from_graph(graph)
         try:
             self.principal = self.authorizer.principal(principal, claims_without_credentials(claims))
         except AuthzError as exc:
-            from interpreter.runtime import RunSetupError
-
             raise RunSetupError(f"principal '{principal}': {exc}") from None
+        declared = graph.workflow.identities.get(self.principal.id)
+        if declared is not None and declared.kind == "agent":
+            # A principal is whom the run acts for; an agent acts in agent steps, for a principal. A
+            # principal named after an agent would hold that agent's grants by name but not its roles:
+            # neither the one nor the other, so the run does not start (spec §10.3).
+            raise RunSetupError(
+                f"principal '{principal}' is the name of an agent identity of workflow "
+                f"'{graph.workflow.name}': a run acts for a person or a service (--as NAME), and an "
+                "agent acts for it in an agent step, never as its principal"
+            )
         self.workflow_actor = Actor(graph.workflow.name, "workflow")
         # The workflow itself acts when a tool step names no identity; in a child run it acts within
         # the parent's chain (so it can only narrow what the parent's caller held).
@@ -430,7 +440,10 @@ class RunGuard:
         action = (spec.action or spec.effect) if spec is not None else None
         resource = self._resource(tool, args, bindings)
         cel_bindings = {k: bindings.get(k) for k in ("input", "vars", "run")}
-        decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings)
+        # `principal` in a grant's `when` is the run's principal, as in guardrails (spec §11.1, §15),
+        # whether or not the chain acts on its behalf.
+        run_principal = self.principal
+        decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings, run_principal)
         for outer in self.outer if decision.allowed and spec is not None else ():
             if not outer.chain.links:  # the parent workflow itself started this run: it trusts it
                 continue
@@ -439,7 +452,9 @@ class RunGuard:
             # name (`echo`) to other code and run it under the parent's grant (spec §13.13).
             upstream = self._same_tool(outer, tool, spec)
             if upstream is None:
-                upstream = outer.authorizer.decide(outer.chain, tool, action, resource, args, cel_bindings)
+                upstream = outer.authorizer.decide(
+                    outer.chain, tool, action, resource, args, cel_bindings, run_principal
+                )
             if not upstream.allowed:
                 decision = Decision(
                     False, upstream.grant, f"the parent run's chain may not: {upstream.reason}",

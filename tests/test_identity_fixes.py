@@ -354,3 +354,52 @@ def test_a_child_run_cannot_rebind_a_tool_name_its_parent_granted(tmp_path: Path
     assert "python idtools:echo (action read)" in denied["reason"]
     assert "python idtools:admin (action write)" in denied["reason"]
     assert [d["decision"] for d in events(tmp_path, children["same"], "authz.decided")] == ["allow"] * 2
+
+
+# --- 5. `principal` is the run's principal in grants as in guardrails; a principal is never an agent ----
+
+PRINCIPAL_GRANT = """\
+charter: "1.0"
+name: principal-grant
+tools:
+  echo: {python: "idtools:echo", effect: read}
+identities:
+  svc: {kind: service}
+  bot: {kind: agent}
+grants:
+  - {id: svc-for-alice, to: svc, tools: [echo], when: 'principal.id == "alice"'}
+  - {id: bot-echo, to: bot, tools: [echo]}
+guardrails:
+  - {id: seen, on: tool.input, check: 'principal.id == "alice"', action: warn}
+steps:
+  - {id: t, tool: echo, identity: svc, args: {text: a}}
+"""
+
+
+def test_principal_in_a_grant_condition_is_the_runs_principal(tmp_path: Path) -> None:
+    """A tool step under a service identity acts for nobody, yet `principal` in its grant's `when` is
+    the run's principal, as the guardrail at the same call sees it."""
+    project(tmp_path, {"wf.yaml": PRINCIPAL_GRANT})
+    code, result = run(tmp_path, "wf.yaml", "--as", "alice")
+    assert code == 0, result
+    assert calls(tmp_path) == [{"tool": "echo", "text": "a"}]
+    (decided,) = events(tmp_path, result["run_id"], "authz.decided")
+    assert (decided["decision"], decided["grant"], decided["run_principal"]) == (
+        "allow",
+        "svc-for-alice",
+        "alice",
+    )
+    assert events(tmp_path, result["run_id"], "guardrail.evaluated") == []  # the rule held too
+    code, result = run(tmp_path, "wf.yaml", "--as", "bob")
+    assert code == 1 and result["error"]["code"] == "unauthorized", result
+    assert len(calls(tmp_path)) == 1
+
+
+def test_a_principal_named_after_an_agent_identity_is_refused(tmp_path: Path) -> None:
+    project(tmp_path, {"wf.yaml": PRINCIPAL_GRANT})
+    proc = charter("run", "wf.yaml", "--as", "bot", cwd=tmp_path)
+    assert proc.returncode == 2, describe(proc)
+    assert "principal 'bot' is the name of an agent identity of workflow 'principal-grant'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert calls(tmp_path) == []
+
