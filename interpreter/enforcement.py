@@ -329,7 +329,7 @@ class RunGuard:
     def _secrets_pattern(values: frozenset[str]) -> Any:
         import re2
 
-        literals = sorted(values, key=len, reverse=True)
+        literals = sorted(secret_forms(values), key=len, reverse=True)
         return compile_pattern("|".join(re2.escape(v) for v in literals)) if literals else None
 
     def attach(self, emit: Emit) -> None:
@@ -786,6 +786,29 @@ class RunGuard:
 # --- the tool-step path (steps.run_tool; the agent loop uses the RunGuard methods directly) --------------
 
 
+def secret_forms(values: frozenset[str]) -> set[str]:
+    """Each secret value and the forms a URL gives it: an `http` tool percent-encodes what it puts after
+    the host (`s3cr/et+key==` -> `s3cr%2Fet%2Bkey%3D%3D`), and that URL reaches error messages and the
+    log. Both the strict encoding (`quote`, nothing safe) and the common ones (`/` kept; `quote_plus`,
+    a space as `+`) are masked, in upper- and lower-case hex, since a server or a library may echo
+    either."""
+    from urllib.parse import quote, quote_plus
+
+    forms: set[str] = set()
+    for value in values:
+        for encoded in (value, quote(value, safe=""), quote(value), quote_plus(value)):
+            forms.add(encoded)
+            forms.add(_lower_hex(encoded))
+    return forms
+
+
+def _lower_hex(text: str) -> str:
+    """`text` with its percent-escapes in lower-case hex (`%2F` -> `%2f`); other characters unchanged."""
+    import re
+
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
 def _describe_target(target: tuple[Any, ...]) -> str:
     """`tool_target` as people read it: `python stools:echo (action read)`."""
     *what, action, resource = target
@@ -957,4 +980,5 @@ __all__ = [
     "chain_from_json",
     "chain_to_json",
     "policy_error",
+    "secret_forms",
 ]

@@ -403,3 +403,62 @@ def test_a_principal_named_after_an_agent_identity_is_refused(tmp_path: Path) ->
     assert "Traceback" not in proc.stderr
     assert calls(tmp_path) == []
 
+
+# --- 6. a secret is masked in its percent-encoded forms too ---------------------------------------------
+
+SECRET = "s3cr/et+key== x"  # base64 characters and a space: each URL encoding writes it differently
+
+
+def test_every_url_encoding_of_a_secret_is_masked() -> None:
+    from urllib.parse import quote, quote_plus
+
+    from interpreter.enforcement import RunGuard
+    from interpreter.redact import MASK, mask_matches
+
+    pattern = RunGuard._secrets_pattern(frozenset({SECRET}))
+    forms = [
+        SECRET,
+        quote(SECRET, safe=""),
+        quote(SECRET),
+        quote_plus(SECRET),
+        quote(SECRET, safe="").lower(),
+    ]
+    assert len(set(forms)) == len(forms)
+    for form in forms:
+        assert mask_matches(f"GET http://h/api/{form}/x", pattern, MASK)[0] == f"GET http://h/api/{MASK}/x"
+
+
+HTTP_SECRET = """\
+charter: "1.0"
+name: http-secret
+secrets: [API_KEY]
+tools:
+  status:
+    http: {method: GET, url: "http://127.0.0.1:PORT/api/${{ secrets.API_KEY }}/x"}
+    effect: read
+steps:
+  - id: t
+    try:
+      steps:
+        - {id: fetch, tool: status}
+      catch:
+        steps:
+          - {id: c, fail: {message: "E: ${{ error.message }}"}}
+"""
+
+
+def test_a_secret_percent_encoded_in_an_http_url_never_reaches_the_log_or_the_output(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: the call fails, its message names the URL
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    project(tmp_path, {"wf.yaml": HTTP_SECRET.replace("PORT", str(port))})
+    proc = charter("run", "wf.yaml", "--json", cwd=tmp_path, env={"API_KEY": SECRET})
+    assert proc.returncode == 1, describe(proc)
+    message = run_json(proc)["error"]["message"]
+    assert f"http://127.0.0.1:{port}/api/[REDACTED]/x" in message, message
+    encoded = "s3cr%2Fet%2Bkey%3D%3D%20x"
+    assert encoded not in proc.stdout + proc.stderr
+    logged = b"".join(p.read_bytes() for p in tmp_path.glob("charter.db*"))  # the WAL too, if kept
+    assert encoded.encode() not in logged and b"s3cr" not in logged
