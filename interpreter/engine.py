@@ -679,7 +679,7 @@ class Execution:
         if rec.status == "skipped":
             scope.steps[node.id] = {"output": None, "status": "skipped", "error": None}
             if self.write_reused:
-                self.emit(s.STEP_SKIPPED, path, rec.skip)
+                self.emit(s.STEP_SKIPPED, path, {**(rec.skip or {}), "reused_from": self.reused_from})
             return None
         if self.write_reused:  # the fork's own log holds them too: its resume finds `steps.X` inside
             self._write_reused(children)
@@ -705,7 +705,7 @@ class Execution:
                         s.STEP_FAILED,
                         path,
                         {
-                            "attempt": 1,
+                            "attempt": rec.attempts_failed + 1,
                             "error": rec.error,
                             "duration_ms": 0.0,
                             "caught_by": scope.catcher,
@@ -719,7 +719,12 @@ class Execution:
                 NewEvent(
                     s.STEP_COMPLETED,
                     path,
-                    {"attempt": 1, "output": rec.output, "duration_ms": 0.0, "reused_from": self.reused_from},
+                    {
+                        "attempt": rec.attempts_failed + 1,  # the attempt that gave it, as recorded
+                        "output": rec.output,
+                        "duration_ms": 0.0,
+                        "reused_from": self.reused_from,
+                    },
                 )
             )
         self.notify("reused", path, node.kind)
@@ -754,8 +759,12 @@ class Execution:
 
     def _write_reused(self, children: list[tuple[str, NodeRecord]]) -> None:
         """Copy the outcomes of a reused node's descendants into this run's log (a fork's)."""
-        reused = {"attempt": 1, "duration_ms": 0.0, "reused_from": self.reused_from}
         for child_path, child in children:
+            reused = {
+                "attempt": child.attempts_failed + 1,
+                "duration_ms": 0.0,
+                "reused_from": self.reused_from,
+            }
             if child.status == "completed":
                 self.emit(s.STEP_COMPLETED, child_path, {**reused, "output": child.output})
             elif child.status == "failed":

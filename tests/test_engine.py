@@ -794,6 +794,36 @@ def test_fork_reuses_results_before_the_node(store: Any, workdir: Path, tmp_path
         fork_run(original.run_id, "nope", store=store, options=OPTS)
 
 
+def test_a_forks_copies_keep_the_attempt_and_mark_every_reused_step(
+    store: Any, workdir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.jsonl"
+    flow = write_flow(
+        workdir,
+        "fork_copies",
+        f"""\
+        steps:
+          - {{id: skipped, if: "false", tool: echo, args: {{value: 0}}}}
+          - id: g
+            steps:
+              - id: f
+                tool: flaky
+                args: {{key: fc, fails: 2, log: "{log}"}}
+                retry: {{attempts: 3, backoff: {{initial: 1ms}}}}
+          - {{id: last, tool: echo, args: {{value: 1}}}}
+        """,
+    )
+    original = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert original.status == "completed"
+    forked = fork_run(original.run_id, "last", store=store, options=OPTS)
+    copies = {
+        e.node_path: e.payload for e in store.events(forked.run_id) if "reused_from" in (e.payload or {})
+    }
+    assert set(copies) == {"skipped", "g", "g/body/f"}
+    assert all(p["reused_from"] == original.run_id for p in copies.values())
+    assert (copies["g/body/f"]["attempt"], copies["g"]["attempt"]) == (3, 1)
+
+
 def test_a_fork_that_pauses_keeps_what_it_reused_inside_a_group(store: Any, workdir: Path) -> None:
     """A fork reuses a finished group; continued after an approval, its steps still read the group's
     inner step (the fork's own log holds the reused descendants)."""
