@@ -182,12 +182,14 @@ def _db_option(fn):  # type: ignore[no-untyped-def]
 
 def _open_store(db: str | None, durability: str = "normal", create: bool = False):  # type: ignore[no-untyped-def]
     """The event log; only `run` and `wake` may create it (elsewhere a missing file is a mistyped --db)."""
-    from interpreter.store import StoreError, open_store
+    from interpreter.store import StoreError, StoreLockedError, open_store
 
     if db:
         _db_given[:] = [db]
     try:
         return open_store(db, durability=durability, create=create)  # type: ignore[arg-type]
+    except StoreLockedError as exc:  # another process is in the way, as for a lock met later (exit 4)
+        _die(str(exc), EXIT_LEASED)
     except StoreError as exc:
         _die(str(exc))
 

@@ -245,6 +245,23 @@ def test_what_a_tool_prints_goes_to_stderr_never_into_the_output(tmp_path: Path)
         assert "debug: hello 1" in proc.stderr
 
 
+def test_a_log_locked_by_another_process_exits_4_at_open(tmp_path: Path) -> None:
+    db = tmp_path / "charter.db"
+    first = charter(
+        "run", str(EXAMPLES / "tools_pipeline.yaml"), "--allow-module", "examples.*", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode = DELETE")  # out of WAL: an exclusive lock keeps readers out
+        holder.execute("BEGIN EXCLUSIVE")
+        proc = charter("runs", cwd=tmp_path)  # waits out the busy timeout (5 s), then gives up
+    finally:
+        holder.close()
+    assert proc.returncode == 4, proc.stderr
+    assert "is locked by another connection" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_failed_run_exits_1(tmp_path: Path) -> None:
     flow = tmp_path / "failing.yaml"
     flow.write_text(
