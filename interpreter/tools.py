@@ -361,13 +361,24 @@ async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:
                 raise error  # here, in this frame: a StopIteration is reported as itself
     except StepError:
         raise
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except KeyboardInterrupt:
         raise
+    except asyncio.CancelledError as exc:
+        # Only a cancellation of this task is the step's: a timeout, a join's loser, Ctrl-C (the task is
+        # then `cancelling`). A CancelledError the tool raised itself (it awaited a task something else
+        # cancelled, or raised it in its thread) is its own failure, which catch and retry see.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise _raised(tool.name, exc) from None
     except BaseException as exc:  # noqa: BLE001 - the tool's own failure (even SystemExit) is the step's error
-        raise StepError(
-            "tool", f"tool '{tool.name}' raised {type(exc).__name__}: {exc}", type="ToolError"
-        ) from None
+        raise _raised(tool.name, exc) from None
     return normalise_result(tool.name, result)
+
+
+def _raised(name: str, exc: BaseException) -> StepError:
+    text = f": {exc}" if str(exc) else ""
+    return StepError("tool", f"tool '{name}' raised {type(exc).__name__}{text}", type="ToolError")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,8 +32,20 @@ async def awaits_a_cancelled_task():
 def raises_cancelled():
     raise asyncio.CancelledError("from a thread")
 
+STARTED = None  # set by `hangs` once it runs: `after_hangs` waits for it, so the join's loser is in its call
+
 async def hangs():
+    global STARTED
+    STARTED = STARTED or asyncio.Event()
+    STARTED.set()
     await asyncio.sleep(30)
+
+async def after_hangs():
+    global STARTED
+    STARTED = STARTED or asyncio.Event()
+    await STARTED.wait()
+    STARTED = None
+    return "first"
 """
 
 OPTS = RunOptions(allow_modules=(MODULE,))
@@ -300,3 +312,67 @@ def test_an_idempotency_key_header_set_in_any_case_is_sent_once_and_wins(
     for step, expected in (("a", "order-7"), ("b", f"{result.run_id}/b/1")):
         keys = [v for k, v in result.output[step] if k == "idempotency-key"]
         assert keys == [expected]
+
+
+# --------------------------------------------------------------------------------------------------
+# Python tools: a CancelledError the tool raised is its failure; a cancellation from outside still cancels
+
+
+@pytest.mark.parametrize("tool", ["awaits_a_cancelled_task", "raises_cancelled"])
+def test_a_cancelled_error_the_tool_raised_itself_is_a_tool_error(
+    store: Any, workdir: Path, tool: str
+) -> None:
+    graph = flow(
+        workdir,
+        f"own_cancel_{tool}",
+        f"""\
+        charter: "1.0"
+        name: own-cancel
+        vars: {{error: null}}
+        tools:
+          t: {{python: "{MODULE}:{tool}", effect: read}}
+        steps:
+          - id: caught
+            try:
+              steps: [{{id: c, tool: t}}]
+              catch:
+                steps: [{{id: why, set: {{error: "${{{{ error }}}}"}}}}]
+          - {{id: uncaught, tool: t}}
+        output: {{error: "${{{{ vars.error }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "tool"
+    assert "tool 't' raised CancelledError" in result.error["message"]
+    assert store.run(result.run_id).status == "failed"  # ended, not left `running`
+    caught = next(e.payload for e in store.events(result.run_id) if e.kind == "vars.set")
+    assert caught["vars"]["error"]["code"] == "tool"
+    assert [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")] == ["tool", "tool"]
+    assert replay_run(result.run_id, store=store).ok
+
+
+def test_a_cancellation_from_outside_still_cancels_the_tool(store: Any, workdir: Path) -> None:
+    graph = flow(
+        workdir,
+        "outside_cancel",
+        f"""\
+        charter: "1.0"
+        name: outside-cancel
+        tools:
+          hangs: {{python: "{MODULE}:hangs", effect: read}}
+          after_hangs: {{python: "{MODULE}:after_hangs", effect: read}}
+        steps:
+          - id: race
+            parallel:
+              join: any
+              branches:
+                - [{{id: quick, tool: after_hangs}}]
+                - [{{id: loser, tool: hangs}}]
+          - {{id: cut, timeout: 200ms, tool: hangs}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout", result.error
+    assert result.error["step"] == "cut"
+    codes = [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")]
+    assert codes == ["cancelled", "cancelled"]  # the join's loser and the timed-out call: not `tool`
