@@ -773,9 +773,16 @@ def replay(
         click.echo(f"run {run_id} reproduced ({result.events_checked} events)")
     else:
         click.echo(f"divergence at {d.node_path or '<run>'}: {d.reason}")
-        click.echo(f"  expected: {json.dumps(d.expected, ensure_ascii=False)}")
-        click.echo(f"  got:      {json.dumps(d.got, ensure_ascii=False)}")
+        click.echo(f"  expected: {_excerpt(json.dumps(d.expected, ensure_ascii=False))}")
+        click.echo(f"  got:      {_excerpt(json.dumps(d.got, ensure_ascii=False))}")
     sys.exit(0 if result.ok else 1)
+
+
+def _excerpt(text: str, limit: int = 400) -> str:
+    """A long value cut for a terminal; `--json` has it whole."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters; --json shows all)"
 
 
 @main.command()

@@ -623,9 +623,12 @@ class Execution:
         self.checked += 1
         self.visited.add(path)
         if rec is None or rec.status is None:
-            self.diverge(
-                path, None, {"status": status, "output": value}, "the step did not finish in the recorded run"
+            why = (
+                "the recorded run never got to this step"
+                if rec is None
+                else "the step did not finish in the recorded run"
             )
+            self.diverge(path, None, {"status": status, "output": value}, why)
         assert rec is not None
         if rec.status != status:
             expected = rec.output if rec.status == "completed" else rec.error

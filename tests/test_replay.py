@@ -303,3 +303,25 @@ def test_a_join_that_now_keeps_other_branches_diverges_and_never_hangs(
     proc = _replay(run_json(ran)["run_id"], tmp_path / "c.db", tmp_path / "edited.yaml")  # 30 s timeout
     assert proc.returncode == 1, describe(proc)
     assert proc.stdout.startswith("divergence at race: the join of parallel 'race' changed")
+
+
+def test_a_step_the_recording_never_reached_is_named_so_and_long_values_are_cut(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text(CHILD)
+    (tmp_path / "kid.yaml").write_text(KID)
+    ran = _run(tmp_path / "kid.yaml", tmp_path / "c.db", cwd=tmp_path)
+    assert ran.returncode == 0, describe(ran)
+    long = "x" * 1000
+    (tmp_path / "other.yaml").write_text(
+        f'charter: "1.0"\nname: other\nvars: {{v: ""}}\nsteps:\n  - {{id: fresh, set: {{v: "{long}"}}}}\n'
+    )
+    proc = _replay(run_json(ran)["run_id"], tmp_path / "c.db", tmp_path / "other.yaml", cwd=tmp_path)
+    assert proc.returncode == 1, describe(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "divergence at fresh: the recorded run never got to this step"
+    assert lines[2].startswith("  got:      ") and lines[2].endswith("characters; --json shows all)")
+    assert len(lines[2]) < 500
+    whole = charter(
+        "replay", run_json(ran)["run_id"], "--db", str(tmp_path / "c.db"), "--file", str(tmp_path / "other.yaml"),
+        "--json", env=ENV, cwd=tmp_path,
+    )  # fmt: skip
+    assert json.loads(whole.stdout)["divergence"]["got"]["output"] == {"v": long}

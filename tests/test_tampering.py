@@ -251,3 +251,40 @@ def test_altered_blob_is_named_at_the_first_event_using_it(tmp_path: Path, new_d
         ).fetchone()
         conn.execute(f"UPDATE blobs SET data = {new_data} WHERE sha256 = ?", (digest,))
     _assert_broken_at(run_id, db, first)
+
+
+def _spec_verifier(tmp_path: Path) -> Path:
+    """The "Verifying without Charter" program of spec/event-log.md §6, as a reader would copy it."""
+    text = (Path(__file__).resolve().parents[1] / "spec" / "event-log.md").read_text(encoding="utf-8")
+    section = text[text.index("Verifying without Charter") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    script = tmp_path / "verify_by_hand.py"
+    script.write_text(code[: code.index("```")], encoding="utf-8")
+    return script
+
+
+def test_the_specs_own_verifier_passes_a_run_and_names_a_missing_blob(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from interpreter.store import NewEvent, SQLiteEventStore
+
+    db = tmp_path / "c.db"
+    with SQLiteEventStore(db) as store:
+        run_id = store.create_run("by-hand", inputs={"q": 1}).run_id
+        big = {"text": "x" * (store.blob_threshold + 10)}
+        store.append_many(
+            run_id, [NewEvent("step.started", "s", {"attempt": 1}), NewEvent("step.completed", "s", big)]
+        )
+    script = _spec_verifier(tmp_path)
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), str(db), run_id], capture_output=True, text=True)
+
+    ok = verify()
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok 2 events", ok.stderr
+    _sql(db, "DELETE FROM blobs")
+    missing = verify()
+    assert missing.returncode == 1 and "AssertionError: blob of seq 2 missing" in missing.stderr, (
+        missing.stderr
+    )
