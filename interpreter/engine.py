@@ -1237,9 +1237,10 @@ def _guard_for(
     row = store.run(run_id)
     if parent is None and row.parent_run_id:
         up = store.run(row.parent_run_id)
-        up_graph = compile_source(up.workflow_source or "", "<stored>")
         up_events = list(store.events(up.run_id))
         up_started = next((e.payload for e in up_events if e.kind == s.RUN_STARTED), None) or {}
+        # Its file's folder, for the tool declarations a child's are compared with (workflow paths)
+        up_graph = compile_source(up.workflow_source or "", up_started.get("file") or "<stored>")
         up_secrets = {n: os.environ.get(n, "") for n in up_graph.workflow.secrets}  # for masking
         up_records = build_records(up_events)
         up_guard = _guard_for(  # with the grandparent's rules: read up the chain

@@ -109,7 +109,7 @@ def test_tool_step_without_identity_runs_as_the_workflow(tmp_path: Path) -> None
     assert decided["actor"] == {"sub": "user:alice", "act": {"sub": "workflow:h16"}}
 
 
-def test_condition_on_claims_fails_closed_when_no_principal_is_acted_for(tmp_path: Path) -> None:
+def test_condition_on_claims_reads_the_runs_principal(tmp_path: Path) -> None:
     project(
         tmp_path,
         """
@@ -119,9 +119,13 @@ steps:
   - {id: a, tool: echo, identity: bot, args: {tenant: "${{ input.tenant }}"}}
 """,
     )
-    # a tool step's identity acts for nobody: `principal` is null and the condition fails closed
+    # a tool step's identity acts for nobody, yet `principal` is the run's principal (spec §10.2, §15)
     (tmp_path / "acme.json").write_text(json.dumps({"tenant": "acme", "roles": ["staff"]}))
     code, result = run(tmp_path, "--as", "alice", "--claims", "acme.json", "--input", '{"tenant": "acme"}')
+    assert code == 0
+    (decided,) = events(tmp_path, result["run_id"], "authz.decided")
+    assert decided["decision"] == "allow" and decided["grant"] == "acme-only"
+    code, result = run(tmp_path, "--as", "alice", "--input", '{"tenant": "acme"}')  # no claim: fails closed
     assert code == 1
     decided = events(tmp_path, result["run_id"], "authz.decided")
     assert decided[0]["decision"] == "deny" and "condition" in decided[0]["reason"]

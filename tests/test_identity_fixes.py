@@ -462,3 +462,57 @@ def test_a_secret_percent_encoded_in_an_http_url_never_reaches_the_log_or_the_ou
     assert encoded not in proc.stdout + proc.stderr
     logged = b"".join(p.read_bytes() for p in tmp_path.glob("charter.db*"))  # the WAL too, if kept
     assert encoded.encode() not in logged and b"s3cr" not in logged
+
+
+def test_a_child_continued_on_its_own_keeps_the_tools_it_shares_with_its_parent(tmp_path: Path) -> None:
+    # The parent declares `t` relative to its folder, the child relative to its own: the same file.
+    # Continued by `charter approve CHILD`, the parent's declarations are read from the log and must
+    # resolve against the parent file's folder, not the current directory.
+    (tmp_path / "sub").mkdir()
+    project(
+        tmp_path,
+        {
+            "top.yaml": """\
+                charter: "1.0"
+                name: top
+                tools:
+                  m: {workflow: sub/mid.yaml, effect: read}
+                  t: {workflow: sub/leaf.yaml, effect: read}
+                identities: {bot: {kind: agent}}
+                grants: [{id: bot-mt, to: bot, tools: [m, t]}]
+                steps:
+                  - {id: mid, tool: m, identity: bot}
+                output: {mid: "${{ steps.mid.output }}"}
+                """,
+            "sub/mid.yaml": """\
+                charter: "1.0"
+                name: mid
+                tools:
+                  t: {workflow: leaf.yaml, effect: read}
+                identities: {bot: {kind: agent}}
+                grants: [{id: bot-t, to: bot, tools: [t]}]
+                steps:
+                  - {id: gate, approval: {message: go?}}
+                  - {id: call, tool: t, identity: bot}
+                output: {leaf: "${{ steps.call.output }}"}
+                """,
+            "sub/leaf.yaml": """\
+                charter: "1.0"
+                name: leaf
+                vars: {v: 0}
+                steps:
+                  - {id: one, set: {v: 1}}
+                output: {v: "${{ vars.v }}"}
+                """,
+        },
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, waiting = run(tmp_path, "top.yaml")
+    assert code == 3, waiting
+    mid = child_run(tmp_path, waiting["run_id"])
+    proc = charter(
+        "approve", mid, "gate", "--as", "sup", "--json", "--db", str(tmp_path / "charter.db"), cwd=elsewhere
+    )
+    assert proc.returncode == 0, describe(proc)
+    assert run_json(proc)["output"] == {"mid": {"leaf": {"v": 1}}}
