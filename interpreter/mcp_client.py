@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -43,8 +44,11 @@ from jsonschema.exceptions import SchemaError
 from interpreter import schemas
 from interpreter.providers.base import ToolSpec
 
+# The limits when the caller names none (a workflow that declares no timeout around the call): a server
+# that hangs must not hold a run forever. `NO_LIMIT` asks for none: a timeout around the call bounds it.
 DEFAULT_STARTUP_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 60.0
+NO_LIMIT = math.inf
 _CLOSE_TIMEOUT = 10.0
 _STDERR_TAIL = 800
 _NOT_MCP_GRACE = 2.0  # after output that is not MCP, how long a real answer may still come
@@ -58,6 +62,10 @@ class McpError(Exception):
 
 class McpServerError(McpError):
     """The server failed to start, could not be reached, died, or did not answer in time."""
+
+
+class McpTimeoutError(McpServerError):
+    """The server did not start, or a call got no answer, within the time limit."""
 
 
 class McpToolError(McpError):
@@ -203,7 +211,7 @@ class McpConnection:
             try:
                 done, _ = await asyncio.wait(
                     {self._ready, not_mcp, died},
-                    timeout=self.startup_timeout,
+                    timeout=_seconds(self.startup_timeout),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -212,15 +220,19 @@ class McpConnection:
             if self._ready in done:
                 self._ready.result()  # raises the McpServerError of a failed start
                 return
+            error: type[McpServerError] = McpServerError
             if not_mcp in done:
                 self._failure = f"it {self._not_mcp_reason()}"
                 message = f"{self.config.label} {self._not_mcp_reason()}"
             elif died in done:
                 message = self._start_failure(self._failure or "the session ended")
             else:
-                message = f"{self.config.label} did not start within {self.startup_timeout:g}s"
+                error, message = (
+                    McpTimeoutError,
+                    f"{self.config.label} did not start within {self.startup_timeout:g}s",
+                )
             await self._abort()
-            raise McpServerError(message + self._stderr_tail())
+            raise error(message + self._stderr_tail())
         except BaseException:  # McpError, or the run was cancelled (Ctrl-C) while the server started
             await asyncio.shield(self._abort())
             if self._ready.done() and not self._ready.cancelled():
@@ -362,11 +374,13 @@ class McpConnection:
             have = ", ".join(sorted(self.tools)) or "none"
             raise McpArgumentError(f"{self.config.label} has no tool {tool!r}; its tools: {have}")
         _validate(self.config.label, info, arguments)
-        limit = timeout or self.call_timeout
+        limit = self.call_timeout if timeout is None else timeout
         call = asyncio.ensure_future(self._session.call_tool(tool, dict(arguments)))
         died = asyncio.ensure_future(self._dead.wait())
         try:
-            done, _ = await asyncio.wait({call, died}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {call, died}, timeout=_seconds(limit), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for task in (call, died):
                 if not task.done():
@@ -393,7 +407,7 @@ class McpConnection:
         # Stray output during a call (a tool printing progress) is tolerated: only the call's timeout
         # ends it, and then says what else the server wrote.
         meanwhile = f"; meanwhile the server {self._not_mcp_reason()}" if self._not_mcp else ""
-        raise McpServerError(f"{where}: no answer within {limit:g}s{meanwhile}")
+        raise McpTimeoutError(f"{where}: no answer within {limit:g}s{meanwhile}")
 
     def _lost(self, reason: str) -> None:
         """The transport is gone or unusable (the SDK keeps the session open): fail later calls of this
@@ -513,9 +527,12 @@ class McpClientPool:
         self._connections: dict[McpServerConfig, McpConnection] = {}
         self._starting: dict[McpServerConfig, asyncio.Lock] = {}
 
-    async def connection(self, config: McpServerConfig) -> McpConnection:
+    async def connection(
+        self, config: McpServerConfig, *, startup_timeout: float | None = None
+    ) -> McpConnection:
         """The server's session, started on first use, and started again when the last one ended (the
-        server exited, was killed or broke the protocol): at most one start per call."""
+        server exited, was killed or broke the protocol): at most one start per call. A start is bounded
+        by `startup_timeout` (None: the pool's; `NO_LIMIT`: none, the caller bounds it)."""
         lock = self._starting.setdefault(config, asyncio.Lock())
         async with lock:  # two steps asking at once still start one server
             existing = self._connections.get(config)
@@ -525,14 +542,18 @@ class McpClientPool:
                 del self._connections[config]
                 await existing.close()
             connection = McpConnection(
-                config, startup_timeout=self.startup_timeout, call_timeout=self.call_timeout
+                config,
+                startup_timeout=self.startup_timeout if startup_timeout is None else startup_timeout,
+                call_timeout=self.call_timeout,
             )
             await connection.start()
             self._connections[config] = connection
             return connection
 
-    async def list_tools(self, config: McpServerConfig) -> list[McpToolInfo]:
-        return list((await self.connection(config)).tools.values())
+    async def list_tools(
+        self, config: McpServerConfig, *, startup_timeout: float | None = None
+    ) -> list[McpToolInfo]:
+        return list((await self.connection(config, startup_timeout=startup_timeout)).tools.values())
 
     async def call(
         self,
@@ -541,8 +562,12 @@ class McpClientPool:
         arguments: Mapping[str, Any],
         *,
         timeout: float | None = None,
+        startup_timeout: float | None = None,
     ) -> McpResult:
-        return await (await self.connection(config)).call(tool, arguments, timeout=timeout)
+        """`timeout` bounds the call, `startup_timeout` a start it needs (None: the pool's limits;
+        `NO_LIMIT`: none, the caller bounds them)."""
+        connection = await self.connection(config, startup_timeout=startup_timeout)
+        return await connection.call(tool, arguments, timeout=timeout)
 
     async def close(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
@@ -550,6 +575,11 @@ class McpClientPool:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+
+def _seconds(limit: float) -> float | None:
+    """A limit as asyncio.wait takes it: None waits as long as it takes."""
+    return None if limit == NO_LIMIT else limit
 
 
 def _attr(obj: Any, *names: str, default: Any = None) -> Any:

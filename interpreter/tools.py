@@ -584,7 +584,7 @@ async def call_tool(
 
         call = child_run(ex, child_path or path, tool.workflow, args, key)
     elif tool.mcp is not None:
-        call = call_mcp(ex, name, tool, compiled, args, scope)
+        call = call_mcp(ex, name, tool, compiled, args, scope, path)
     else:
         raise StepError("unsupported", f"tool '{name}' has no kind", retryable=False)
     if timeout is None:
@@ -672,14 +672,39 @@ def _mcp_config(ex: Any, name: str, tool: Any, scope: Any) -> Any:
         raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", retryable=False) from None
 
 
-async def mcp_tool_info(ex: Any, name: str, tool: Any, scope: Any) -> Any:
-    """The server's description of an MCP tool (`McpToolInfo`): starts or reuses the run's session."""
-    from interpreter.mcp_client import McpError
+def _mcp_limit(ex: Any, tool: Any, path: str) -> float | None:
+    """The MCP client's own limit on a call and on a start it needs: none (`NO_LIMIT`) when the workflow
+    bounds the call itself, with the tool's `timeout`, a `timeout` of the step making the call or of a
+    step around it, or the workflow's `timeout` (spec §8.3), so that the declared limit governs and cuts
+    the call off with code `timeout`; else None, the client's defaults."""
+    from interpreter.engine import static_path
+    from interpreter.mcp_client import NO_LIMIT
+
+    if tool.timeout or ex.graph.workflow.timeout:
+        return NO_LIMIT
+    parts = path.split("/") if path else []
+    for i in range(len(parts), 0, -1):
+        try:
+            node = ex.graph.node(static_path("/".join(parts[:i])))
+        except KeyError:  # a segment that is no step (an agent's call, a case): the steps around it count
+            continue
+        if getattr(node.step, "timeout", None):
+            return NO_LIMIT
+    return None
+
+
+async def mcp_tool_info(ex: Any, name: str, tool: Any, scope: Any, path: str | None = None) -> Any:
+    """The server's description of an MCP tool (`McpToolInfo`): starts or reuses the run's session.
+    `path` is the step that asks (default: the steps around `scope`), whose time limits bound the start."""
+    from interpreter.mcp_client import McpError, McpTimeoutError
 
     config = _mcp_config(ex, name, tool, scope)
     remote = tool.mcp.tool or name
+    limit = _mcp_limit(ex, tool, scope.runtime if path is None else path)
     try:
-        tools = {t.name: t for t in await run_resources(ex).mcp().list_tools(config)}
+        tools = {t.name: t for t in await run_resources(ex).mcp().list_tools(config, startup_timeout=limit)}
+    except McpTimeoutError as exc:
+        raise StepError("timeout", f"tool '{name}': {exc}", type="ToolError", category="mcp") from None
     except McpError as exc:
         raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", category="mcp") from None
     if remote not in tools:
@@ -692,12 +717,21 @@ async def mcp_tool_info(ex: Any, name: str, tool: Any, scope: Any) -> Any:
     return tools[remote]
 
 
-async def call_mcp(ex: Any, name: str, tool: Any, compiled: Any, args: dict[str, Any], scope: Any) -> Any:
-    from interpreter.mcp_client import McpArgumentError, McpError, McpToolError
+async def call_mcp(
+    ex: Any, name: str, tool: Any, compiled: Any, args: dict[str, Any], scope: Any, path: str = ""
+) -> Any:
+    from interpreter.mcp_client import McpArgumentError, McpError, McpTimeoutError, McpToolError
 
     config = _mcp_config(ex, name, tool, scope)
+    limit = _mcp_limit(ex, tool, path)
     try:
-        result = await run_resources(ex).mcp().call(config, tool.mcp.tool or name, args)
+        result = (
+            await run_resources(ex)
+            .mcp()
+            .call(config, tool.mcp.tool or name, args, timeout=limit, startup_timeout=limit)
+        )
+    except McpTimeoutError as exc:  # the client's default limit (nothing declared bounds the call)
+        raise StepError("timeout", f"tool '{name}': {exc}", type="ToolError", category="mcp") from None
     except McpToolError as exc:
         raise StepError("tool", f"tool '{name}': {exc}", type="ToolError") from None
     except McpArgumentError as exc:

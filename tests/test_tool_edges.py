@@ -4,7 +4,9 @@ real HTTP server on 127.0.0.1, a real MCP server process and real SQLite event l
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 import textwrap
 import threading
 import time
@@ -48,13 +50,15 @@ async def after_hangs():
     return "first"
 """
 
-OPTS = RunOptions(allow_modules=(MODULE,))
+MCP_SERVER = "edge_mcp_server"  # tests/fixtures/mcp_server.py, copied beside the workflows
+OPTS = RunOptions(allow_modules=(MODULE, MCP_SERVER))
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("edges")
     (d / f"{MODULE}.py").write_text(TOOLS)
+    shutil.copy(Path(__file__).parent / "fixtures" / "mcp_server.py", d / f"{MCP_SERVER}.py")
     return d
 
 
@@ -376,3 +380,86 @@ def test_a_cancellation_from_outside_still_cancels_the_tool(store: Any, workdir:
     assert result.error["step"] == "cut"
     codes = [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")]
     assert codes == ["cancelled", "cancelled"]  # the join's loser and the timed-out call: not `tool`
+
+
+# --------------------------------------------------------------------------------------------------
+# MCP: a declared timeout governs the call and the server's start; the client's own limits (shortened
+# here) apply only when nothing is declared, and cut off with code `timeout`
+
+
+def mcp_flow(
+    workdir: Path, name: str, *, tool_timeout: str = "", step_timeout: str = "", seconds: float
+) -> Any:
+    tool_limit = f", timeout: {tool_timeout}" if tool_timeout else ""
+    step_limit = (
+        f"timeout: {step_timeout}"
+        if step_timeout
+        else "retry: {attempts: 2, backoff: {initial: 10ms}, on: [timeout]}"
+    )
+    return flow(
+        workdir,
+        name,
+        f"""\
+        charter: "1.0"
+        name: {name}
+        tools:
+          nap: {{mcp: {{command: [python, -m, {MCP_SERVER}], tool: sleep}}, effect: read{tool_limit}}}
+        steps:
+          - id: s
+            {step_limit}
+            tool: nap
+            args: {{seconds: {seconds}}}
+        output: {{answer: "${{{{ steps.s.output }}}}"}}
+        """,
+    )
+
+
+def short_defaults(monkeypatch: pytest.MonkeyPatch, *, startup: float, call: float) -> None:
+    """The run's MCP client pool with these default limits (the real ones are 30 s and 60 s)."""
+    from interpreter import mcp_client
+
+    pool = mcp_client.McpClientPool
+    monkeypatch.setattr(
+        mcp_client, "McpClientPool", functools.partial(pool, startup_timeout=startup, call_timeout=call)
+    )
+
+
+@pytest.mark.parametrize(
+    ("tool_timeout", "step_timeout"), [("20s", ""), ("", "20s")], ids=["tool timeout", "step timeout"]
+)
+def test_a_declared_timeout_governs_an_mcp_call_and_start_not_the_clients_defaults(
+    store: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, tool_timeout: str, step_timeout: str
+) -> None:
+    # Defaults far below what the server needs to start (a Python process importing the SDK) and to
+    # answer (it sleeps 1 s): only a declared limit lets the call through.
+    short_defaults(monkeypatch, startup=0.01, call=0.2)
+    graph = mcp_flow(workdir, "mcp_declared", tool_timeout=tool_timeout, step_timeout=step_timeout, seconds=1)
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "woke up"}
+
+
+def test_an_mcp_call_past_its_declared_timeout_fails_with_timeout_and_is_retried(
+    store: Any, workdir: Path
+) -> None:
+    graph = mcp_flow(workdir, "mcp_cut", tool_timeout="1s", seconds=10)
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout"
+    assert [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")] == ["timeout", "timeout"]
+
+
+@pytest.mark.parametrize("which", ["start", "call"])
+def test_the_mcp_clients_default_limits_fail_with_timeout_when_nothing_is_declared(
+    store: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    if which == "start":
+        short_defaults(monkeypatch, startup=0.01, call=60)
+    else:
+        short_defaults(monkeypatch, startup=30, call=0.2)
+    graph = mcp_flow(workdir, "mcp_default", seconds=1)
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout", result.error
+    expected = "did not start within 0.01s" if which == "start" else "no answer within 0.2s"
+    assert expected in result.error["message"]
+    # `retry: {on: [timeout]}` applies: two attempts, each cut off
+    assert [f["error"]["code"] for f in kinds(store, result.run_id, "tool.failed")] == ["timeout", "timeout"]
