@@ -420,7 +420,7 @@ class StepCall:
         no `args` is described by its server (started now; replay needs no description)."""
         tool = self.ex.graph.workflow.tools[name]
         if tool.args is None and tool.mcp is not None and not self.ex.replaying:
-            info = await mcp_tool_info(self.ex, name, tool, self.scope)
+            info = await mcp_tool_info(self.ex, name, tool, self.scope, path=self.path)
             return ToolSpec(name, tool.description or info.description, dict(info.input_schema))
         schema = self.ex.tool_schema(name) or {"type": "object", "properties": {}}
         return ToolSpec(name, tool.description or "", dict(schema))

@@ -439,6 +439,39 @@ def test_a_declared_timeout_governs_an_mcp_call_and_start_not_the_clients_defaul
     assert result.output == {"answer": "woke up"}
 
 
+def test_an_agent_steps_own_timeout_governs_the_start_of_the_server_that_describes_its_tool(
+    store: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent asks the server for the tool's description (no `args` declared) before its first model
+    # call: the agent step's `timeout` bounds that start, not the client's default (here 0.01 s).
+    short_defaults(monkeypatch, startup=0.01, call=0.2)
+    (workdir / "agent_mcp.responses.yaml").write_text(
+        "responses:\n  - {step: ag, tool_calls: [{name: nap, args: {seconds: 0.1}}]}\n"
+        "  - {step: ag, turn: 2, text: rested}\n"
+    )
+    graph = flow(
+        workdir,
+        "agent_mcp",
+        f"""\
+        charter: "1.0"
+        name: agent_mcp
+        models:
+          default: {{provider: scripted, responses: agent_mcp.responses.yaml}}
+        tools:
+          nap: {{mcp: {{command: [python, -m, {MCP_SERVER}], tool: sleep}}, effect: read}}
+        identities: {{bot: {{kind: agent}}}}
+        grants: [{{id: g, to: bot, tools: [nap]}}]
+        steps:
+          - id: ag
+            timeout: 20s
+            agent: {{identity: bot, tools: [nap], prompt: rest}}
+        output: {{answer: "${{{{ steps.ag.output }}}}"}}
+        """,
+    )
+    result = run_workflow(graph, {}, store=store, options=OPTS)
+    assert (result.status, result.output) == ("completed", {"answer": "rested"}), result.error
+
+
 def test_an_mcp_call_past_its_declared_timeout_fails_with_timeout_and_is_retried(
     store: Any, workdir: Path
 ) -> None:
