@@ -136,7 +136,12 @@ def decide(
     approvers = requested.get("approvers") or []
     verified = _check_approver(approvers, person, options, row)
     decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}
-    earlier = store.decide(run_id, node_path, {**decision, "verified": verified}, actor={"sub": person})
+    earlier = store.decide(
+        run_id,
+        node_path,
+        {**decision, "verified": verified},
+        actor={"sub": person if person.startswith("user:") else f"user:{person}"},
+    )
     if earlier is not None:  # decided since the log was read above (another person, a timeout)
         raise RunSetupError(f"the approval at '{node_path}' was already decided by {earlier.get('by')}")
     decided, top = _continue_up(store, run_id, options, "approval", "the decision was recorded")

@@ -190,7 +190,7 @@ def test_approve_the_parent_step_forwards_to_the_one_request_of_its_grandchild(t
     )
     assert f"run {parent} completed" in proc.stderr
     # the decision is the grandchild's, made by bob; nothing was recorded in the runs above it
-    assert decided(tmp_path, leaf) == [("ok", "approved", "bob")]
+    assert decided(tmp_path, leaf) == [("ok", "approved", "user:bob")]
     assert decided(tmp_path, parent) == decided(tmp_path, mid) == []
     assert set(statuses(tmp_path).values()) == {"completed"}
     resumed = [
@@ -213,7 +213,7 @@ def test_approve_the_parent_step_with_several_child_requests_names_each_and_deci
     # one item's node names one request: that one is decided, the run waits for the other
     one = charter("approve", parent, "fe[1]/body/call", "--as", "bob", "--json", cwd=tmp_path)
     assert one.returncode == 3, one.stderr
-    assert decided(tmp_path, kids["fe[1]/body/call"]) == [("ok", "approved", "bob")]
+    assert decided(tmp_path, kids["fe[1]/body/call"]) == [("ok", "approved", "user:bob")]
     assert decided(tmp_path, kids["fe[0]/body/call"]) == []
     assert run_json(one)["run_id"] == parent and run_json(one)["status"] == "waiting"
     assert f"decide with: charter approve {kids['fe[0]/body/call']} ok --as NAME" in one.stderr
@@ -277,7 +277,7 @@ def test_approve_a_child_whose_parent_another_process_holds_exits_4(tmp_path: Pa
         store.release_lease(lease)
     finally:
         store.close()
-    assert decided(tmp_path, first) == [("ok", "approved", "bob")]
+    assert decided(tmp_path, first) == [("ok", "approved", "user:bob")]
     resumed = charter("resume", parent, cwd=tmp_path)
     assert resumed.returncode == 3
     assert f"charter approve {children_of(tmp_path, parent)['second']} ok" in resumed.stderr

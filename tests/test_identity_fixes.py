@@ -516,3 +516,43 @@ def test_a_child_continued_on_its_own_keeps_the_tools_it_shares_with_its_parent(
     )
     assert proc.returncode == 0, describe(proc)
     assert run_json(proc)["output"] == {"mid": {"leaf": {"v": 1}}}
+
+
+def test_as_names_a_person_user_prefix_or_not_and_never_a_role_or_the_runtime(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        {"gate.yaml": 'charter: "1.0"\nname: gate\nsteps:\n  - {id: ok, approval: {message: go?}}\n'},
+    )
+    for reserved in ("role:lead", "system:timeout", "agent:bot", "workflow:gate"):
+        proc = charter("run", "gate.yaml", "--as", reserved, cwd=tmp_path)
+        assert proc.returncode == 2 and "a principal is a person's or a service's name" in proc.stderr, (
+            reserved
+        )
+    code, waiting = run(tmp_path, "gate.yaml", "--as", "user:carol")
+    assert code == 3, waiting
+    started = events(tmp_path, waiting["run_id"], "run.started")
+    db = sqlite3.connect(tmp_path / "charter.db")
+    try:
+        (principal,) = db.execute(
+            "SELECT principal FROM runs WHERE run_id = ?", [waiting["run_id"]]
+        ).fetchone()
+        actor = json.loads(
+            db.execute(
+                "SELECT actor FROM events WHERE run_id = ? AND seq = 1", [waiting["run_id"]]
+            ).fetchone()[0]
+        )
+    finally:
+        db.close()
+    assert principal == "carol" and actor == {"sub": "user:carol"} and started
+    code, _ = approve(tmp_path, waiting["run_id"], "ok")
+    assert code == 0
+    (decided,) = [e for e in events(tmp_path, waiting["run_id"], "approval.decided")]
+    assert decided["by"] == "sup"
+    db = sqlite3.connect(tmp_path / "charter.db")
+    try:
+        (actor_json,) = db.execute(
+            "SELECT actor FROM events WHERE run_id = ? AND kind = 'approval.decided'", [waiting["run_id"]]
+        ).fetchone()
+    finally:
+        db.close()
+    assert json.loads(actor_json) == {"sub": "user:sup"}
