@@ -329,7 +329,10 @@ def _check_approver(approvers: list[str], person: str, options: RunOptions, row:
     if not approvers or person in approvers:
         return True
     roles = {a[5:] for a in approvers if a.startswith("role:")}
-    claimed = set((options.claims or {}).get("roles", []) or [])
+    listed = (options.claims or {}).get("roles", [])
+    if not isinstance(listed, list) or not all(isinstance(r, str) and r for r in listed):
+        raise RunSetupError("claims 'roles' must be a list of non-empty strings")  # as `charter run` says
+    claimed = set(listed)
     known_roles: set[str] | None = set(claimed) if options.claims else None
     try:
         graph_identities = compile_source(row.workflow_source or "", "<stored>").workflow.identities

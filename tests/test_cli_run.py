@@ -288,6 +288,9 @@ def test_approval_across_processes(tmp_path: Path) -> None:
     assert unverified.returncode == 2 and "--claims" in unverified.stderr  # fail closed: who is bob?
     posing = charter("approve", run_id, "finance_ok", "--as", "role:finance", cwd=tmp_path)
     assert posing.returncode == 2 and "names a role" in posing.stderr
+    (tmp_path / "bob.json").write_text('{"roles": "finance"}')  # a string, not a list: says so
+    malformed = charter("approve", run_id, "finance_ok", "--as", "bob", "--claims", "bob.json", cwd=tmp_path)
+    assert malformed.returncode == 2 and "claims 'roles' must be a list" in malformed.stderr
     (tmp_path / "bob.json").write_text('{"roles": ["finance"]}')
     done = charter(
         "approve", run_id, "finance_ok", "--as", "bob", "--claims", "bob.json", "--reason", "receipts ok",
