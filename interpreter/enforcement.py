@@ -7,6 +7,8 @@ What it adds to the pure layer:
 - an `authz.decided` event for every decision and a `guardrail.evaluated` event for every trip or error;
 - the guardrail levels of a call: workflow rules, then the rules of every enclosing step, then the
   tool's own rules, each level with its budget (run, step execution, tool) that lives as long as the run;
+  a call is counted in them when its check passes, before it is made (`check`), so that concurrent
+  calls cannot all pass one limit and a call counts whatever its outcome (spec §11.4);
 - escalations: a verdict `escalate` raises `EscalationRequired`; the engine turns it into a durable
   approval request at the step's node path (the n-th of one step execution at `<path>/escalation[n]`,
   see `EscalationKeys`); once decided, the same check of the same call in the same attempts of the
@@ -19,6 +21,7 @@ What it adds to the pure layer:
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,8 +315,13 @@ class RunGuard:
             else GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
         )
         self._tool_budgets: dict[str, Budget] = {}
-        self._step_budgets: dict[str, Budget] = {}
-        self._sets: dict[tuple[str, str | None], tuple[GuardrailSet, tuple[str, ...]]] = {}
+        self._step_budgets: dict[str, Budget] = {}  # by step execution (`_execution`)
+        # by node path, tool and the attempts of the retried steps around it (`OUTER_ATTEMPTS`)
+        self._sets: dict[tuple[str, str | None, Attempts], tuple[GuardrailSet, tuple[str, ...]]] = {}
+        # The last tool call counted at its check at each (node path, tool), with each budget's state
+        # before it, so that a call that is not made after all can be taken back (`release_tool_call`).
+        self._reserved: dict[tuple[str, str], tuple[tuple[Budget, ...], list[Any]]] = {}
+        self._attempts_now: Attempts = ()  # restored: the attempts the continued run is in
         # A workflow without a single rule at any level (the common case) skips rule lookup entirely.
         self._has_rules = bool(
             self._workflow.rules
@@ -531,14 +539,16 @@ class RunGuard:
         is `keys.next()` (the step execution's next escalation), else `node_path`. `occurrence` names
         the call within the execution (an agent's model call and tool call index): an approval covers
         that call only, not a later identical one. A spent budget raises the `guardrail` step error."""
-        if not self._has_rules:
-            payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
-            return Verdict("allow", value=payload)
         if tool is None:
             tool = context.get("tool") if isinstance(context.get("tool"), str) else None
+        if not self._has_rules:
+            payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
+            self._count(hook, node_path, tool, context.get("args"), self._workflow)
+            return Verdict("allow", value=payload)
         rules, step_ids = self._set_for(node_path, tool)
         if not rules.rules:  # nothing to evaluate at this place
             payload = context["payload"] if "payload" in context else context.get(PAYLOAD_OF.get(hook, ""))
+            self._count(hook, node_path, tool, context.get("args"), rules)
             return Verdict("allow", value=payload)
         full = {**self.state(), "principal": self.principal.to_binding(), "history": self.history}
         full.update(context)
@@ -563,7 +573,32 @@ class RunGuard:
             raise guardrail_error(
                 final.message or "budget exceeded", details=_halting(final.budgets, final.rules)
             )
+        if final.allowed:  # the call goes ahead: counted now, before any other check can pass
+            args = final.value if hook == "tool.input" and final.redacted else context.get("args")
+            self._count(hook, node_path, tool, args, rules)
         return final
+
+    def _count(self, hook: str, node_path: str, tool: str | None, args: Any, rules: GuardrailSet) -> None:
+        """Count the call whose check just passed at `hook` in every budget of its levels. It happens in
+        the same synchronous step as the check (no await between them), so calls that start together
+        (for_each, parallel branches, agents side by side) each see the ones before: with a limit of N,
+        the call N + 1 is refused (spec §11.4). A tool call is counted whatever its outcome: made, it may
+        have acted. Tokens and cost follow the answer (`record_model_call`)."""
+        if hook == "tool.input" and tool is not None:
+            budgets = rules.budgets
+            before = [b.tool_call_state() for b in budgets]
+            rules.record_tool_call(tool, args)
+            self._reserved[(node_path, tool)] = (budgets, before)
+        elif hook == "model.input":
+            rules.record_model_call(0, 0, 0.0)
+
+    def release_tool_call(self, node_path: str, tool: str) -> None:
+        """Take back the count of the call last checked at `node_path` for `tool`: it was refused
+        before it was made (its arguments hold a masked secret, `tool_calls.logged_call`)."""
+        reserved = self._reserved.pop((node_path, tool), None)
+        if reserved is not None:
+            for budget, before in zip(*reserved, strict=True):
+                budget.undo_tool_call(tool, before)
 
     def mask_tool_args(self, node_path: str, tool: str, args: Any) -> Any:
         """`args` with the `tool.input` redact rules for `tool` applied, each masking rule an event: the
@@ -628,7 +663,8 @@ class RunGuard:
                        verdict.redacted, verdict.events, verdict.escalation, verdict.budgets)  # fmt: skip
 
     def _set_for(self, node_path: str, tool: str | None) -> tuple[GuardrailSet, tuple[str, ...]]:
-        key = (node_path, tool)
+        attempts = OUTER_ATTEMPTS.get()  # a new attempt of a step around the call: a new execution
+        key = (node_path, tool, attempts)
         cached = self._sets.get(key)
         if cached is not None:
             return cached
@@ -638,9 +674,8 @@ class RunGuard:
             ids.append(node.id)
             own = getattr(node, "guardrails", ())
             if own:
-                rules = rules.extend(
-                    own, level="step", budget=self._step_budgets.setdefault(runtime, Budget())
-                )
+                budget = self._step_budgets.setdefault(_execution(runtime, attempts), Budget())
+                rules = rules.extend(own, level="step", budget=budget)
         compiled = (self.graph.tools or {}).get(tool) if tool else None
         if compiled is not None and compiled.guardrails:
             rules = rules.extend(
@@ -668,42 +703,41 @@ class RunGuard:
     def record_tool_call(
         self, tool: str, args: dict[str, Any], *, node_path: str | None = None, result: Any = None
     ) -> None:
-        cached = self._sets.get((node_path, tool)) if node_path is not None else None
-        if cached is not None:
-            cached[0].record_tool_call(tool, args)
-        else:
-            self._workflow.record_tool_call(tool, args)  # the run's budget and any inherited
-            if tool in self._tool_budgets:
-                self._tool_budgets[tool].record_tool_call(tool, args)
+        """A tool call that returned (or failed, for an agent): into `history`. Its budgets counted it
+        when its tool.input check passed (`_count`), before it was made."""
+        if node_path is not None:
+            self._reserved.pop((node_path, tool), None)
         if self._has_rules:  # only rules read it: a run without any keeps no copy of every result
             self.history.append({"kind": "tool", "tool": tool, "args": args, "result": result})
 
     def record_model_call(
         self, input_tokens: int, output_tokens: int, cost: float, *, node_path: str | None = None
     ) -> None:
-        cached = next((v for k, v in self._sets.items() if k[0] == node_path), None) if node_path else None
-        if cached is not None:
-            cached[0].record_model_call(input_tokens, output_tokens, cost)
-        else:
-            self._workflow.record_model_call(input_tokens, output_tokens, cost)
+        """The tokens and cost of a model call that answered, in the budgets its model.input check
+        counted it in (the same levels: the same node path in the same attempts)."""
+        use_step = node_path is not None and self._has_rules
+        rules = self._set_for(node_path, None)[0] if use_step else self._workflow  # type: ignore[arg-type]
+        rules.add_model_usage(input_tokens, output_tokens, cost)
         if self._has_rules:
             self.history.append(_model_call(input_tokens, output_tokens, cost))
 
     def restore(self, events: Any, records: Mapping[str, Any]) -> None:
-        """A continued run's budgets and history start from what its log says was spent by the steps that
-        finished: the run's, each tool's, and the own budget of each step with limits around them (a
-        step that runs again records its calls again). Wall time is execution time (interpreter.timing):
-        the run's since it started, a step's since its first event, neither counting the pauses."""
+        """A continued run's budgets and history start from what its log says was spent: the run's, each
+        tool's, and the own budget of each step execution with limits around the calls. Every logged
+        call counts once (`once_per_call`), whatever its outcome, except the calls the continued run
+        will meet again and count then: those of an unfinished step in its current attempt (see
+        `_met_again`). Wall time is execution time (interpreter.timing): the run's since it started, a
+        step's since its first event, neither counting the pauses."""
         events = list(events)
         spans = segments(events)
         self.run_budget.started -= execution_time(spans)
         enclosing = self._restore_step_budgets(events, spans) if self._has_rules else {}
+        again = _met_again(events, records)
         for event in once_per_call(events):
-            rec = records.get(event.node_path)
-            if rec is None or rec.status is None:
+            if event.seq in again or event.kind not in _SPENDING:
                 continue
             payload = event.payload if isinstance(event.payload, dict) else {}
-            steps = enclosing.get(event.node_path, ())
+            steps = enclosing.get(event.seq, ())
             if event.kind == s.TOOL_CALLED:
                 tool, args = str(payload.get("tool")), payload.get("args")
                 self.run_budget.record_tool_call(tool, args)  # inherited budgets: the parent counts them
@@ -712,50 +746,52 @@ class RunGuard:
                     budget.record_tool_call(tool, args)
                 if self._has_rules:
                     self.history.append({"kind": "tool", "tool": tool, "args": args, "result": None})
-            elif event.kind == s.MODEL_COMPLETED:
-                usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-                spent = (
-                    int(usage.get("input_tokens") or 0),
-                    int(usage.get("output_tokens") or 0),
-                    float(payload.get("cost") or 0.0),
-                )
-                self.run_budget.record_model_call(*spent)
-                for budget in steps:
-                    budget.record_model_call(*spent)
+            elif event.kind == s.MODEL_CALLED:  # counted when made, as its check counted it live
+                for budget in (self.run_budget, *steps):
+                    budget.record_model_call(0, 0, 0.0)
+            else:  # model.completed: what the answer cost
+                spent = _model_usage(payload)
+                for budget in (self.run_budget, *steps):
+                    budget.add_model_usage(*spent)
                 if self._has_rules:
                     self.history.append(_model_call(*spent))
 
     def restore_child(self, events: Any, at: str) -> None:
-        """What a child run started at `at` spent, for this run continued later: its finished calls
-        count in this run's budget and in those of the steps with limits around `at`, as they did live."""
+        """What a child run started at `at` spent, for this run continued later: its calls count in this
+        run's budget and in those of the step executions with limits around `at` (in the attempts this
+        run was in when it stopped, `restore`), as they did live; a call the child will meet again
+        when it is continued counts then."""
         events = list(events)
         records = build_records(events)
         around = [r for r, node in self._ancestors(at) if _has_limits(node)] if self._has_rules else []
-        budgets = [self.run_budget, *(self._step_budgets.setdefault(r, Budget()) for r in around)]
+        budgets = [
+            self.run_budget,
+            *(self._step_budgets.setdefault(_execution(r, self._attempts_now), Budget()) for r in around),
+        ]
+        again = _met_again(events, records)
         for event in once_per_call(events):
-            rec = records.get(event.node_path)
-            if rec is None or rec.status is None:
+            if event.seq in again:
                 continue
             payload = event.payload if isinstance(event.payload, dict) else {}
             if event.kind == s.TOOL_CALLED:
                 for budget in budgets:
                     budget.record_tool_call(str(payload.get("tool")), payload.get("args"))
-            elif event.kind == s.MODEL_COMPLETED:
-                usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+            elif event.kind == s.MODEL_CALLED:
                 for budget in budgets:
-                    budget.record_model_call(
-                        int(usage.get("input_tokens") or 0),
-                        int(usage.get("output_tokens") or 0),
-                        float(payload.get("cost") or 0.0),
-                    )
+                    budget.record_model_call(0, 0, 0.0)
+            elif event.kind == s.MODEL_COMPLETED:
+                for budget in budgets:
+                    budget.add_model_usage(*_model_usage(payload))
 
-    def _restore_step_budgets(self, events: list[Any], spans: list[Segment]) -> dict[str, list[Budget]]:
-        """The own budgets of the steps with limits that enclose each logged node path (keyed as
-        `_set_for` keys them), each one's clock set back by the execution time since the step began:
-        its earliest logged moment (an event with a duration began that long before its `ts`, which is
-        when it was committed)."""
-        enclosing: dict[str, list[Budget]] = {}
+    def _restore_step_budgets(self, events: list[Any], spans: list[Segment]) -> dict[int, list[Budget]]:
+        """The own budgets of the step executions with limits that enclose each logged event (by its
+        seq; keyed as `_set_for` keys them, with the attempts of the retried steps around it as the
+        log's `step.retrying` events give them), each one's clock set back by the execution time since
+        the execution began: its earliest logged moment (an event with a duration began that long
+        before its `ts`, which is when it was committed)."""
+        enclosing: dict[int, list[Budget]] = {}
         owners: dict[str, list[str]] = {}  # node path -> runtime paths of the steps with limits around it
+        attempts: dict[str, int] = {}  # runtime path -> its attempt now, past the first (OUTER_ATTEMPTS)
         began: dict[str, float] = {}
         for event in events:
             path = event.node_path
@@ -763,12 +799,20 @@ class RunGuard:
                 continue
             if path not in owners:
                 owners[path] = [runtime for runtime, node in self._ancestors(path) if _has_limits(node)]
-                enclosing[path] = [self._step_budgets.setdefault(r, Budget()) for r in owners[path]]
-            at = began_at(event)
-            for runtime in owners[path]:
-                began[runtime] = min(began.get(runtime, at), at)
-        for runtime, at in began.items():
-            self._step_budgets[runtime].started -= execution_time(spans, since=at)
+            if owners[path]:
+                now = tuple(attempts.items())
+                keys = [_execution(runtime, now) for runtime in owners[path]]
+                enclosing[event.seq] = [self._step_budgets.setdefault(k, Budget()) for k in keys]
+                at = began_at(event)
+                for k in keys:
+                    began[k] = min(began.get(k, at), at)
+            if event.kind == s.STEP_RETRYING:  # the next attempt: a new execution of it and what it holds
+                attempts = {p: n for p, n in attempts.items() if not _within(p, path)}
+                payload = event.payload if isinstance(event.payload, dict) else {}
+                attempts[path] = int(payload.get("attempt", 1)) + 1
+        for key, at in began.items():
+            self._step_budgets[key].started -= execution_time(spans, since=at)
+        self._attempts_now = tuple(attempts.items())
         return enclosing
 
     def usage(self) -> dict[str, Any]:
@@ -942,6 +986,81 @@ def _same_attempts(recorded: Any, now: Mapping[str, int]) -> bool:
     # the enclosing steps' runtime paths are prefixes of one another: shorter is further out
     paths = sorted(set(before) | set(now), key=len)
     return tuple(before.get(p, 1) for p in paths) > tuple(now.get(p, 1) for p in paths)
+
+
+Attempts = tuple[tuple[str, int], ...]  # (runtime path, attempt) of retried steps, as OUTER_ATTEMPTS
+
+_SPENDING = frozenset({s.TOOL_CALLED, s.MODEL_CALLED, s.MODEL_COMPLETED})
+_LAST_INDEX = re.compile(r"\[\d+\]$")
+
+
+def _within(path: str, outer: str) -> bool:
+    """Whether `path` is `outer` or a node path inside it (`outer/...`, or `outer[i]...`)."""
+    return path == outer or path.startswith(outer + "/") or path.startswith(outer + "[")
+
+
+def _execution(runtime: str, attempts: Attempts) -> str:
+    """The key of one execution of the step a runtime path prefix stands for (spec §11.4: a step budget
+    counts "each execution of that step with its children"). `l[2]` is an iteration of the loop `l`,
+    so all the iterations (or items) of one execution of `l` share `l`; an execution of `l` inside the
+    iteration 1 of an outer loop is `outer[1]/l`. A new attempt of the step, or of a retried step
+    around it, is a new execution: the key names those attempts (`+PATH@N`, outermost first)."""
+    path = _LAST_INDEX.sub("", runtime)
+    tries = sorted(((p, n) for p, n in attempts if _within(path, p)), key=lambda a: len(a[0]))
+    return path + "".join(f"+{p}@{n}" for p, n in tries)
+
+
+def _around(path: str) -> list[str]:
+    """`path` and the node paths of the steps around it: "a/b[2]/c" -> a/b[2]/c, a/b[2], a/b, a."""
+    out: list[str] = []
+    parts = path.split("/")
+    for i in range(len(parts), 0, -1):
+        prefix = "/".join(parts[:i])
+        out.append(prefix)
+        if prefix.endswith("]"):
+            out.append(_LAST_INDEX.sub("", prefix))
+    return out
+
+
+def _met_again(events: list[Any], records: Mapping[str, Any]) -> set[int]:
+    """The seqs of the logged calls (and answers) that a continued run will meet again, and count then
+    as it meets them: those of a step that has not finished, in its current attempt, inside steps that
+    have not finished either (it runs again, reusing a logged answer or result, or making again a call
+    that was cut off, under the same key). Every other logged call is done with and counts from the
+    log: a finished step's, an earlier attempt's (a `step.retrying` of its step or of one around it
+    came after it), or one cut off in a step that will not run again (the loser of a join that was
+    met), so that a crash neither counts a call twice nor forgets one (spec §11.4)."""
+    again: set[int] = set()
+    retried: set[str] = set()  # steps with a `step.retrying` later in the log
+    finished: dict[str, bool] = {}
+    for event in reversed(events):
+        if event.kind == s.STEP_RETRYING:
+            retried.add(event.node_path)
+            continue
+        if event.kind not in _SPENDING:
+            continue
+        around = _around(event.node_path)
+        if any(p in retried for p in around):
+            continue
+        done = False
+        for p in around:
+            if p not in finished:
+                rec = records.get(p)
+                finished[p] = rec is not None and rec.status is not None
+            done = done or finished[p]
+        if not done:
+            again.add(event.seq)
+    return again
+
+
+def _model_usage(payload: Mapping[str, Any]) -> tuple[int, int, float]:
+    """The tokens and cost a `model.completed` payload records."""
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    return (
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        float(payload.get("cost") or 0.0),
+    )
 
 
 def _has_limits(node: Any) -> bool:

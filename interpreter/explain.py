@@ -219,18 +219,24 @@ def _in_node(path: str, node: str | None) -> bool:
     return path == node or path.startswith(node + "/") or path.startswith(node + "[")
 
 
-def _spent(events: Iterable[s.Event]) -> dict[str, Any]:
-    """The calls, tokens and cost one run's log records, each call once (spec §11.4): a call made again
-    under its idempotency key is the same call, as the budgets count it (`records.once_per_call`)."""
+def _spent(events: Iterable[s.Event], node: str | None = None) -> dict[str, Any]:
+    """The calls, tokens and cost one run's log records (under `node` only, when given), each call
+    once and whatever its outcome, as the budgets count it (spec §11.4): a call counts when it is made
+    (`tool.called`, `model.called`), and a call made again under its idempotency key is the same call
+    (`records.once_per_call`, applied to the whole log: it needs the `step.retrying` events around the
+    node). Tokens and cost are those of the answers."""
     per_tool: dict[str, int] = {}
     model_calls = input_tokens = output_tokens = 0
     cost = 0.0
     for event in once_per_call(events):
+        if not _in_node(event.node_path, node):
+            continue
         p = event.payload if isinstance(event.payload, dict) else {}
         if event.kind == s.TOOL_CALLED:
             per_tool[str(p.get("tool"))] = per_tool.get(str(p.get("tool")), 0) + 1
-        elif event.kind == s.MODEL_COMPLETED:
+        elif event.kind == s.MODEL_CALLED:
             model_calls += 1
+        elif event.kind == s.MODEL_COMPLETED:
             usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
             input_tokens += int(usage.get("input_tokens") or 0)
             output_tokens += int(usage.get("output_tokens") or 0)
@@ -254,15 +260,19 @@ def _add(total: dict[str, Any], more: Mapping[str, Any]) -> None:
         total["calls_per_tool"][tool] = total["calls_per_tool"].get(tool, 0) + n
 
 
-def budgets_used(events: Iterable[s.Event], spans: list[tuple[float, float]] | None = None) -> dict[str, Any]:
-    """What the run spent, counted from its own log (the same quantities guardrail budgets limit);
-    `build_trace` adds what its child runs spent, which its budgets count too."""
+def budgets_used(
+    events: Iterable[s.Event], spans: list[tuple[float, float]] | None = None, node: str | None = None
+) -> dict[str, Any]:
+    """What the run spent (within `node` only, when given: `events` are still the whole run's),
+    counted from its own log (the same quantities guardrail budgets limit); `build_trace` adds what its
+    child runs spent, which its budgets count too."""
     events = list(events)
-    spent = _spent(events)
+    spent = _spent(events, node)
+    own = events if node is None else [e for e in events if _in_node(e.node_path, node)]
     # execution time, as budgets and timeouts count it: waits for people and time between a crash and
     # its resume do not count (spec §12.5). `spans`: the whole run's, when `events` are a node's only.
     elapsed = None
-    times = [t for t in (ts_seconds(e.ts) for e in events) if t is not None]
+    times = [t for t in (ts_seconds(e.ts) for e in own) if t is not None]
     if times:
         lo, hi = min(times), max(times)
         clipped = [(max(a, lo), min(b, hi)) for a, b in (segments(events) if spans is None else spans)]
@@ -355,7 +365,7 @@ def build_trace(store: s.EventStore, run_id: str, node: str | None = None) -> di
             store,
             run_id,
             node,
-            budgets_used([ev for ev in events if _in_node(ev.node_path, node)], segments(events)),
+            budgets_used(events, segments(events), node),
         ),
         "audit": audit_authz(events),
         "integrity": _integrity(store, run_id),

@@ -28,7 +28,11 @@ tool.input: args, tool.output: result, agent.output: output).
   (with a limit of N the (N+1)-th call trips); at `model.input` max_model_calls counts the pending call
   and max_tokens / max_cost trip once the used amount has reached the limit; at `model.output` tokens or
   cost *over* the limit trip; `timeout` (wall time since the budget started) trips at tool.input and
-  model.input. The engine records calls after they run with `record_tool_call` / `record_model_call`.
+  model.input. A call is counted as soon as its check passes, before it is made, in the same
+  synchronous step as the check (`RunGuard.check` reserves it): calls that start together cannot all
+  pass one check, and a call counts whatever its outcome. Tokens and cost are added after the answer
+  (`add_model_usage`); `record_tool_call` / `record_model_call` count a call that was made at once
+  (restoring a log, tests).
 
 Reasons never quote the payload (it may hold the very secret a rule protects).
 
@@ -96,8 +100,29 @@ class Budget:
         self.tool_calls += 1
         self.calls_per_tool[tool] = self.calls_per_tool.get(tool, 0) + 1
 
+    def tool_call_state(self) -> tuple[tuple[str, str] | None, int]:
+        """What `record_tool_call` changes besides the counts, for `undo_tool_call`."""
+        return self._last_call, self.repeated_calls
+
+    def undo_tool_call(self, tool: str, before: tuple[tuple[str, str] | None, int]) -> None:
+        """Take back a call counted at its check that was not made after all (`before`: the
+        `tool_call_state()` before it was counted). The run of identical calls is put back only when no
+        other call was counted since (another would have moved it on; the counts are exact either way)."""
+        self.tool_calls -= 1
+        left = self.calls_per_tool.get(tool, 1) - 1
+        if left > 0:
+            self.calls_per_tool[tool] = left
+        else:
+            self.calls_per_tool.pop(tool, None)
+        if self.repeated_calls == (before[1] + 1 if before[0] == self._last_call else 1):
+            self._last_call, self.repeated_calls = before
+
     def record_model_call(self, input_tokens: int = 0, output_tokens: int = 0, cost: float = 0.0) -> None:
         self.model_calls += 1
+        self.add_model_usage(input_tokens, output_tokens, cost)
+
+    def add_model_usage(self, input_tokens: int = 0, output_tokens: int = 0, cost: float = 0.0) -> None:
+        """The tokens and cost of a model call already counted (when its check passed)."""
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.cost += cost
@@ -340,6 +365,11 @@ class GuardrailSet:
     def record_model_call(self, input_tokens: int = 0, output_tokens: int = 0, cost: float = 0.0) -> None:
         for budget in self._budgets:
             budget.record_model_call(input_tokens, output_tokens, cost)
+
+    def add_model_usage(self, input_tokens: int = 0, output_tokens: int = 0, cost: float = 0.0) -> None:
+        """The tokens and cost of a model call counted at its check, in every level's budget."""
+        for budget in self._budgets:
+            budget.add_model_usage(input_tokens, output_tokens, cost)
 
     # -- evaluation --
 

@@ -232,17 +232,29 @@ def request_expired(request: Any, now: datetime | None = None) -> bool:
 
 
 def once_per_call(events: Iterable[s.Event]) -> Iterator[s.Event]:
-    """The events, but a call's `tool.called` only once: a call made again under its idempotency key
-    (in flight at a crash, or a workflow tool continuing its waiting child run) is the same call, and
-    budgets count it once (spec §11.4)."""
+    """The events, but each call's `tool.called` and `model.called` only once: a call made again under
+    its idempotency key (in flight at a crash, or a workflow tool continuing its waiting child run) is
+    the same call, and budgets count it once (spec §11.4). A model call has no key: the same call is the
+    same (node path, attempt, call number) until a `step.retrying` of that step or of one around it
+    starts its children anew (their attempt numbers start again at 1)."""
     seen: set[str] = set()
+    models: set[tuple[str, Any, Any]] = set()
     for event in events:
-        if event.kind == s.TOOL_CALLED and isinstance(event.payload, dict):
-            key = event.payload.get("idempotency_key")
+        payload = event.payload if isinstance(event.payload, dict) else None
+        if event.kind == s.TOOL_CALLED and payload is not None:
+            key = payload.get("idempotency_key")
             if isinstance(key, str):
                 if key in seen:
                     continue
                 seen.add(key)
+        elif event.kind == s.MODEL_CALLED and payload is not None:
+            call = (event.node_path, payload.get("attempt", 1), payload.get("call", 1))
+            if call in models:
+                continue
+            models.add(call)
+        elif event.kind == s.STEP_RETRYING and models:
+            path = event.node_path
+            models = {m for m in models if not (m[0] == path or _under(m[0], path))}
         yield event
 
 

@@ -49,11 +49,17 @@ async def logged_call(
     result) or the rules' EscalationRequired, each after its event. A completed write is committed at
     once, whatever the step does next (its `output` may fail, a rule may deny it): never repeated."""
     tool = ex.graph.workflow.tools[name]
-    if ex.masked_from is not None and any(MASK in text for text in iter_texts(args)):
-        raise _masked_args(ex, name, step_id, path)
-    called = {**ids, "args": args, "effect": tool.effect}
-    if tool.python and (code := ex.python_tool(name, tool.python).code):
-        called["code"] = code  # replay tells a changed tool from the recorded one
+    try:
+        if ex.masked_from is not None and any(MASK in text for text in iter_texts(args)):
+            raise _masked_args(ex, name, step_id, path)
+        called = {**ids, "args": args, "effect": tool.effect}
+        if tool.python and (code := ex.python_tool(name, tool.python).code):
+            called["code"] = code  # replay tells a changed tool from the recorded one
+    except BaseException:
+        # Refused before it was made: the budgets counted it when its check passed; it never ran and
+        # the log has no `tool.called` of it, so it does not count (spec §11.4).
+        ex.guard.release_tool_call(path, name)
+        raise
     write = tool.effect == "write"
     if write:  # write-ahead: the intent is durable before the side effect
         ex.commit(s.NewEvent(s.TOOL_CALLED, path, called, actor))
