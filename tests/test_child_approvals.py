@@ -335,7 +335,7 @@ def _decide_without_continuing(folder: Path, run_id: str, node: str) -> None:
     """A decision recorded by a process that stopped before it continued the run (the log alone)."""
     with open_store(folder / "charter.db") as store:
         payload = {"decision": "approved", "by": "bob", "reason": None, "verified": False}
-        assert store.decide(run_id, node, payload, {"sub": "bob"}) is None
+        assert store.decide(run_id, node, payload, {"sub": "user:bob"}) is None
 
 
 def test_resume_a_child_reports_and_exits_with_its_top_level_run(tmp_path: Path) -> None:

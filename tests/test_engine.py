@@ -167,7 +167,7 @@ def test_approval_example_waits_then_approves(store: Any) -> None:
     assert done.status == "completed", done.error
     assert done.output == {"booking": "EXP-ANN-120000", "total": 1200.0}
     decided = [e for e in store.events(first.run_id) if e.kind == "approval.decided"]
-    assert decided[0].actor == {"sub": "bob"}
+    assert decided[0].actor == {"sub": "user:bob"}
     assert decided[0].payload["by"] == "bob" and decided[0].payload["reason"] == "fine"
     booked = [e for e in store.events(first.run_id) if e.kind == "tool.completed" and e.node_path == "book"]
     assert booked[0].payload["result"]["approved_by"] == "bob"
