@@ -6,15 +6,15 @@ Real `charter` processes, a real SQLite file, real HTTP servers on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.charter_cli import project_charter as charter
 from fixtures.charter_cli import run_json, tool_calls, tool_project
+from fixtures.http_server import serving
 
 from tests.fixtures.openai_server import OpenAIServer
 
@@ -141,13 +141,8 @@ class _EchoesTheToken(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echoing_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _EchoesTheToken)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(_EchoesTheToken) as url:
+        yield url
 
 
 def test_an_http_error_excerpt_never_holds_part_of_a_secret(tmp_path: Path, echoing_server: str) -> None:
