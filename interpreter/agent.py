@@ -462,7 +462,9 @@ class StepCall:
     ) -> Any:
         """Run a guard hook; the caller acts on the verdict. An escalation
         propagates as EscalationRequired, a spent budget as the `guardrail` step error. `occurrence`
-        names the call (default: this model call) so an approval covers that call only."""
+        names the call within the attempt (default: this model call) so an approval covers that call
+        only; the attempt itself is the request's `data.attempts` (the guard's `enclosing_attempts`), so
+        that replay finds each attempt's approval where the recording has it."""
         context = {"identity": self._identity_binding(), **context}
         return self.guard.check(
             hook,
@@ -472,7 +474,7 @@ class StepCall:
             tool=tool,
             ledger=self.ledger,
             keys=self.keys,
-            occurrence=occurrence or f"{self.attempt}.{self.calls}",
+            occurrence=occurrence or str(self.calls),
         )
 
     def _denied(self, verdict: Any) -> StepError:
@@ -635,7 +637,7 @@ class StepCall:
             )
         )
         for i, call in enumerate(response.tool_calls, 1):
-            content, is_error = await self._use_tool(call, f"{self.attempt}.{self.calls}.{i}")
+            content, is_error = await self._use_tool(call, f"{self.calls}.{i}")
             self.messages.append(
                 Message("tool", content, tool_call_id=call.id, name=call.name, is_error=is_error)
             )

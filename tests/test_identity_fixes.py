@@ -138,6 +138,35 @@ def test_an_agent_in_a_retried_group_asks_again_and_a_fork_does_too(tmp_path: Pa
     assert len(calls(tmp_path)) == 2
 
 
+def test_an_agent_steps_own_retry_asks_again_each_attempt_and_replays(tmp_path: Path) -> None:
+    # The agent's own `retry` (not a group's): each attempt's call is a new call, and replay finds each
+    # attempt's approval in the log (the approval is tied to the attempt, not to a call number).
+    own_retry = RETRIED_AGENT.replace(
+        """  - id: g
+    retry: {attempts: 2, on: [failed], backoff: {initial: 1ms}}
+    steps:
+      - id: s
+        agent: {identity: bot, tools: [tick], prompt: "tick"}
+      - {id: f, fail: {message: "downstream failed"}}""",
+        """  - id: s
+    retry: {attempts: 2, on: [max_turns], backoff: {initial: 1ms}}
+    agent: {identity: bot, tools: [tick], prompt: "tick", max_turns: 2}""",
+    )
+    assert own_retry != RETRIED_AGENT
+    small = {"step": "s", "turn": 2, "tool_calls": [{"name": "tick", "args": {"n": 0}}]}  # asks no one
+    project(tmp_path, {"wf.yaml": own_retry}, [TICK_TWICE[0], small] * 2)
+    code, result = run(tmp_path, "wf.yaml")
+    assert code == 3 and result["pending"] == ["s"], result
+    run_id = result["run_id"]
+    code, result = approve(tmp_path, run_id, "s")
+    assert code == 3 and result["pending"] == ["s"], result  # the second attempt asks again
+    code, result = approve(tmp_path, run_id, "s")
+    assert code == 1 and result["error"]["code"] == "max_turns", result
+    assert [c["n"] for c in calls(tmp_path)] == [5, 5]  # the last turn's call is past max_turns
+    replay = charter("replay", run_id, cwd=tmp_path)
+    assert replay.returncode == 0, describe(replay)
+
+
 # --- 2. delegation in a child run keeps the principal -------------------------------------------------
 
 PARENT_AGENT = """\
