@@ -751,7 +751,10 @@ def replay(
             sys.exit(2)
     store = _open_store(db)
     result = _guarded(
-        lambda: replay_run(run_id, store=store, graph=graph_, options=RunOptions(allow_modules=allow_modules))
+        lambda: replay_run(
+            run_id, store=store, graph=graph_, options=RunOptions(allow_modules=allow_modules)
+        ),
+        runs_code=True,  # tool modules are loaded (their code is compared): what they print is not output
     )
     d = result.divergence
     if as_json:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interpreter import store as s
+from interpreter.authz import AuthzError, person_name
 from interpreter.engine import compile_source, continue_run
 from interpreter.leases import holder_alive
 from interpreter.loop import run_coroutine
@@ -106,6 +107,10 @@ def decide(
     the one request pending in that child; with several, nothing is recorded and the error names each
     (`charter approve CHILD NODE`)."""
     options = options or RunOptions()
+    try:
+        person = person_name(person)  # `user:bob` is bob: in approvers lists, `by` and the actor alike
+    except AuthzError as exc:
+        raise RunSetupError(f"{exc}: approve --as NAME (--claims FILE gives the person's roles)") from None
     row = store.run(run_id)
     records = build_records(store.events(run_id))
     rec = records.get(node_path)
@@ -322,11 +327,7 @@ def result_of(store: s.EventStore, run_id: str) -> RunResult:
 def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:
     """True when the person is known to be an approver. Raises when the person is not one, or when
     nothing (claims, a declared identity) says which roles they hold."""
-    if person.startswith("role:"):
-        raise RunSetupError(f"'{person}' names a role, not a person: approve --as NAME --claims FILE")
-    if person.startswith("system:"):  # what the runtime decides as (`system:timeout`): not a person
-        raise RunSetupError(f"'{person}' is a name the runtime decides as, not a person's")
-    if not approvers or person in approvers:
+    if not approvers or person in approvers or f"user:{person}" in approvers:
         return True
     roles = {a[5:] for a in approvers if a.startswith("role:")}
     listed = (options.claims or {}).get("roles", [])

@@ -48,6 +48,27 @@ class AuthzError(ValueError):
 # --- parties -------------------------------------------------------------------------------------------
 
 
+_NOT_A_PERSON = {
+    "role:": "names a role, not a person",
+    "system:": "is a name the runtime decides as, not a person's",
+    "agent:": "names an agent, not a person",
+    "workflow:": "names a workflow, not a person",
+}
+
+
+def person_name(text: str) -> str:
+    """The name of a person (or service) as the CLI takes it (`--as`): `user:alice` is `alice`. A name
+    of a kind of subject the runtime names itself (a role, its own decisions, a party of a chain) is
+    refused: it would be mistaken for one of them."""
+    name = text.strip().removeprefix("user:")
+    for prefix, why in _NOT_A_PERSON.items():
+        if name.startswith(prefix):
+            raise AuthzError(f"'{text}' {why}")
+    if not name:
+        raise AuthzError("a person needs a name")
+    return name
+
+
 @dataclass(frozen=True)
 class Principal:
     """Whom the run acts for. Built only by the host: `charter run --as ID --claims FILE` or the API."""

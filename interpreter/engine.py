@@ -1080,20 +1080,15 @@ def _compile_source(source: str, file: str) -> Any:
     return graph
 
 
-# Kinds of subject the runtime names itself (a role, its own decisions, the parties of a chain): a
-# principal named so would be mistaken for one of them.
-_NOT_A_PRINCIPAL = ("role:", "system:", "agent:", "workflow:")
-
-
 def _principal(options: RunOptions) -> str:
     """Whom the run acts for: `--as NAME` (`user:NAME` names the same person), else the OS user."""
     if options.principal:
-        if options.principal.startswith(_NOT_A_PRINCIPAL):
-            raise RunSetupError(
-                f"--as {options.principal}: a principal is a person's or a service's name, not a "
-                f"{options.principal.split(':', 1)[0]}"
-            )
-        return options.principal.removeprefix("user:")
+        from interpreter.authz import AuthzError, person_name
+
+        try:
+            return person_name(options.principal)
+        except AuthzError as exc:
+            raise RunSetupError(f"--as: {exc}") from None
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name on this host

@@ -72,6 +72,8 @@ class StepError(Exception):
             out["category"] = self.category
         if self.details is not None:
             out["details"] = self.details
+        if self.final:  # replay must not retry what the run did not (`retry.on` listing its code)
+            out["final"] = True
         return out
 
     def binding(self) -> dict[str, Any]:
@@ -89,6 +91,7 @@ class StepError(Exception):
             details=data.get("details"),
         )
         err.step, err.node_path = data.get("step"), data.get("node_path")
+        err.final = data.get("final") is True
         return err
 
 

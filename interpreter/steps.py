@@ -27,6 +27,7 @@ from interpreter.enforcement import (
 from interpreter.engine import Execution, Scope
 from interpreter.hashing import sha256_hex
 from interpreter.records import request_expired
+from interpreter.redact import MASK
 from interpreter.runtime import HALTS, StepError, Suspend, idempotency_key, kind_of
 from interpreter.tool_calls import logged_call, replayed_call
 from interpreter.tools import validate_args
@@ -644,7 +645,7 @@ def _same_child(ex: Execution, path: str, relative: str, inputs: Any, key: str) 
     if child_id is None:  # it never started (its input was refused): the step's recorded error says so
         return
     row = ex.store.run(child_id)
-    if row.inputs != inputs:
+    if not _same_input(row.inputs, inputs):
         ex.diverge(path, row.inputs, inputs, f"the input of child workflow {relative} differs")
     from dsl.frontend import compile_file
 
@@ -656,6 +657,18 @@ def _same_child(ex: Execution, path: str, relative: str, inputs: Any, key: str) 
         and _content(graph.source) != _content(row.workflow_source)
     ):
         ex.diverge(path, row.workflow_digest, sha256_hex(graph.source), f"child workflow {relative} changed")
+
+
+def _same_input(recorded: Any, now: Any) -> bool:
+    """Whether a child run's recorded input is `now`: a text the child's `run.input` rules masked
+    (`[REDACTED...]`) stands for whatever it masked."""
+    if isinstance(recorded, str) and MASK[:-1] in recorded:
+        return isinstance(now, str)
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        return recorded.keys() == now.keys() and all(_same_input(v, now[k]) for k, v in recorded.items())
+    if isinstance(recorded, list) and isinstance(now, list):
+        return len(recorded) == len(now) and all(map(_same_input, recorded, now))
+    return bool(recorded == now)
 
 
 def _content(source: str) -> Any:

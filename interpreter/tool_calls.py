@@ -96,6 +96,7 @@ async def logged_call(
             retryable=False,
         )
         err.step, err.node_path = step_id, path
+        err.final = True  # the call was made: `retry.on: [tool]` must not make it again
         ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": duration}, actor)
         if write:
             await ex.commit_write()  # its side effect happened: never repeated

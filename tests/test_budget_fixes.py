@@ -137,7 +137,10 @@ steps:
     code, result = run(tmp_path)
     assert code == 1
     tripped(result, "tool call 3 exceeds max_tool_calls 2")
-    assert len(calls(tmp_path)) == 2
+    # The refusal fails the parallel at once: a sibling whose call was counted may be cancelled before
+    # it is made. At most the two counted calls happen; the third never does.
+    made = calls(tmp_path)
+    assert 1 <= len(made) <= 2 and len({c["n"] for c in made}) == len(made)
 
 
 AGENTS = """

@@ -231,7 +231,7 @@ def test_a_reader_that_leaves_early_does_not_end_the_run(tmp_path: Path) -> None
 def test_what_a_tool_prints_goes_to_stderr_never_into_the_output(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["chatty"]\n')
     (tmp_path / "chatty.py").write_text(
-        "def hello(n: int) -> int:\n    print('debug: hello', n)\n    return n + 1\n"
+        "print('loading chatty')\n\n\ndef hello(n: int) -> int:\n    print('debug: hello', n)\n    return n + 1\n"
     )
     (tmp_path / "flow.yaml").write_text(
         'charter: "1.0"\nname: chatty\ntools:\n  hello: {python: "chatty:hello", effect: read}\n'
@@ -243,6 +243,10 @@ def test_what_a_tool_prints_goes_to_stderr_never_into_the_output(tmp_path: Path)
         out = json.loads(proc.stdout)  # stdout is the output document alone
         assert (out["output"] if extra else out) == {"n": 2}
         assert "debug: hello 1" in proc.stderr
+    newest = json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]["run_id"]
+    replay = charter("replay", newest, "--json", cwd=tmp_path)  # loads the module: its print too
+    assert replay.returncode == 0 and json.loads(replay.stdout)["ok"] is True, replay.stdout
+    assert "loading chatty" in replay.stderr
 
 
 def test_a_log_locked_by_another_process_exits_4_at_open(tmp_path: Path) -> None:

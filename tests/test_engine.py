@@ -380,7 +380,7 @@ def test_a_value_with_the_logs_reserved_key_fails_its_step_not_the_log(store: An
         steps:
           - id: t
             try:
-              steps: [{id: call, tool: blob_like}]
+              steps: [{id: call, tool: blob_like, retry: {attempts: 3, on: [tool], backoff: {initial: 1ms}}}]
               catch: {as: e, steps: [{id: c1, set: {codes: "${{ vars.codes + [e.code] }}"}}]}
           - id: u
             try:

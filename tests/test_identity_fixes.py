@@ -552,11 +552,9 @@ def test_as_names_a_person_user_prefix_or_not_and_never_a_role_or_the_runtime(tm
         tmp_path,
         {"gate.yaml": 'charter: "1.0"\nname: gate\nsteps:\n  - {id: ok, approval: {message: go?}}\n'},
     )
-    for reserved in ("role:lead", "system:timeout", "agent:bot", "workflow:gate"):
+    for reserved in ("role:lead", "system:timeout", "agent:bot", "workflow:gate", "user:role:lead"):
         proc = charter("run", "gate.yaml", "--as", reserved, cwd=tmp_path)
-        assert proc.returncode == 2 and "a principal is a person's or a service's name" in proc.stderr, (
-            reserved
-        )
+        assert proc.returncode == 2 and f"--as: '{reserved}' " in proc.stderr, (reserved, proc.stderr)
     code, waiting = run(tmp_path, "gate.yaml", "--as", "user:carol")
     assert code == 3, waiting
     started = events(tmp_path, waiting["run_id"], "run.started")
@@ -573,8 +571,8 @@ def test_as_names_a_person_user_prefix_or_not_and_never_a_role_or_the_runtime(tm
     finally:
         db.close()
     assert principal == "carol" and actor == {"sub": "user:carol"} and started
-    code, _ = approve(tmp_path, waiting["run_id"], "ok")
-    assert code == 0
+    proc = charter("approve", waiting["run_id"], "ok", "--as", "user:sup", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
     (decided,) = [e for e in events(tmp_path, waiting["run_id"], "approval.decided")]
     assert decided["by"] == "sup"
     db = sqlite3.connect(tmp_path / "charter.db")

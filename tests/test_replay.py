@@ -325,3 +325,21 @@ def test_a_step_the_recording_never_reached_is_named_so_and_long_values_are_cut(
         "--json", env=ENV, cwd=tmp_path,
     )  # fmt: skip
     assert json.loads(whole.stdout)["divergence"]["got"]["output"] == {"v": long}
+
+
+def test_a_child_that_redacts_its_input_replays_and_its_other_input_still_counts(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text(
+        CHILD.replace(
+            "vars: {y: 0}",
+            "vars: {y: 0}\nguardrails:\n  - {id: no-mail, on: run.input, regex: '[a-z]+@[a-z]+[.]com', action: redact}",
+        )
+    )
+    kid = KID.replace("input: {x: 21}", 'input: {x: 21, note: "mail ann@example.com"}')
+    (tmp_path / "kid.yaml").write_text(kid)
+    ran = _run(tmp_path / "kid.yaml", tmp_path / "c.db", cwd=tmp_path)
+    assert ran.returncode == 0, describe(ran)
+    run_id = run_json(ran)["run_id"]
+    assert _replay(run_id, tmp_path / "c.db", cwd=tmp_path).returncode == 0  # the masked note stands for it
+    (tmp_path / "edited.yaml").write_text(kid.replace("x: 21", "x: 22"))
+    edited = _replay(run_id, tmp_path / "c.db", tmp_path / "edited.yaml", cwd=tmp_path)
+    assert edited.returncode == 1 and "the input of child workflow child.yaml differs" in edited.stdout
