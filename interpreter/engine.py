@@ -1166,6 +1166,8 @@ async def start_run(
             "file": file,
             "durability": options.durability,
         }
+        if options.model_overrides:  # continuing the run keeps them (`--model` on resume wins)
+            started["models"] = dict(options.model_overrides)
         if parent_key is not None:
             started["parent_key"] = parent_key  # which call of the parent this child belongs to
         started.update(_identity_record(options, parent_chain))
@@ -1315,6 +1317,9 @@ async def _continue(
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
     events = list(store.events(run_id))
     started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
+    models = started.get("models")
+    if isinstance(models, dict) and models:  # the models it was started with, unless told otherwise now
+        options = dataclasses.replace(options, model_overrides={**models, **options.model_overrides})
     if started.get("durability") == "full" and options.durability != "full":
         # A run keeps the durability it was started with: continuing it never weakens it.
         options = dataclasses.replace(options, durability="full")

@@ -430,3 +430,18 @@ def test_help(command: str, tmp_path: Path) -> None:
 def test_every_command_help_shows_an_example(command: str, tmp_path: Path) -> None:
     proc = charter(command, "--help", cwd=tmp_path)
     assert proc.returncode == 0 and "Example" in proc.stdout and "charter " + command in proc.stdout
+
+
+def test_a_run_continued_keeps_the_models_it_was_started_with(tmp_path: Path) -> None:
+    (tmp_path / "flow.yaml").write_text(
+        'charter: "1.0"\nname: keeps\nmodels:\n  default: {provider: scripted, responses: file.yaml}\n'
+        "steps:\n  - {id: gate, approval: {message: go?}}\n  - {id: ask, llm: {prompt: hi}}\n"
+        'output: {said: "${{ steps.ask.output }}"}\n'
+    )
+    (tmp_path / "file.yaml").write_text("responses:\n  - {step: ask, text: from the file}\n")
+    (tmp_path / "other.yaml").write_text("responses:\n  - {step: ask, text: from the override}\n")
+    started = charter("run", "flow.yaml", "--model", "default=scripted:other.yaml", "--json", cwd=tmp_path)
+    assert started.returncode == 3, started.stderr
+    done = charter("approve", run_json(started)["run_id"], "gate", "--as", "ann", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert run_json(done)["output"] == {"said": "from the override"}
