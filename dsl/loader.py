@@ -400,15 +400,15 @@ class _Builder:
     def _check_tag(self, node: Node, allowed: tuple[str, ...]) -> None:
         if node.tag not in allowed and node.tag != "!":
             short = node.tag.replace(_TAG, "!!")
-            self.diags.append(
-                self._err(
-                    "CH015",
-                    f"YAML tag {short} is not supported here",
-                    node,
-                    "Charter files use plain YAML values; remove the tag (only !!str, !!int, !!float, "
-                    "!!bool, !!null, !!map and !!seq are allowed)",
-                )
+            hint = (
+                "Charter files use plain YAML values; remove the tag (only !!str, !!int, !!float, "
+                "!!bool, !!null, !!map and !!seq are allowed)"
             )
+            if not short.startswith("!!"):  # `if: !has(x)`: CEL's `not` read as a tag
+                rest = node.value if isinstance(node, ScalarNode) and node.value else ""
+                written = f"{short} {rest}".strip()
+                hint = f"a value that starts with ! is read as a YAML tag: quote it, e.g. '{written}'"
+            self.diags.append(self._err("CH015", f"YAML tag {short} is not supported here", node, hint))
 
     def _scalar(self, node: ScalarNode) -> Any:
         tag, value = node.tag, node.value

@@ -353,6 +353,18 @@ def test_unsupported_tags(text: str, column: int) -> None:
     assert doc is not None
 
 
+def test_a_negation_read_as_a_tag_is_told_to_quote_not_to_remove() -> None:
+    # `if: !has(x)` is CEL's `not`, which YAML reads as a tag: removing the tag would invert the test
+    (d,) = load_text(HEAD + "a: !has(steps.x) == false\n")[1]
+    assert (
+        d.code == "CH015"
+        and d.hint
+        == "a value that starts with ! is read as a YAML tag: quote it, e.g. '!has(steps.x) == false'"
+    )
+    (other,) = load_text(HEAD + "a: !!binary aGk=\n")[1]
+    assert other.hint is not None and "remove the tag" in other.hint
+
+
 def test_tag_with_invalid_value() -> None:
     d = only(HEAD + "a: !!int twelve\n")
     assert d.code == "CH015" and "'twelve'" in d.message
