@@ -323,9 +323,9 @@ def _waiting_text(result, approvals) -> str:  # type: ignore[no-untyped-def]
     if len(approvals) == 1:
         (p,) = approvals
         where = f"{p.node_path} in child run {p.run_id} (of step {p.route()})" if p.via else p.node_path
-        return f"run {run_id} is waiting for approval at {where}; decide with: {p.command()} --as NAME{db}"
+        return f"run {run_id} is waiting for approval at {where}; decide with: {p.command()}{db}"
     lines = [f"run {run_id} is waiting for {len(approvals)} approvals; decide each with:"]
-    commands = [f"{p.command()} --as NAME{db}" for p in approvals]
+    commands = [f"{p.command()}{db}" for p in approvals]
     width = max(map(len, commands))
     for p, command in zip(approvals, commands, strict=True):
         lines.append(f"  {command:<{width}}  # child run of {p.route()}" if p.via else f"  {command}")
@@ -488,7 +488,9 @@ def run(
 ) -> None:
     """Validate and run a workflow; progress on stderr, the output JSON on stdout.
 
-    Exit status: 0 completed, 1 failed, 2 invalid file or input, 3 waiting for approval.
+    Exit status: 0 completed, 1 failed, 2 invalid file or input (or a tool that does not load, a
+    model that cannot be set up), 3 waiting for approval, 4 the event log stayed locked by another
+    process (the run stops resumable), 130/143 stopped by Ctrl-C/SIGTERM (`charter resume` continues).
 
     \b
     Examples:
@@ -590,6 +592,9 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     rows = _guarded(lambda: store.runs(limit=limit, status=status))
     # which runs are forks (`run --from`): only their run.started says so, not the runs table
     forks = _guarded(lambda: {r.run_id: forked_from(store, r.run_id) for r in rows})
+    stopped = _guarded(
+        lambda: {r.run_id for r in rows if r.status == "running" and not _executing(store, r.run_id)}
+    )
     if as_json:
         click.echo(
             json.dumps(
@@ -603,6 +608,8 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
                         "parent_run_id": r.parent_run_id,
                         "events": r.head_seq,
                         "forked_from": forks[r.run_id],  # {"run_id", "node_path"} or null
+                        # running, but no live process executes it (a crash): `charter resume` it
+                        "interrupted": r.run_id in stopped,
                     }
                     for r in rows
                 ],
@@ -619,6 +626,7 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
         fork = forks[r.run_id]
         # as `charter run --from` takes it, so the line names what to explain or fork again
         forked = f"  (forked from {fork['run_id']}@{fork.get('node_path')})" if fork else ""
+        forked += "  (interrupted: no process executes it; charter resume it)" if r.run_id in stopped else ""
         click.echo(
             f"{r.run_id:<26}  {r.status:<9}  {r.workflow_name[:24]:<24}  {r.head_seq:>6}  {r.created_at}{child}{forked}"
         )
@@ -691,17 +699,25 @@ def resume(
 
     One process executes a run at a time: exit 4 (and nothing is done) when another live process
     is executing it. A run whose process died can be resumed at once. Otherwise as `charter run`:
-    0 completed, 1 failed, 2 unknown run or setup problem, 3 waiting for approval. A child run's
-    parents that waited for it continue after it: then the top-level run is reported (as `approve`).
+    0 completed, 1 failed, 2 unknown run or setup problem, 3 waiting for approval; 130/143 when
+    stopped by Ctrl-C/SIGTERM. A child run's parents that waited for it continue after it: then the
+    top-level run is reported (as `approve`). A finished run is not run again: its outcome is shown
+    with how to run it again from a step (`charter run FILE --from RUN@STEP`).
 
     \b
     Example:
       charter resume 01JC...
     """
     from interpreter import resume_run
+    from interpreter.store import TERMINAL_STATUSES
 
     store = _open_store(db)
     options = _options(None, None, allow_modules, "normal", models=models)
+    row = _guarded(lambda: store.run(run_id))
+    if row.status in TERMINAL_STATUSES:
+        where = (row.error or {}).get("node_path") if row.status == "failed" else None
+        again = f"; to run it again from a step: charter run FILE --from {run_id}@{where or 'STEP'}"
+        click.echo(f"run {run_id} already {row.status}: nothing to continue{again}", err=True)
     result = _guarded(lambda: resume_run(run_id, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
     _report(_top_level(store, result), as_json, store, resumed=result)
@@ -788,6 +804,17 @@ def _excerpt(text: str, limit: int = 400) -> str:
     return f"{text[:limit]}… ({len(text):,} characters; --json shows all)"
 
 
+def _executing(store, run_id: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a live process holds the run's lease (it is being executed now)."""
+    from interpreter.leases import holder_alive
+    from interpreter.store import utc_now
+
+    held = store.lease(run_id)
+    return held is not None and holder_alive(
+        held.node, held.pid, held.proc_start, held.expires_at, utc_now(), held.owner
+    )
+
+
 @main.command()
 @click.argument("run_id", metavar="RUN")
 @click.argument("node_path")
@@ -822,7 +849,7 @@ def approve(
     The decided run is continued, then every run above it that waits for it; what is reported is the
     top-level run: its output, and its exit status as `charter resume` (0 completed, 1 failed, 3 still
     waiting); 4: the decision was recorded, and the process executing the run (or a run above it)
-    right now continues with it.
+    right now continues with it; 130/143 stopped by Ctrl-C/SIGTERM (`charter resume` continues).
 
     \b
     Examples:

@@ -28,9 +28,12 @@ class PendingApproval:
     node_path: str
     via: tuple[Hop, ...] = ()
     message: Any = None
+    approvers: tuple[str, ...] = ()
 
     def command(self) -> str:
-        return f"charter approve {self.run_id} {self.node_path}"
+        """The `charter approve` that decides it, up to `--as` (and `--claims` when a role decides)."""
+        claims = " --claims FILE" if any(a.startswith("role:") for a in self.approvers) else ""
+        return f"charter approve {self.run_id} {self.node_path} --as NAME{claims}"
 
     def route(self) -> str:
         """Where the child run hangs: 'kid' (a node of the run asked about), 'kid → C1 at inner' for a
@@ -191,8 +194,12 @@ def _pending(
         if rec is not None and rec.approval_requested and not rec.approval_decided:
             if path not in done:
                 done.add(path)
-                message = rec.approval_requested[0].get("message")
-                yield PendingApproval(row.run_id, path, via, message)
+                requested = rec.approval_requested[0]
+                approvers = requested.get("approvers") or []
+                approvers = (
+                    tuple(a for a in approvers if isinstance(a, str)) if isinstance(approvers, list) else ()
+                )
+                yield PendingApproval(row.run_id, path, via, requested.get("message"), approvers)
             continue
         for node, child in newest.items():
             if node in done or child.run_id in seen or child.status != "waiting":

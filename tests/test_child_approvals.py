@@ -225,7 +225,9 @@ def test_approve_a_parent_node_without_request_lists_the_child_requests(tmp_path
     proc = charter("approve", parent, "nowhere", "--as", "bob", cwd=tmp_path)
     assert proc.returncode == 2
     assert "nothing is pending" not in proc.stderr
-    assert f"'ok' in child run {kid} of step first (charter approve {kid} ok)" in proc.stderr, proc.stderr
+    assert f"'ok' in child run {kid} of step first (charter approve {kid} ok --as NAME)" in proc.stderr, (
+        proc.stderr
+    )
 
 
 # --------------------------------------------------------------------------------------------------

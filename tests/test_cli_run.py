@@ -274,6 +274,14 @@ def test_failed_run_exits_1(tmp_path: Path) -> None:
     proc = charter("run", str(flow), "--json", cwd=tmp_path)
     assert proc.returncode == 1
     assert run_json(proc)["error"]["code"] == "nope" and "no way" in proc.stderr
+    # resuming a finished run runs nothing and says how to run it again
+    run_id = run_json(proc)["run_id"]
+    again = charter("resume", run_id, cwd=tmp_path)
+    assert again.returncode == 1
+    assert (
+        f"already failed: nothing to continue; to run it again from a step: charter run FILE --from {run_id}@stop"
+        in again.stderr
+    )
 
 
 def test_approval_across_processes(tmp_path: Path) -> None:
@@ -283,7 +291,7 @@ def test_approval_across_processes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert first.returncode == 3, first.stderr
     run_id = run_json(first)["run_id"]
-    assert "finance_ok" in first.stderr
+    assert f"charter approve {run_id} finance_ok --as NAME --claims FILE" in first.stderr  # a role decides
     wrong = charter("approve", run_id, "nowhere", "--as", "bob", cwd=tmp_path)
     assert wrong.returncode == 2 and "finance_ok" in wrong.stderr
     unverified = charter(
@@ -354,6 +362,9 @@ def test_crash_then_resume_completes_without_repeating(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "charter.db")
     run_id, status = db.execute("SELECT run_id, status FROM runs").fetchone()
     assert status == "running"
+    listed = charter("runs", cwd=tmp_path)  # running, but nobody executes it: it says what to do
+    assert "(interrupted: no process executes it; charter resume it)" in listed.stdout, listed.stdout
+    assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]["interrupted"] is True
     resumed = charter("resume", run_id, "--allow-module", "h10_cli_tools", "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert run_json(resumed)["output"] == {"all": ["A", "B", "C", "D"]}
@@ -362,6 +373,7 @@ def test_crash_then_resume_completes_without_repeating(tmp_path: Path) -> None:
     assert charter("verify", run_id, cwd=tmp_path).returncode == 0
     again = charter("resume", run_id, "--json", cwd=tmp_path)
     assert again.returncode == 0 and run_json(again)["status"] == "completed"
+    assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]["interrupted"] is False
 
 
 def test_fork_from_a_node(tmp_path: Path) -> None:
