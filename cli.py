@@ -5,8 +5,10 @@ Imports of the front and back end happen inside the commands so that `charter --
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -521,7 +523,12 @@ def run(
     options = _options(principal, claims_file, allow_modules, durability, models=models)
     _check_model_names(graph_, options.model_overrides)
     _check_mcp(graph_, allow_modules)
+    from interpreter.store import resolve_db_path
+
+    new_log = not resolve_db_path(db).exists()
     store = _open_store(db, durability, create=True)
+    if new_log:  # a run refused before it starts (exit 2) leaves no empty log behind
+        atexit.register(_remove_if_empty, store)
     from interpreter import fork_run, run_workflow
 
     if fork_from:
@@ -537,6 +544,18 @@ def run(
         result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
     _report(result, as_json, store)
+
+
+def _remove_if_empty(store) -> None:  # type: ignore[no-untyped-def]
+    """The log this command created, when no run was written to it."""
+    try:
+        if store.runs(limit=1):
+            return
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - tidying up must never turn an exit into a traceback
+        return
 
 
 def _check_model_names(graph_, overrides: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

@@ -457,3 +457,13 @@ def test_a_run_continued_keeps_the_models_it_was_started_with(tmp_path: Path) ->
     done = charter("approve", run_json(started)["run_id"], "gate", "--as", "ann", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert run_json(done)["output"] == {"said": "from the override"}
+
+
+def test_a_run_refused_before_it_starts_leaves_no_empty_log(tmp_path: Path) -> None:
+    refused = charter("run", str(EXAMPLES / "tools_pipeline.yaml"), cwd=tmp_path)  # module not allowed
+    assert refused.returncode == 2 and "not allowed" in refused.stderr
+    assert not list(tmp_path.glob("charter.db*"))
+    ran = charter("run", str(EXAMPLES / "tools_pipeline.yaml"), "--allow-module", "examples.*", cwd=tmp_path)
+    assert ran.returncode == 0 and (tmp_path / "charter.db").exists()
+    again = charter("run", str(EXAMPLES / "tools_pipeline.yaml"), cwd=tmp_path)  # an existing log stays
+    assert again.returncode == 2 and (tmp_path / "charter.db").exists()
