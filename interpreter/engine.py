@@ -27,7 +27,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from
 from interpreter.leases import given_up
 from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
-from interpreter.records import NodeRecord, build_records, descendants
+from interpreter.records import NodeRecord, build_records, descendant_runs, descendants
 from interpreter.redact import MASK, iter_texts
 from interpreter.runtime import (
     HALTS,
@@ -1273,16 +1273,8 @@ def _guard_for(
 def restore_spent(guard: RunGuard, store: s.EventStore, run_id: str, events: list[Any], records: Any) -> None:
     """A continued run's budgets: what its own log and every run it started (at any depth) spent."""
     guard.restore(events, records)
-    for child, at in _descendant_runs(store, run_id):
+    for child, at in descendant_runs(store, run_id):
         guard.restore_child(store.events(child.run_id), at)
-
-
-def _descendant_runs(store: s.EventStore, run_id: str, at: str | None = None) -> Iterator[tuple[Any, str]]:
-    """Every run started under `run_id`, with the node path of this run it started at."""
-    for child in store.children(run_id):
-        where = at if at is not None else (child.parent_node or "")
-        yield child, where
-        yield from _descendant_runs(store, child.run_id, where)
 
 
 async def continue_run(

@@ -13,11 +13,11 @@ variables (and field selections such as `steps.classify.output.intent`) an expre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from interpreter import store as s
-from interpreter.records import once_per_call
+from interpreter.records import descendant_runs, once_per_call
 from interpreter.timing import execution_time, segments, ts_seconds
 
 ABSENT = "<absent>"
@@ -280,15 +280,6 @@ def budgets_used(
     return {**spent, "elapsed_s": elapsed}
 
 
-def _descendant_runs(store: s.EventStore, run_id: str, at: str | None = None) -> Iterator[tuple[Any, str]]:
-    """Every run started under `run_id`, at any depth, with the node path of `run_id` its branch of
-    runs started at (a grandchild counts where its parent's run started, as the budgets count it)."""
-    for child in store.children(run_id):
-        where = at if at is not None else (child.parent_node or "")
-        yield child, where
-        yield from _descendant_runs(store, child.run_id, where)
-
-
 def _with_child_spending(
     store: s.EventStore, run_id: str, node: str | None, own: dict[str, Any]
 ) -> dict[str, Any]:
@@ -300,7 +291,7 @@ def _with_child_spending(
     below = _spent(())
     runs: list[str] = []
     unreadable: list[str] = []
-    for child, at in _descendant_runs(store, run_id):
+    for child, at in descendant_runs(store, run_id):
         if not _in_node(at, node):
             continue
         try:

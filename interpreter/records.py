@@ -265,3 +265,12 @@ def last_pending(events: Iterable[s.Event]) -> list[str] | None:
         waiting.payload.get("pending") if waiting is not None and isinstance(waiting.payload, dict) else None
     )
     return [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else None
+
+
+def descendant_runs(store: s.EventStore, run_id: str, at: str | None = None) -> Iterator[tuple[Any, str]]:
+    """Every run started under `run_id`, at any depth, with the node path of `run_id` its branch of
+    runs started at (a grandchild counts where its parent's run started, as the budgets count it)."""
+    for child in store.children(run_id):
+        where = at if at is not None else (child.parent_node or "")
+        yield child, where
+        yield from descendant_runs(store, child.run_id, where)

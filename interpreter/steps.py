@@ -26,7 +26,7 @@ from interpreter.enforcement import (
 )
 from interpreter.engine import Execution, Scope
 from interpreter.hashing import sha256_hex
-from interpreter.records import request_expired
+from interpreter.records import descendant_runs, request_expired
 from interpreter.redact import MASK
 from interpreter.runtime import HALTS, StepError, Suspend, idempotency_key, kind_of
 from interpreter.tool_calls import logged_call, replayed_call
@@ -561,7 +561,9 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
 async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input") or {}
     if ex.replaying:  # the child's recorded outcome stands in for it, as a tool's result does
-        _same_child(ex, path, node.step.workflow.path, inputs, idempotency_key(ex.run_id, path, attempt))
+        key = idempotency_key(ex.run_id, path, attempt)
+        _same_child(ex, path, node.step.workflow.path, inputs, key)
+        count_recorded_child(ex, path, key)
         rec = ex.records.get(path)
         error = rec.attempt_errors.get(attempt) if rec is not None else None
         if error:
@@ -636,6 +638,17 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
             raise guardrail_error(message, details=halted)
         raise StepError("workflow", message, details={"run_id": result.run_id})
     return result.output
+
+
+def count_recorded_child(ex: Execution, path: str, key: str) -> None:
+    """Replay: what the recorded child run (and the runs it started) spent counts in this run's budgets,
+    as it did live while the child ran: a later call the budget refused is refused again."""
+    child_id = _existing_child(ex, path, key)
+    if child_id is None:
+        return
+    ex.guard.restore_child(ex.store.events(child_id), path)
+    for grandchild, _ in descendant_runs(ex.store, child_id):
+        ex.guard.restore_child(ex.store.events(grandchild.run_id), path)
 
 
 def _same_child(ex: Execution, path: str, relative: str, inputs: Any, key: str) -> None:

@@ -154,6 +154,10 @@ async def replayed_call(ex: Any, path: str, attempt: int, call: Any, name: str, 
         current = ex.current_code(tool.python)
         if current is not None and current != recorded_code:
             ex.diverge(path, recorded_code, current, f"the code of tool '{name}' ({tool.python}) changed")
+    if tool.workflow is not None:  # the child run it started spent from this run's budgets
+        from interpreter.steps import count_recorded_child
+
+        count_recorded_child(ex, path, str(call.called.get("idempotency_key")))
     if call.completed is not None:
         return call.completed
     failed = (call.failed or {}).get("error")

@@ -343,3 +343,23 @@ def test_a_child_that_redacts_its_input_replays_and_its_other_input_still_counts
     (tmp_path / "edited.yaml").write_text(kid.replace("x: 21", "x: 22"))
     edited = _replay(run_id, tmp_path / "c.db", tmp_path / "edited.yaml", cwd=tmp_path)
     assert edited.returncode == 1 and "the input of child workflow child.yaml differs" in edited.stdout
+
+
+def test_a_run_whose_budget_a_child_run_spent_replays(tmp_path: Path) -> None:
+    # The child's call counted in the parent's budget live; replay counts the recorded child too, so the
+    # parent's own call is refused again, as it was.
+    (tmp_path / "kid.yaml").write_text(
+        'charter: "1.0"\nname: kid\ntools:\n  echo: {python: "tests.fixtures.conc_tools:echo", effect: read}\n'
+        "steps:\n  - {id: t1, tool: echo, args: {value: 1}}\n"
+    )
+    (tmp_path / "parent.yaml").write_text(
+        'charter: "1.0"\nname: parent\ntools:\n  echo: {python: "tests.fixtures.conc_tools:echo", effect: read}\n'
+        "guardrails:\n  - {id: run-budget, limits: {max_tool_calls: 1}}\n"
+        "steps:\n  - {id: sub, workflow: {path: kid.yaml}}\n  - {id: p, tool: echo, args: {value: 2}}\n"
+    )
+    ran = _run(tmp_path / "parent.yaml", tmp_path / "c.db")
+    assert ran.returncode == 1 and "exceeds max_tool_calls 1" in run_json(ran)["error"]["message"], describe(
+        ran
+    )
+    proc = _replay(run_json(ran)["run_id"], tmp_path / "c.db")
+    assert proc.returncode == 0, describe(proc)
