@@ -792,6 +792,15 @@ def replay(
         runs_code=True,  # tool modules are loaded (their code is compared): what they print is not output
     )
     d = result.divergence
+    # A divergence from an edited log reads like an edited workflow: say which it may be.
+    tampered = None if d is None else _guarded(lambda: store.verify(run_id))
+    if tampered is not None and not tampered.ok:
+        at = f" at seq {tampered.first_bad_seq}" if tampered.first_bad_seq is not None else ""
+        click.echo(
+            f"WARNING: this run's log fails verification{at}: {tampered.reason}; the divergence may come "
+            "from the edited log, not from the workflow (see: charter verify)",
+            err=True,
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -802,6 +811,7 @@ def replay(
                     "divergence": None
                     if d is None
                     else {"node_path": d.node_path, "expected": d.expected, "got": d.got, "reason": d.reason},
+                    "log_intact": None if tampered is None else tampered.ok,
                 },
                 indent=2,
                 ensure_ascii=False,

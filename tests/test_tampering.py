@@ -288,3 +288,20 @@ def test_the_specs_own_verifier_passes_a_run_and_names_a_missing_blob(tmp_path: 
     assert missing.returncode == 1 and "AssertionError: blob of seq 2 missing" in missing.stderr, (
         missing.stderr
     )
+
+
+def test_replay_of_an_edited_log_warns_that_the_log_fails_verification(copy: tuple[str, Path, int]) -> None:
+    run_id, db, _ = copy
+    with sqlite3.connect(db) as conn:
+        (seq, payload) = conn.execute(
+            "SELECT seq, payload FROM events WHERE run_id = ? AND kind = 'step.completed' ORDER BY seq LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        edited = {**json.loads(payload), "output": "forged"}
+        conn.execute(
+            "UPDATE events SET payload = ? WHERE run_id = ? AND seq = ?", (json.dumps(edited), run_id, seq)
+        )
+    proc = charter("replay", run_id, "--db", str(db), "--json", env=ENV)
+    assert proc.returncode == 1, describe(proc)
+    assert json.loads(proc.stdout)["log_intact"] is False
+    assert f"WARNING: this run's log fails verification at seq {seq}" in proc.stderr
