@@ -38,7 +38,7 @@ from interpreter.authz import (
     Principal,
 )
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
-from interpreter.records import build_records, once_per_call, request_expired
+from interpreter.records import build_records, enclosing, once_per_call, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import OUTER_ATTEMPTS, StepError, kind_of
 from interpreter.timing import Segment, began_at, execution_time, segments
@@ -1010,18 +1010,6 @@ def _execution(runtime: str, attempts: Attempts) -> str:
     return path + "".join(f"+{p}@{n}" for p, n in tries)
 
 
-def _around(path: str) -> list[str]:
-    """`path` and the node paths of the steps around it: "a/b[2]/c" -> a/b[2]/c, a/b[2], a/b, a."""
-    out: list[str] = []
-    parts = path.split("/")
-    for i in range(len(parts), 0, -1):
-        prefix = "/".join(parts[:i])
-        out.append(prefix)
-        if prefix.endswith("]"):
-            out.append(_LAST_INDEX.sub("", prefix))
-    return out
-
-
 def _met_again(events: list[Any], records: Mapping[str, Any]) -> set[int]:
     """The seqs of the logged calls (and answers) that a continued run will meet again, and count then
     as it meets them: those of a step that has not finished, in its current attempt, inside steps that
@@ -1039,7 +1027,7 @@ def _met_again(events: list[Any], records: Mapping[str, Any]) -> set[int]:
             continue
         if event.kind not in _SPENDING:
             continue
-        around = _around(event.node_path)
+        around = enclosing(event.node_path)
         if any(p in retried for p in around):
             continue
         done = False

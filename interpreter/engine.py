@@ -39,7 +39,7 @@ from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from
 from interpreter.leases import given_up
 from interpreter.loop import run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
-from interpreter.records import NodeRecord, build_records, descendant_runs, descendants
+from interpreter.records import NodeRecord, build_records, descendant_runs, descendants, enclosing
 from interpreter.redact import MASK, iter_texts
 from interpreter.runtime import (
     HALTS,
@@ -64,19 +64,6 @@ GROUP_WINDOW = 0.005  # seconds a side-effect-free completion may wait for a gro
 GROUP_EVENTS = 512
 _ITERATION = re.compile(r"\[\d+\]")
 INPUT_GATE = "run.input"  # node path of run.input guardrail events and of their escalation
-
-
-def _enclosing(path: str) -> list[str]:
-    """`path` and the paths of the steps around it, innermost first: "a/b[2]/c" -> a/b[2]/c, a/b[2],
-    a/b (the for_each the iteration belongs to), a."""
-    out: list[str] = []
-    parts = path.split("/")
-    for i in range(len(parts), 0, -1):
-        prefix = "/".join(parts[:i])
-        out.append(prefix)
-        if prefix.endswith("]"):
-            out.append(prefix[: prefix.rindex("[")])
-    return out
 
 
 def static_path(runtime_path: str) -> str:
@@ -740,7 +727,7 @@ class Execution:
         it that completed (a join whose winner was another branch) means it was cancelled from inside:
         the call waits to be cancelled when the replay reaches that point."""
         attempts = {**dict(OUTER_ATTEMPTS.get()), path: attempt}  # the attempts being replayed
-        for candidate in _enclosing(path):
+        for candidate in enclosing(path):
             rec = self.records.get(candidate)
             if rec is None:
                 continue

@@ -274,3 +274,16 @@ def descendant_runs(store: s.EventStore, run_id: str, at: str | None = None) -> 
         where = at if at is not None else (child.parent_node or "")
         yield child, where
         yield from descendant_runs(store, child.run_id, where)
+
+
+def enclosing(path: str) -> list[str]:
+    """`path` and the paths of the steps around it, innermost first: "a/b[2]/c" -> a/b[2]/c, a/b[2],
+    a/b (the for_each the iteration belongs to), a."""
+    out: list[str] = []
+    parts = path.split("/")
+    for i in range(len(parts), 0, -1):
+        prefix = "/".join(parts[:i])
+        out.append(prefix)
+        if prefix.endswith("]"):
+            out.append(prefix[: prefix.rindex("[")])
+    return out
