@@ -1063,11 +1063,18 @@ def explain(run_id: str, node: str | None, db: str | None, as_json: bool) -> Non
     store = _open_store(db)
     trace = _guarded(lambda: build_trace(store, run_id, node))
     if node is not None and not trace["trace"]:
-        _die(f"run {run_id} has no events at node '{node}'")
+        _die(f"run {run_id} has no events at node '{node}'; nodes that ran: {_nodes_that_ran(store, run_id)}")
     if as_json:
         click.echo(json.dumps(trace, indent=2, ensure_ascii=False))
     else:
         click.echo(format_text(trace))
+
+
+def _nodes_that_ran(store, run_id: str, most: int = 20) -> str:  # type: ignore[no-untyped-def]
+    """The node paths a run started (for-each items with their index), for a mistyped --node."""
+    paths = sorted({e.node_path for e in store.events(run_id, kinds=("step.started",))})
+    more = f" ... ({len(paths) - most} more)" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more
 
 
 if __name__ == "__main__":

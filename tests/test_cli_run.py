@@ -467,3 +467,16 @@ def test_a_run_refused_before_it_starts_leaves_no_empty_log(tmp_path: Path) -> N
     assert ran.returncode == 0 and (tmp_path / "charter.db").exists()
     again = charter("run", str(EXAMPLES / "tools_pipeline.yaml"), cwd=tmp_path)  # an existing log stays
     assert again.returncode == 2 and (tmp_path / "charter.db").exists()
+
+
+def test_explain_of_a_node_that_did_not_run_lists_those_that_did(tmp_path: Path) -> None:
+    ran = charter(
+        "run", str(EXAMPLES / "tools_pipeline.yaml"), "--allow-module", "examples.*", "--json", cwd=tmp_path
+    )
+    assert ran.returncode == 0, ran.stderr
+    proc = charter(
+        "explain", run_json(ran)["run_id"], "--node", "priced/body/price", cwd=tmp_path
+    )  # no index
+    assert proc.returncode == 2
+    assert "has no events at node 'priced/body/price'; nodes that ran: " in proc.stderr
+    assert "priced[0]/body/price" in proc.stderr
