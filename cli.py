@@ -9,6 +9,7 @@ import atexit
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -26,6 +27,7 @@ class _Commands(click.Group):
 
         _runs_seen.clear()
         _db_given.clear()
+        _json_refusal.clear()
         try:
             return super().invoke(ctx)
         except BrokenPipeError:  # `charter ... | head`: the reader left; the run itself is unaffected
@@ -41,6 +43,9 @@ class _Commands(click.Group):
 # continue the run when it is interrupted.
 _runs_seen: list[str] = []
 _db_given: list[str] = []
+# Set by `run`, `resume` and `approve` given --json: a refusal (exit 2 or 4) is then a JSON document on
+# stdout too, as every outcome of theirs is, so that a script reading stdout never finds it empty.
+_json_refusal: dict[str, Any] = {}
 
 
 def _how_to_continue() -> str:
@@ -196,9 +201,25 @@ def _open_store(db: str | None, durability: str = "normal", create: bool = False
         _die(str(exc))
 
 
-def _die(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
+def _die(message: str, code: int = 2, diagnostics: list[dict[str, Any]] | None = None) -> NoReturn:
+    """Refuse the command: the message on stderr, with --json also the result document on stdout
+    (status "refused"; error code "invalid" for exit 2, "busy" for exit 4: another process is in the
+    way)."""
+    click.echo(f"error: {message}" if diagnostics is None else message, err=True)
+    if _json_refusal:
+        import json
+
+        error: dict[str, Any] = {"code": "busy" if code == EXIT_LEASED else "invalid", "message": message}
+        if diagnostics is not None:
+            error["diagnostics"] = diagnostics
+        out = {"run_id": _json_refusal.get("run_id"), "status": "refused", "output": None, "error": error}
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
     sys.exit(code)
+
+
+def _refusals_as_json(as_json: bool, run_id: str | None = None) -> None:
+    if as_json:
+        _json_refusal.update(run_id=run_id)
 
 
 def _progress_printer():  # type: ignore[no-untyped-def]
@@ -383,7 +404,8 @@ def _result_json_option(fn):  # type: ignore[no-untyped-def]
         "as_json",
         is_flag=True,
         help="Print {run_id, status, output, error}; when waiting also pending (the run's nodes) and "
-        "approvals (each request to decide: run_id, node_path, also in child runs).",
+        "approvals (each request to decide: run_id, node_path, also in child runs); when refused (exit "
+        "2 or 4) status 'refused', error.code 'invalid' or 'busy', and a file's error.diagnostics.",
     )(fn)
 
 
@@ -504,11 +526,12 @@ def run(
     from dsl import diagnostics
     from dsl.frontend import compile_file
 
+    _refusals_as_json(as_json, fork_from.partition("@")[0] if fork_from else None)
     graph_, diags = compile_file(file)
     errors = [d for d in diags if d.severity == diagnostics.Severity.ERROR]
     if graph_ is None or errors:
-        click.echo(diagnostics.format_text(errors or diags), err=True)
-        sys.exit(2)
+        shown = errors or diags
+        _die(diagnostics.format_text(shown), diagnostics=[diagnostics.as_json(d) for d in shown])
     if input_json is not None and input_file is not None:
         raise click.UsageError("give --input or --input-file, not both")
     inputs = {}
@@ -730,6 +753,7 @@ def resume(
     from interpreter import resume_run
     from interpreter.store import TERMINAL_STATUSES
 
+    _refusals_as_json(as_json, run_id)
     store = _open_store(db)
     options = _options(None, None, allow_modules, "normal", models=models)
     row = _guarded(lambda: store.run(run_id))
@@ -887,6 +911,7 @@ def approve(
     """
     from interpreter.approvals import decide
 
+    _refusals_as_json(as_json, run_id)
     if not person.strip():
         _die("--as needs the name of the person who decides")
     store = _open_store(db)

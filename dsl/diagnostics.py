@@ -152,7 +152,7 @@ def format_text(diags: Sequence[Diagnostic]) -> str:
     return "\n".join(lines)
 
 
-def _as_json(d: Diagnostic) -> dict[str, object]:
+def as_json(d: Diagnostic) -> dict[str, object]:
     out: dict[str, object] = {
         "file": d.file,
         "line": d.line,
@@ -168,7 +168,7 @@ def _as_json(d: Diagnostic) -> dict[str, object]:
 
 def format_json(diags: Sequence[Diagnostic]) -> str:
     """A JSON list of `{file, line, column, code, severity, message}` objects (plus `hint` when there is one)."""
-    return json.dumps([_as_json(d) for d in diags], indent=2, ensure_ascii=False)
+    return json.dumps([as_json(d) for d in diags], indent=2, ensure_ascii=False)
 
 
 def _gh_data(text: str) -> str:

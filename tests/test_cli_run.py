@@ -480,3 +480,30 @@ def test_explain_of_a_node_that_did_not_run_lists_those_that_did(tmp_path: Path)
     assert proc.returncode == 2
     assert "has no events at node 'priced/body/price'; nodes that ran: " in proc.stderr
     assert "priced[0]/body/price" in proc.stderr
+
+
+def test_json_refusals_are_a_result_document_on_stdout(tmp_path: Path) -> None:
+    """A script reading `--json` from stdout gets a document for a refusal too, never empty stdout."""
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text('charter: "1.0"\nname: bad\nsteps:\n  - id: a\n    set: {x: 1}\n', encoding="utf-8")
+    proc = charter("run", str(invalid), "--json", cwd=tmp_path)
+    assert proc.returncode == 2 and "CH211" in proc.stderr
+    refused = run_json(proc)
+    assert refused["status"] == "refused" and refused["run_id"] is None and refused["output"] is None
+    (diag,) = refused["error"]["diagnostics"]
+    assert (diag["code"], diag["line"], diag["column"]) == ("CH211", 5, 11)
+    assert not (tmp_path / "charter.db").exists()
+
+    bad_input = charter(
+        "run", str(EXAMPLES / "approval.yaml"), "--input", '{"employee": 1}', "--json", cwd=tmp_path
+    )
+    assert bad_input.returncode == 2
+    assert run_json(bad_input)["error"]["code"] == "invalid"
+    assert "input schema" in run_json(bad_input)["error"]["message"]
+
+    unknown = charter("resume", "01NOSUCHRUN", "--json", cwd=tmp_path)
+    assert unknown.returncode == 2 and run_json(unknown)["run_id"] == "01NOSUCHRUN"
+    assert "no run" in run_json(unknown)["error"]["message"]
+
+    without_json = charter("run", str(invalid), cwd=tmp_path)
+    assert without_json.returncode == 2 and without_json.stdout == ""
