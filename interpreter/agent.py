@@ -446,6 +446,11 @@ class StepCall:
         value = response.structured if response.structured is not None else parse_structured(response.text)
         if value is None:
             return None, "the answer is not JSON"
+        if isinstance(value, dict) and s.BLOB_REF_KEY in value:  # the step's output could not be logged
+            return (
+                value,
+                f"the answer is an object with the key {s.BLOB_REF_KEY!r}, which the event log reserves",
+            )
         from interpreter import schemas
 
         problems = schemas.errors(schema, value)
@@ -667,6 +672,12 @@ class StepCall:
             validate_args(name, self.ex.tool_schema(name), args, self.ex.schema_cache)
         except StepError as err:
             return f"error: {err.message}; fix the arguments and call it again", True
+        if s.BLOB_REF_KEY in args:  # the call's events could not be logged: not made, the model is told
+            return (
+                f"error: invalid arguments for {name}: the argument name {s.BLOB_REF_KEY!r} is reserved; "
+                "fix the arguments and call it again",
+                True,
+            )
         verdict = self._check("tool.input", {"tool": name, "args": args}, name, occurrence)
         if verdict.action in ("deny", "retry"):
             return _refusal(verdict), True

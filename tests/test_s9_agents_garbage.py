@@ -1,0 +1,84 @@
+"""A model that answers garbage never takes the run down: against a real OpenAI-compatible server on
+127.0.0.1 and a real event log, what it answers is refused or re-asked inside the step, as spec §13.3
+says of invalid tool calls and §13.2 of answers that do not fit `output_schema`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from interpreter import replay_run
+from tests.fixtures.openai_server import OpenAIServer
+from tests.test_agent import ROOT, agent, events, run, tool_messages, workflow
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(ROOT)  # examples.* is allowed by the project's pyproject.toml
+
+
+def test_tool_arguments_with_the_logs_reserved_key_are_refused_and_the_model_told(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """`$blob` is the event log's blob-reference key: a call with it as an argument could not be logged.
+    It is not made, and the model is told, instead of the whole run failing with code `output`."""
+    server.call_tools(("lookup_company", {"name": "Globex", "$blob": "x"}))
+    server.reply("Globex could not be looked up.")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, agent()), {"q": "Globex"})
+    assert result.status == "completed", result.error
+    assert result.output == {"answer": "Globex could not be looked up."}
+    (told,) = tool_messages(server.requests[1])
+    assert told["content"].startswith("error: invalid arguments for lookup_company")
+    assert "'$blob' is reserved" in told["content"]
+    assert events(store, result.run_id, "tool.called") == []
+    assert replay_run(result.run_id, store=store).ok
+
+
+STRUCTURED = """
+steps:
+  - id: rate
+    {kind}:
+      {extra}prompt: Rate it.
+      output_schema: {{type: object}}
+      max_retries: 1
+output: {{risk: "${{{{ steps.rate.output.risk }}}}"}}
+"""
+
+
+def test_a_structured_answer_with_the_logs_reserved_key_is_re_asked(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.reply('{"$blob": "0000"}')
+    server.reply('{"risk": "low"}')
+    body = STRUCTURED.format(kind="llm", extra="")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, body))
+    assert result.status == "completed", result.error
+    assert result.output == {"risk": "low"}
+    feedback = server.requests[1]["messages"][-1]["content"]
+    assert "the key '$blob'" in feedback
+    assert replay_run(result.run_id, store=store).ok
+
+
+def test_an_agent_that_keeps_answering_the_reserved_key_fails_its_step_with_code_model(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """The step fails as for any answer that does not fit (code `model`), which `try` can catch; the
+    run is not cut short by an event it cannot write."""
+    server.reply('{"$blob": "0000"}')
+    server.reply('{"$blob": "1111"}')
+    body = STRUCTURED.format(kind="agent", extra="identity: analyst\n      ")
+    result, store = run(tmp_path, workflow(tmp_path, server.url, body))
+    assert result.status == "failed"
+    assert result.error["code"] == "model" and result.error["step"] == "rate", result.error
+    assert "'$blob'" in result.error["message"]
+    assert len(events(store, result.run_id, "model.completed")) == 2
