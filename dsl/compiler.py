@@ -476,6 +476,7 @@ class _Compiler:
             prompts=MappingProxyType(prompts),
             blocks=tuple(blocks),
             guardrails=guardrails,
+            where=path,
         )
 
     def _kind_fields(

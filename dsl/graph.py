@@ -66,6 +66,7 @@ class Node:
     prompts: Mapping[str, Prompt] = field(default_factory=_empty)  # "instructions", "prompt" (agent/llm)
     blocks: tuple[Block, ...] = ()
     guardrails: tuple[CompiledGuardrail, ...] = ()  # the step's own rules (apply to its children too)
+    where: tuple[str | int, ...] = ()  # the step in the file: ("steps", 2, "parallel", "branches", "b", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class ExecutionGraph:
     guardrails: tuple[CompiledGuardrail, ...] = ()  # workflow-level rules
     tools: Mapping[str, CompiledTool] = field(default_factory=_empty)
     _index: Mapping[str, Node] = field(default_factory=_empty, init=False, repr=False, compare=False)
+    _document: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {node.path: node for node in _walk(self.root)}
@@ -118,6 +120,29 @@ class ExecutionGraph:
         """The node at a static path; KeyError if there is none."""
         return self._index[path]
 
+    def locate(self, where: tuple[str | int, ...], source: str, offset: int = 0) -> str | None:
+        """ "file:line:col" of character `offset` of the expression `source` written in the value at
+        `where` (a step: in its own fields, not in its nested steps), for errors found at run time;
+        None when it is not there. The file is read again from `source` only when this is asked."""
+        if not self._document:
+            from dsl.loader import load_text
+
+            self._document.append(load_text(self.source, self.file)[0])
+        doc = self._document[0]
+        if doc is None:
+            return None
+        value: Any = doc.data
+        for key in where:
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                return None
+        found = _find_text(value, source, where)
+        if found is None:
+            return None
+        line, column = doc.value_position(found[0], found[1] + offset)
+        return f"{self.file}:{line}:{column}"
+
     def edges(self) -> list[tuple[str, str, str]]:
         """(from path, to path, label) for rendering: control flows from a node into each of its blocks
         (labelled with the case condition or block label), along each block, out of a composite node
@@ -125,6 +150,29 @@ class ExecutionGraph:
         out: list[tuple[str, str, str]] = []
         _block_edges(self.root, out)
         return out
+
+
+def _find_text(
+    value: Any, text: str, path: tuple[str | int, ...]
+) -> tuple[tuple[str | int, ...], int] | None:
+    """The first string under `value` (document order) that contains `text`, and where in it; lists of
+    steps (mappings with an `id`) are other nodes' and are not searched."""
+    if isinstance(value, str):
+        index = value.find(text)
+        return None if index < 0 else (path, index)
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        if value and all(isinstance(item, dict) and "id" in item for item in value):
+            return None
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _find_text(item, text, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 def _walk(block: Block) -> Iterator[Node]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dsl import __version__
+from dsl.expr import ExpressionError
 from dsl.model import parse_duration
 from interpreter import store as s
 from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from_records, policy_error
@@ -93,8 +94,17 @@ class Scope:
         )
 
 
-def _expression_error(exc: Exception, what: str) -> StepError:
-    return StepError("expression", f"{what}: {exc}", type="ExpressionError", retryable=False)
+def _expression_error(
+    exc: Exception, what: str, graph: Any = None, at: tuple[str | int, ...] | None = None
+) -> StepError:
+    """A run-time expression error, placed in the file (`at`: the step or field it is written in)."""
+    place = None
+    if at is not None and isinstance(exc, ExpressionError) and exc.source:
+        place = graph.locate(at, exc.source, exc.offset)
+    if place is None:
+        return StepError("expression", f"{what}: {exc}", type="ExpressionError", retryable=False)
+    message = f"{place}: {what}: `{exc.source.strip()}`: {exc.message}"
+    return StepError("expression", message, type="ExpressionError", retryable=False)
 
 
 class Execution:
@@ -330,7 +340,16 @@ class Execution:
             b.update(extra)
         return b
 
-    def evaluate(self, compiled: Any, scope: Scope, what: str, extra: Mapping[str, Any] | None = None) -> Any:
+    def evaluate(
+        self,
+        compiled: Any,
+        scope: Scope,
+        what: str,
+        extra: Mapping[str, Any] | None = None,
+        at: tuple[str | int, ...] | None = None,
+    ) -> Any:
+        """The value of a compiled field; `at` (where it is written: its step's `where`) places an
+        error in the file."""
         if compiled is None:
             return None
         if compiled.constant:
@@ -340,13 +359,15 @@ class Execution:
         try:
             return from_cel(compiled.evaluate(self.bindings(scope, extra)))
         except Exception as exc:  # noqa: BLE001 - EvaluationError, or a value CEL cannot hold
-            raise _expression_error(exc, what) from None
+            raise _expression_error(exc, what, self.graph, at) from None
 
-    def condition(self, program: Any, scope: Scope, what: str) -> bool:
+    def condition(
+        self, program: Any, scope: Scope, what: str, at: tuple[str | int, ...] | None = None
+    ) -> bool:
         try:
             value = program.evaluate(self.bindings(scope))
         except Exception as exc:  # noqa: BLE001
-            raise _expression_error(exc, what) from None
+            raise _expression_error(exc, what, self.graph, at) from None
         if type(value) is not bool:
             raise StepError(
                 "expression", f"{what}: `{program.source}` gave {value!r}, not a bool", type="ExpressionError"
@@ -514,7 +535,7 @@ class Execution:
         """The step's `if`. One that does not evaluate fails the step (spec §12.3): logged, seen by a
         `catch` as that step's failure."""
         try:
-            return self.condition(node.condition, scope, f"step '{node.id}': if")
+            return self.condition(node.condition, scope, f"step '{node.id}': if", node.where)
         except StepError as err:
             err.step, err.node_path = node.id, path
             if rec is None or rec.started is None:
@@ -528,7 +549,7 @@ class Execution:
             return result
         try:
             output = self.evaluate(
-                node.values["output"], scope, f"step '{node.id}': output", {"result": result}
+                node.values["output"], scope, f"step '{node.id}': output", {"result": result}, node.where
             )
         except StepError as err:
             err.final = True  # another attempt would repeat the work to fail the same way (§12.3)
@@ -773,13 +794,19 @@ class Execution:
         self.notify("run", "", "", self.run_id)
         try:
             try:
-                initial = self.evaluate(graph.vars, root, "workflow vars") if graph.vars is not None else None
+                initial = (
+                    self.evaluate(graph.vars, root, "workflow vars", at=("vars",))
+                    if graph.vars is not None
+                    else None
+                )
                 self.vars = self.initial_vars = dict(initial or {})
                 self.gate_input()
                 async with asyncio.timeout(self.time_left()):
                     await self.exec_block(graph.root, root)
                 output = (
-                    self.evaluate(graph.output, root, "workflow output") if graph.output is not None else {}
+                    self.evaluate(graph.output, root, "workflow output", at=("output",))
+                    if graph.output is not None
+                    else {}
                 )
             except (TimeoutError, ReplayCutOff):
                 raise StepError(  # nothing inside the run can retry or catch it (spec §12.5)

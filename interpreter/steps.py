@@ -62,7 +62,7 @@ def _text(value: Any) -> str:
 @runner("tool")
 async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     name = node.step.tool
-    args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args") or {}
+    args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args", at=node.where) or {}
     key = idempotency_key(ex.run_id, path, attempt)
     validate_args(name, ex.tool_schema(name), args, ex.schema_cache)
     # Enforcement (issue 6): tool.select rules, authorization under the step's identity (none: the
@@ -142,12 +142,12 @@ async def run_set(ex: Execution, node: Any, scope: Scope, path: str, attempt: in
         # Replay: the `vars` this set read then (concurrent branches may finish in another order now).
         now, ex.vars = ex.vars, ex.vars_before(rec.vars_seq)
         try:
-            delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set")
+            delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set", at=node.where)
         finally:
             ex.vars = now
         ex.assign(delta, rec.vars_seq)
         return delta
-    delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set")
+    delta = ex.evaluate(node.values["set"], scope, f"step '{node.id}': set", at=node.where)
     ex.assign(delta)
     ex.emit(s.VARS_SET, path, {"vars": delta})
     return delta
@@ -156,7 +156,9 @@ async def run_set(ex: Execution, node: Any, scope: Scope, path: str, attempt: in
 @runner("fail")
 async def run_fail(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     spec = node.step.fail
-    message = _text(ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message"))
+    message = _text(
+        ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message", at=node.where)
+    )
     raise StepError(spec.code, message, type="Failure")
 
 
@@ -175,7 +177,7 @@ async def run_switch(ex: Execution, node: Any, scope: Scope, path: str, attempt:
 
     rejected: list[dict[str, Any]] = []  # the cases tried before the one chosen, and what they read
     for block in node.blocks:
-        if block.when is None or ex.condition(block.when, scope, f"step '{node.id}': when"):
+        if block.when is None or ex.condition(block.when, scope, f"step '{node.id}': when", node.where):
             _same_route(ex, path, block)
             values = referenced_values(block.when, ex.bindings(scope)) if block.when is not None else {}
             ex.emit(
@@ -404,7 +406,7 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
 @runner("for_each")
 async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     spec = node.step.for_each
-    items = ex.evaluate(node.values["in"], scope, f"step '{node.id}': in")
+    items = ex.evaluate(node.values["in"], scope, f"step '{node.id}': in", at=node.where)
     if not isinstance(items, list):
         raise StepError(
             "expression",
@@ -483,7 +485,7 @@ async def run_loop(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
         out = await ex.exec_block(body, inner)
         if until is None:
             continue
-        done = ex.condition(until, inner, f"step '{node.id}': until")
+        done = ex.condition(until, inner, f"step '{node.id}': until", node.where)
         if done or i + 1 not in seen:  # a resumed loop logged its earlier `until`s
             last = i + 1 == spec.max_iterations
             ex.emit(
@@ -547,7 +549,9 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
         return {"approved": True, "by": decided.get("by"), "reason": decided.get("reason"), "at": at}
     if ex.replaying:
         ex.diverge(path, None, "approval requested", "this approval is not in the recorded run")
-    message = _text(ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message"))
+    message = _text(
+        ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message", at=node.where)
+    )
     payload: dict[str, Any] = {"message": message, "approvers": list(spec.approvers), "data": None}
     if spec.timeout:
         at = datetime.now(UTC) + timedelta(seconds=parse_duration(spec.timeout))
@@ -559,7 +563,7 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
 
 @runner("workflow")
 async def run_workflow_step(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
-    inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input") or {}
+    inputs = ex.evaluate(node.values.get("input"), scope, f"step '{node.id}': input", at=node.where) or {}
     if ex.replaying:  # the child's recorded outcome stands in for it, as a tool's result does
         key = idempotency_key(ex.run_id, path, attempt)
         _same_child(ex, path, node.step.workflow.path, inputs, key)

@@ -1636,3 +1636,46 @@ def test_runs_in_one_task_leave_nothing_behind_in_its_context(tmp_path: Path) ->
 
     sizes = asyncio.run(main())
     assert sizes[-1] == sizes[0], sizes
+
+
+@pytest.mark.parametrize(
+    ("given", "failed_at", "place", "expression", "problem"),
+    [
+        ({"x": 5}, "route", ":17:15:", "size(input.x) > 2", "size(int)"),  # a switch case's condition
+        ({"x": [1, 2, 3]}, "route/case-0/half", ":19:46:", "input.x / 2", "_/_(list, int)"),  # nested
+        ({"w": "abc"}, "calc", ":21:32:", "input.w + 1", "_+_(string, int)"),  # a template in a string
+        ({"z": True}, "check", ":23:17:", "input.z > 5", "_>_(bool, int)"),  # an `if` after the fields
+    ],
+)
+def test_runtime_expression_errors_name_the_file_position_and_the_expression(
+    store: Any, workdir: Path, given: Any, failed_at: str, place: str, expression: str, problem: str
+) -> None:
+    """A `dyn` value of the wrong type is found at run time: the message places it in the file (the
+    operator that failed), quotes the expression, and the step's error in the log says the same."""
+    flow = write_flow(
+        workdir,
+        "dyn_types",
+        """\
+        input: {type: object, properties: {x: {}, w: {}, z: {}}}
+        vars: {y: null}
+        steps:
+          - id: route
+            switch:
+              - when: size(input.x) > 2
+                steps:
+                  - {id: half, set: {y: "${{ input.x / 2 }}"}}
+          - id: calc
+            set: {y: "sum: ${{ input.w + 1 }}"}
+          - id: check
+            if: input.z > 5
+            set: {y: 1}
+        """,
+    )
+    inputs = {"x": [1], "w": 1, "z": 1, **given}
+    result = run_workflow(compiled(flow), inputs, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["node_path"] == failed_at
+    message = result.error["message"]
+    assert message.startswith(f"{flow}{place}"), message
+    assert f"`{expression}`" in message and f"no such overload: {problem}" in message
+    failed = [e for e in store.events(result.run_id) if e.kind == "step.failed" and e.node_path == failed_at]
+    assert failed[0].payload["error"]["message"] == message
