@@ -82,3 +82,24 @@ def test_an_agent_that_keeps_answering_the_reserved_key_fails_its_step_with_code
     assert result.error["code"] == "model" and result.error["step"] == "rate", result.error
     assert "'$blob'" in result.error["message"]
     assert len(events(store, result.run_id, "model.completed")) == 2
+
+
+def test_a_garbage_answer_is_retried_by_the_steps_retry_without_on(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """An answer with no choices (or cut off, filtered...) is one another attempt can change: a step's
+    `retry` without `on` retries it (spec §12.4), as it does a 5xx."""
+    server.answers.append((200, {"choices": [], "usage": {}}))
+    server.reply("hello")
+    body = """
+    steps:
+      - id: greet
+        retry: {attempts: 2, backoff: {initial: 10ms}}
+        llm: {prompt: Say hello.}
+    output: {said: "${{ steps.greet.output }}"}
+    """
+    result, store = run(tmp_path, workflow(tmp_path, server.url, body))
+    assert result.status == "completed", result.error
+    assert result.output == {"said": "hello"}
+    assert len(server.requests) == 2
+    assert replay_run(result.run_id, store=store).ok

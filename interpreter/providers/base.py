@@ -278,9 +278,12 @@ class ModelRequestError(ModelError):
 
 
 class ModelBadResponseError(ModelError):
-    """The server answered with something that is not a valid response (malformed JSON, missing fields)."""
+    """The server answered with something that is not a valid response (malformed JSON, missing fields),
+    or an answer that cannot be used (cut off, filtered, refused). The provider does not ask again
+    itself, but a step's `retry` does (spec §12.4): the next answer may well be whole."""
 
     kind = "bad_response"
+    retryable = True
 
 
 class ModelTimeoutError(ModelError):
