@@ -500,12 +500,7 @@ class StepCall:
         if verdict.action in ("deny", "retry"):  # nothing to re-ask before the call
             raise self._denied(verdict)
         if verdict.redacted and isinstance(verdict.value, list):
-            # Thinking blocks go back as they came, whatever a rule matched in them: the provider checks
-            # their signatures and refuses the turn if one changed (and the model wrote them itself).
-            self.messages = [
-                _message(m, thinking=old.thinking)
-                for m, old in zip(verdict.value, self.messages, strict=True)
-            ]
+            self.messages = [_masked(old, m) for m, old in zip(verdict.value, self.messages, strict=True)]
         request = ModelRequest(
             messages=tuple(self.messages),
             tools=tuple(self.tools.values()),
@@ -818,15 +813,21 @@ def _refuse_masked(step: StepCall, then: _Next, completed: dict[str, Any]) -> No
         )
 
 
-def _message(record: Any, *, thinking: tuple[dict[str, Any], ...]) -> Message:
-    from interpreter.providers.base import ToolCall
+def _masked(message: Message, record: Any) -> Message:
+    """`message` with what a model.input rule masked in its record: its text and its tool calls'
+    arguments. What identifies things stays as it was, whatever a rule matched in it: the role, the
+    tool call ids (masked alike, two calls' results could no longer be told apart, and a provider
+    refuses the turn), the tool names, and the thinking blocks (the provider checks their signatures and
+    refuses the turn if one changed; the model wrote them itself)."""
+    from dataclasses import replace
 
-    return Message(
-        role=record.get("role", "user"),
-        content=record.get("content", ""),
-        tool_calls=tuple(ToolCall.from_record(c) for c in record.get("tool_calls") or ()),
-        tool_call_id=record.get("tool_call_id"),
-        name=record.get("name"),
-        is_error=bool(record.get("is_error", False)),
-        thinking=thinking,
+    calls = record.get("tool_calls") or ()
+    content = record.get("content", message.content)
+    return replace(
+        message,
+        content=content if isinstance(content, str) else message.content,
+        tool_calls=tuple(
+            replace(call, arguments=dict(masked.get("arguments") or {}))
+            for call, masked in zip(message.tool_calls, calls, strict=True)
+        ),
     )
