@@ -9,13 +9,12 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fixtures.charter_cli import events, run_json, run_rows
 from fixtures.charter_cli import project_charter as charter
+from fixtures.workflows import compiled
 
-from dsl.frontend import compile_file
 from interpreter import decide_approval, run_workflow
 from interpreter.runtime import RunSetupError
 from interpreter.store import open_store
@@ -289,18 +288,12 @@ def test_approve_a_child_whose_parent_another_process_holds_exits_4(tmp_path: Pa
 # The Python API
 
 
-def _graph(path: Path) -> Any:
-    graph, diags = compile_file(path)
-    assert graph is not None, [str(d) for d in diags]
-    return graph
-
-
 def test_python_api_forwards_and_returns_the_top_level_outcome(tmp_path: Path) -> None:
     from interpreter.approvals import decide, pending_approvals
 
     store = open_store(tmp_path / "api.db")
     try:
-        waiting = run_workflow(_graph(project(tmp_path, TWO)), {}, store=store)
+        waiting = run_workflow(compiled(project(tmp_path, TWO)), {}, store=store)
         assert waiting.status == "waiting" and waiting.pending == ["first"]
         (first,) = store.children(waiting.run_id, "first")
         (request,) = pending_approvals(store, waiting.run_id)

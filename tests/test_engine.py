@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.workflows import compiled
 
-from dsl.frontend import compile_file
 from interpreter import (
     InputError,
     RunOptions,
@@ -107,12 +107,6 @@ def write_flow(workdir: Path, name: str, body: str) -> Path:
         """
     path.write_text(textwrap.dedent(header) + textwrap.dedent(body))
     return path
-
-
-def compiled(path: Path) -> Any:
-    graph, diags = compile_file(path)
-    assert graph is not None, [str(d) for d in diags]
-    return graph
 
 
 OPTS = RunOptions(allow_modules=(MODULE, "examples.*"))
@@ -1622,8 +1616,7 @@ def test_runs_in_one_task_leave_nothing_behind_in_its_context(tmp_path: Path) ->
 
     wf = tmp_path / "tiny.yaml"
     wf.write_text('charter: "1.0"\nname: tiny\nvars: {x: null}\nsteps:\n  - {id: a, set: {x: 1}}\n')
-    graph, diags = compile_file(wf)
-    assert graph is not None, [str(d) for d in diags]
+    graph = compiled(wf)
 
     async def main() -> list[int]:
         sizes = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import textwrap
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -17,8 +16,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from fixtures.http_server import serving
+from fixtures.workflows import written
 
-from dsl.frontend import compile_file
 from interpreter import RunOptions, replay_run, run_workflow
 
 MODULE = "edge_tool_tools"
@@ -106,14 +105,6 @@ def server() -> Iterator[str]:
         yield url
 
 
-def flow(workdir: Path, name: str, text: str) -> Any:
-    path = workdir / f"{name}.yaml"
-    path.write_text(textwrap.dedent(text))
-    graph, diags = compile_file(path)
-    assert graph is not None, [str(d) for d in diags]
-    return graph
-
-
 def kinds(store: Any, run_id: str, kind: str) -> list[dict[str, Any]]:
     return [e.payload for e in store.events(run_id) if e.kind == kind]
 
@@ -135,7 +126,7 @@ def test_a_request_that_cannot_be_sent_is_an_http_error_that_catch_sees_and_repl
     store: Any, workdir: Path, server: str, args: dict[str, str], message: str
 ) -> None:
     host = server.removeprefix("http://")
-    graph = flow(
+    graph = written(
         workdir,
         "unsendable",
         """\
@@ -186,7 +177,7 @@ def test_an_agent_hears_of_a_request_that_cannot_be_sent_and_goes_on(
             }
         )
     )
-    graph = flow(
+    graph = written(
         workdir,
         "agent_unsendable",
         f"""\
@@ -220,7 +211,7 @@ def test_an_agent_hears_of_a_request_that_cannot_be_sent_and_goes_on(
 
 def test_the_http_timeout_cuts_off_a_body_that_trickles_in(store: Any, workdir: Path, server: str) -> None:
     """The server sends a byte every 50 ms for 30 s: no read waits anywhere near the 0.5 s limit."""
-    graph = flow(
+    graph = written(
         workdir,
         "slowbody",
         f"""\
@@ -245,7 +236,7 @@ def test_the_http_timeout_cuts_off_a_body_that_trickles_in(store: Any, workdir: 
 
 
 def test_values_that_are_not_strings_are_sent_as_json_text(store: Any, workdir: Path, server: str) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "nonstrings",
         f"""\
@@ -292,7 +283,7 @@ def test_values_that_are_not_strings_are_sent_as_json_text(store: Any, workdir: 
 def test_an_idempotency_key_header_set_in_any_case_is_sent_once_and_wins(
     store: Any, workdir: Path, server: str
 ) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "idem",
         f"""\
@@ -322,7 +313,7 @@ def test_an_idempotency_key_header_set_in_any_case_is_sent_once_and_wins(
 def test_a_cancelled_error_the_tool_raised_itself_is_a_tool_error(
     store: Any, workdir: Path, tool: str
 ) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         f"own_cancel_{tool}",
         f"""\
@@ -352,7 +343,7 @@ def test_a_cancelled_error_the_tool_raised_itself_is_a_tool_error(
 
 
 def test_a_cancellation_from_outside_still_cancels_the_tool(store: Any, workdir: Path) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "outside_cancel",
         f"""\
@@ -392,7 +383,7 @@ def mcp_flow(
         if step_timeout
         else "retry: {attempts: 2, backoff: {initial: 10ms}, on: [timeout]}"
     )
-    return flow(
+    return written(
         workdir,
         name,
         f"""\
@@ -445,7 +436,7 @@ def test_an_agent_steps_own_timeout_governs_the_start_of_the_server_that_describ
         "responses:\n  - {step: ag, tool_calls: [{name: nap, args: {seconds: 0.1}}]}\n"
         "  - {step: ag, turn: 2, text: rested}\n"
     )
-    graph = flow(
+    graph = written(
         workdir,
         "agent_mcp",
         f"""\

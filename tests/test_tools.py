@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +14,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from fixtures.http_server import serving
+from fixtures.workflows import written
 
-from dsl.frontend import compile_file
 from interpreter import RunOptions, run_workflow
 from interpreter.policy import PolicyError, build_policy
 from interpreter.runtime import RunSetupError
@@ -98,14 +97,6 @@ def server() -> Iterator[str]:
         yield url
 
 
-def flow(workdir: Path, name: str, text: str) -> Any:
-    path = workdir / f"{name}.yaml"
-    path.write_text(textwrap.dedent(text))
-    graph, diags = compile_file(path)
-    assert graph is not None, [str(d) for d in diags]
-    return graph
-
-
 OPTS = RunOptions(allow_modules=(MODULE,))
 
 
@@ -146,7 +137,7 @@ def test_disallowed_module_is_never_imported(store: Any, tmp_path: Path) -> None
     (tmp_path / "h10_evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('x')\ndef run():\n    return 1\n"
     )
-    graph = flow(
+    graph = written(
         tmp_path,
         "evil",
         """\
@@ -177,7 +168,7 @@ def test_code_digest_reads_without_importing(tmp_path: Path) -> None:
 
 
 def test_python_tools_sync_async_and_idempotency_key(store: Any, workdir: Path) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "python_tools",
         f"""\
@@ -201,7 +192,7 @@ def test_python_tools_sync_async_and_idempotency_key(store: Any, workdir: Path) 
 
 
 def test_arguments_are_validated_against_the_schema(store: Any, workdir: Path) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "bad_args",
         f"""\
@@ -222,7 +213,7 @@ def test_arguments_are_validated_against_the_schema(store: Any, workdir: Path) -
 
 
 def test_a_python_tool_without_args_is_checked_against_its_type_hints(store: Any, workdir: Path) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "hinted",
         f"""\
@@ -262,7 +253,7 @@ def test_the_schema_of_a_python_tool_comes_from_its_signature() -> None:
 
 
 def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "wrong",
         f"""\
@@ -299,7 +290,7 @@ def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path
 def test_hostile_results_fail_the_step_not_the_process(
     store: Any, workdir: Path, tool: str, message: str
 ) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         f"hostile_{tool}",
         f"""\
@@ -322,7 +313,7 @@ def test_hostile_results_fail_the_step_not_the_process(
 
 
 def http_flow(workdir: Path, server: str) -> Any:
-    return flow(
+    return written(
         workdir,
         "http_tools",
         f"""\
@@ -374,7 +365,7 @@ def test_http_tools(store: Any, workdir: Path, server: str, monkeypatch: pytest.
 def test_http_url_values_stay_inside_their_segment_and_its_query_is_kept(
     store: Any, workdir: Path, server: str
 ) -> None:
-    graph = flow(
+    graph = written(
         workdir,
         "http_url",
         f"""\
