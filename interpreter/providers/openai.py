@@ -2,7 +2,9 @@
 
 Structured output: `response_format: json_schema` first. Many compatible servers reject it; then the
 provider falls back to `json_object`, and then to a plain request, each with the schema spelled out in a
-system message, and remembers the mode that worked for the rest of the run.
+system message, and remembers the mode that worked for the rest of the run. Both response formats answer
+an object (OpenAI refuses a `json_schema` whose root is not one): an answer of another type (a string of
+an `enum`, a list) is asked for as `{"value": ...}` and unwrapped, as the `anthropic` provider does.
 """
 
 from __future__ import annotations
@@ -67,17 +69,20 @@ class OpenAIProvider:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         started = time.perf_counter()
         while True:
-            body = self._body(request, self._schema_mode)
+            mode = self._schema_mode  # this request's (a call side by side may move the provider on)
+            body = self._body(request, mode)
             try:
                 data = await self.http.post("/chat/completions", body)
                 break
             except ModelRequestError as error:
                 if request.response_schema is None or not _rejects_format(error):
                     raise
-                if self._schema_mode == _SCHEMA_MODES[-1]:
+                if mode == _SCHEMA_MODES[-1]:
                     raise
-                self._schema_mode = _SCHEMA_MODES[_SCHEMA_MODES.index(self._schema_mode) + 1]
-        response = self._parse(data, request)
+                following = _SCHEMA_MODES[_SCHEMA_MODES.index(mode) + 1]
+                if _SCHEMA_MODES.index(following) > _SCHEMA_MODES.index(self._schema_mode):
+                    self._schema_mode = following
+        response = self._parse(data, request, mode)
         latency = (time.perf_counter() - started) * 1000.0
         return ModelResponse(
             text=response.text,
@@ -105,6 +110,9 @@ class OpenAIProvider:
             ]
         schema = request.response_schema
         if schema is not None:
+            # Both response formats produce an object: any other answer is asked for as {"value": ...}.
+            if _wraps(schema, schema_mode):
+                schema = _wrapped(schema)
             if schema_mode == "json_schema":
                 body["response_format"] = {
                     "type": "json_schema",
@@ -120,7 +128,7 @@ class OpenAIProvider:
 
     # --- response -------------------------------------------------------------------------------------
 
-    def _parse(self, data: dict[str, Any], request: ModelRequest) -> ModelResponse:
+    def _parse(self, data: dict[str, Any], request: ModelRequest, schema_mode: str) -> ModelResponse:
         def bad(what: str) -> ModelBadResponseError:
             return ModelBadResponseError(self.name, self.endpoint, what)
 
@@ -147,6 +155,13 @@ class OpenAIProvider:
         calls = tuple(_tool_call(c, i, bad) for i, c in enumerate(message.get("tool_calls") or ()))
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         structured = parse_structured(text) if request.response_schema is not None and not calls else None
+        if structured is not None and _wraps(request.response_schema, schema_mode):
+            # the answer inside its wrapper, which is how it is used and logged (as for `anthropic`)
+            if isinstance(structured, dict) and set(structured) == {"value"}:
+                structured = structured["value"]
+                text = json.dumps(structured)
+            else:
+                structured = None  # not the answer asked for: the agent loop re-asks with the problem
         return ModelResponse(
             text=text,
             tool_calls=calls,
@@ -192,6 +207,22 @@ def _tool_call(raw: Any, index: int, bad: Any) -> ToolCall:
     if not isinstance(parsed, dict):
         return ToolCall(call_id, name, {}, error=f"the arguments are not a JSON object: {arguments!r:.200}")
     return ToolCall(call_id, name, parsed)
+
+
+def _wraps(schema: Any, schema_mode: str) -> bool:
+    """Whether the answer to `schema` is asked for wrapped in an object: `json_schema` (OpenAI refuses a
+    schema whose root is not an object) and `json_object` (the answer is always an object) cannot give a
+    string, a number or a list themselves."""
+    return isinstance(schema, dict) and schema.get("type") != "object" and schema_mode != "plain"
+
+
+def _wrapped(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"value": schema},
+        "required": ["value"],
+        "additionalProperties": False,
+    }
 
 
 def _rejects_format(error: ModelRequestError) -> bool:
