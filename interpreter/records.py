@@ -42,8 +42,12 @@ class NodeRecord:
     tools: dict[int, ToolCall] = field(default_factory=dict)
     vars_delta: dict[str, Any] | None = None
     vars_seq: int = 0
-    approval_requested: tuple[dict[str, Any], str] | None = None
+    approval_requested: tuple[dict[str, Any], str] | None = None  # the latest request, and its decision
     approval_decided: tuple[dict[str, Any], str] | None = None
+    # An approval step's request and decision in each attempt (`retry.on: [denied]` asks again).
+    approval_attempts: dict[int, tuple[tuple[dict[str, Any], str], tuple[dict[str, Any], str] | None]] = (
+        field(default_factory=dict)
+    )
     iterations: set[int] = field(default_factory=set)
     models: dict[tuple[int, int], ModelCall] = field(default_factory=dict)  # (attempt, call) of agent/llm
     agent_tools: dict[tuple[int, int], ToolCall] = field(default_factory=dict)  # an agent's tool calls
@@ -198,13 +202,26 @@ def build_records(events: Iterable[s.Event]) -> Records:
             rec.joined = payload
         elif kind == s.APPROVAL_REQUESTED:
             rec.approval_requested, rec.approval_decided = (payload, event.ts), None
+            rec.approval_attempts[_attempt(payload)] = (rec.approval_requested, None)
         elif kind == s.APPROVAL_DECIDED:
             rec.approval_decided = (payload, event.ts)
+            if rec.approval_requested is not None:
+                rec.approval_attempts[_attempt(rec.approval_requested[0])] = (
+                    rec.approval_requested,
+                    rec.approval_decided,
+                )
         elif kind == s.DECISION and payload.get("step") == "switch":
             rec.route = payload
         elif kind == s.LOOP_ITERATION and isinstance(payload.get("index"), int):
             rec.iterations.add(payload["index"])
     return records
+
+
+def _attempt(request: dict[str, Any]) -> int:
+    """The attempt of the approval step that made a request (1: a request without one, made before
+    requests said which)."""
+    attempt = request.get("attempt", 1)
+    return attempt if type(attempt) is int else 1
 
 
 def _forget_descendants(records: dict[str, NodeRecord], path: str) -> None:

@@ -530,17 +530,21 @@ def _decided_at(ex: Execution, path: str) -> str:
 async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attempt: int) -> Any:
     spec = node.step.approval
     rec = ex.records.get(path)
-    if rec is not None and rec.approval_requested is not None and rec.approval_decided is None:
-        expired = request_expired(rec.approval_requested[0])
-        if expired and not ex.replaying:
+    # This attempt's request: a retried approval (`retry.on: [denied]`) asks the person again.
+    requested, decision_at = (
+        rec.approval_attempts.get(attempt, (None, None)) if rec is not None else (None, None)
+    )
+    if requested is not None and decision_at is None:
+        if request_expired(requested[0]) and not ex.replaying:
             decision = "approved" if spec.on_timeout == "approve" else "denied"
             payload = {"decision": decision, "by": "system:timeout", "reason": "the approval timed out"}
             decided = ex.decide(path, payload, {"sub": "system:timeout"})
-            rec.approval_decided = (decided, _decided_at(ex, path))
+            decision_at = rec.approval_decided = (decided, _decided_at(ex, path))  # type: ignore[union-attr]
+            rec.approval_attempts[attempt] = (requested, decision_at)  # type: ignore[union-attr]
         else:
             raise Suspend([path])
-    if rec is not None and rec.approval_decided is not None:
-        decided, at = rec.approval_decided
+    if decision_at is not None:
+        decided, at = decision_at
         ex.checked += ex.replaying
         if decided.get("decision") != "approved":
             why = f": {decided['reason']}" if decided.get("reason") else ""
@@ -553,7 +557,9 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
     message = _text(
         ex.evaluate(node.values.get("message"), scope, f"step '{node.id}': message", at=node.where)
     )
-    payload: dict[str, Any] = {"message": message, "approvers": list(spec.approvers), "data": None}
+    payload: dict[str, Any] = {
+        "message": message, "approvers": list(spec.approvers), "data": None, "attempt": attempt,
+    }  # fmt: skip
     if spec.timeout:
         at = datetime.now(UTC) + timedelta(seconds=parse_duration(spec.timeout))
         payload["expires_at"] = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as every time in the log

@@ -1672,3 +1672,37 @@ def test_runtime_expression_errors_name_the_file_position_and_the_expression(
     assert f"`{expression}`" in message and f"no such overload: {problem}" in message
     failed = [e for e in store.events(result.run_id) if e.kind == "step.failed" and e.node_path == failed_at]
     assert failed[0].payload["error"]["message"] == message
+
+
+def test_an_approval_retried_on_denied_asks_again_each_attempt(store: Any, workdir: Path) -> None:
+    """`retry.on: [denied]` on an approval step: a denial ends that attempt and the next one asks the
+    person again (it does not reuse the denial); resume and replay find each attempt's own decision."""
+    flow = write_flow(
+        workdir,
+        "ask_again",
+        """\
+        steps:
+          - id: ok
+            approval: {message: "ship it?"}
+            retry: {attempts: 3, on: [denied], backoff: {initial: 1ms}}
+          - {id: after, tool: echo, args: {value: "${{ steps.ok.output.by }}"}}
+        output: {by: "${{ steps.after.output }}"}
+        """,
+    )
+    first = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert first.status == "waiting" and first.pending == ["ok"]
+    denied = decide_approval(first.run_id, "ok", store=store, person="ann", approved=False, options=OPTS)
+    assert denied.status == "waiting" and denied.pending == ["ok"]  # asked again, not denied again
+    approved = decide_approval(first.run_id, "ok", store=store, person="bob", approved=True, options=OPTS)
+    assert approved.status == "completed" and approved.output == {"by": "bob"}, approved.error
+    requests = [e.payload for e in store.events(first.run_id) if e.kind == "approval.requested"]
+    assert [r["attempt"] for r in requests] == [1, 2]
+    assert replay_run(first.run_id, store=store, options=OPTS).ok
+
+    again = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    for person in ("ann", "eve"):
+        waiting = decide_approval(again.run_id, "ok", store=store, person=person, approved=False, options=OPTS)
+        assert waiting.status == "waiting"
+    last = decide_approval(again.run_id, "ok", store=store, person="joe", approved=False, options=OPTS)
+    assert last.status == "failed" and last.error["code"] == "denied" and "joe" in last.error["message"]
+    assert replay_run(again.run_id, store=store, options=OPTS).ok
