@@ -326,6 +326,12 @@ class StepCall:
             return response, _Next(error=self._denied(verdict))
         if response.tool_calls and self.is_agent:
             return response, _Next(tools=True)
+        if response.tool_calls:  # an llm step offers no tool: this is no answer, not an empty one
+            asked = ", ".join(c.name for c in response.tool_calls)
+            what = (
+                f"{self.what}: the model asked for tools ({asked}) instead of answering; an llm step has none"
+            )
+            return response, _Next(error=StepError("model", what, type="ModelError"))
         try:
             return self._final(response)
         except StepError as err:

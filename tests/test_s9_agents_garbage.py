@@ -103,3 +103,23 @@ def test_a_garbage_answer_is_retried_by_the_steps_retry_without_on(
     assert result.output == {"said": "hello"}
     assert len(server.requests) == 2
     assert replay_run(result.run_id, store=store).ok
+
+
+def test_an_llm_step_whose_model_asks_for_tools_fails_rather_than_answering_nothing(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """An llm step offers no tools; an answer that only asks for some is no answer. The step used to
+    complete with "" as its output, silently; it now fails with code `model` and says why."""
+    server.call_tools(("search", {"q": "queues"}))
+    body = """
+    steps:
+      - id: summarize
+        llm: {prompt: Summarize queues.}
+    output: {summary: "${{ steps.summarize.output }}"}
+    """
+    result, store = run(tmp_path, workflow(tmp_path, server.url, body))
+    assert result.status == "failed", result.output
+    assert result.error["code"] == "model" and result.error["step"] == "summarize"
+    assert "asked for tools (search) instead of answering" in result.error["message"]
+    assert len(events(store, result.run_id, "model.completed")) == 1  # the answer is in the log
+    assert replay_run(result.run_id, store=store).ok
