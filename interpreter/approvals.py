@@ -9,7 +9,7 @@ from typing import Any
 
 from interpreter import store as s
 from interpreter.authz import AuthzError, person_name
-from interpreter.engine import compile_source, continue_run
+from interpreter.engine import compile_source, continue_run, require_intact
 from interpreter.leases import holder_alive
 from interpreter.loop import run_coroutine
 from interpreter.records import build_records, last_pending, request_expired
@@ -141,6 +141,7 @@ def decide(
             f"the approval at '{node_path}' expired at {requested.get('expires_at')}: its timeout "
             f"decided, not {person}; run {run_id} is {decided.status}{above}"
         )
+    require_intact(store, run_id, "decided")  # a decision appended to a changed log would vouch for it
     approvers = requested.get("approvers") or []
     verified = _check_approver(approvers, person, options, row)
     decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}

@@ -1311,6 +1311,18 @@ async def continue_run(
     return await _leased(store, lease, lambda: _continue(run_id, store, options, reason, parent), options)
 
 
+def require_intact(store: s.EventStore, run_id: str, doing: str) -> None:
+    """Refuse to act on a log that fails `verify`: a result or a decision changed by hand would be
+    taken as what happened (an edited `approval.decided` would let a denied step run)."""
+    check = store.verify(run_id)
+    if not check.ok:
+        at = f" at seq {check.first_bad_seq}" if check.first_bad_seq is not None else ""
+        raise s.DamagedLog(
+            run_id,
+            f"its log fails verification{at} ({check.reason}), so it is not {doing} (charter verify {run_id})",
+        )
+
+
 async def _continue(
     run_id: str,
     store: s.EventStore,
@@ -1321,6 +1333,7 @@ async def _continue(
     row = store.run(run_id)  # read again under the lease: the previous holder may have finished it
     if row.status in s.TERMINAL_STATUSES:
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
+    require_intact(store, run_id, "continued")
     events = list(store.events(run_id))
     started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
     models = started.get("models")
@@ -1484,6 +1497,7 @@ def fork_run(
 ) -> RunResult:
     """A new run with the same input that reuses `run_id`'s results recorded before `node_path` started."""
     row = store.run(run_id)
+    require_intact(store, run_id, "forked")
     events = list(store.events(run_id))
     fork_seq = next(
         (

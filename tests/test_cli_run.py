@@ -507,3 +507,42 @@ def test_json_refusals_are_a_result_document_on_stdout(tmp_path: Path) -> None:
 
     without_json = charter("run", str(invalid), cwd=tmp_path)
     assert without_json.returncode == 2 and without_json.stdout == ""
+
+
+def test_a_log_changed_by_hand_is_not_continued_decided_or_forked(tmp_path: Path) -> None:
+    """Resume, approve and fork act on what the log says happened: one that fails `verify` (here a
+    tool's recorded result edited) is refused with exit 2, and nothing is added to it."""
+    expense = json.dumps({"employee": "ann", "items": [{"category": "travel", "amount": 5000}]})
+    flow = str(EXAMPLES / "approval.yaml")
+    waiting = charter("run", flow, "--input", expense, "--json", "--allow-module", "examples.*", cwd=tmp_path)
+    assert waiting.returncode == 3, waiting.stderr
+    run_id = run_json(waiting)["run_id"]
+    db = tmp_path / "charter.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE events SET payload = replace(payload, '5000', '50') WHERE run_id = ? AND kind = ?",
+            (run_id, "tool.completed"),
+        )
+    conn.close()
+    before = len(events_of(db, run_id))
+    claims = tmp_path / "finance.json"
+    claims.write_text('{"roles": ["finance"]}')
+    commands = [
+        ("approve", run_id, "finance_ok", "--as", "bob", "--claims", str(claims)),
+        ("resume", run_id),
+        ("run", flow, "--from", f"{run_id}@finance_ok"),
+    ]
+    for command in commands:
+        refused = charter(*command, "--allow-module", "examples.*", cwd=tmp_path)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert f"run {run_id}: its log fails verification at seq" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert len(events_of(db, run_id)) == before
+    assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]["status"] == "waiting"
+
+
+def events_of(db: Path, run_id: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT seq FROM events WHERE run_id = ?", (run_id,)).fetchall()
+    conn.close()
+    return rows

@@ -156,7 +156,7 @@ def test_wake_reports_a_run_whose_log_cannot_be_read_and_wakes_the_others(
     proc = charter("wake", "--db", str(db_path), "--json", cwd=tmp_path)
     assert proc.returncode == 1, describe(proc)  # one run could not be woken
     lines = {line["run_id"]: line for line in map(json.loads, proc.stdout.splitlines())}
-    assert lines[damaged]["action"] == "error" and "not valid JSON" in lines[damaged]["message"], lines
+    assert lines[damaged]["action"] == "error" and "valid JSON" in lines[damaged]["message"], lines
     assert (lines[healthy]["action"], lines[healthy]["status"]) == ("resumed", "completed"), lines
     with SQLiteEventStore(db_path) as store:
         assert store.run(healthy).status == "completed" and store.run(healthy).output == {
