@@ -793,6 +793,7 @@ class _Compiler:
                 self._type_error(exc.message, where, exc.offset, scope)
 
         compiled = templates.compile_value(value, scope.names, on_error=on_error, compiler=self._compile)
+        self._jinja_in_value(value, path, scope, failed)
         if all(self._refs_ok(p, scope) for p in compiled.programs):
             return compiled  # nothing to report: skip locating each program in its string
         programs = iter(compiled.programs)
@@ -808,6 +809,25 @@ class _Compiler:
                     lead = len(source) - len(source.lstrip())
                     self._check_references(program, (*path, *inner), piece[2] + lead, scope)
         return compiled
+
+    def _jinja_in_value(self, value: Any, path: Path, scope: _Scope, failed: set[Path]) -> None:
+        """CH310: `{{ x }}` (the Jinja habit) in a value is literal text; values use `${{ x }}`. Warned
+        only when the inside parses as CEL reading a variable in scope, so that literal text (a Go or
+        Mustache template sent to a tool) is left alone. The inverse of CH309."""
+        for inner, text in _strings(value, ()):
+            if "{{" not in text or inner in failed:
+                continue
+            for offset, source in _bare_braces(text):
+                if _reads_scope(source, scope.names):
+                    shown = " ".join(source.split())
+                    self.warn(
+                        "CH310",
+                        f"`{{{{ {shown} }}}}` in a value is not evaluated: it is passed on as literal text "
+                        "(values use `${{ }}`; `{{ }}` is only for prompts)",
+                        (*path, *inner),
+                        offset,
+                        hint=f"did you mean `${{{{ {shown} }}}}`?",
+                    )
 
     def _prompt(
         self, text: str, path: Path, step_id: str, declared: Mapping[str, Any]
@@ -1122,6 +1142,36 @@ def _strings(value: Any, path: Path) -> Iterator[tuple[Path, str]]:
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
             yield from _strings(v, (*path, i))
+
+
+_BARE_BRACES = re.compile(r"(?<![${])\{\{(?!\{)(.*?)\}\}", re.DOTALL)
+
+
+def _bare_braces(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, inside) of each `{{ ... }}` of a value string that no `$` opens: outside the string's
+    `${{ }}` expressions, and not an escaped `$${{`."""
+    try:
+        pieces = templates.split_template(text) if templates.OPEN in text else []
+    except templates.TemplateError:
+        return  # reported as CH305 already
+    spans = [(p[2] - len(templates.OPEN), p[2] + len(p[1]) + 2) for p in pieces if p[0] is None]
+    for match in _BARE_BRACES.finditer(text):
+        start = match.start()
+        if any(a <= start < b for a, b in spans):
+            continue
+        yield start, match.group(1)
+
+
+def _reads_scope(source: str, names: Mapping[str, Any]) -> bool:
+    """Whether `source` parses as CEL and reads at least one of `names` (e.g. `input.name`)."""
+    if not source.strip():
+        return False
+    try:
+        tree = expr.parse(source)
+        refs = expr.unchecked_references(tree)
+    except (expr.ExpressionError, RecursionError):
+        return False
+    return not refs.isdisjoint(names)
 
 
 def _names(names: Mapping[str, Any] | Sequence[str], limit: int = 8) -> str:

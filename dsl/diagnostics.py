@@ -108,6 +108,7 @@ CODES: dict[str, str] = {
     "CH307": "prompt variable not defined in the step's vars",
     "CH308": "condition written as a `${{ }}` template",
     "CH309": "`${{ }}` in a Jinja2 prompt",
+    "CH310": "`{{ }}` without `$` in a value: literal text, not an expression",
     # CH4xx: graph structure
     "CH401": "unreachable step",
     "CH402": "workflow calls itself (cycle)",
