@@ -513,7 +513,12 @@ class Execution:
         except TimeoutError:
             if timeout is None:  # not this step's timeout: someone else's error
                 raise
-            raise StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}") from None
+            err = StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}")
+            # A write call cut off may have acted: another attempt (another key) only if `on` asks (§12.4).
+            err.retryable = not (
+                node.kind == "tool" and self.graph.workflow.tools[node.step.tool].effect == "write"
+            )
+            raise err from None
         except ReplayCutOff as cut:
             if cut.at != path:
                 raise

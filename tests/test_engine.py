@@ -55,6 +55,12 @@ def hang(seconds=30):
     time.sleep(seconds)
     return "woke"
 
+def charge(log, seconds):
+    """A write that acts at once and answers late."""
+    _log(log, {"charged": True})
+    time.sleep(seconds)
+    return "charged"
+
 async def slow(value, seconds):
     await asyncio.sleep(seconds)
     return value
@@ -1701,8 +1707,45 @@ def test_an_approval_retried_on_denied_asks_again_each_attempt(store: Any, workd
 
     again = run_workflow(compiled(flow), {}, store=store, options=OPTS)
     for person in ("ann", "eve"):
-        waiting = decide_approval(again.run_id, "ok", store=store, person=person, approved=False, options=OPTS)
+        waiting = decide_approval(
+            again.run_id, "ok", store=store, person=person, approved=False, options=OPTS
+        )
         assert waiting.status == "waiting"
     last = decide_approval(again.run_id, "ok", store=store, person="joe", approved=False, options=OPTS)
     assert last.status == "failed" and last.error["code"] == "denied" and "joe" in last.error["message"]
     assert replay_run(again.run_id, store=store, options=OPTS).ok
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "on", "calls"),
+    [
+        ("tool", None, 1),  # the tool's own timeout
+        ("step", None, 1),  # the step's timeout cut the call off
+        ("tool", "[timeout]", 3),  # asked for: each attempt calls again (with its own key)
+        ("step", "[timeout]", 3),
+    ],
+)
+def test_a_write_call_that_timed_out_is_retried_only_when_on_lists_timeout(
+    store: Any, workdir: Path, tmp_path: Path, timeouts: str, on: str | None, calls: int
+) -> None:
+    """A timed-out write may have acted (the server charged, then answered late): `retry` without `on`
+    does not make it again with a new idempotency key; `on: [timeout]` does, as the author asked."""
+    tool_timeout = ", timeout: 50ms" if timeouts == "tool" else ""
+    step_timeout = ", timeout: 50ms" if timeouts == "step" else ""
+    retry_on = f", on: {on}" if on else ""
+    flow = workdir / f"charge_{timeouts}_{calls}.yaml"
+    flow.write_text(
+        f'''charter: "1.0"
+name: charge
+input: {{type: object, properties: {{log: {{type: string}}}}}}
+tools:
+  charge: {{python: "{MODULE}:charge", effect: write{tool_timeout}}}
+steps:
+  - {{id: pay, tool: charge, args: {{log: "${{{{ input.log }}}}", seconds: 1}}{step_timeout},
+     retry: {{attempts: 3, backoff: {{initial: 1ms}}{retry_on}}}}}
+'''
+    )
+    log = tmp_path / "charges.log"
+    result = run_workflow(compiled(flow), {"log": str(log)}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "timeout", result.error
+    assert len(log_lines(log)) == calls
