@@ -517,9 +517,24 @@ class _Compiler:
             values["message"] = self._value(step.fail.message, (*path, "fail", "message"), scope)
         elif isinstance(step, m.ApprovalStep):
             values["message"] = self._value(step.approval.message, (*path, "approval", "message"), scope)
+            if step.timeout is not None:
+                self._approval_timeout(step, path)
         elif isinstance(step, m.WorkflowStep):
             values["input"] = self._value(step.workflow.input, (*path, "workflow", "input"), scope)
             self._workflow_file(step.workflow.path, (*path, "workflow", "path"))
+
+    def _approval_timeout(self, step: m.ApprovalStep, path: Path) -> None:
+        """CH215: a step `timeout` bounds an attempt's execution time; an approval's attempt records the
+        request and the run then waits, which is not execution time, so the limit never fires."""
+        wait = step.approval.timeout
+        example = f"approval: {{timeout: {wait or step.timeout}, on_timeout: {step.approval.on_timeout}}}"
+        self.warn(
+            "CH215",
+            f"the `timeout` of approval step '{step.id}' never fires: waiting for a person is not "
+            "execution time",
+            (*path, "timeout"),
+            hint=f"use `approval.timeout` and `on_timeout` instead, e.g. {example}",
+        )
 
     def _check_list(self, raw: Any, value: templates.CompiledValue, path: Path) -> None:
         """A for_each `in` must be a list: a literal list, or an expression of type list or dyn."""

@@ -97,6 +97,7 @@ CODES: dict[str, str] = {
     "CH212": "for_each or catch binds a built-in variable name",
     "CH213": "read of a variable not declared in `vars`",
     "CH214": "retry.on names an error code nothing raises",
+    "CH215": "step `timeout` on an approval step, which never fires",
     "CH299": "internal compiler error",
     # CH3xx: expressions and templates
     "CH301": "CEL syntax error",

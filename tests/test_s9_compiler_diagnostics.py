@@ -231,3 +231,66 @@ def test_a_string_whose_template_does_not_compile_is_reported_once(tmp_path: Pat
         """,
     )
     assert [d.code for d in diags] == ["CH305"]
+
+
+# --- CH215: a step `timeout` on an approval step -------------------------------------------------------
+
+
+def test_step_timeout_on_an_approval_step_warns_at_the_timeout(tmp_path: Path) -> None:
+    diags = check(
+        tmp_path,
+        """\
+        steps:
+          - id: ok
+            timeout: 1h
+            approval: {message: "Go?"}
+        """,
+    )
+    (d,) = diags
+    assert (d.code, d.severity, d.line, d.column) == ("CH215", Severity.WARNING, 10, 14)
+    assert "'ok'" in d.message and "never fires" in d.message
+    assert d.hint is not None and "approval.timeout" in d.hint and "on_timeout" in d.hint
+    assert "{timeout: 1h, on_timeout: deny}" in d.hint
+
+
+def test_the_hint_keeps_the_approvals_own_timeout_and_decision(tmp_path: Path) -> None:
+    diags = check(
+        tmp_path,
+        """\
+        steps:
+          - id: ok
+            timeout: 1h
+            approval: {message: "Go?", timeout: 72h, on_timeout: approve}
+        """,
+    )
+    (d,) = hits(diags, "CH215")
+    assert d.hint is not None and "{timeout: 72h, on_timeout: approve}" in d.hint
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # the approval's own timeout is the right one
+        """\
+        steps:
+          - id: ok
+            approval: {message: "Go?", timeout: 72h, on_timeout: deny}
+        """,
+        # a group's timeout bounds the other steps' execution too: not reported
+        """\
+        steps:
+          - id: g
+            timeout: 1m
+            steps:
+              - {id: ok, approval: {message: "Go?"}}
+              - {id: b, tool: book, args: {}}
+        """,
+        # a timeout on another kind of step
+        """\
+        steps:
+          - {id: a, tool: echo, args: {}, timeout: 10s}
+        """,
+    ],
+)
+def test_other_timeouts_are_not_reported(tmp_path: Path, body: str) -> None:
+    assert hits(check(tmp_path, body), "CH215") == []
