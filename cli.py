@@ -440,15 +440,50 @@ def _usage_text(usage: dict) -> str:  # type: ignore[type-arg]
     )
 
 
+def _code_output_to_stderr() -> None:
+    """From now on, what a workflow's code writes to file descriptor 1 (a python tool's `print`, its
+    `os.write(1, ...)`, a program it starts that inherits the descriptor) goes to stderr, while the
+    command's own stdout (`sys.stdout`, which click.echo writes to: the output or --json result) stays
+    the real one: fd 1 becomes a copy of fd 2 and `sys.stdout` writes to a saved copy of the original
+    fd 1. For the rest of the process, so that what the code leaves behind (a thread, an atexit
+    handler) cannot write into the result either. Once; nothing when stdout is not fd 1 (e.g. under
+    click's CliRunner) or is closed."""
+    if _stdout_saved:
+        return
+    out = sys.stdout
+    try:
+        if out is None or out.fileno() != 1:
+            return
+        out.flush()
+        saved = os.dup(1)  # not inherited by the programs the workflow starts
+    except (AttributeError, OSError, ValueError):  # no real fd 1 (closed, or a stream without one)
+        return
+    os.dup2(2, 1)
+    _stdout_saved.append(saved)
+    sys.stdout = open(  # noqa: SIM115 - the process's stdout from now on, closed at exit
+        saved,
+        "w",
+        encoding=getattr(out, "encoding", None) or "utf-8",
+        errors=getattr(out, "errors", None) or "strict",
+        buffering=1 if getattr(out, "line_buffering", False) else -1,  # 1: line-buffered, as a tty's
+    )
+
+
+# The descriptor the command's stdout was saved to by `_code_output_to_stderr` (empty: not moved).
+_stdout_saved: list[int] = []
+
+
 def _guarded(action, runs_code: bool = False):  # type: ignore[no-untyped-def]
     """Run an interpreter call; setup problems (bad input, policy, unknown run) exit 2 with a message.
-    `runs_code`: the call executes a workflow, and what its code prints (a python tool's `print`) goes
-    to stderr, since stdout is the run's output, which scripts read (`--json`)."""
+    `runs_code`: the call executes a workflow, and what its code prints (a python tool's `print`, a
+    program it runs) goes to stderr, since stdout is the run's output, which scripts read (`--json`)."""
     import contextlib
 
     from interpreter import PolicyError, RunSetupError
     from interpreter.store import LeaseLost, RunLeased, StoreError, StoreLockedError
 
+    if runs_code:
+        _code_output_to_stderr()
     try:
         with contextlib.redirect_stdout(sys.stderr) if runs_code else contextlib.nullcontext():
             return action()
@@ -983,6 +1018,7 @@ def _wake_once(store, options, as_json: bool):  # type: ignore[no-untyped-def]
 
     from interpreter.wake import wake_due
 
+    _code_output_to_stderr()
     out = sys.stdout  # the report's: what the runs' code prints goes to stderr (as in `_guarded`)
 
     def show(w) -> None:  # type: ignore[no-untyped-def]
