@@ -382,12 +382,30 @@ class _Compiler:
             for j, code in enumerate((retry.on or []) if retry is not None else []):
                 if code not in raised:
                     guess = closest(code, raised)
+                    hint = f"did you mean '{guess}'?" if guess else "see the error codes (spec Appendix A)"
+                    if self._calls_child(info.step) and guess != "workflow":
+                        # a child's `fail: {code: X}` reaches this step as `workflow` (spec §13.13)
+                        child = (
+                            "a child run's failure reaches this step with code `workflow`, whatever code "
+                            "the child raised (its message carries the child's message; spec §13.13): "
+                            "list `workflow` in `on`"
+                        )
+                        hint = f"{hint} {child[0].upper()}{child[1:]}" if guess else child
                     self.warn(
                         "CH214",
                         f"retry.on of step '{info.step.id}' names '{code}', an error code nothing raises",
                         (*info.path, "retry", "on", j),
-                        hint=f"did you mean '{guess}'?" if guess else "see the error codes (spec Appendix A)",
+                        hint=hint,
                     )
+
+    def _calls_child(self, step: m.StepBase) -> bool:
+        """Whether the step runs a child workflow: a `workflow` step, or a tool step of a workflow tool."""
+        if isinstance(step, m.WorkflowStep):
+            return True
+        if isinstance(step, m.ToolStep):
+            tool = self.workflow.tools.get(step.tool)
+            return tool is not None and tool.workflow is not None
+        return False
 
     def _not_builtin(self, name: str, path: Path) -> None:
         if name in _BUILTIN_NAMES:

@@ -1,6 +1,8 @@
 """Diagnostics for mistakes a new user makes that the validator once let through.
 
 CH310: `{{ x }}` (the Jinja habit) in a value field is literal text; values use `${{ x }}`.
+CH215: a step `timeout` on an approval step never fires; `approval.timeout` bounds the wait.
+CH214 on a step that runs a child workflow: the child's failure arrives as code `workflow`.
 """
 
 from __future__ import annotations
@@ -294,3 +296,56 @@ def test_the_hint_keeps_the_approvals_own_timeout_and_decision(tmp_path: Path) -
 )
 def test_other_timeouts_are_not_reported(tmp_path: Path, body: str) -> None:
     assert hits(check(tmp_path, body), "CH215") == []
+
+
+# --- CH214 on a step that runs a child workflow --------------------------------------------------------
+
+CHILD = 'charter: "1.0"\nname: child\nsteps:\n  - {id: f, fail: {code: out_of_stock, message: "none left"}}\n'
+
+
+@pytest.mark.parametrize(
+    ("step", "tools"),
+    [
+        ("workflow: {path: child.yaml}", ""),
+        ("tool: sub, args: {}", "  sub: {workflow: child.yaml, effect: read}\n"),
+    ],
+    ids=["workflow-step", "workflow-tool"],
+)
+def test_retry_on_a_childs_code_says_the_child_fails_with_workflow(
+    tmp_path: Path, step: str, tools: str
+) -> None:
+    (tmp_path / "child.yaml").write_text(CHILD, encoding="utf-8")
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        f"{HEADER}{tools}steps:\n  - {{id: kid, retry: {{attempts: 2, on: [out_of_stock]}}, {step}}}\n",
+        encoding="utf-8",
+    )
+    diags = check_file(path)
+    (d,) = hits(diags, "CH214")
+    assert d.hint is not None
+    assert "code `workflow`" in d.hint and "§13.13" in d.hint and "list `workflow` in `on`" in d.hint
+
+
+def test_retry_on_typo_of_workflow_keeps_did_you_mean(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text(CHILD, encoding="utf-8")
+    diags = check(
+        tmp_path,
+        """\
+        steps:
+          - {id: kid, retry: {attempts: 2, on: [workflw]}, workflow: {path: child.yaml}}
+        """,
+    )
+    (d,) = hits(diags, "CH214")
+    assert d.hint == "did you mean 'workflow'?"
+
+
+def test_retry_on_of_an_ordinary_step_keeps_its_hint(tmp_path: Path) -> None:
+    diags = check(
+        tmp_path,
+        """\
+        steps:
+          - {id: a, retry: {attempts: 2, on: [out_of_stock]}, tool: echo, args: {}}
+        """,
+    )
+    (d,) = hits(diags, "CH214")
+    assert d.hint == "see the error codes (spec Appendix A)"
