@@ -34,6 +34,10 @@ class SchemaProblem:
     schema_path: tuple[str | int, ...]  # where in the schema, e.g. ("properties", "a", "type")
     expected: Any  # the keyword's value in the schema (never a part of the value)
     broken_schema: bool = False  # the schema cannot be applied (a `$ref` that does not resolve)
+    # `additionalProperties: false`: the keys the value has that the schema does not know, and the
+    # properties it does know (to name the one a misspelt key meant)
+    unknown: tuple[str, ...] = ()
+    known: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
@@ -48,9 +52,12 @@ class SchemaProblem:
                 out += f"[{json.dumps(part)}]"
         return out
 
-    def reason(self, quote_values: bool = True) -> str:
+    def reason(self, quote_values: bool = True, key: str = "property") -> str:
         """What is wrong. Without `quote_values` (guardrail reasons, which never quote the payload) the
-        failing schema rule is named instead of jsonschema's message."""
+        failing schema rule is named instead of jsonschema's message. `key` is what a key of the value
+        is called in the message about a key the schema does not know (e.g. "argument")."""
+        if self.unknown and quote_values:
+            return _shorten(_unknown_keys(self.unknown, self.known, key), MAX_REASON)
         if quote_values or self.broken_schema:  # a broken schema's message quotes no value
             return _shorten(self.message, MAX_REASON)
         rule = "/".join(str(p) for p in self.schema_path)
@@ -118,16 +125,23 @@ def errors(schema: Any, value: Any) -> list[SchemaProblem]:
 
 
 def describe(
-    problems: Sequence[SchemaProblem], what: str, *, quote_values: bool = True, limit: int = 3
+    problems: Sequence[SchemaProblem],
+    what: str,
+    *,
+    quote_values: bool = True,
+    limit: int = 3,
+    root_key: str = "property",
 ) -> str:
     """One message for `problems` (non-empty): `what` says what failed, then where and why, e.g.
-    "tool 'x': invalid arguments at `a.b`: 'y' is not of type 'integer'; at `c`: ..."."""
+    "tool 'x': invalid arguments at `a.b`: 'y' is not of type 'integer'; at `c`: ...". `root_key` is
+    what a key of the value itself is called (a tool's "argument"), e.g. "tool 'x': invalid arguments:
+    unknown argument 'dealy' (did you mean 'delay'?)"."""
     parts = []
     for n, problem in enumerate(problems[:limit]):
         where = f"at `{problem.where}`: " if problem.where else ""
         if n == 0:
             where = f"{what} {where}" if where else f"{what}: "
-        parts.append(where + problem.reason(quote_values))
+        parts.append(where + problem.reason(quote_values, root_key if not problem.path else "property"))
     more = len(problems) - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
@@ -164,13 +178,66 @@ def _unresolvable(exc: Exception) -> SchemaProblem:
 
 
 def _problem(error: Any) -> SchemaProblem:
+    unknown: tuple[str, ...] = ()
+    known: tuple[str, ...] = ()
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        unknown, known = _extras(error.instance, error.schema)
     return SchemaProblem(
         path=tuple(error.absolute_path),
         message=error.message,
         keyword=str(error.validator),
         schema_path=tuple(error.absolute_schema_path),
         expected=error.validator_value,
+        unknown=unknown,
+        known=known,
     )
+
+
+def _extras(instance: Any, schema: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys of `instance` that `schema` (whose `additionalProperties` is false) does not allow, as
+    jsonschema finds them (neither in `properties` nor matching a `patternProperties`), and the names in
+    its `properties`."""
+    if not isinstance(instance, dict) or not isinstance(schema, dict):
+        return (), ()
+    properties = schema.get("properties")
+    known = tuple(k for k in properties if isinstance(k, str)) if isinstance(properties, dict) else ()
+    patterns = schema.get("patternProperties")
+    patterns = [p for p in patterns if isinstance(p, str)] if isinstance(patterns, dict) else []
+    unknown = []
+    for name in instance:
+        if not isinstance(name, str) or name in known:
+            continue
+        try:
+            if any(re.search(pattern, name) for pattern in patterns):
+                continue
+        except re.error:
+            continue  # a pattern Python cannot read: jsonschema would have failed on it too
+        unknown.append(name)
+    return tuple(unknown), known
+
+
+def _unknown_keys(unknown: Sequence[str], known: Sequence[str], key: str) -> str:
+    """e.g. "unknown argument 'dealy' (did you mean 'delay'?)", or, when no known name is close,
+    "unknown argument 'x'; expected: records, delay"."""
+    import difflib
+
+    named = []
+    suggested = False
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) or [
+            k for k in known if k.lower() == name.lower()
+        ]
+        shown = _shorten(repr(name), 60)
+        if close:
+            suggested = True
+            shown += f" (did you mean {close[0]!r}?)"
+        named.append(shown)
+    plural = key[:-1] + "ies" if key.endswith("y") else key + "s"
+    text = f"unknown {plural if len(unknown) > 1 else key} {', '.join(named)}"
+    if not suggested:
+        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        text += f"; expected: {listed}" if known else f"; no {key} is expected"
+    return text
 
 
 def _canonical(schema: Any) -> str | None:

@@ -265,7 +265,11 @@ class PythonTool:
 def args_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
     """The JSON Schema of a Python tool's arguments, derived from its signature and type hints (spec
     §8): what a model is shown, and what a call is checked against, when the tool declares no `args`.
-    None when the signature cannot be read or a hint has no JSON Schema."""
+    None when the signature cannot be read, a hint has no JSON Schema, or the function takes **kwargs.
+
+    An argument the function does not take is refused (`additionalProperties: false`), as a wrong type
+    is, before the call: a misspelt name is the caller's mistake, not a failure of the tool that a retry
+    could mend. A parameter whose default is None accepts null (`x: str = None` is `str | None`)."""
     import typing
     import warnings
 
@@ -283,7 +287,13 @@ def args_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
         if param.kind is param.VAR_KEYWORD:
             return None  # takes any argument: nothing to check
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (hints.get(param.name, Any), default)
+        hint = hints.get(param.name, Any)
+        if param.default is None:  # `x: str = None`: None is what the function expects when x is left out
+            try:
+                hint = typing.Optional[hint]  # noqa: UP045 - `hint | None` fails for some hints (a string)
+            except TypeError:
+                pass
+        fields[param.name] = (hint, default)
     try:
         with warnings.catch_warnings():  # e.g. a parameter named `json` "shadows" a BaseModel attribute
             warnings.simplefilter("ignore")
@@ -294,6 +304,7 @@ def args_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)
+    schema["additionalProperties"] = False  # no **kwargs (returned above): any other name is a TypeError
     return schema
 
 
@@ -545,7 +556,7 @@ def validate_args(name: str, schema: dict[str, Any] | None, args: Any, cache: di
         return
     problems = schemas.errors(schemas.compiled(schema, cache, name), args)
     if problems:
-        message = schemas.describe(problems, f"tool '{name}': invalid arguments")
+        message = schemas.describe(problems, f"tool '{name}': invalid arguments", root_key="argument")
         raise StepError("tool", message, type="ToolError", retryable=False)
 
 

@@ -118,3 +118,35 @@ def test_every_call_site_uses_the_same_style() -> None:
         'payload does not match the schema: violates schema rule required = ["id","lines"]'
     )
     assert "secret-7" not in verdict.events[0].reason
+
+
+def test_a_key_the_schema_does_not_allow_is_named_with_the_property_it_meant() -> None:
+    closed = {
+        "type": "object",
+        "properties": {
+            "delay": {"type": "number"},
+            "lines": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"qty": {"type": "integer"}},
+                    "patternProperties": {"^x-": {}},
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "additionalProperties": False,
+    }
+    problems = schemas.errors(closed, {"dealy": 1, "lines": [{"qty": 1, "x-note": "ok", "qtty": 2}]})
+    assert schemas.describe(problems, "tool 't': invalid arguments", root_key="argument") == (
+        "tool 't': invalid arguments: unknown argument 'dealy' (did you mean 'delay'?); "
+        "at `lines[0]`: unknown property 'qtty' (did you mean 'qty'?)"
+    )
+    # a guardrail's reason never quotes the payload, its keys included
+    assert schemas.describe(problems, "payload", quote_values=False) == (
+        "payload: violates schema rule additionalProperties = false; "
+        "at `lines[0]`: violates schema rule properties/lines/items/additionalProperties = false"
+    )
+    with pytest.raises(StepError) as caught:
+        validate_args("t", {"type": "object", "additionalProperties": False}, {"a": 1}, {})
+    assert str(caught.value) == "tool 't': invalid arguments: unknown argument 'a'; no argument is expected"
