@@ -55,7 +55,7 @@ def _how_to_continue() -> str:
     if not _runs_seen:
         return ""
     run, db = _runs_seen[0], f" --db {shlex.quote(_db_given[0])}" if _db_given else ""
-    return f": run {run} stopped; continue it with: charter resume {run}{db}"
+    return f": run {run} stopped; continue it with: charter resume {shlex.quote(run)}{db}"
 
 
 @click.group(cls=_Commands, context_settings=CONTEXT)
@@ -305,7 +305,7 @@ def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> N
     elif result.status == "running":  # e.g. its process died while a child run waited
         click.echo(
             f"run {result.run_id} is running, not waiting: if no process executes it any more, "
-            f"continue it with: charter resume {result.run_id}{_db_hint()}",
+            f"continue it with: charter resume {_q(result.run_id)}{_db_hint()}",
             err=True,
         )
     else:
@@ -327,9 +327,22 @@ def _approvals(store, result):  # type: ignore[no-untyped-def]
 
 
 def _db_hint() -> str:
+    return f" --db {_q(_db_given[0])}" if _db_given else ""
+
+
+def _q(arg: str) -> str:
+    """An argument of a command printed for the user to paste, quoted for the shell where it needs it
+    (a node path `each[0]/body/ok`: zsh and bash would expand its brackets as a pattern)."""
     import shlex
 
-    return f" --db {shlex.quote(_db_given[0])}" if _db_given else ""
+    return shlex.quote(arg)
+
+
+def _approve_command(p) -> str:  # type: ignore[no-untyped-def]
+    """The `charter approve` that decides the pending approval `p`, up to `--as` (and `--claims` when a
+    role decides), its arguments quoted for the shell."""
+    claims = " --claims FILE" if any(a.startswith("role:") for a in p.approvers) else ""
+    return f"charter approve {_q(p.run_id)} {_q(p.node_path)} --as NAME{claims}"
 
 
 def _waiting_text(result, approvals) -> str:  # type: ignore[no-untyped-def]
@@ -338,17 +351,17 @@ def _waiting_text(result, approvals) -> str:  # type: ignore[no-untyped-def]
     db = _db_hint()
     run_id = result.run_id
     if not approvals:
-        node = result.pending[0] if len(result.pending) == 1 else "NODE"
+        node = _q(result.pending[0]) if len(result.pending) == 1 else "NODE"
         return (
             f"run {run_id} is waiting for approval at {', '.join(result.pending) or '?'}; "
-            f"decide with: charter approve {run_id} {node} --as NAME{db}"
+            f"decide with: charter approve {_q(run_id)} {node} --as NAME{db}"
         )
     if len(approvals) == 1:
         (p,) = approvals
         where = f"{p.node_path} in child run {p.run_id} (of step {p.route()})" if p.via else p.node_path
-        return f"run {run_id} is waiting for approval at {where}; decide with: {p.command()}{db}"
+        return f"run {run_id} is waiting for approval at {where}; decide with: {_approve_command(p)}{db}"
     lines = [f"run {run_id} is waiting for {len(approvals)} approvals; decide each with:"]
-    commands = [f"{p.command()}{db}" for p in approvals]
+    commands = [f"{_approve_command(p)}{db}" for p in approvals]
     width = max(map(len, commands))
     for p, command in zip(approvals, commands, strict=True):
         lines.append(f"  {command:<{width}}  # child run of {p.route()}" if p.via else f"  {command}")
@@ -615,10 +628,10 @@ def _check_fork(store, graph_, file: str, run_id: str, node_path: str) -> None: 
     from dsl.diagnostics import closest
 
     row = _guarded(lambda: store.run(run_id))
-    name = graph_.workflow.name
+    name, at = graph_.workflow.name, _q(f"{run_id}@{node_path}")
     if row.workflow_name != name:
         _die(
-            f"--from {run_id}@{node_path}: run {run_id} is of workflow '{row.workflow_name}', but {file} is "
+            f"--from {at}: run {run_id} is of workflow '{row.workflow_name}', but {file} is "
             f"workflow '{name}'; a fork runs an edit of the run's own workflow (same name): give the file "
             f"of '{row.workflow_name}'"
         )
@@ -628,7 +641,7 @@ def _check_fork(store, graph_, file: str, run_id: str, node_path: str) -> None: 
         guess = closest(static, paths)
         hint = f"; did you mean '{guess}'?" if guess else f"; its steps: {', '.join(paths[:20]) or 'none'}"
         what = f"'{node_path}' (the step '{static}')" if static != node_path else f"'{node_path}'"
-        _die(f"--from {run_id}@{node_path}: {file} (workflow '{name}') has no step {what}{hint}")
+        _die(f"--from {at}: {file} (workflow '{name}') has no step {what}{hint}")
 
 
 def _remove_if_empty(store) -> None:  # type: ignore[no-untyped-def]
@@ -729,7 +742,9 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
         child = f"  (child of {r.parent_run_id})" if r.parent_run_id else ""
         fork = forks[r.run_id]
         # as `charter run --from` takes it, so the line names what to explain or fork again
-        forked = f"  (forked from {fork['run_id']}@{fork.get('node_path')})" if fork else ""
+        forked = (
+            f"  (forked from {_q(str(fork['run_id']) + '@' + str(fork.get('node_path')))})" if fork else ""
+        )
         forked += "  (interrupted: no process executes it; charter resume it)" if r.run_id in stopped else ""
         click.echo(
             f"{r.run_id:<26}  {r.status:<9}  {r.workflow_name[:24]:<24}  {r.head_seq:>6}  {r.created_at}{child}{forked}"
@@ -821,7 +836,9 @@ def resume(
     row = _guarded(lambda: store.run(run_id))
     if row.status in TERMINAL_STATUSES:
         where = (row.error or {}).get("node_path") if row.status == "failed" else None
-        again = f"; to run it again from a step: charter run FILE --from {run_id}@{where or 'STEP'}"
+        again = (
+            f"; to run it again from a step: charter run FILE --from {_q(run_id + '@' + (where or 'STEP'))}"
+        )
         click.echo(f"run {run_id} already {row.status}: nothing to continue{again}", err=True)
     result = _guarded(lambda: resume_run(run_id, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
