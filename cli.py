@@ -821,7 +821,9 @@ def resume(
     0 completed, 1 failed, 2 unknown run or setup problem, 3 waiting for approval; 130/143 when
     stopped by Ctrl-C/SIGTERM. A child run's parents that waited for it continue after it: then the
     top-level run is reported (as `approve`). A finished run is not run again: its outcome is shown
-    with how to run it again from a step (`charter run FILE --from RUN@STEP`).
+    with how to run it again from a step (`charter run FILE --from RUN@STEP`). The run continues the
+    workflow as its log recorded it, also when its file was edited since (a line on stderr says so:
+    `charter run FILE --from RUN@STEP` runs the edited file).
 
     \b
     Example:
@@ -840,9 +842,36 @@ def resume(
             f"; to run it again from a step: charter run FILE --from {_q(run_id + '@' + (where or 'STEP'))}"
         )
         click.echo(f"run {run_id} already {row.status}: nothing to continue{again}", err=True)
+    else:
+        _guarded(lambda: _warn_if_file_changed(store, row))
     result = _guarded(lambda: resume_run(run_id, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
     _report(_top_level(store, result), as_json, store, resumed=result)
+
+
+def _warn_if_file_changed(store, row) -> None:  # type: ignore[no-untyped-def]
+    """One stderr line when the workflow file the run started from (its run.started `file`) now differs
+    from the source the log keeps: resume continues the recorded workflow, not the edited file."""
+    from interpreter.store import RUN_STARTED
+
+    started = next(iter(store.events(row.run_id, kinds=(RUN_STARTED,))), None)
+    file = started.payload.get("file") if started is not None and isinstance(started.payload, dict) else None
+    if not file or row.workflow_source is None:
+        return
+    try:
+        text = Path(file).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):  # gone or unreadable: nothing to compare with
+        return
+    if text.removeprefix("\ufeff") == row.workflow_source.removeprefix("\ufeff"):
+        return
+    relative = os.path.relpath(file)
+    shown = file if relative.startswith("..") else relative
+    click.echo(
+        f"note: {shown} changed since run {row.run_id} started; the run continues as recorded (the "
+        f"workflow as it was then); to run the edited file: charter run {_q(shown)} "
+        f"--from {_q(row.run_id + '@STEP')}",
+        err=True,
+    )
 
 
 def _top_level(store, result):  # type: ignore[no-untyped-def]
