@@ -226,6 +226,7 @@ def _progress_printer():  # type: ignore[no-untyped-def]
     """Live progress on stderr: which step runs, finishes, fails; a counter for for_each items."""
     tty = sys.stderr.isatty()
     marks = {"started": "▶", "completed": "✓", "failed": "✗", "skipped": "–", "retrying": "↻", "reused": "≡"}
+    leaves = ("tool", "llm", "agent", "approval", "workflow")  # the steps whose start is shown (▶)
 
     def show(event) -> None:  # type: ignore[no-untyped-def]
         if event.kind == "run":
@@ -241,7 +242,7 @@ def _progress_printer():  # type: ignore[no-untyped-def]
             elif done == total:
                 click.echo(line, err=True)
             return
-        if event.kind == "started" and event.step_kind not in ("tool", "approval", "workflow"):
+        if event.kind == "started" and event.step_kind not in leaves:
             return  # composite steps: their children tell the story
         if event.kind == "waiting" and event.node_path:
             click.echo(f"⏸ {event.node_path}: waiting for approval: {event.detail}", err=True)
