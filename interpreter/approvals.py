@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interpreter import store as s
-from interpreter.authz import AuthzError, person_name
+from interpreter.authz import AuthzError, not_a_person, person_name
 from interpreter.engine import compile_source, continue_run, require_intact
 from interpreter.leases import holder_alive
 from interpreter.loop import run_coroutine
@@ -133,6 +133,8 @@ def decide(
         )
     if row.status in s.TERMINAL_STATUSES:
         raise RunSetupError(f"run {run_id} is {row.status}; it no longer waits for a decision")
+    identities = _identities(row)
+    _refuse_non_person(store, row, identities, person)  # before anything happens, the timeout's decision too
     requested = rec.approval_requested[0]
     if request_expired(requested):  # too late for a person: the timeout decides (spec §13.11)
         decided, top = _continue_up(store, run_id, options, "timeout", "the timeout decided")
@@ -143,7 +145,7 @@ def decide(
         )
     require_intact(store, run_id, "decided")  # a decision appended to a changed log would vouch for it
     approvers = requested.get("approvers") or []
-    verified = _check_approver(approvers, person, options, row)
+    verified = _check_approver(approvers, person, options, identities)
     decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}
     earlier = store.decide(
         run_id,
@@ -332,7 +334,33 @@ def result_of(store: s.EventStore, run_id: str) -> RunResult:
 # Who may decide
 
 
-def _check_approver(approvers: list[str], person: str, options: RunOptions, row: s.RunRecord) -> bool:
+def _identities(row: s.RunRecord) -> dict[str, Any]:
+    """The identities the run's workflow declares ({} when its stored source does not compile)."""
+    try:
+        return dict(compile_source(row.workflow_source or "", "<stored>").workflow.identities or {})
+    except RunSetupError:
+        return {}
+
+
+def _refuse_non_person(
+    store: s.EventStore, row: s.RunRecord, identities: dict[str, Any], person: str
+) -> None:
+    """An approval is a person's decision (spec §13.11): refuse a name that the decided run's workflow,
+    or the workflow of a run above it, declares as an agent or a service identity, whoever the
+    approvers are (`[]` included), as `charter run --as` refuses an agent."""
+    runs = [(row, identities)]
+    for run_id, _node in lineage(store, row.run_id):
+        above = store.run(run_id)
+        runs.append((above, _identities(above)))
+    for each, declared in runs:
+        why = not_a_person(person, declared, each.workflow_name or "")
+        if why is not None:
+            raise RunSetupError(f"{why}; nothing was recorded")
+
+
+def _check_approver(
+    approvers: list[str], person: str, options: RunOptions, identities: dict[str, Any]
+) -> bool:
     """True when the person is known to be an approver. Raises when the person is not one, or when
     nothing (claims, a declared identity) says which roles they hold."""
     if not approvers or person in approvers or f"user:{person}" in approvers:
@@ -343,11 +371,7 @@ def _check_approver(approvers: list[str], person: str, options: RunOptions, row:
         raise RunSetupError("claims 'roles' must be a list of non-empty strings")  # as `charter run` says
     claimed = set(listed)
     known_roles: set[str] | None = set(claimed) if options.claims else None
-    try:
-        graph_identities = compile_source(row.workflow_source or "", "<stored>").workflow.identities
-    except RunSetupError:
-        graph_identities = {}
-    identity = graph_identities.get(person)
+    identity = identities.get(person)
     if identity is not None:
         known_roles = (known_roles or set()) | set(identity.roles)
     if known_roles is not None and roles & known_roles:

@@ -69,6 +69,20 @@ def person_name(text: str) -> str:
     return name
 
 
+def not_a_person(name: str, identities: Mapping[str, Any], workflow: str) -> str | None:
+    """Why `name` (a person's name, from `person_name`) cannot decide an approval, a human decision
+    (spec §13.11), when `identities` (a workflow's) declare it as an agent or a service; else None."""
+    declared = identities.get(name)
+    kind = getattr(declared, "kind", None)
+    if declared is None or kind == "user":
+        return None
+    article = "an" if str(kind)[:1] in ("a", "e", "i", "o", "u") else "a"
+    return (
+        f"'{name}' is the name of {article} {kind} identity of workflow '{workflow}': an approval is a "
+        f"person's decision (approve --as PERSON), never {article} {kind}'s"
+    )
+
+
 @dataclass(frozen=True)
 class Principal:
     """Whom the run acts for. Built only by the host: `charter run --as ID --claims FILE` or the API."""

@@ -328,3 +328,22 @@ def test_args_cel_cannot_hold_fail_conditions_closed() -> None:
     # a grant without a condition does not need the bindings
     plain = Authorizer([grant(id="g", to="lookup", tools=["*"])], IDENTITIES)
     assert plain.decide(plain.chain("lookup"), "t", args={"n": 2**70}).allowed
+
+
+def test_only_a_user_identity_or_an_undeclared_name_can_decide_as_a_person() -> None:
+    from interpreter.authz import not_a_person
+
+    identities = {
+        "bot": model.Identity(kind="agent", roles=["finance"]),
+        "ledger": model.Identity(kind="service"),
+        "carol": model.Identity(kind="user", roles=["finance"]),
+    }
+    assert not_a_person("carol", identities, "wf") is None
+    assert not_a_person("dave", identities, "wf") is None
+    assert not_a_person("bot", identities, "wf") == (
+        "'bot' is the name of an agent identity of workflow 'wf': an approval is a person's decision "
+        "(approve --as PERSON), never an agent's"
+    )
+    assert "'ledger' is the name of a service identity of workflow 'wf'" in str(
+        not_a_person("ledger", identities, "wf")
+    )
