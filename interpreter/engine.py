@@ -513,6 +513,7 @@ class Execution:
         except TimeoutError:
             if timeout is None:  # not this step's timeout: someone else's error
                 raise
+            self.abandon_children(path, f"cut its step '{path}' off ({node.step.timeout} timeout)")
             err = StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}")
             # A write call cut off may have acted: another attempt (another key) only if `on` asks (§12.4).
             err.retryable = not (
@@ -771,6 +772,8 @@ class Execution:
                 self.diverge(
                     path, None, None, "the recorded call has no result (the run was interrupted there)"
                 )
+            if row.status == "cancelled":  # its parent cancelled it here: the recording ends, as the replay
+                raise Suspend([path])
         await asyncio.Future()
 
     def _write_reused(self, children: list[tuple[str, NodeRecord]]) -> None:
@@ -937,8 +940,24 @@ class Execution:
                         tx.set_status(self.run_id, status)
             except s.PayloadError as exc:
                 return self._unwritable(batch[:-1], exc)
+            if status != "waiting":
+                self.abandon_children(None, status)
         self.notify(status, "", "", pending or error)
         return RunResult(self.run_id, status, output, error, list(pending or []))  # type: ignore[arg-type]
+
+    def abandon_children(self, under: str | None, why: str) -> None:
+        """Cancel the unfinished child runs this run started at or under node `under` (None: anywhere),
+        and the runs they started: this run no longer waits for them (`why`: a timeout cut the step
+        off, its branch lost the join or was cut off by a failure, this run ended). Left waiting, an
+        approval or `charter wake` would continue one and make its side effects for nobody."""
+        if self.replaying:
+            return
+        for child in self.store.children(self.run_id):
+            at = child.parent_node or ""
+            if child.status in s.TERMINAL_STATUSES or not (under is None or at == under or _under(at, under)):
+                continue
+            for run in [child, *(run for run, _ in descendant_runs(self.store, child.run_id))]:
+                cancel_run(self.store, run.run_id, f"its parent run {self.run_id} {why}", (self.run_id, at))
 
     def _unwritable(self, before: list[s.NewEvent], exc: s.PayloadError) -> RunResult:
         """The run's outcome cannot be written (an output JSON cannot hold): the run fails with code
@@ -955,6 +974,35 @@ class Execution:
                 if len(events) == 1:
                     raise
         return RunResult(self.run_id, "failed", None, error)
+
+
+def cancel_run(store: s.EventStore, run_id: str, reason: str, parent: tuple[str, str]) -> bool:
+    """End a run that is not finished as `cancelled` (`run.cancelled`), unless a live process executes
+    it (it sees its parent's outcome when it returns). True when it was cancelled."""
+    try:
+        lease = store.acquire_lease(run_id)
+    except s.RunLeased:
+        return False
+    try:
+        error = {
+            "type": "Cancelled",
+            "code": "cancelled",
+            "message": f"cancelled: {reason}",
+            "retryable": False,
+        }
+        with store.transaction() as tx:
+            if store.run(run_id).status in s.TERMINAL_STATUSES:
+                return False
+            payload = {"reason": reason, "parent_run_id": parent[0], "parent_node": parent[1], "error": error}
+            tx.append(run_id, s.RUN_CANCELLED, "", payload, {"sub": "system:parent"})
+            tx.set_status(run_id, "cancelled", error=error)
+        return True
+    finally:
+        store.release_lease(lease)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path.startswith(prefix + "/") or path.startswith(prefix + "[")
 
 
 def _condition_values(program: Any, bindings: dict[str, Any]) -> dict[str, Any]:

@@ -376,6 +376,11 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
         cancelled = [tasks[t] for t in pending]
         await _cancel(pending)
     labels = [b.label for b in blocks]
+    if (cancelled or suspended) and (
+        satisfied() or (first_error is not None and not tolerant) or not suspended
+    ):
+        # Decided: a child run of a branch cut off or still waiting for a person is waited for no more.
+        ex.abandon_children(path, f"no longer waits for it: parallel '{path}' is decided")
     ex.emit(
         s.PARALLEL_JOINED,
         path,
@@ -462,6 +467,11 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     workers = {asyncio.ensure_future(worker()) for _ in range(min(spec.concurrency, len(items)))}
     try:
         await asyncio.gather(*workers)  # the first error ends the step (the finally stops the rest)
+    except StepError:
+        await _cancel({w for w in workers if not w.done()})
+        # A child run of an item cut off or waiting for a person is waited for no more.
+        ex.abandon_children(path, f"no longer waits for it: for_each '{path}' failed")
+        raise
     finally:
         await _cancel({w for w in workers if not w.done()})
     if suspended:

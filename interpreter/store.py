@@ -100,6 +100,7 @@ RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_WAITING = "run.waiting"
 RUN_RESUMED = "run.resumed"
+RUN_CANCELLED = "run.cancelled"
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
 STEP_FAILED = "step.failed"
@@ -125,6 +126,7 @@ _KINDS: set[str] = {
     RUN_FAILED,
     RUN_WAITING,
     RUN_RESUMED,
+    RUN_CANCELLED,
     STEP_STARTED,
     STEP_COMPLETED,
     STEP_FAILED,
@@ -1353,14 +1355,14 @@ class SQLiteEventStore:
             return VerifyResult(False, 0, "the run's workflow_source does not match its workflow_digest")
         genesis = genesis_hash({name: getattr(run, name) for name in GENESIS_FIELDS})
         expected_seq, prev_hash, checked = 1, genesis, 0
-        ended: tuple[int, str, str | None] | None = None  # the last run.completed / run.failed event
+        ended: tuple[int, str, str | None] | None = None  # the last event that ended the run
         for row in rows:
             fault = self._check_row(row, expected_seq, prev_hash, run)
             if fault is not None:
                 return VerifyResult(False, fault[0], fault[1], checked)
             checked += 1
             expected_seq, prev_hash = row[1] + 1, row[8]
-            if row[4] in (RUN_COMPLETED, RUN_FAILED):
+            if row[4] in (RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED):
                 ended = (row[1], row[4], row[6])
             elif row[4] == RUN_RESUMED:
                 ended = None
@@ -1382,15 +1384,19 @@ class SQLiteEventStore:
         return VerifyResult(True, None, "", checked)
 
     def _check_outcome(self, run: RunRecord, ended: tuple[int, str, str | None] | None) -> str | None:
-        """The run row's status, output and error are those of its last run.completed / run.failed
-        event (which the chain covers); a run continued since has no outcome yet."""
+        """The run row's status, output and error are those of its last run.completed / run.failed /
+        run.cancelled event (which the chain covers); a run continued since has no outcome yet."""
         if ended is None:
-            if run.status in ("completed", "failed"):
+            if run.status in TERMINAL_STATUSES:
                 return f"the run row says {run.status}, but no event ended the run"
             return None
         seq, kind, payload = ended
         logged = self._resolve(_loads(payload), run.run_id, f"event seq {seq}") or {}
-        status, field = ("completed", "output") if kind == RUN_COMPLETED else ("failed", "error")
+        status, field = {
+            RUN_COMPLETED: ("completed", "output"),
+            RUN_FAILED: ("failed", "error"),
+            RUN_CANCELLED: ("cancelled", "error"),
+        }[kind]
         if run.status != status or getattr(run, field) != logged.get(field):
             return (
                 f"the run row's status, output or error ({run.status}) do not match the event that "

@@ -1,0 +1,145 @@
+"""A child run its parent no longer waits for is cancelled: nothing continues it afterwards.
+
+A branch that lost a `join: any`, one cut off by a failing sibling, a `for_each` item cut off by a
+failing item, a step cut off by its `timeout`, a run that ended while a child still waited: approving,
+waking or resuming that child must not make its side effects for a parent that moved on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.charter_cli import project_charter as charter
+from fixtures.charter_cli import run_rows
+
+TOOLS = """
+import time
+
+def wire(amount, log):
+    with open(log, "a") as f:
+        f.write(f"wire({amount})\\n")
+    return amount
+
+def slow(seconds):
+    time.sleep(seconds)
+    return seconds
+"""
+
+CHILD = """\
+charter: "1.0"
+name: wire-child
+input: {type: object, required: [amount, log], properties: {amount: {type: integer}, log: {type: string}}}
+tools: {wire: {python: "abandon_tools:wire", effect: write}}
+steps:
+  - id: ok
+    approval: {message: "wire ${{ input.amount }}?"}
+  - {id: send, tool: wire, args: {amount: "${{ input.amount }}", log: "${{ input.log }}"}}
+"""
+
+SLOW_CHILD = """\
+charter: "1.0"
+name: slow-child
+input: {type: object, properties: {log: {type: string}}}
+tools:
+  wire: {python: "abandon_tools:wire", effect: write}
+  slow: {python: "abandon_tools:slow", effect: read}
+steps:
+  - {id: wait, tool: slow, args: {seconds: 1}}
+  - {id: send, tool: wire, args: {amount: 1, log: "${{ input.log }}"}}
+"""
+
+HEAD = """\
+charter: "1.0"
+name: parent
+input: {type: object, properties: {log: {type: string}}}
+steps:
+"""
+KID = '{id: kid, workflow: {path: child.yaml, input: {amount: 7, log: "${{ input.log }}"}}}'
+
+PARENTS = {
+    "a sibling branch failed": (
+        f"  - id: p\n    parallel:\n      branches:\n        pay: [{KID}]\n"
+        "        checks: [{id: no, fail: {code: sanctioned, message: on a list}}]\n",
+        1,
+    ),
+    "another branch won join any": (
+        f"  - id: p\n    parallel:\n      join: any\n      branches:\n        pay: [{KID}]\n"
+        "        fast: [{id: quick, workflow: {path: child.yaml, input: {amount: 1, log: x}}, if: 'false'}]\n",
+        0,
+    ),
+    "another for_each item failed": (
+        "  - id: each\n    for_each:\n      in: ${{ [1, 2] }}\n      concurrency: 2\n      steps:\n"
+        f"        - {{id: bad, if: item == 2, fail: {{message: item 2 is bad}}}}\n        - {KID}\n",
+        1,
+    ),
+}
+
+
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["abandon_tools"]\n')
+    (tmp_path / "abandon_tools.py").write_text(TOOLS)
+    (tmp_path / "child.yaml").write_text(CHILD)
+    (tmp_path / "slow_child.yaml").write_text(SLOW_CHILD)
+    return tmp_path
+
+
+def child_of(tmp_path: Path) -> dict:
+    (child,) = [r for r in run_rows(tmp_path / "charter.db") if r["parent_run_id"]]
+    return child
+
+
+@pytest.mark.parametrize("why", list(PARENTS))
+def test_a_waiting_child_the_parent_no_longer_waits_for_is_cancelled(tmp_path: Path, why: str) -> None:
+    steps, exit_code = PARENTS[why]
+    (project(tmp_path) / "parent.yaml").write_text(HEAD + steps)
+    log = tmp_path / "calls.log"
+    ran = charter("run", "parent.yaml", "--input", f'{{"log": "{log}"}}', cwd=tmp_path)
+    assert ran.returncode == exit_code, ran.stderr
+    child = child_of(tmp_path)
+    assert child["status"] == "cancelled", child
+    approve = charter("approve", child["run_id"], "ok", "--as", "carol", cwd=tmp_path)
+    assert approve.returncode == 2 and "cancelled" in approve.stderr, approve.stderr
+    resume = charter("resume", child["run_id"], cwd=tmp_path)
+    assert "already cancelled" in resume.stderr
+    assert not log.exists()  # the wire was never made
+    verify = charter("verify", child["run_id"], cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    for run in run_rows(tmp_path / "charter.db"):
+        replay = charter("replay", run["run_id"], cwd=tmp_path, timeout=60)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+    events = charter("log", child["run_id"], cwd=tmp_path).stdout
+    assert "run.cancelled" in events and "system:parent" in events
+
+
+def test_a_child_cut_off_by_its_steps_timeout_is_cancelled_not_left_to_resume(tmp_path: Path) -> None:
+    (project(tmp_path) / "parent.yaml").write_text(
+        HEAD
+        + '  - {id: kid, timeout: 200ms, workflow: {path: slow_child.yaml, input: {log: "${{ input.log }}"}}}\n'
+    )
+    log = tmp_path / "calls.log"
+    ran = charter("run", "parent.yaml", "--input", f'{{"log": "{log}"}}', cwd=tmp_path)
+    assert ran.returncode == 1 and "timed out" in ran.stderr, ran.stderr
+    child = child_of(tmp_path)
+    assert child["status"] == "cancelled"
+    assert "cut its step 'kid' off" in child["error"]
+    resume = charter("resume", child["run_id"], cwd=tmp_path)
+    assert "already cancelled" in resume.stderr and not log.exists()
+    for run in run_rows(tmp_path / "charter.db"):  # the cut-off call ends the child's replay, as it did
+        replay = charter("replay", run["run_id"], cwd=tmp_path, timeout=60)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+    listed = charter("runs", cwd=tmp_path).stdout
+    assert "interrupted" not in listed
+
+
+def test_a_child_the_parent_still_waits_for_is_left_waiting(tmp_path: Path) -> None:
+    """The rule is about abandoned children only: a run waiting on its child keeps it waiting."""
+    (project(tmp_path) / "parent.yaml").write_text(HEAD + f"  - {KID}\n")
+    log = tmp_path / "calls.log"
+    ran = charter("run", "parent.yaml", "--input", f'{{"log": "{log}"}}', cwd=tmp_path)
+    assert ran.returncode == 3, ran.stderr
+    child = child_of(tmp_path)
+    assert child["status"] == "waiting"
+    done = charter("approve", child["run_id"], "ok", "--as", "carol", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text() == "wire(7)\n"
