@@ -1531,11 +1531,12 @@ def resume_run(
 def _resume_parent(
     store: s.EventStore, run_id: str, result: RunResult, options: RunOptions, why: str
 ) -> None:
-    """A child run that finished lets its waiting parent continue (for the reason the child did)."""
+    """A child run that finished lets its parent continue (for the reason the child did): a parent
+    waiting for it, or one interrupted while it ran the child (no live process holds its lease)."""
     if result.status == "waiting":
         return
     row = store.run(run_id)
-    if row.parent_run_id and store.run(row.parent_run_id).status == "waiting":
+    if row.parent_run_id and store.run(row.parent_run_id).status in ("waiting", "running"):
         with contextlib.suppress(s.RunLeased):  # its holder sees this child finished and continues it
             resume_run(row.parent_run_id, store=store, options=options, reason=why)
 

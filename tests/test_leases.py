@@ -521,3 +521,36 @@ def test_a_dead_process_that_had_this_pid_does_not_hold_the_lease(tmp_path: Path
             )
         lease = store.acquire_lease(run_id)
         assert (lease.pid, lease.proc_start) == (me.pid, me.start)
+
+
+def test_resuming_a_child_interrupted_with_its_parent_continues_the_parent_too(tmp_path: Path) -> None:
+    """Ctrl-C while a child run executes leaves both runs `running`; `charter resume CHILD` (what
+    `charter runs` suggests for the child) finishes the child, then its parent, and reports the parent."""
+    lab = Lab(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        'charter: "1.0"\nname: kid\ntools:\n  step: {python: "tests.fixtures.lease_tools:step", effect: write}\n'
+        'steps:\n  - {id: c, tool: step, args: {name: c}}\noutput: {done: "${{ steps.c.output.done }}"}\n'
+    )
+    parent = tmp_path / "parent.yaml"
+    parent.write_text(
+        PARENT_FLOW.read_text().replace("lease_child_flow.yaml", "child.yaml").replace("lease-parent-flow", "p")
+    )
+    proc = lab.start("run", str(parent), gate_at="c")
+    try:
+        _wait_for(lambda: lab.reached() or proc.poll() is not None, "the child to reach step c")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=WAIT_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = {r["workflow_name"]: r for r in run_rows(lab.db)}
+    assert rows["kid"]["status"] == rows["p"]["status"] == "running"
+    lab.reset_gate()
+    lab.open_gate()
+    resumed = lab.charter("resume", rows["kid"]["run_id"], "--json")
+    assert resumed.returncode == 0, describe(resumed)
+    assert run_json(resumed)["run_id"] == rows["p"]["run_id"]
+    assert run_json(resumed)["status"] == "completed"
+    assert lab.counts() == Counter({"c": 1, "after": 1})
