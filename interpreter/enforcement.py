@@ -38,9 +38,10 @@ from interpreter.authz import (
     Principal,
 )
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
-from interpreter.records import build_records, enclosing, once_per_call, request_expired
+from interpreter.records import build_records, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_matches
 from interpreter.runtime import OUTER_ATTEMPTS, StepError, kind_of
+from interpreter.spending import charge, ended, finished_around, model_usage, spent, within
 from interpreter.timing import Segment, began_at, execution_time, segments
 
 Emit = Callable[[str, str, Any, dict[str, Any] | None], None]
@@ -322,6 +323,7 @@ class RunGuard:
         # before it, so that a call that is not made after all can be taken back (`release_tool_call`).
         self._reserved: dict[tuple[str, str], tuple[tuple[Budget, ...], list[Any]]] = {}
         self._attempts_now: Attempts = ()  # restored: the attempts the continued run is in
+        self._continued: Mapping[str, Any] | None = None  # restored: the records it continues from
         # A workflow without a single rule at any level (the common case) skips rule lookup entirely.
         self._has_rules = bool(
             self._workflow.rules
@@ -722,66 +724,46 @@ class RunGuard:
             self.history.append(_model_call(input_tokens, output_tokens, cost))
 
     def restore(self, events: Any, records: Mapping[str, Any]) -> None:
-        """A continued run's budgets and history start from what its log says was spent: the run's, each
-        tool's, and the own budget of each step execution with limits around the calls. Every logged
-        call counts once (`once_per_call`), whatever its outcome, except the calls the continued run
-        will meet again and count then: those of an unfinished step in its current attempt (see
-        `_met_again`). Wall time is execution time (interpreter.timing): the run's since it started, a
-        step's since its first event, neither counting the pauses."""
+        """A continued run's budgets and history start from what its log says was spent (`spending`):
+        the run's, each tool's, and the own budget of each step execution with limits around the calls,
+        except the calls the continued run will meet again and count then. Wall time is execution time
+        (interpreter.timing): the run's since it started, a step's since its first event, neither
+        counting the pauses."""
         events = list(events)
         spans = segments(events)
         self.run_budget.started -= execution_time(spans)
         enclosing = self._restore_step_budgets(events, spans) if self._has_rules else {}
-        again = _met_again(events, records)
-        for event in once_per_call(events):
-            if event.seq in again or event.kind not in _SPENDING:
-                continue
+        self._continued = records
+        for event in spent(events, records):
+            budgets = [self.run_budget, *enclosing.get(event.seq, ())]
             payload = event.payload if isinstance(event.payload, dict) else {}
-            steps = enclosing.get(event.seq, ())
-            if event.kind == s.TOOL_CALLED:
+            if event.kind == s.TOOL_CALLED:  # a tool's budget counts this run's calls, not a child run's
                 tool, args = str(payload.get("tool")), payload.get("args")
-                self.run_budget.record_tool_call(tool, args)  # inherited budgets: the parent counts them
-                self._tool_budgets.setdefault(tool, Budget()).record_tool_call(tool, args)
-                for budget in steps:
-                    budget.record_tool_call(tool, args)
-                if self._has_rules:
-                    self.history.append({"kind": "tool", "tool": tool, "args": args, "result": None})
-            elif event.kind == s.MODEL_CALLED:  # counted when made, as its check counted it live
-                for budget in (self.run_budget, *steps):
-                    budget.record_model_call(0, 0, 0.0)
-            else:  # model.completed: what the answer cost
-                spent = _model_usage(payload)
-                for budget in (self.run_budget, *steps):
-                    budget.add_model_usage(*spent)
-                if self._has_rules:
-                    self.history.append(_model_call(*spent))
+                budgets.append(self._tool_budgets.setdefault(tool, Budget()))
+                seen = {"kind": "tool", "tool": tool, "args": args, "result": None}
+            else:
+                seen = _model_call(*model_usage(payload)) if event.kind == s.MODEL_COMPLETED else None
+            for budget in budgets:
+                charge(budget, event)
+            if seen is not None and self._has_rules:  # only rules read the history
+                self.history.append(seen)
 
     def restore_child(self, events: Any, at: str) -> None:
-        """What a child run started at `at` spent, for this run continued later: its calls count in this
-        run's budget and in those of the step executions with limits around `at` (in the attempts this
-        run was in when it stopped, `restore`), as they did live; a call the child will meet again
-        when it is continued counts then."""
+        """What a run started at `at` (a child, or a run below it) spent, in this run's budget and in
+        those of the step executions with limits around `at` (in the attempts `restore` found), as it
+        counted live. Only a child this continued run continues meets calls again and counts them then:
+        one that ended, or whose step will not run again (or any, in replay), spent all its log records."""
         events = list(events)
-        records = build_records(events)
         around = [r for r, node in self._ancestors(at) if _has_limits(node)] if self._has_rules else []
         budgets = [
             self.run_budget,
             *(self._step_budgets.setdefault(_execution(r, self._attempts_now), Budget()) for r in around),
         ]
-        again = _met_again(events, records)
-        for event in once_per_call(events):
-            if event.seq in again:
-                continue
-            payload = event.payload if isinstance(event.payload, dict) else {}
-            if event.kind == s.TOOL_CALLED:
-                for budget in budgets:
-                    budget.record_tool_call(str(payload.get("tool")), payload.get("args"))
-            elif event.kind == s.MODEL_CALLED:
-                for budget in budgets:
-                    budget.record_model_call(0, 0, 0.0)
-            elif event.kind == s.MODEL_COMPLETED:
-                for budget in budgets:
-                    budget.add_model_usage(*_model_usage(payload))
+        parent = self._continued
+        continued = parent is not None and not ended(events) and not finished_around(at, parent)
+        for event in spent(events, build_records(events) if continued else None):
+            for budget in budgets:
+                charge(budget, event)
 
     def _restore_step_budgets(self, events: list[Any], spans: list[Segment]) -> dict[int, list[Budget]]:
         """The own budgets of the step executions with limits that enclose each logged event (by its
@@ -807,7 +789,7 @@ class RunGuard:
                 for k in keys:
                     began[k] = min(began.get(k, at), at)
             if event.kind == s.STEP_RETRYING:  # the next attempt: a new execution of it and what it holds
-                attempts = {p: n for p, n in attempts.items() if not _within(p, path)}
+                attempts = {p: n for p, n in attempts.items() if not within(p, path)}
                 payload = event.payload if isinstance(event.payload, dict) else {}
                 attempts[path] = int(payload.get("attempt", 1)) + 1
         for key, at in began.items():
@@ -990,13 +972,7 @@ def _same_attempts(recorded: Any, now: Mapping[str, int]) -> bool:
 
 Attempts = tuple[tuple[str, int], ...]  # (runtime path, attempt) of retried steps, as OUTER_ATTEMPTS
 
-_SPENDING = frozenset({s.TOOL_CALLED, s.MODEL_CALLED, s.MODEL_COMPLETED})
 _LAST_INDEX = re.compile(r"\[\d+\]$")
-
-
-def _within(path: str, outer: str) -> bool:
-    """Whether `path` is `outer` or a node path inside it (`outer/...`, or `outer[i]...`)."""
-    return path == outer or path.startswith(outer + "/") or path.startswith(outer + "[")
 
 
 def _execution(runtime: str, attempts: Attempts) -> str:
@@ -1006,49 +982,8 @@ def _execution(runtime: str, attempts: Attempts) -> str:
     iteration 1 of an outer loop is `outer[1]/l`. A new attempt of the step, or of a retried step
     around it, is a new execution: the key names those attempts (`+PATH@N`, outermost first)."""
     path = _LAST_INDEX.sub("", runtime)
-    tries = sorted(((p, n) for p, n in attempts if _within(path, p)), key=lambda a: len(a[0]))
+    tries = sorted(((p, n) for p, n in attempts if within(path, p)), key=lambda a: len(a[0]))
     return path + "".join(f"+{p}@{n}" for p, n in tries)
-
-
-def _met_again(events: list[Any], records: Mapping[str, Any]) -> set[int]:
-    """The seqs of the logged calls (and answers) that a continued run will meet again, and count then
-    as it meets them: those of a step that has not finished, in its current attempt, inside steps that
-    have not finished either (it runs again, reusing a logged answer or result, or making again a call
-    that was cut off, under the same key). Every other logged call is done with and counts from the
-    log: a finished step's, an earlier attempt's (a `step.retrying` of its step or of one around it
-    came after it), or one cut off in a step that will not run again (the loser of a join that was
-    met), so that a crash neither counts a call twice nor forgets one (spec §11.4)."""
-    again: set[int] = set()
-    retried: set[str] = set()  # steps with a `step.retrying` later in the log
-    finished: dict[str, bool] = {}
-    for event in reversed(events):
-        if event.kind == s.STEP_RETRYING:
-            retried.add(event.node_path)
-            continue
-        if event.kind not in _SPENDING:
-            continue
-        around = enclosing(event.node_path)
-        if any(p in retried for p in around):
-            continue
-        done = False
-        for p in around:
-            if p not in finished:
-                rec = records.get(p)
-                finished[p] = rec is not None and rec.status is not None
-            done = done or finished[p]
-        if not done:
-            again.add(event.seq)
-    return again
-
-
-def _model_usage(payload: Mapping[str, Any]) -> tuple[int, int, float]:
-    """The tokens and cost a `model.completed` payload records."""
-    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-    return (
-        int(usage.get("input_tokens") or 0),
-        int(usage.get("output_tokens") or 0),
-        float(payload.get("cost") or 0.0),
-    )
 
 
 def _has_limits(node: Any) -> bool:

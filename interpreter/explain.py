@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from interpreter import store as s
-from interpreter.records import descendant_runs, once_per_call
+from interpreter.records import descendant_runs
+from interpreter.spending import totals, within
 from interpreter.timing import execution_time, segments, ts_seconds
 
 ABSENT = "<absent>"
@@ -214,46 +215,11 @@ def _call_list(calls: Any) -> str:
 
 
 def _in_node(path: str, node: str | None) -> bool:
-    if node is None:
-        return True
-    return path == node or path.startswith(node + "/") or path.startswith(node + "[")
-
-
-def _spent(events: Iterable[s.Event], node: str | None = None) -> dict[str, Any]:
-    """The calls, tokens and cost one run's log records (under `node` only, when given), each call
-    once and whatever its outcome, as the budgets count it (spec §11.4): a call counts when it is made
-    (`tool.called`, `model.called`), and a call made again under its idempotency key is the same call
-    (`records.once_per_call`, applied to the whole log: it needs the `step.retrying` events around the
-    node). Tokens and cost are those of the answers."""
-    per_tool: dict[str, int] = {}
-    model_calls = input_tokens = output_tokens = 0
-    cost = 0.0
-    for event in once_per_call(events):
-        if not _in_node(event.node_path, node):
-            continue
-        p = event.payload if isinstance(event.payload, dict) else {}
-        if event.kind == s.TOOL_CALLED:
-            per_tool[str(p.get("tool"))] = per_tool.get(str(p.get("tool")), 0) + 1
-        elif event.kind == s.MODEL_CALLED:
-            model_calls += 1
-        elif event.kind == s.MODEL_COMPLETED:
-            usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
-            input_tokens += int(usage.get("input_tokens") or 0)
-            output_tokens += int(usage.get("output_tokens") or 0)
-            cost += float(p.get("cost") or 0.0)
-    return {
-        "tool_calls": sum(per_tool.values()),
-        "calls_per_tool": per_tool,
-        "model_calls": model_calls,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "tokens": input_tokens + output_tokens,
-        "cost": cost,
-    }
+    return node is None or within(path, node)
 
 
 def _add(total: dict[str, Any], more: Mapping[str, Any]) -> None:
-    """Add the counts of `more` (a `_spent`) into `total`."""
+    """Add the counts of `more` (a `spending.totals`) into `total`."""
     for key in ("tool_calls", "model_calls", "input_tokens", "output_tokens", "tokens", "cost"):
         total[key] += more[key]
     for tool, n in more["calls_per_tool"].items():
@@ -267,7 +233,7 @@ def budgets_used(
     counted from its own log (the same quantities guardrail budgets limit); `build_trace` adds what its
     child runs spent, which its budgets count too."""
     events = list(events)
-    spent = _spent(events, node)
+    spent = totals(events, node)
     own = events if node is None else [e for e in events if _in_node(e.node_path, node)]
     # execution time, as budgets and timeouts count it: waits for people and time between a crash and
     # its resume do not count (spec §12.5). `spans`: the whole run's, when `events` are a node's only.
@@ -287,15 +253,15 @@ def _with_child_spending(
     that part also on its own under `in_child_runs`. A budget counts the whole run with its child runs
     (spec §11.4: enforcement restores them so on resume), and `explain` must report what the budget
     counted, not a smaller number next to a "tool call 4 exceeds max_tool_calls 3" it cannot explain.
-    Each run's calls are counted once per idempotency key, as `RunGuard.restore_child` counts them."""
-    below = _spent(())
+    Each run's spending is read as `RunGuard.restore_child` reads it (`spending.spent`)."""
+    below = totals(())
     runs: list[str] = []
     unreadable: list[str] = []
     for child, at in descendant_runs(store, run_id):
         if not _in_node(at, node):
             continue
         try:
-            spent = _spent(store.events(child.run_id))
+            spent = totals(store.events(child.run_id))
         except s.StoreError:  # a damaged child log: say it was left out rather than fail the whole trace
             unreadable.append(child.run_id)
             continue

@@ -114,9 +114,11 @@ steps:
     code, result = run(tmp_path)
     assert code == 1
     tripped(result, "tool call 3 exceeds max_tool_calls 2")
-    assert len(calls(tmp_path)) == 2  # with a limit of N, the call N + 1 is not made
-    assert len(events(tmp_path, result["run_id"], "tool.called")) == 2
-    assert explained(tmp_path, result["run_id"])["tool_calls"] == 2  # what the budget counted
+    # With a limit of N, the call N + 1 is not made. The refusal halts the run, which may cancel a
+    # counted call before its thread starts (or before it is logged): explain counts what was logged.
+    logged = len(events(tmp_path, result["run_id"], "tool.called"))
+    assert len(calls(tmp_path)) <= logged <= 2
+    assert explained(tmp_path, result["run_id"])["tool_calls"] == logged
 
 
 def test_a_step_budget_holds_against_parallel_branches(tmp_path: Path) -> None:
