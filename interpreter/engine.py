@@ -171,7 +171,9 @@ class Execution:
         # never from model output or tool results.
         if guard is None:  # replay: the principal's claims and parent chain as the log recorded them
             started = _run_started(store, run_id) if self.replaying else {"claims": options.claims}
-            guard = _guard_for(store, run_id, graph, started, principal, secrets, self.records)
+            guard = _guard_for(
+                store, run_id, graph, started, principal, secrets, self.records, replayed=run_id
+            )
         self.guard = guard
         self.guard.state = lambda: {"input": self.input, "vars": self.vars, "run": self.run_info}
         self.guard.attach(self.emit)
@@ -1299,12 +1301,14 @@ def _guard_for(
     secrets: dict[str, str],
     records: Any,
     parent: tuple[RunGuard, str] | None = None,
+    replayed: str | None = None,
 ) -> RunGuard:
     """The guard of a continued (or replayed) run: principal, claims and parent chain from the log,
     never from the options of whoever resumes it (an approver's claims are not the principal's). A
     child run is bound by its parent's rules and grants: the live parent's (`parent`: its guard and the
     call's path, when the parent continues it), else a parent guard rebuilt from the log, with what the
-    parent and its runs spent."""
+    parent and its runs spent -- except the `replayed` run and those it started, whose replayed calls
+    count as they are met again."""
     from interpreter.enforcement import chain_from_json
 
     claims = started.get("claims") if isinstance(started.get("claims"), dict) else None
@@ -1319,9 +1323,10 @@ def _guard_for(
         up_secrets = {n: os.environ.get(n, "") for n in up_graph.workflow.secrets}  # for masking
         up_records = build_records(up_events)
         up_guard = _guard_for(  # with the grandparent's rules: read up the chain
-            store, up.run_id, up_graph, up_started, up.principal or principal, up_secrets, up_records
-        )
-        restore_spent(up_guard, store, up.run_id, up_events, up_records)
+            store, up.run_id, up_graph, up_started, up.principal or principal, up_secrets, up_records,
+            replayed=replayed,
+        )  # fmt: skip
+        restore_spent(up_guard, store, up.run_id, up_events, up_records, leave_out=replayed)
         parent = (up_guard, row.parent_node or "")
     guard = RunGuard(
         graph,
@@ -1337,10 +1342,22 @@ def _guard_for(
     return guard
 
 
-def restore_spent(guard: RunGuard, store: s.EventStore, run_id: str, events: list[Any], records: Any) -> None:
-    """A continued run's budgets: what its own log and every run it started (at any depth) spent."""
+def restore_spent(
+    guard: RunGuard,
+    store: s.EventStore,
+    run_id: str,
+    events: list[Any],
+    records: Any,
+    leave_out: str | None = None,
+) -> None:
+    """A continued run's budgets: what its own log and every run it started (at any depth) spent, but
+    for the run `leave_out` and the runs it started."""
     guard.restore(events, records)
-    for child, at in descendant_runs(store, run_id):
+    left_out = {leave_out}
+    for child, at in descendant_runs(store, run_id):  # parents come before the runs they started
+        if child.run_id in left_out or child.parent_run_id in left_out:
+            left_out.add(child.run_id)
+            continue
         guard.restore_child(store.events(child.run_id), at)
 
 

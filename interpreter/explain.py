@@ -202,7 +202,7 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
         return {**base, "what": "retry", "attempt": p.get("attempt"), "error": p.get("error")}
     if kind == s.PARALLEL_JOINED:
         return {**base, "what": "join", **{k: p.get(k) for k in ("join", "completed", "failed", "cancelled")}}
-    if kind in (s.RUN_COMPLETED, s.RUN_FAILED, s.RUN_WAITING):
+    if kind in (s.RUN_COMPLETED, s.RUN_FAILED, s.RUN_WAITING, s.RUN_CANCELLED):
         return {**base, "what": "end", "status": kind.split(".", 1)[1], "output": p.get("output"),
                 "error": p.get("error"), "pending": p.get("pending")}  # fmt: skip
     if kind == s.RUN_RESUMED:
@@ -475,8 +475,8 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
         done = f"join {join}: completed {names('completed')}; failed {names('failed')}"
         return done + (f"; cancelled {names('cancelled')}" if e.get("cancelled") else "")
     if what == "end":
-        if e["status"] == "failed":
-            return f"run failed: {(e.get('error') or {}).get('message')}"
+        if e["status"] in ("failed", "cancelled"):
+            return f"run {e['status']}: {(e.get('error') or {}).get('message')}"
         if e["status"] == "waiting":
             return f"run waiting for approval at {', '.join(e.get('pending') or [])}"
         return f"run completed: {_short(e.get('output'), 120)}"

@@ -14,7 +14,7 @@ from interpreter.records import enclosing, once_per_call
 
 _SPENDING = frozenset({s.TOOL_CALLED, s.MODEL_CALLED, s.MODEL_COMPLETED})
 # Whether a run goes on, by its last run event (`run.cancelled`: a child its parent gave up on).
-_ENDS = {s.RUN_COMPLETED: True, s.RUN_FAILED: True, "run.cancelled": True, s.RUN_WAITING: False,
+_ENDS = {s.RUN_COMPLETED: True, s.RUN_FAILED: True, s.RUN_CANCELLED: True, s.RUN_WAITING: False,
          s.RUN_RESUMED: False}  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def totals(events: Iterable[s.Event], node: str | None = None) -> dict[str, Any]
 
 
 def ended(events: Iterable[s.Event]) -> bool:
-    """Whether the run completed or failed (nothing continues it) by the last of its run events."""
+    """Whether the run completed, failed or was cancelled (nothing continues it), by its last run event."""
     return next((_ENDS[e.kind] for e in reversed(list(events)) if e.kind in _ENDS), False)
 
 

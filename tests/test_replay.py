@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fixtures.charter_cli import ENGINE, FIXTURES, REPO, charter, child_env, describe, run_json
+from fixtures.charter_cli import ENGINE, FIXTURES, REPO, charter, child_env, describe, run_json, run_rows
 
 pytestmark = pytest.mark.skipif(not ENGINE.exists(), reason="interpreter/engine.py not written yet")
 
@@ -363,3 +363,8 @@ def test_a_run_whose_budget_a_child_run_spent_replays(tmp_path: Path) -> None:
     )
     proc = _replay(run_json(ran)["run_id"], tmp_path / "c.db")
     assert proc.returncode == 0, describe(proc)
+    # The child replayed on its own: its call counts in the parent's budget once, as it did live (not
+    # once from its recorded log and once more as the replay meets it).
+    (kid,) = [r for r in run_rows(tmp_path / "c.db") if r["parent_run_id"]]
+    alone = _replay(kid["run_id"], tmp_path / "c.db")
+    assert alone.returncode == 0, describe(alone)
