@@ -989,7 +989,7 @@ def cancel_run(store: s.EventStore, run_id: str, reason: str, parent: tuple[str,
         error = {
             "type": "Cancelled",
             "code": "cancelled",
-            "message": f"cancelled: {reason}",
+            "message": reason,
             "retryable": False,
         }
         with store.transaction() as tx:

@@ -110,6 +110,8 @@ def test_a_waiting_child_the_parent_no_longer_waits_for_is_cancelled(tmp_path: P
         assert replay.returncode == 0, replay.stdout + replay.stderr
     events = charter("log", child["run_id"], cwd=tmp_path).stdout
     assert "run.cancelled" in events and "system:parent" in events
+    explained = charter("explain", child["run_id"], cwd=tmp_path).stdout
+    assert "run cancelled: its parent run" in explained
 
 
 def test_a_child_cut_off_by_its_steps_timeout_is_cancelled_not_left_to_resume(tmp_path: Path) -> None:
