@@ -719,7 +719,12 @@ class StepCall:
                 return None, err, None
             verdict = self._screen_result(name, args, completed.get("result"), occurrence)
             return verdict.value, None, as_recorded(verdict, completed)
-        if recorded is not None and recorded.called is not None and recorded.called.get("args") == args:
+        if (
+            recorded is not None
+            and recorded.called is not None
+            and recorded.called.get("tool") == name  # the numbering may differ: never another tool's result
+            and recorded.called.get("args") == args
+        ):
             if recorded.completed is not None:  # resume: the result is in the log (already screened)
                 verdict = self._screen_result(name, args, recorded.completed.get("result"), occurrence)
                 return verdict.value, None, as_recorded(verdict, recorded.completed)
