@@ -66,6 +66,14 @@ async def run_tool(ex: Execution, node: Any, scope: Scope, path: str, attempt: i
     args = ex.evaluate(node.values.get("args"), scope, f"step '{node.id}': args", at=node.where) or {}
     key = idempotency_key(ex.run_id, path, attempt)
     validate_args(name, ex.tool_schema(name), args, ex.schema_cache)
+    if s.BLOB_REF_KEY in args:  # the log could not hold the call: it is not made (replay decides alike)
+        raise StepError(
+            "tool",
+            f"tool '{name}' was not called: the argument name {s.BLOB_REF_KEY!r} is reserved by the event "
+            "log for its blob references",
+            type="ToolError",
+            retryable=False,
+        )
     # Enforcement (issue 6): tool.select rules, authorization under the step's identity (none: the
     # workflow itself), then the tool.input rules; a redacted argument is what the tool and the log receive.
     chain = ex.guard.chain_for(node.step.identity)

@@ -86,6 +86,9 @@ def bad_result():
 
 def blob_like():
     return {"$blob": "not a digest"}
+
+def keep(**named):
+    return named
 '''
 
 
@@ -1749,3 +1752,31 @@ steps:
     result = run_workflow(compiled(flow), {"log": str(log)}, store=store, options=OPTS)
     assert result.status == "failed" and result.error["code"] == "timeout", result.error
     assert len(log_lines(log)) == calls
+
+
+def test_a_tool_argument_named_like_the_logs_reserved_key_fails_its_step_not_the_run(
+    store: Any, workdir: Path
+) -> None:
+    """`$blob` as an argument name: the call cannot be logged, so it is not made; the step fails with
+    code `tool` (a `catch` sees it) instead of the whole run failing at the log."""
+    flow = workdir / "reserved_arg.yaml"
+    flow.write_text(
+        f'''charter: "1.0"
+name: reserved-arg
+vars: {{code: null}}
+tools:
+  keep: {{python: "{MODULE}:keep", effect: write}}
+steps:
+  - id: t
+    try:
+      steps: [{{id: call, tool: keep, args: {{"$blob": x, other: 1}}}}]
+      catch: {{as: e, steps: [{{id: c, set: {{code: "${{{{ e.code }}}}"}}}}]}}
+output: {{code: "${{{{ vars.code }}}}"}}
+'''
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert (result.status, result.output) == ("completed", {"code": "tool"}), result.error
+    kinds = [e.kind for e in store.events(result.run_id) if e.node_path == "t/body/call"]
+    assert "tool.called" not in kinds and kinds[-1] == "step.failed"
+    assert store.verify(result.run_id).ok
+    assert replay_run(result.run_id, store=store, options=OPTS).ok
