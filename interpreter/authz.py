@@ -78,8 +78,8 @@ def not_a_person(name: str, identities: Mapping[str, Any], workflow: str) -> str
         return None
     article = "an" if str(kind)[:1] in ("a", "e", "i", "o", "u") else "a"
     return (
-        f"'{name}' is the name of {article} {kind} identity of workflow '{workflow}': an approval is a "
-        f"person's decision (approve --as PERSON), never {article} {kind}'s"
+        f"'{name}' may not decide: it is the name of {article} {kind} identity of workflow '{workflow}', "
+        f"and an approval is a person's decision (approve --as PERSON), never {article} {kind}'s"
     )
 
 

@@ -341,9 +341,9 @@ def test_only_a_user_identity_or_an_undeclared_name_can_decide_as_a_person() -> 
     assert not_a_person("carol", identities, "wf") is None
     assert not_a_person("dave", identities, "wf") is None
     assert not_a_person("bot", identities, "wf") == (
-        "'bot' is the name of an agent identity of workflow 'wf': an approval is a person's decision "
-        "(approve --as PERSON), never an agent's"
+        "'bot' may not decide: it is the name of an agent identity of workflow 'wf', and an approval "
+        "is a person's decision (approve --as PERSON), never an agent's"
     )
-    assert "'ledger' is the name of a service identity of workflow 'wf'" in str(
+    assert "'ledger' may not decide: it is the name of a service identity of workflow 'wf'" in str(
         not_a_person("ledger", identities, "wf")
     )

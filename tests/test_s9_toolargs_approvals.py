@@ -64,13 +64,16 @@ def test_an_agent_holding_the_approvers_role_may_not_approve(tmp_path: Path) -> 
         proc = charter("approve", run_id, "finance_ok", "--as", name, db=db, cwd=tmp_path)
         assert proc.returncode == 2, describe(proc)
         assert (
-            "'triage_bot' is the name of an agent identity of workflow 'expenses': an approval is a "
-            "person's decision (approve --as PERSON), never an agent's; nothing was recorded"
+            "'triage_bot' may not decide: it is the name of an agent identity of workflow 'expenses', "
+            "and an approval is a person's decision (approve --as PERSON), never an agent's; "
+            "nothing was recorded"
         ) in proc.stderr
         assert "Traceback" not in proc.stderr
     proc = charter("approve", run_id, "finance_ok", "--as", "ledger", db=db, cwd=tmp_path)
     assert proc.returncode == 2, describe(proc)
-    assert "'ledger' is the name of a service identity of workflow 'expenses'" in proc.stderr
+    assert (
+        "'ledger' may not decide: it is the name of a service identity of workflow 'expenses'" in proc.stderr
+    )
     assert decisions(db, run_id) == [] and run_row(db, run_id)["status"] == "waiting"
 
     proc = charter("approve", run_id, "finance_ok", "--as", "carol", db=db, cwd=tmp_path)
@@ -86,7 +89,10 @@ def test_an_agent_may_not_approve_when_anyone_may(tmp_path: Path) -> None:
     for name, kind in (("triage_bot", "an agent"), ("ledger", "a service")):
         proc = charter("approve", run_id, "anyone", "--as", name, "--deny", db=db, cwd=tmp_path)
         assert proc.returncode == 2, describe(proc)
-        assert f"'{name}' is the name of {kind} identity of workflow 'expenses'" in proc.stderr
+        assert (
+            f"'{name}' may not decide: it is the name of {kind} identity of workflow 'expenses'"
+            in proc.stderr
+        )
     assert [d["node_path"] for d in decisions(db, run_id)] == ["finance_ok"]
     assert run_row(db, run_id)["status"] == "waiting"
 
@@ -103,7 +109,10 @@ def test_an_agent_of_the_parent_workflow_may_not_approve_in_its_child_run(tmp_pa
     for target in ((child, "ok"), (parent, "kid")):  # the child's own node, and forwarded from the parent
         proc = charter("approve", *target, "--as", "triage_bot", db=db, cwd=tmp_path)
         assert proc.returncode == 2, describe(proc)
-        assert "'triage_bot' is the name of an agent identity of workflow 'parent'" in proc.stderr
+        assert (
+            "'triage_bot' may not decide: it is the name of an agent identity of workflow 'parent'"
+            in proc.stderr
+        )
     assert decisions(db, child) == []
     proc = charter("approve", parent, "kid", "--as", "carol", "--json", db=db, cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
