@@ -323,7 +323,9 @@ def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
             obj = getattr(obj, part)
     except Exception as exc:  # noqa: BLE001 - any import-time failure is a clear step error
         raise StepError(
-            "tool", f"tool '{name}': cannot load {target}: {type(exc).__name__}: {exc}", type="ToolError"
+            "tool",
+            f"tool '{name}': cannot load {target}: {type(exc).__name__}: {exc}{_raised_at(exc)}",
+            type="ToolError",
         ) from None
     if not callable(obj):
         raise StepError("tool", f"tool '{name}': {target} is not callable", type="ToolError")
@@ -340,6 +342,16 @@ def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
         code=code_digest(target, roots),
         schema=args_schema(obj),
     )
+
+
+def _raised_at(exc: BaseException) -> str:
+    """" (at FILE:LINE)": where the module's own code raised `exc`, not the import machinery."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    if isinstance(exc, SyntaxError) or not frames or frames[-1].filename == __file__:
+        return ""  # a SyntaxError names its place itself; a missing attribute has no line of its own
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})"
 
 
 def normalise_result(name: str, value: Any) -> Any:

@@ -154,6 +154,31 @@ def test_disallowed_module_is_never_imported(store: Any, tmp_path: Path) -> None
     assert not marker.exists()
 
 
+def test_a_module_that_raises_at_import_is_named_with_the_line(store: Any, tmp_path: Path) -> None:
+    """A tool module failing at import (a missing environment variable) is refused before the run with
+    where in the module it failed, not only the exception's text."""
+    (tmp_path / "h10_needs_env.py").write_text(
+        "import os\n\nURL = os.environ['H10_SURELY_UNSET_URL']\n\ndef f():\n    return 1\n"
+    )
+    graph = written(
+        tmp_path,
+        "needs_env",
+        """\
+        charter: "1.0"
+        name: needs-env
+        tools:
+          f: {python: "h10_needs_env:f", effect: read}
+        steps:
+          - {id: go, tool: f}
+        """,
+    )
+    with pytest.raises(RunSetupError) as refused:
+        run_workflow(graph, {}, store=store, options=RunOptions(allow_modules=("h10_needs_env",)))
+    message = str(refused.value)
+    assert "KeyError: 'H10_SURELY_UNSET_URL'" in message
+    assert f"(at {tmp_path / 'h10_needs_env.py'}:3)" in message
+
+
 def test_code_digest_reads_without_importing(tmp_path: Path) -> None:
     (tmp_path / "h10_digest.py").write_text("raise SystemExit('imported!')\ndef f():\n    return 1\n")
     first = code_digest("h10_digest:f", [tmp_path])
