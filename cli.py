@@ -610,7 +610,6 @@ def run(
         run_id, sep, node_path = fork_from.partition("@")
         if not sep or not run_id or not node_path:
             raise click.UsageError("--from takes RUN@NODE_PATH, e.g. 01JC...@priced")
-        _check_fork(store, graph_, file, run_id, node_path)
         result = _guarded(
             lambda: fork_run(run_id, node_path, store=store, options=options, graph=graph_), runs_code=True
         )
@@ -618,31 +617,6 @@ def run(
         result = _guarded(lambda: run_workflow(graph_, inputs, store=store, options=options), runs_code=True)
     _show_usage(store, result.run_id)
     _report(result, as_json, store)
-
-
-def _check_fork(store, graph_, file: str, run_id: str, node_path: str) -> None:  # type: ignore[no-untyped-def]
-    """`run FILE --from RUN@NODE` runs FILE, an edit of RUN's workflow, from NODE with RUN's input and
-    results: refused (exit 2) when FILE is another workflow (another `name`) or has no step NODE (its
-    static path: `each[2]/body/ok` is the step `each/body/ok`), rather than running FILE on RUN's input."""
-    import re
-
-    from dsl.diagnostics import closest
-
-    row = _guarded(lambda: store.run(run_id))
-    name, at = graph_.workflow.name, _q(f"{run_id}@{node_path}")
-    if row.workflow_name != name:
-        _die(
-            f"--from {at}: run {run_id} is of workflow '{row.workflow_name}', but {file} is "
-            f"workflow '{name}'; a fork runs an edit of the run's own workflow (same name): give the file "
-            f"of '{row.workflow_name}'"
-        )
-    static = re.sub(r"\[\d+\]", "", node_path)
-    paths = [node.path for node in graph_.nodes()]
-    if static not in paths:
-        guess = closest(static, paths)
-        hint = f"; did you mean '{guess}'?" if guess else f"; its steps: {', '.join(paths[:20]) or 'none'}"
-        what = f"'{node_path}' (the step '{static}')" if static != node_path else f"'{node_path}'"
-        _die(f"--from {at}: {file} (workflow '{name}') has no step {what}{hint}")
 
 
 def _remove_if_empty(store) -> None:  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -818,7 +819,7 @@ def _refuse_masked(step: StepCall, then: _Next, completed: dict[str, Any]) -> No
             "model",
             f"{step.what}: cannot continue from the log: the {' and '.join(where)} of model call "
             f"{step.calls} contained a declared secret, which the log keeps masked; run the step again: "
-            f"charter run FILE --from {step.ex.run_id}@{step.path}",
+            f"charter run FILE --from {shlex.quote(f'{step.ex.run_id}@{step.path}')}",
             type="ModelError",
             retryable=False,
         )

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import re
+import shlex
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -1558,6 +1559,28 @@ def _resume_parent(
             resume_run(row.parent_run_id, store=store, options=options, reason=why)
 
 
+def _same_workflow(graph: Any, row: s.RunRecord, node_path: str) -> None:
+    """A fork runs an edit of the run's own workflow from one of its steps: another workflow (another
+    `name`), or one without that step (its static path: `each[2]/body/ok` is `each/body/ok`), would run
+    on the run's input and results as if it were the one recorded."""
+    from dsl.diagnostics import closest
+
+    at, name = shlex.quote(f"{row.run_id}@{node_path}"), graph.workflow.name
+    if row.workflow_name != name:
+        raise RunSetupError(
+            f"--from {at}: run {row.run_id} is of workflow '{row.workflow_name}', but {graph.file} is "
+            f"workflow '{name}'; a fork runs an edit of the run's own workflow (same name): give the file "
+            f"of '{row.workflow_name}'"
+        )
+    static = static_path(node_path)
+    paths = [node.path for node in graph.nodes()]
+    if static not in paths:
+        guess = closest(static, paths)
+        hint = f"; did you mean '{guess}'?" if guess else f"; its steps: {', '.join(paths[:20]) or 'none'}"
+        what = f"'{node_path}' (the step '{static}')" if static != node_path else f"'{node_path}'"
+        raise RunSetupError(f"--from {at}: {graph.file} (workflow '{name}') has no step {what}{hint}")
+
+
 def fork_run(
     run_id: str,
     node_path: str,
@@ -1569,6 +1592,8 @@ def fork_run(
     """A new run with the same input that reuses `run_id`'s results recorded before `node_path` started."""
     row = store.run(run_id)
     require_intact(store, run_id, "forked")
+    if graph is not None:
+        _same_workflow(graph, row, node_path)
     events = list(store.events(run_id))
     fork_seq = next(
         (

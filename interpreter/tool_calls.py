@@ -9,6 +9,7 @@ as the `tool.output` rules leave it (a value they mask never reaches the log), w
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,7 +124,7 @@ def _masked_args(ex: Any, name: str, step_id: str, path: str) -> StepError:
         "policy",
         f"tool '{name}' was not called: its arguments hold {MASK}, a declared secret as the log keeps "
         f"it, from the result of '{ex.masked_from}' that this run reused from the log; run the workflow "
-        f"again, or from that step: charter run FILE --from {ex.reused_from or ex.run_id}@{ex.masked_from}",
+        f"again, or from that step: charter run FILE --from {shlex.quote(f'{ex.reused_from or ex.run_id}@{ex.masked_from}')}",
         type="MaskedSecret",
         retryable=False,
     )
