@@ -1119,6 +1119,34 @@ def _wake_watch(store, options, as_json: bool, pause: float) -> None:  # type: i
     sys.exit(0)
 
 
+@main.command(short_help="Cancel a waiting or interrupted run and the runs it started.")
+@click.argument("run_id", metavar="RUN")
+@click.option("--as", "person", metavar="PERSON", help="Who cancels it (default: your user name).")
+@click.option("--reason", metavar="TEXT", help="Why, for the log.")
+@_db_option
+def cancel(run_id: str, person: str | None, reason: str | None, db: str | None) -> None:
+    """End a run that is not finished -- one waiting for an approval nobody will give, or one whose
+    process died -- as `cancelled`, with every unfinished run it started. Nothing continues a cancelled
+    run afterwards: `resume`, `approve` and `wake` refuse it.
+
+    Exit status: 0 cancelled, 2 a finished run, a child run whose parent waits for it (cancel the
+    parent), an unknown run, 4 a live process executes the run (stop it first).
+
+    \b
+    Example:
+      charter cancel 01JC... --reason "the customer withdrew the request"
+    """
+    import getpass
+
+    from interpreter.cancel import cancel as cancel_run
+
+    store = _open_store(db)
+    who = person if person is not None else getpass.getuser()
+    done = _guarded(lambda: cancel_run(run_id, store=store, person=who, reason=reason))
+    children = f" and {len(done) - 1} run(s) it started" if len(done) > 1 else ""
+    click.echo(f"cancelled run {run_id}{children}", err=True)
+
+
 @main.command(short_help="Check a run's hash chain and tool authorizations.")
 @click.argument("run_id", metavar="RUN")
 @_db_option

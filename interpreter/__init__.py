@@ -13,6 +13,7 @@ _EXPORTS = {
     "replay_run": "interpreter.replay",
     "fork_run": "interpreter.engine",
     "decide_approval": "interpreter.approvals",
+    "cancel": "interpreter.cancel",
     "INTERPRETER_VERSION": "interpreter.engine",
     "RunOptions": "interpreter.runtime",
     "RunResult": "interpreter.runtime",

@@ -960,7 +960,9 @@ class Execution:
             if child.status in s.TERMINAL_STATUSES or not (under is None or at == under or _under(at, under)):
                 continue
             for run in [child, *(run for run, _ in descendant_runs(self.store, child.run_id))]:
-                cancel_run(self.store, run.run_id, f"its parent run {self.run_id} {why}", (self.run_id, at))
+                reason = f"its parent run {self.run_id} {why}"
+                cause = {"parent_run_id": self.run_id, "parent_node": at}
+                cancel_run(self.store, run.run_id, reason, {"sub": "system:parent"}, cause)
 
     def _unwritable(self, before: list[s.NewEvent], exc: s.PayloadError) -> RunResult:
         """The run's outcome cannot be written (an output JSON cannot hold): the run fails with code
@@ -979,9 +981,11 @@ class Execution:
         return RunResult(self.run_id, "failed", None, error)
 
 
-def cancel_run(store: s.EventStore, run_id: str, reason: str, parent: tuple[str, str]) -> bool:
-    """End a run that is not finished as `cancelled` (`run.cancelled`), unless a live process executes
-    it (it sees its parent's outcome when it returns). True when it was cancelled."""
+def cancel_run(
+    store: s.EventStore, run_id: str, reason: str, actor: dict[str, Any], cause: dict[str, Any] | None = None
+) -> bool:
+    """End a run that is not finished as `cancelled` (`run.cancelled`: `reason`, and `cause`, e.g. the
+    parent that gave it up), unless a live process executes it. True when it was cancelled."""
     try:
         lease = store.acquire_lease(run_id)
     except s.RunLeased:
@@ -996,8 +1000,7 @@ def cancel_run(store: s.EventStore, run_id: str, reason: str, parent: tuple[str,
         with store.transaction() as tx:
             if store.run(run_id).status in s.TERMINAL_STATUSES:
                 return False
-            payload = {"reason": reason, "parent_run_id": parent[0], "parent_node": parent[1], "error": error}
-            tx.append(run_id, s.RUN_CANCELLED, "", payload, {"sub": "system:parent"})
+            tx.append(run_id, s.RUN_CANCELLED, "", {"reason": reason, **(cause or {}), "error": error}, actor)
             tx.set_status(run_id, "cancelled", error=error)
         return True
     finally:

@@ -7,6 +7,7 @@ waking or resuming that child must not make its side effects for a parent that m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,33 @@ def test_a_child_the_parent_still_waits_for_is_left_waiting(tmp_path: Path) -> N
     done = charter("approve", child["run_id"], "ok", "--as", "carol", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert log.read_text() == "wire(7)\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# charter cancel: a person ends a run nobody should continue, with the runs it started
+
+
+def test_charter_cancel_ends_a_waiting_run_and_its_child_and_nothing_continues_them(tmp_path: Path) -> None:
+    (project(tmp_path) / "parent.yaml").write_text(HEAD + f"  - {KID}\n")
+    log = tmp_path / "calls.log"
+    assert charter("run", "parent.yaml", "--input", f'{{"log": "{log}"}}', cwd=tmp_path).returncode == 3
+    child = child_of(tmp_path)
+    parent_id = child["parent_run_id"]
+    refused = charter("cancel", child["run_id"], cwd=tmp_path)
+    assert refused.returncode == 2 and f"charter cancel {parent_id}" in refused.stderr, refused.stderr
+    done = charter("cancel", parent_id, "--as", "ann", "--reason", "withdrawn", cwd=tmp_path)
+    assert done.returncode == 0 and "and 1 run(s) it started" in done.stderr, done.stderr
+    rows = {r["run_id"]: r for r in run_rows(tmp_path / "charter.db")}
+    assert {r["status"] for r in rows.values()} == {"cancelled"}
+    assert "cancelled by ann: withdrawn" in rows[parent_id]["error"]
+    assert charter("approve", child["run_id"], "ok", "--as", "carol", cwd=tmp_path).returncode == 2
+    assert charter("wake", cwd=tmp_path).returncode == 0
+    assert "already cancelled" in charter("resume", parent_id, cwd=tmp_path).stderr
+    again = charter("cancel", parent_id, cwd=tmp_path)
+    assert again.returncode == 2 and "already cancelled" in again.stderr
+    assert not log.exists()
+    for run_id in rows:
+        assert charter("verify", run_id, cwd=tmp_path).returncode == 0
+    events = charter("log", parent_id, "--json", cwd=tmp_path).stdout.splitlines()
+    last = json.loads(events[-1])
+    assert (last["kind"], last["actor"]) == ("run.cancelled", {"sub": "user:ann"})

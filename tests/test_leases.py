@@ -534,7 +534,9 @@ def test_resuming_a_child_interrupted_with_its_parent_continues_the_parent_too(t
     )
     parent = tmp_path / "parent.yaml"
     parent.write_text(
-        PARENT_FLOW.read_text().replace("lease_child_flow.yaml", "child.yaml").replace("lease-parent-flow", "p")
+        PARENT_FLOW.read_text()
+        .replace("lease_child_flow.yaml", "child.yaml")
+        .replace("lease-parent-flow", "p")
     )
     proc = lab.start("run", str(parent), gate_at="c")
     try:
@@ -554,3 +556,22 @@ def test_resuming_a_child_interrupted_with_its_parent_continues_the_parent_too(t
     assert run_json(resumed)["run_id"] == rows["p"]["run_id"]
     assert run_json(resumed)["status"] == "completed"
     assert lab.counts() == Counter({"c": 1, "after": 1})
+
+
+def test_charter_cancel_leaves_a_run_a_live_process_executes(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    proc = lab.start("run", str(FLOW), gate_at="b")
+    try:
+        _wait_for(lambda: lab.reached() or proc.poll() is not None, "the run to reach step b")
+        (row,) = run_rows(lab.db)
+        refused = lab.charter("cancel", row["run_id"])
+        assert refused.returncode == EXIT_LEASED and "executed by another process" in refused.stderr, (
+            describe(refused)
+        )
+        lab.open_gate()
+        assert proc.wait(timeout=WAIT_LIMIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert run_row(lab.db, row["run_id"])["status"] == "completed"
