@@ -345,7 +345,7 @@ def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
 
 
 def _raised_at(exc: BaseException) -> str:
-    """" (at FILE:LINE)": where the module's own code raised `exc`, not the import machinery."""
+    """Where the module's own code raised `exc` (not the import machinery), as " (at FILE:LINE)"."""
     import traceback
 
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
