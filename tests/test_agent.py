@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,10 @@ from dsl.frontend import compile_file
 from interpreter import RunOptions, replay_run, resume_run, run_workflow
 from interpreter.store import open_store
 from tests.fixtures.openai_server import OpenAIServer
+
+# No provider setting of the developer's (a key, a base URL) reaches these runs; examples.* is
+# allowed by the project's pyproject.toml, in the repository's root.
+pytestmark = pytest.mark.usefixtures("no_provider_env")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,19 +60,6 @@ grants:
   - {{id: analyst-read, to: analyst, tools: [lookup_company, lookup_invoice]}}
   - {{id: analyst-mail-inside, to: analyst, tools: [send_email], when: 'args.to.endsWith("@example.com")'}}
 """
-
-
-@pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(ROOT)  # examples.* is allowed by the project's pyproject.toml
 
 
 def workflow(tmp_path: Path, url: str, body: str) -> Any:

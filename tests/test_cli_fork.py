@@ -15,7 +15,7 @@ FLOW = """\
     charter: "1.0"
     name: {name}
     tools:
-      echo: {{python: "s9_fork_tools:echo", effect: read}}
+      echo: {{python: "fork_tools_mod:echo", effect: read}}
     steps:
       - {{id: fetch, tool: echo, args: {{step: fetch}}}}
       - id: each
@@ -29,15 +29,13 @@ FLOW = """\
     """
 
 
-def _flow(
-    folder: Path, file: str, name: str = "s9-orders", inner: str = "price", last: str = "publish"
-) -> str:
+def _flow(folder: Path, file: str, name: str = "orders", inner: str = "price", last: str = "publish") -> str:
     (folder / file).write_text(textwrap.dedent(FLOW.format(name=name, inner=inner, last=last)))
     return file
 
 
 def _first_run(folder: Path) -> str:
-    tool_project(folder, "s9_fork_tools")
+    tool_project(folder, "fork_tools_mod")
     first = project_charter("run", _flow(folder, "orders.yaml"), "--json", cwd=folder)
     assert first.returncode == 0, describe(first)
     (folder / "calls.jsonl").unlink()
@@ -54,15 +52,15 @@ def _refused(proc: subprocess.CompletedProcess[str], folder: Path, runs: int = 1
 
 def test_a_fork_with_another_workflow_is_refused(tmp_path: Path) -> None:
     run_id = _first_run(tmp_path)
-    other = _flow(tmp_path, "other.yaml", name="s9-invoices")
+    other = _flow(tmp_path, "other.yaml", name="invoices")
     refused = project_charter("run", other, "--from", f"{run_id}@publish", cwd=tmp_path)
     message = _refused(refused, tmp_path)
-    assert f"run {run_id} is of workflow 's9-orders', but other.yaml is workflow 's9-invoices'" in message
+    assert f"run {run_id} is of workflow 'orders', but other.yaml is workflow 'invoices'" in message
     as_json = project_charter("run", other, "--from", f"{run_id}@fetch", "--json", cwd=tmp_path)
     _refused(as_json, tmp_path)
     result = json.loads(as_json.stdout)
     assert result["status"] == "refused" and result["error"]["code"] == "invalid"
-    assert "'s9-invoices'" in result["error"]["message"] and "'s9-orders'" in result["error"]["message"]
+    assert "'invoices'" in result["error"]["message"] and "'orders'" in result["error"]["message"]
 
 
 def test_a_fork_at_a_node_the_file_does_not_have_is_refused(tmp_path: Path) -> None:
@@ -70,7 +68,7 @@ def test_a_fork_at_a_node_the_file_does_not_have_is_refused(tmp_path: Path) -> N
     edited = _flow(tmp_path, "edited.yaml", inner="pricing", last="publish_all")  # steps renamed
     renamed = project_charter("run", edited, "--from", f"{run_id}@publish", cwd=tmp_path)
     message = _refused(renamed, tmp_path)
-    assert "edited.yaml (workflow 's9-orders') has no step 'publish'; did you mean 'publish_all'?" in message
+    assert "edited.yaml (workflow 'orders') has no step 'publish'; did you mean 'publish_all'?" in message
     # an iteration's path names the step without its [i]
     inner = project_charter("run", edited, "--from", f"{run_id}@each[1]/body/price", cwd=tmp_path)
     message = _refused(inner, tmp_path)

@@ -11,7 +11,11 @@ import pytest
 
 from interpreter import replay_run
 from tests.fixtures.openai_server import OpenAIServer
-from tests.test_agent import ROOT, events, run, workflow
+from tests.test_agent import events, run, workflow
+
+# No provider setting of the developer's (a key, a base URL) reaches these runs; examples.* is
+# allowed by the project's pyproject.toml, in the repository's root.
+pytestmark = pytest.mark.usefixtures("no_provider_env")
 
 
 class ObjectRootsOnly(OpenAIServer):
@@ -34,13 +38,6 @@ class ObjectRootsOnly(OpenAIServer):
 def server() -> Iterator[ObjectRootsOnly]:
     with ObjectRootsOnly() as srv:
         yield srv
-
-
-@pytest.fixture(autouse=True)
-def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(ROOT)
 
 
 CLASSIFY = """

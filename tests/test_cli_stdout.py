@@ -33,8 +33,8 @@ NOISES = ("s9-echo-", "s9-child-python", "s9-fd1", "s9-print")
 
 
 def _project(folder: Path, flow: str) -> Path:
-    (folder / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["s9_noisy"]\n')
-    (folder / "s9_noisy.py").write_text(TOOLS)
+    (folder / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["noisy_tools"]\n')
+    (folder / "noisy_tools.py").write_text(TOOLS)
     path = folder / "flow.yaml"
     path.write_text(textwrap.dedent(flow))
     return path
@@ -62,7 +62,7 @@ TWO_STEPS = """\
     charter: "1.0"
     name: s9-noisy
     tools:
-      noisy: {python: "s9_noisy:noisy", effect: read}
+      noisy: {python: "noisy_tools:noisy", effect: read}
     steps:
       - {id: a, tool: noisy, args: {n: 1}}
       - {id: b, tool: noisy, args: {n: 2}}
@@ -117,7 +117,7 @@ APPROVE_THEN_TOOL = """\
     name: s9-noisy-approval
     identities: {ann: {kind: user}}
     tools:
-      noisy: {python: "s9_noisy:noisy", effect: read}
+      noisy: {python: "noisy_tools:noisy", effect: read}
     steps:
       - {id: ok, approval: {message: "go?", approvers: [ann]}}
       - {id: b, tool: noisy, args: {n: 2}}

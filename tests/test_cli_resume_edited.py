@@ -24,7 +24,7 @@ FLOW = """\
     charter: "1.0"
     name: s9-resume-edited
     tools:
-      step: {python: "s9_resume_tools:step", effect: read}
+      step: {python: "resume_tools_mod:step", effect: read}
     steps:
       - {id: a, tool: step, args: {name: a}}
       - {id: b, tool: step, args: {name: b}}
@@ -33,12 +33,12 @@ FLOW = """\
 
 
 def _charter(folder: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return charter(*args, "--db", str(folder / "s9.db"), cwd=folder, env=child_env(extra))
+    return charter(*args, "--db", str(folder / "runs.db"), cwd=folder, env=child_env(extra))
 
 
 def _interrupted_run(folder: Path) -> str:
-    (folder / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["s9_resume_tools"]\n')
-    (folder / "s9_resume_tools.py").write_text(TOOLS)
+    (folder / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["resume_tools_mod"]\n')
+    (folder / "resume_tools_mod.py").write_text(TOOLS)
     (folder / "flow.yaml").write_text(textwrap.dedent(FLOW))
     crashed = _charter(folder, "run", "flow.yaml", S9_CRASH="b")
     assert crashed.returncode == 9, describe(crashed)
@@ -83,7 +83,7 @@ def test_resume_from_another_folder_names_the_file_it_started_from(tmp_path: Pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     resumed = charter(
-        "resume", run_id, "--db", str(project / "s9.db"), "--allow-module", "s9_resume_tools",
+        "resume", run_id, "--db", str(project / "runs.db"), "--allow-module", "resume_tools_mod",
         cwd=elsewhere, env=child_env({"PYTHONPATH": f"{project}:{child_env()['PYTHONPATH']}"}),
     )  # fmt: skip
     assert resumed.returncode == 0, describe(resumed)

@@ -4,27 +4,17 @@ says of invalid tool calls and §13.2 of answers that do not fit `output_schema`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from interpreter import replay_run
 from tests.fixtures.openai_server import OpenAIServer
-from tests.test_agent import ROOT, agent, events, run, tool_messages, workflow
+from tests.test_agent import agent, events, run, tool_messages, workflow
 
-
-@pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(ROOT)  # examples.* is allowed by the project's pyproject.toml
+# No provider setting of the developer's (a key, a base URL) reaches these runs; examples.* is
+# allowed by the project's pyproject.toml, in the repository's root.
+pytestmark = pytest.mark.usefixtures("no_provider_env")
 
 
 def test_tool_arguments_with_the_logs_reserved_key_are_refused_and_the_model_told(
