@@ -522,7 +522,11 @@ def _allow_option(fn):  # type: ignore[no-untyped-def]
 @main.command(short_help="Validate and run a workflow.")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_json", metavar="JSON", help="The run input as JSON text.")
-@click.option("--input-file", type=click.Path(dir_okay=False), help="Read the run input from a JSON file.")
+@click.option(
+    "--input-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Read the run input from a JSON file ('-': standard input).",
+)
 @click.option(
     "--as", "principal", metavar="PRINCIPAL", help="Principal the run acts for (default: your user name)."
 )
@@ -586,7 +590,9 @@ def run(
         raise click.UsageError("give --input or --input-file, not both")
     inputs = {}
     try:
-        if input_file is not None:
+        if input_file == "-":
+            inputs = json.load(sys.stdin)
+        elif input_file is not None:
             with open(input_file, encoding="utf-8") as handle:
                 inputs = json.load(handle)
         elif input_json is not None:

@@ -546,3 +546,14 @@ def events_of(db: Path, run_id: str) -> list[tuple[Any, ...]]:
         rows = conn.execute("SELECT seq FROM events WHERE run_id = ?", (run_id,)).fetchall()
     conn.close()
     return rows
+
+
+def test_the_input_can_come_from_standard_input(tmp_path: Path) -> None:
+    expense = json.dumps({"employee": "al", "items": [{"category": "food", "amount": 12.5}]})
+    proc = subprocess.run(
+        charter_cmd("run", str(EXAMPLES / "approval.yaml"), "--input-file", "-", "--allow-module", "examples.*"),
+        input=expense, cwd=tmp_path, env=child_env({"CHARTER_DB": str(tmp_path / "charter.db")}),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"booking": "EXP-AL-1250", "total": 12.5}
