@@ -665,6 +665,17 @@ def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[
         _die(str(exc))
 
 
+def _waits_at(store, run_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The nodes a waiting run waits at, as its last `run.waiting` says (what `charter approve` takes)."""
+    from interpreter.store import RUN_WAITING
+
+    last = None
+    for event in store.events(run_id, kinds=(RUN_WAITING,)):
+        last = event
+    pending = (last.payload or {}).get("pending") if last is not None else None
+    return [str(p) for p in pending] if isinstance(pending, list) else []
+
+
 @main.command()
 @_db_option
 @click.option("--limit", default=50, show_default=True, help="How many runs.")
@@ -693,6 +704,7 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     stopped = _guarded(
         lambda: {r.run_id for r in rows if r.status == "running" and not _executing(store, r.run_id)}
     )
+    waits = _guarded(lambda: {r.run_id: _waits_at(store, r.run_id) for r in rows if r.status == "waiting"})
     if as_json:
         click.echo(
             json.dumps(
@@ -708,6 +720,7 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
                         "forked_from": forks[r.run_id],  # {"run_id", "node_path"} or null
                         # running, but no live process executes it (a crash): `charter resume` it
                         "interrupted": r.run_id in stopped,
+                        "waiting_at": waits.get(r.run_id),  # the nodes a waiting run waits at
                     }
                     for r in rows
                 ],
@@ -727,6 +740,7 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
             f"  (forked from {_q(str(fork['run_id']) + '@' + str(fork.get('node_path')))})" if fork else ""
         )
         forked += "  (interrupted: no process executes it; charter resume it)" if r.run_id in stopped else ""
+        forked += f"  (waits at {', '.join(waits[r.run_id])})" if waits.get(r.run_id) else ""
         click.echo(
             f"{r.run_id:<26}  {r.status:<9}  {r.workflow_name[:24]:<24}  {r.head_seq:>6}  {r.created_at}{child}{forked}"
         )

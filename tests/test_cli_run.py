@@ -151,7 +151,11 @@ def test_a_run_continued_where_its_model_cannot_be_set_up_stays_resumable(tmp_pa
     assert "unknown provider 'bogus'" in approved.stderr and f"charter resume {run_id}" in approved.stderr
     again = charter("resume", run_id, *bogus, cwd=tmp_path)
     assert again.returncode == 2 and "unknown provider 'bogus'" in again.stderr
-    assert json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]["status"] == "waiting"
+    listed = json.loads(charter("runs", "--json", cwd=tmp_path).stdout)[0]
+    assert (listed["status"], listed["waiting_at"]) == ("waiting", ["ok"])
+    assert (
+        f"{run_id}  waiting" in (table := charter("runs", cwd=tmp_path).stdout) and "(waits at ok)" in table
+    )
     done = charter("resume", run_id, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert run_json(done)["output"] == {"said": "hi"}
