@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from interpreter import store as s
 from interpreter.authz import AuthzError, person_name
-from interpreter.engine import cancel_run, require_intact
-from interpreter.records import descendant_runs
+from interpreter.engine import cancel_tree, require_intact
 from interpreter.runtime import RunSetupError
 
 
 def cancel(run_id: str, *, store: s.EventStore, person: str, reason: str | None = None) -> list[str]:
-    """Cancel run `run_id` and the unfinished runs it started (at any depth); return their ids, the run
-    first. Refused (RunSetupError) for a finished run, and for a child run whose parent waits for it
-    (cancel the top-level run: a parent cannot go on without its child's outcome); `RunLeased` when a
-    live process executes the run (stop it first)."""
+    """Cancel run `run_id` and the unfinished runs it started (at any depth), all or none; return their
+    ids, the run first. Refused (RunSetupError) for a finished run, and for a child run whose parent
+    waits for it (cancel the top-level run: a parent cannot go on without its child's outcome);
+    `RunLeased` when a live process executes one of them (stop it first)."""
     try:
         person = person_name(person)
     except AuthzError as exc:
@@ -33,18 +32,7 @@ def cancel(run_id: str, *, store: s.EventStore, person: str, reason: str | None 
         )
     require_intact(store, run_id, "cancelled")
     why = f"cancelled by {person}" + (f": {reason}" if reason else "")
-    actor = {"sub": f"user:{person}"}
-    if not cancel_run(store, run_id, why, actor, {"by": person}):
-        lease = store.lease(run_id)
-        if lease is not None and store.run(run_id).status not in s.TERMINAL_STATUSES:
-            raise s.RunLeased(lease)  # a live process executes it: stop it first
+    done = cancel_tree(store, run_id, why, {"sub": f"user:{person}"}, {"by": person}, all_or_nothing=True)
+    if run_id not in done:  # it finished between the look above and the lease
         raise RunSetupError(f"run {run_id} is already {store.run(run_id).status}: nothing to cancel")
-    done = [run_id]
-    for child, _ in descendant_runs(store, run_id):
-        if child.status not in s.TERMINAL_STATUSES:
-            cause = {"by": person, "parent_run_id": child.parent_run_id, "parent_node": child.parent_node}
-            if cancel_run(
-                store, child.run_id, f"its parent run {child.parent_run_id} was {why}", actor, cause
-            ):
-                done.append(child.run_id)
     return done

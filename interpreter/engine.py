@@ -58,12 +58,14 @@ from interpreter.runtime import (
     StepError,
     Suspend,
 )
+from interpreter.spending import within
 from interpreter.tools import PythonTarget, PythonTool, check_mcp_commands, code_digest, resolve_python
 
 INTERPRETER_VERSION = __version__
 NewEvent = s.NewEvent
 GROUP_WINDOW = 0.005  # seconds a side-effect-free completion may wait for a group commit
 GROUP_EVENTS = 512
+_PARENT = {"sub": "system:parent"}  # the actor of a child run's cancellation by its parent
 _ITERATION = re.compile(r"\[\d+\]")
 INPUT_GATE = "run.input"  # node path of run.input guardrail events and of their escalation
 
@@ -187,6 +189,8 @@ class Execution:
         # Per-run resources (MCP sessions, model providers) register an async close here; `execute`
         # awaits each one (last registered first) when the run ends, whatever its outcome.
         self.closers: list[Callable[[], Awaitable[Any]]] = []
+        # Child runs given up on (`abandon_children`), cancelled after the next commit.
+        self.abandoned: list[tuple[str | None, str]] = []
         self.checked = 0
         self.visited: set[str] = set()  # replay: nodes whose outcome was compared
         from interpreter.steps import STEP_RUNNERS
@@ -218,6 +222,8 @@ class Execution:
         turn, self.turn_commit = self.turn_commit, None
         if turn is not None and not turn.done():  # this commit carried the turn's completions
             turn.set_result(None)
+        if self.abandoned:
+            self._cancel_abandoned()
 
     def _commit_turn(self, turn: asyncio.Future[None]) -> None:
         if turn is not self.turn_commit or turn.done():  # an earlier commit carried it
@@ -945,24 +951,28 @@ class Execution:
                 return self._unwritable(batch[:-1], exc)
             if status != "waiting":
                 self.abandon_children(None, status)
+            if self.abandoned:
+                self._cancel_abandoned()
         self.notify(status, "", "", pending or error)
         return RunResult(self.run_id, status, output, error, list(pending or []))  # type: ignore[arg-type]
 
     def abandon_children(self, under: str | None, why: str) -> None:
-        """Cancel the unfinished child runs this run started at or under node `under` (None: anywhere),
-        and the runs they started: this run no longer waits for them (`why`: a timeout cut the step
-        off, its branch lost the join or was cut off by a failure, this run ended). Left waiting, an
-        approval or `charter wake` would continue one and make its side effects for nobody."""
-        if self.replaying:
-            return
+        """This run no longer waits for the unfinished child runs it started at or under node `under`
+        (None: anywhere) -- a timeout cut the step off, its branch lost the join or was cut off by a
+        failure, the run ended (`why`). They are cancelled, with the runs they started, once the
+        decision that gave them up is in this run's log (the next commit): left waiting, an approval
+        or `charter wake` would continue one and make its side effects for nobody."""
+        if not self.replaying:
+            self.abandoned.append((under, why))
+
+    def _cancel_abandoned(self) -> None:
+        given_up, self.abandoned = self.abandoned, []
         for child in self.store.children(self.run_id):
             at = child.parent_node or ""
-            if child.status in s.TERMINAL_STATUSES or not (under is None or at == under or _under(at, under)):
-                continue
-            for run in [child, *(run for run, _ in descendant_runs(self.store, child.run_id))]:
-                reason = f"its parent run {self.run_id} {why}"
+            why = next((why for under, why in given_up if under is None or within(at, under)), None)
+            if why is not None and child.status not in s.TERMINAL_STATUSES:
                 cause = {"parent_run_id": self.run_id, "parent_node": at}
-                cancel_run(self.store, run.run_id, reason, {"sub": "system:parent"}, cause)
+                cancel_tree(self.store, child.run_id, f"its parent run {self.run_id} {why}", _PARENT, cause)
 
     def _unwritable(self, before: list[s.NewEvent], exc: s.PayloadError) -> RunResult:
         """The run's outcome cannot be written (an output JSON cannot hold): the run fails with code
@@ -981,34 +991,52 @@ class Execution:
         return RunResult(self.run_id, "failed", None, error)
 
 
-def cancel_run(
-    store: s.EventStore, run_id: str, reason: str, actor: dict[str, Any], cause: dict[str, Any] | None = None
-) -> bool:
-    """End a run that is not finished as `cancelled` (`run.cancelled`: `reason`, and `cause`, e.g. the
-    parent that gave it up), unless a live process executes it. True when it was cancelled."""
+def cancel_tree(
+    store: s.EventStore,
+    run_id: str,
+    reason: str,
+    actor: dict[str, Any],
+    cause: dict[str, Any] | None = None,
+    *,
+    all_or_nothing: bool = False,
+) -> list[str]:
+    """End run `run_id` and every unfinished run it started as `cancelled` (`run.cancelled`: `reason`
+    and `cause`, e.g. the parent that gave it up; the runs below it name their parent), in one
+    transaction; return the ids cancelled. A run a live process executes is left to it -- with
+    `all_or_nothing`, nothing is cancelled then (`RunLeased` names it)."""
+    runs = [store.run(run_id), *(run for run, _ in descendant_runs(store, run_id))]
+    leases: list[s.Lease] = []
     try:
-        lease = store.acquire_lease(run_id)
-    except s.RunLeased:
-        return False
-    try:
-        error = {
-            "type": "Cancelled",
-            "code": "cancelled",
-            "message": reason,
-            "retryable": False,
-        }
+        for run in runs:
+            if run.status in s.TERMINAL_STATUSES:
+                continue
+            try:
+                leases.append(store.acquire_lease(run.run_id))
+            except s.RunLeased:
+                if all_or_nothing:
+                    raise
+        done: list[str] = []
         with store.transaction() as tx:
-            if store.run(run_id).status in s.TERMINAL_STATUSES:
-                return False
-            tx.append(run_id, s.RUN_CANCELLED, "", {"reason": reason, **(cause or {}), "error": error}, actor)
-            tx.set_status(run_id, "cancelled", error=error)
-        return True
+            for run in runs:
+                if run.run_id not in {lease.run_id for lease in leases}:
+                    continue
+                if run.run_id == run_id:
+                    why, because = reason, cause or {}
+                else:
+                    why = f"its parent run {run.parent_run_id} was cancelled: {reason}"
+                    because = {
+                        **(cause or {}),
+                        "parent_run_id": run.parent_run_id,
+                        "parent_node": run.parent_node,
+                    }
+                error = {"type": "Cancelled", "code": "cancelled", "message": why, "retryable": False}
+                tx.append(run.run_id, s.RUN_CANCELLED, "", {"reason": why, **because, "error": error}, actor)
+                tx.set_status(run.run_id, "cancelled", error=error)
+                done.append(run.run_id)
+        return done
     finally:
-        store.release_lease(lease)
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path.startswith(prefix + "/") or path.startswith(prefix + "[")
+        for lease in leases:
+            store.release_lease(lease)
 
 
 def _condition_values(program: Any, bindings: dict[str, Any]) -> dict[str, Any]:

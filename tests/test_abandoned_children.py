@@ -8,11 +8,13 @@ waking or resuming that child must not make its side effects for a parent that m
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from fixtures.charter_cli import child_env, run_rows
 from fixtures.charter_cli import project_charter as charter
-from fixtures.charter_cli import run_rows
 
 TOOLS = """
 import time
@@ -176,3 +178,42 @@ def test_charter_cancel_ends_a_waiting_run_and_its_child_and_nothing_continues_t
     events = charter("log", parent_id, "--json", cwd=tmp_path).stdout.splitlines()
     last = json.loads(events[-1])
     assert (last["kind"], last["actor"]) == ("run.cancelled", {"sub": "user:ann"})
+
+
+CRASH_AFTER_CANCEL = """
+import os, sys
+import interpreter.engine as engine
+
+cancel_tree = engine.cancel_tree
+
+def cancel_then_crash(*args, **kwargs):
+    done = cancel_tree(*args, **kwargs)
+    os._exit(9)  # the process dies right after the child's cancellation is committed
+
+engine.cancel_tree = cancel_then_crash
+import cli
+sys.argv = ["charter", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_the_decision_that_gives_a_child_up_is_logged_before_the_child_is_cancelled(tmp_path: Path) -> None:
+    """A crash right after the cancellation: the parent's log already says why (its join), so resume
+    finishes the parent as the live run would have, not failing on a child it had given up."""
+    steps, _ = PARENTS["another branch won join any"]
+    (project(tmp_path) / "parent.yaml").write_text(HEAD + steps)
+    (tmp_path / "crash_after_cancel.py").write_text(CRASH_AFTER_CANCEL)
+    log = tmp_path / "calls.log"
+    crashed = subprocess.run(
+        [sys.executable, "crash_after_cancel.py", "run", "parent.yaml", "--input", f'{{"log": "{log}"}}'],
+        cwd=tmp_path, env=child_env({"CHARTER_DB": str(tmp_path / "charter.db")}), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert crashed.returncode == 9, crashed.stderr
+    child = child_of(tmp_path)
+    assert child["status"] == "cancelled"
+    parent = child["parent_run_id"]
+    assert "parallel.joined" in charter("log", parent, cwd=tmp_path).stdout
+    resumed = charter("resume", parent, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not log.exists()

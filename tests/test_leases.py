@@ -575,3 +575,26 @@ def test_charter_cancel_leaves_a_run_a_live_process_executes(tmp_path: Path) -> 
             proc.kill()
         proc.communicate()
     assert run_row(lab.db, row["run_id"])["status"] == "completed"
+
+
+def test_charter_cancel_cancels_nothing_while_a_live_process_executes_a_run_below(tmp_path: Path) -> None:
+    """All or none: a child a live process executes is left to it, and so is the rest (exit 4)."""
+    lab = Lab(tmp_path)
+    first = lab.charter("run", str(PARENT_FLOW), "--json")
+    assert first.returncode == 3, describe(first)
+    parent = run_json(first)["run_id"]
+    (child,) = [str(r["run_id"]) for r in run_rows(lab.db) if r["parent_run_id"] == parent]
+    approving = lab.start("approve", child, "ok", "--as", "carol", "--json", gate_at="c")
+    try:
+        _wait_for(lambda: lab.reached() or approving.poll() is not None, "the child to reach `c`")
+        refused = lab.charter("cancel", parent)
+        assert refused.returncode == EXIT_LEASED and child in refused.stderr, describe(refused)
+        assert {r["status"] for r in run_rows(lab.db)} == {"waiting", "running"}
+        lab.open_gate()
+        approving.communicate(timeout=WAIT_LIMIT)
+    finally:
+        if approving.poll() is None:
+            approving.kill()
+            approving.communicate()
+    assert {r["status"] for r in run_rows(lab.db)} == {"completed"}
+    assert lab.counts() == Counter({"c": 1, "after": 1})
