@@ -191,6 +191,8 @@ class Execution:
         self.closers: list[Callable[[], Awaitable[Any]]] = []
         # Child runs given up on (`abandon_children`), cancelled after the next commit.
         self.abandoned: list[tuple[str | None, str]] = []
+        # Node paths of write calls a timeout or a join cut off in flight (`_timed_out`).
+        self.cut_writes: set[str] = set()
         self.checked = 0
         self.visited: set[str] = set()  # replay: nodes whose outcome was compared
         from interpreter.steps import STEP_RUNNERS
@@ -514,6 +516,8 @@ class Execution:
         self, runner: Any, node: Any, scope: Scope, path: str, attempt: int, timeout: float | None
     ) -> Any:
         outer = OUTER_ATTEMPTS.set((*OUTER_ATTEMPTS.get(), (path, attempt))) if attempt > 1 else None
+        if self.cut_writes:  # what an earlier attempt cut off does not decide this attempt's timeout
+            self.cut_writes -= {p for p in self.cut_writes if within(p, path)}
         try:
             if timeout is None:
                 return await runner(self, node, scope, path, attempt)
@@ -523,19 +527,24 @@ class Execution:
             if timeout is None:  # not this step's timeout: someone else's error
                 raise
             self.abandon_children(path, f"cut its step '{path}' off ({node.step.timeout} timeout)")
-            err = StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}")
-            # A write call cut off may have acted: another attempt (another key) only if `on` asks (§12.4).
-            err.retryable = not (
-                node.kind == "tool" and self.graph.workflow.tools[node.step.tool].effect == "write"
-            )
-            raise err from None
+            raise self._timed_out(node, path) from None
         except ReplayCutOff as cut:
             if cut.at != path:
                 raise
-            raise StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}") from None
+            raise self._timed_out(node, path) from None
         finally:
             if outer is not None:
                 OUTER_ATTEMPTS.reset(outer)
+
+    def _timed_out(self, node: Any, path: str) -> StepError:
+        """The step's timeout. One that cut off a write call in the step (its own, or a step's inside
+        it) is not retried unless `retry.on` lists `timeout`: the call may have acted, and another
+        attempt has another idempotency key (§12.4)."""
+        err = StepError("timeout", f"step '{node.id}' timed out after {node.step.timeout}")
+        cut = {p for p in self.cut_writes if within(p, path)}
+        self.cut_writes -= cut
+        err.retryable = not cut
+        return err
 
     @staticmethod
     def _retries(retry: Any, err: StepError) -> bool:

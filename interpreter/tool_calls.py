@@ -84,6 +84,8 @@ async def logged_call(
         raise
     except asyncio.CancelledError:  # cut off from outside: a timeout, or a sibling branch won the join
         ex.emit(s.TOOL_FAILED, path, {**ids, "error": CANCELLED, "duration_ms": _ms(t0)}, actor)
+        if write:
+            ex.cut_writes.add(path)
         raise
     finally:
         CURRENT_CHAIN.reset(token)
@@ -172,5 +174,7 @@ async def replayed_call(ex: Any, path: str, attempt: int, call: Any, name: str, 
         )
     if failed.get("code") != "cancelled":
         raise StepError.from_dict(failed)
+    if call.called.get("effect") == "write":  # as the run's timeout decided: the write may have acted
+        ex.cut_writes.add(path)
     await ex.cut_off(path, attempt)  # cut off by a timeout, or by a sibling that won the join: ends as it did
     raise AssertionError("unreachable: cut_off ends the call")

@@ -1724,8 +1724,10 @@ def test_an_approval_retried_on_denied_asks_again_each_attempt(store: Any, workd
     [
         ("tool", None, 1),  # the tool's own timeout
         ("step", None, 1),  # the step's timeout cut the call off
+        ("group", None, 1),  # the timeout of a group step around it cut the call off
         ("tool", "[timeout]", 3),  # asked for: each attempt calls again (with its own key)
         ("step", "[timeout]", 3),
+        ("group", "[timeout]", 3),
     ],
 )
 def test_a_write_call_that_timed_out_is_retried_only_when_on_lists_timeout(
@@ -1736,6 +1738,12 @@ def test_a_write_call_that_timed_out_is_retried_only_when_on_lists_timeout(
     tool_timeout = ", timeout: 50ms" if timeouts == "tool" else ""
     step_timeout = ", timeout: 50ms" if timeouts == "step" else ""
     retry_on = f", on: {on}" if on else ""
+    retry = f"retry: {{attempts: 3, backoff: {{initial: 1ms}}{retry_on}}}"
+    call = f'{{id: pay, tool: charge, args: {{log: "${{{{ input.log }}}}", seconds: 1}}{step_timeout}'
+    if timeouts == "group":
+        steps = f"  - id: checkout\n    timeout: 50ms\n    {retry}\n    steps:\n      - {call}}}"
+    else:
+        steps = f"  - {call}, {retry}}}"
     flow = workdir / f"charge_{timeouts}_{calls}.yaml"
     flow.write_text(
         f'''charter: "1.0"
@@ -1744,14 +1752,14 @@ input: {{type: object, properties: {{log: {{type: string}}}}}}
 tools:
   charge: {{python: "{MODULE}:charge", effect: write{tool_timeout}}}
 steps:
-  - {{id: pay, tool: charge, args: {{log: "${{{{ input.log }}}}", seconds: 1}}{step_timeout},
-     retry: {{attempts: 3, backoff: {{initial: 1ms}}{retry_on}}}}}
+{steps}
 '''
     )
     log = tmp_path / "charges.log"
     result = run_workflow(compiled(flow), {"log": str(log)}, store=store, options=OPTS)
     assert result.status == "failed" and result.error["code"] == "timeout", result.error
     assert len(log_lines(log)) == calls
+    assert replay_run(result.run_id, store=store, options=OPTS).ok  # replay decides as the run did
 
 
 def test_a_tool_argument_named_like_the_logs_reserved_key_fails_its_step_not_the_run(
