@@ -144,7 +144,11 @@ def decide(
             f"the approval at '{node_path}' expired at {requested.get('expires_at')}: its timeout "
             f"decided, not {person}; run {run_id} is {decided.status}{above}"
         )
-    require_intact(store, run_id, "decided")  # a decision appended to a changed log would vouch for it
+    # A decision appended to a changed log would vouch for it; the runs above continue after it, and
+    # the decided run's rules and grants are read from theirs.
+    for above, _ in lineage(store, run_id):
+        require_intact(store, above, "continued")
+    require_intact(store, run_id, "decided")
     approvers = requested.get("approvers") or []
     verified = _check_approver(approvers, person, options, identities)
     decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}

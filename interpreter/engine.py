@@ -1357,6 +1357,8 @@ def _guard_for(
     row = store.run(run_id)
     if parent is None and row.parent_run_id:
         up = store.run(row.parent_run_id)
+        if replayed is None:  # continued: its parent's rules, grants and budgets are read from a sound log
+            require_intact(store, up.run_id, "continued")
         up_events = list(store.events(up.run_id))
         up_started = next((e.payload for e in up_events if e.kind == s.RUN_STARTED), None) or {}
         # Its file's folder, for the tool declarations a child's are compared with (workflow paths)

@@ -8,6 +8,7 @@ waking or resuming that child must not make its side effects for a parent that m
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,26 @@ def test_the_decision_that_gives_a_child_up_is_logged_before_the_child_is_cancel
     resumed = charter("resume", parent, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert not log.exists()
+
+
+def test_a_child_is_not_decided_nor_continued_when_its_parents_log_fails_verify(tmp_path: Path) -> None:
+    """The child's rules, grants and budgets come from its parent's log, and the parent continues after
+    it: a parent log changed by hand stops `approve` and `resume` of the child before anything is
+    recorded or done."""
+    (project(tmp_path) / "parent.yaml").write_text(HEAD + f"  - {KID}\n")
+    log = tmp_path / "calls.log"
+    assert charter("run", "parent.yaml", "--input", f'{{"log": "{log}"}}', cwd=tmp_path).returncode == 3
+    child = child_of(tmp_path)
+    with sqlite3.connect(tmp_path / "charter.db") as conn:
+        conn.execute(
+            "UPDATE events SET payload = replace(payload, 'parent', 'changed') WHERE run_id = ? AND seq = 1",
+            (child["parent_run_id"],),
+        )
+    conn.close()
+    for command in (("approve", child["run_id"], "ok", "--as", "carol"), ("resume", child["run_id"])):
+        refused = charter(*command, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert f"run {child['parent_run_id']}: its log fails verification" in refused.stderr
+    assert not log.exists()
+    events = charter("log", child["run_id"], "--json", cwd=tmp_path).stdout
+    assert "approval.decided" not in events
