@@ -271,6 +271,8 @@ def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> N
     child run `charter resume` continued, when the run reported is its top-level run."""
     import json
 
+    from interpreter.runtime import error_text
+
     approvals = _approvals(store, result)
     resumed = resumed if resumed is not None and resumed.run_id != result.run_id else None
     if as_json:
@@ -298,7 +300,7 @@ def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> N
     if result.status == "failed" and result.error:
         where = result.error.get("node_path") or ""
         click.echo(
-            f"run {result.run_id} failed{' at ' + where if where else ''}: {result.error.get('message')}",
+            f"run {result.run_id} failed{' at ' + where if where else ''}: {error_text(result.error)}",
             err=True,
         )
     elif result.status == "waiting":

@@ -57,6 +57,7 @@ from interpreter.runtime import (
     SetupPolicyError,
     StepError,
     Suspend,
+    error_text,
 )
 from interpreter.spending import within
 from interpreter.tools import PythonTarget, PythonTool, check_mcp_commands, code_digest, resolve_python
@@ -106,8 +107,8 @@ def _expression_error(
         place = graph.locate(at, exc.source, exc.offset)
     if place is None:
         return StepError("expression", f"{what}: {exc}", type="ExpressionError", retryable=False)
-    message = f"{place}: {what}: `{exc.source.strip()}`: {exc.message}"
-    return StepError("expression", message, type="ExpressionError", retryable=False)
+    message = f"{what}: `{exc.source.strip()}`: {exc.message}"
+    return StepError("expression", message, type="ExpressionError", retryable=False, details={"at": place})
 
 
 class Execution:
@@ -485,7 +486,7 @@ class Execution:
                             {"attempt": attempt, "error": err.to_dict(), "delay_ms": delay * 1000},
                         )
                     )
-                    self.notify("retrying", path, node.kind, err.message)
+                    self.notify("retrying", path, node.kind, error_text(err.to_dict()))
                     self._forget_under(path)
                     attempt += 1
                     if not self.replaying:
@@ -647,7 +648,7 @@ class Execution:
                     },
                 )
             )
-        self.notify("failed", path, node.kind, err.message)
+        self.notify("failed", path, node.kind, error_text(err.to_dict()))
 
     def check(self, path: str, rec: NodeRecord | None, status: str, value: Any) -> None:
         """Replay: compare a node's outcome with the recording."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,15 @@ class InputError(RunSetupError):
 
 class SetupPolicyError(RunSetupError, PolicyError):
     """A python tool's module is not allowed (found before the run starts)."""
+
+
+def error_text(error: Mapping[str, Any]) -> str:
+    """An error object as a person reads it: its message, after the place in the file it names
+    (`details.at`, e.g. of a run-time expression error) -- kept out of the message, which replay
+    compares, so that the same workflow replayed from another path still reproduces."""
+    details = error.get("details")
+    at = details.get("at") if isinstance(details, dict) else None
+    return f"{at}: {error.get('message')}" if at else str(error.get("message"))
 
 
 class StepError(Exception):

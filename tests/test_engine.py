@@ -1676,11 +1676,16 @@ def test_runtime_expression_errors_name_the_file_position_and_the_expression(
     inputs = {"x": [1], "w": 1, "z": 1, **given}
     result = run_workflow(compiled(flow), inputs, store=store, options=OPTS)
     assert result.status == "failed" and result.error["node_path"] == failed_at
-    message = result.error["message"]
-    assert message.startswith(f"{flow}{place}"), message
+    message, at = result.error["message"], result.error["details"]["at"]
+    assert f"{at}:" == f"{flow}{place}", at
     assert f"`{expression}`" in message and f"no such overload: {problem}" in message
     failed = [e for e in store.events(result.run_id) if e.kind == "step.failed" and e.node_path == failed_at]
-    assert failed[0].payload["error"]["message"] == message
+    assert failed[0].payload["error"]["details"]["at"] == at
+    # The place is not in the message, which replay compares: the same file from elsewhere reproduces.
+    moved = workdir / "moved" / "dyn_types.yaml"
+    moved.parent.mkdir(exist_ok=True)
+    moved.write_text(flow.read_text())
+    assert replay_run(result.run_id, store=store, graph=compiled(moved), options=OPTS).ok
 
 
 def test_an_approval_retried_on_denied_asks_again_each_attempt(store: Any, workdir: Path) -> None:
