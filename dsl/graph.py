@@ -11,6 +11,7 @@ append "[i]" to the looping node's path at run time ("priced[3]/body/price").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -155,11 +156,19 @@ class ExecutionGraph:
 def _find_text(
     value: Any, text: str, path: tuple[str | int, ...]
 ) -> tuple[tuple[str | int, ...], int] | None:
-    """The first string under `value` (document order) that contains `text`, and where in it; lists of
-    steps (mappings with an `id`) are other nodes' and are not searched."""
+    """The first string under `value` (document order) that holds the expression `text` -- as the whole
+    string (a condition) or inside `${{ }}`, never as mere text --, and where in it; lists of steps
+    (mappings with an `id`) are other nodes' and are not searched."""
     if isinstance(value, str):
-        index = value.find(text)
-        return None if index < 0 else (path, index)
+        if value.strip() == text.strip():  # a condition: the whole string
+            return path, value.find(text.strip()) - (len(text) - len(text.lstrip()))
+        for opened in re.finditer(r"\$\{\{", value):  # a value: inside `${{ }}`, as its source begins
+            rest = value[opened.end() :]
+            if rest.startswith(text):
+                return path, opened.end()
+            if rest.lstrip().startswith(text):
+                return path, opened.end() + len(rest) - len(rest.lstrip())
+        return None
     if isinstance(value, dict):
         items: Any = value.items()
     elif isinstance(value, list):

@@ -1645,7 +1645,7 @@ def test_runs_in_one_task_leave_nothing_behind_in_its_context(tmp_path: Path) ->
     [
         ({"x": 5}, "route", ":17:15:", "size(input.x) > 2", "size(int)"),  # a switch case's condition
         ({"x": [1, 2, 3]}, "route/case-0/half", ":19:46:", "input.x / 2", "_/_(list, int)"),  # nested
-        ({"w": "abc"}, "calc", ":21:32:", "input.w + 1", "_+_(string, int)"),  # a template in a string
+        ({"w": "abc"}, "calc", ":21:65:", "input.w + 1", "_+_(string, int)"),  # a template in a string
         ({"z": True}, "check", ":23:17:", "input.z > 5", "_>_(bool, int)"),  # an `if` after the fields
     ],
 )
@@ -1659,7 +1659,7 @@ def test_runtime_expression_errors_name_the_file_position_and_the_expression(
         "dyn_types",
         """\
         input: {type: object, properties: {x: {}, w: {}, z: {}}}
-        vars: {y: null}
+        vars: {y: null, note: null}
         steps:
           - id: route
             switch:
@@ -1667,7 +1667,7 @@ def test_runtime_expression_errors_name_the_file_position_and_the_expression(
                 steps:
                   - {id: half, set: {y: "${{ input.x / 2 }}"}}
           - id: calc
-            set: {y: "sum: ${{ input.w + 1 }}"}
+            set: {note: "we add input.w + 1 here", y: "sum: ${{ input.w + 1 }}"}
           - id: check
             if: input.z > 5
             set: {y: 1}
