@@ -341,13 +341,6 @@ def _q(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _approve_command(p) -> str:  # type: ignore[no-untyped-def]
-    """The `charter approve` that decides the pending approval `p`, up to `--as` (and `--claims` when a
-    role decides), its arguments quoted for the shell."""
-    claims = " --claims FILE" if any(a.startswith("role:") for a in p.approvers) else ""
-    return f"charter approve {_q(p.run_id)} {_q(p.node_path)} --as NAME{claims}"
-
-
 def _waiting_text(result, approvals) -> str:  # type: ignore[no-untyped-def]
     """'run R is waiting for approval at N; decide with: charter approve R N --as NAME', naming the
     child run and its node for a request in a child run, one line per request when there are several."""
@@ -362,9 +355,9 @@ def _waiting_text(result, approvals) -> str:  # type: ignore[no-untyped-def]
     if len(approvals) == 1:
         (p,) = approvals
         where = f"{p.node_path} in child run {p.run_id} (of step {p.route()})" if p.via else p.node_path
-        return f"run {run_id} is waiting for approval at {where}; decide with: {_approve_command(p)}{db}"
+        return f"run {run_id} is waiting for approval at {where}; decide with: {p.command()}{db}"
     lines = [f"run {run_id} is waiting for {len(approvals)} approvals; decide each with:"]
-    commands = [f"{_approve_command(p)}{db}" for p in approvals]
+    commands = [f"{p.command()}{db}" for p in approvals]
     width = max(map(len, commands))
     for p, command in zip(approvals, commands, strict=True):
         lines.append(f"  {command:<{width}}  # child run of {p.route()}" if p.via else f"  {command}")

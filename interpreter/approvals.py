@@ -34,7 +34,7 @@ class PendingApproval:
     def command(self) -> str:
         """The `charter approve` that decides it, up to `--as` (and `--claims` when a role decides)."""
         claims = " --claims FILE" if any(a.startswith("role:") for a in self.approvers) else ""
-        return f"charter approve {self.run_id} {shlex.quote(self.node_path)} --as NAME{claims}"
+        return f"charter approve {shlex.quote(self.run_id)} {shlex.quote(self.node_path)} --as NAME{claims}"
 
     def route(self) -> str:
         """Where the child run hangs: 'kid' (a node of the run asked about), 'kid → C1 at inner' for a

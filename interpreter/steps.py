@@ -476,8 +476,8 @@ async def run_for_each(ex: Execution, node: Any, scope: Scope, path: str, attemp
     try:
         await asyncio.gather(*workers)  # the first error ends the step (the finally stops the rest)
     except StepError:
-        await _cancel({w for w in workers if not w.done()})
-        # A child run of an item cut off or waiting for a person is waited for no more.
+        # A child run of an item cut off or waiting for a person is waited for no more (cancelled
+        # once the step's failure is in the log).
         ex.abandon_children(path, f"no longer waits for it: for_each '{path}' failed")
         raise
     finally:
