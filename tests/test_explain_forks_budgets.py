@@ -204,7 +204,7 @@ def test_runs_marks_a_fork_in_text_and_json(tmp_path: Path) -> None:
     # the fields scripts read are all still there, unchanged
     assert set(listed[original]) == {
         "run_id", "workflow", "status", "created_at", "updated_at", "parent_run_id", "events", "forked_from",
-        "interrupted",
+        "interrupted", "waiting_at",
     }  # fmt: skip
     proc = charter("runs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
