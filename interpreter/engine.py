@@ -977,6 +977,12 @@ class Execution:
 
     def _cancel_abandoned(self) -> None:
         given_up, self.abandoned = self.abandoned, []
+        try:
+            self._cancel_given_up(given_up)
+        except s.StoreError:  # e.g. locked for longer than busy_timeout: the next commit tries again
+            self.abandoned = given_up + self.abandoned
+
+    def _cancel_given_up(self, given_up: list[tuple[str | None, str]]) -> None:
         for child in self.store.children(self.run_id):
             at = child.parent_node or ""
             why = next((why for under, why in given_up if under is None or within(at, under)), None)
