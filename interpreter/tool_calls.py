@@ -75,10 +75,8 @@ async def logged_call(
         )  # fmt: skip
     except StepError as err:
         err.step, err.node_path = step_id, path
-        if write and err.code == "timeout":
-            err.retryable = (
-                False  # it may have acted: another attempt (another key) only if `on` asks (§12.4)
-            )
+        if write and err.code == "timeout":  # it may have acted: another attempt only if `on` asks (§12.4)
+            err.retryable = False
         ex.guard.mask_tool_error(path, name, err)
         ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, actor)
         raise
