@@ -378,18 +378,29 @@ def test_approve_of_a_waiting_run_resumes_it_under_its_lease(tmp_path: Path) -> 
     _assert_verified(lab, run_id)
 
 
-def test_a_parent_resumed_while_another_process_executes_its_child_waits_for_it(tmp_path: Path) -> None:
-    lab = Lab(tmp_path)
+def _child_held_at_c(lab: Lab) -> tuple[str, str, subprocess.Popen[str]]:
+    """PARENT_FLOW waiting for its child's approval, then a process approving the child and executing it:
+    it holds the child's lease, stopped at `c`'s gate. Returns the parent, the child, that process."""
     first = lab.charter("run", str(PARENT_FLOW), "--json")
     assert first.returncode == 3, describe(first)
     parent = run_json(first)["run_id"]
     (child,) = [str(r["run_id"]) for r in run_rows(lab.db) if r["parent_run_id"] == parent]
-    # Process A approves the child and executes it: it holds the child's lease, stopped at `c`'s gate.
     approving = lab.start("approve", child, "ok", "--as", "carol", "--json", gate_at="c")
-    resuming: subprocess.Popen[str] | None = None
     try:
         _wait_for(lambda: lab.reached() or approving.poll() is not None, "the child to reach `c`")
         assert approving.poll() is None, approving.communicate()
+    except BaseException:
+        approving.kill()
+        approving.communicate()
+        raise
+    return parent, child, approving
+
+
+def test_a_parent_resumed_while_another_process_executes_its_child_waits_for_it(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    parent, child, approving = _child_held_at_c(lab)  # process A
+    resuming: subprocess.Popen[str] | None = None
+    try:
         # Process B resumes the parent, reaches its `sub` step and says that it waits for A.
         resuming = lab.start("resume", parent, "--json")
         assert resuming.stderr is not None
@@ -580,13 +591,8 @@ def test_charter_cancel_leaves_a_run_a_live_process_executes(tmp_path: Path) -> 
 def test_charter_cancel_cancels_nothing_while_a_live_process_executes_a_run_below(tmp_path: Path) -> None:
     """All or none: a child a live process executes is left to it, and so is the rest (exit 4)."""
     lab = Lab(tmp_path)
-    first = lab.charter("run", str(PARENT_FLOW), "--json")
-    assert first.returncode == 3, describe(first)
-    parent = run_json(first)["run_id"]
-    (child,) = [str(r["run_id"]) for r in run_rows(lab.db) if r["parent_run_id"] == parent]
-    approving = lab.start("approve", child, "ok", "--as", "carol", "--json", gate_at="c")
+    parent, child, approving = _child_held_at_c(lab)
     try:
-        _wait_for(lambda: lab.reached() or approving.poll() is not None, "the child to reach `c`")
         refused = lab.charter("cancel", parent)
         assert refused.returncode == EXIT_LEASED and child in refused.stderr, describe(refused)
         assert {r["status"] for r in run_rows(lab.db)} == {"waiting", "running"}
