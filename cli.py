@@ -660,17 +660,6 @@ def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[
         _die(str(exc))
 
 
-def _waits_at(store, run_id: str) -> list[str]:  # type: ignore[no-untyped-def]
-    """The nodes a waiting run waits at, as its last `run.waiting` says (what `charter approve` takes)."""
-    from interpreter.store import RUN_WAITING
-
-    last = None
-    for event in store.events(run_id, kinds=(RUN_WAITING,)):
-        last = event
-    pending = (last.payload or {}).get("pending") if last is not None else None
-    return [str(p) for p in pending] if isinstance(pending, list) else []
-
-
 @main.command()
 @_db_option
 @click.option("--limit", default=50, show_default=True, help="How many runs.")
@@ -691,6 +680,8 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     import json
 
     from interpreter.explain import forked_from
+    from interpreter.records import last_pending
+    from interpreter.store import RUN_WAITING
 
     store = _open_store(db)
     rows = _guarded(lambda: store.runs(limit=limit, status=status))
@@ -699,7 +690,13 @@ def runs(db: str | None, limit: int, status: str | None, as_json: bool) -> None:
     stopped = _guarded(
         lambda: {r.run_id for r in rows if r.status == "running" and not _executing(store, r.run_id)}
     )
-    waits = _guarded(lambda: {r.run_id: _waits_at(store, r.run_id) for r in rows if r.status == "waiting"})
+    waits = _guarded(
+        lambda: {
+            r.run_id: last_pending(store.events(r.run_id, kinds=(RUN_WAITING,))) or []
+            for r in rows
+            if r.status == "waiting"
+        }
+    )
     if as_json:
         click.echo(
             json.dumps(
