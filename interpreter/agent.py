@@ -42,7 +42,7 @@ from interpreter.providers import (
     provider_factory,
     resolve_config,
 )
-from interpreter.providers.base import parse_structured
+from interpreter.providers.base import NOT_JSON, parse_structured
 from interpreter.runtime import RunSetupError, StepError, idempotency_key
 from interpreter.tool_calls import logged_call, replayed_call
 from interpreter.tools import mcp_tool_info, run_resources, validate_args
@@ -311,9 +311,7 @@ class StepCall:
         agent.output rules, before the answer is written to the log. Returns the answer as the log records
         it and the step uses it (every `redact` match masked) and what it leads to; an error found here
         is returned, to be raised once the answer is recorded (resume then reuses it)."""
-        answer = self._answer(response)
-        # A turn that only calls tools said nothing: "" (a check on the text must not fail on null).
-        context = {"output": "" if answer is None else answer, "tool_calls": _calls(response)}
+        context = {"output": self._answer(response), "tool_calls": _calls(response)}
         try:
             verdict = self._check("model.output", context)
         except EscalationRequired as esc:
@@ -445,13 +443,18 @@ class StepCall:
             self.actor = claim
 
     def _answer(self, response: ModelResponse) -> Any:
-        if self.spec.output_schema is not None and response.structured is not None:
-            return response.structured
-        return response.text
+        """The answer as the model.output rules see it: its JSON value under an output_schema (null for
+        the JSON `null`), else its text; a turn that only calls tools said nothing: "" (a check on the
+        text must not fail on null)."""
+        if self.spec.output_schema is not None and not response.tool_calls:
+            value = _structured(response)
+            if value is not NOT_JSON:
+                return value
+        return response.text or ""
 
     def _validate(self, response: ModelResponse, schema: dict[str, Any]) -> tuple[Any, str | None]:
-        value = response.structured if response.structured is not None else parse_structured(response.text)
-        if value is None:
+        value = _structured(response)
+        if value is NOT_JSON:
             return None, "the answer is not JSON"
         if isinstance(value, dict) and s.BLOB_REF_KEY in value:  # the step's output could not be logged
             return (
@@ -780,6 +783,12 @@ def _sorted(value: Any) -> Any:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _structured(response: ModelResponse) -> Any:
+    """The JSON value of an answer, None for the JSON `null`, or NOT_JSON: a provider's `structured` is
+    None for both a null answer and none, which the answer's text tells apart."""
+    return response.structured if response.structured is not None else parse_structured(response.text)
 
 
 def _calls(response: ModelResponse) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import httpx
 
 from ._http import JsonHttpClient, RetryPolicy
 from .base import (
+    NOT_JSON,
     Message,
     ModelBadResponseError,
     ModelRequest,
@@ -140,6 +141,7 @@ class AnthropicProvider:
         calls: list[ToolCall] = []
         thinking: list[dict[str, Any]] = []
         structured: Any = None
+        answered = False  # the answer tool was called: its answer may be null
         for index, block in enumerate(content):
             if not isinstance(block, dict):
                 raise bad(f"content block {index} is not an object")
@@ -150,16 +152,17 @@ class AnthropicProvider:
             elif block.get("type") == "tool_use":
                 call = _tool_call(block, index, bad)
                 if request.response_schema is not None and call.name == respond:
-                    structured = _unwrap(call.arguments, request.response_schema)
+                    structured, answered = _unwrap(call.arguments, request.response_schema), True
                 else:
                     calls.append(call)
         text = "".join(texts) if texts else None
         skipped: list[ToolCall] = []
-        if structured is not None:
-            text = json.dumps(structured)
+        if answered:
+            text = json.dumps(structured)  # `null` for the answer null, which `structured` cannot say
             skipped, calls = calls, []  # the final answer ends the turn: its other calls are not run
         elif request.response_schema is not None and not calls:
-            structured = parse_structured(text)
+            parsed = parse_structured(text)
+            structured = None if parsed is NOT_JSON else parsed
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         # input_tokens excludes the tokens read from or written to the prompt cache; they are input too.
         cached = _int(usage.get("cache_read_input_tokens")) + _int(usage.get("cache_creation_input_tokens"))

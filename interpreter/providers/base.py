@@ -16,11 +16,12 @@ them. They are not the answer: `text` never includes them.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -130,6 +131,8 @@ class Usage:
 class ModelResponse:
     """The model's answer. `structured` holds the parsed JSON answer when the request had a
     `response_schema` and the answer parsed as JSON (validation against the schema is the agent loop's).
+    It is None for no such answer and for the JSON `null` alike: `text` then tells them apart (it is
+    `null` for a null answer; `parse_structured(text)` reads it back).
     `thinking`: provider-opaque blocks to send back unchanged with this answer (see the module doc).
     `skipped_tool_calls`: tool calls the model made together with its final answer, which are not run."""
 
@@ -176,11 +179,23 @@ class ModelResponse:
         )
 
 
+class _NotJson(enum.Enum):
+    NOT_JSON = "NOT_JSON"
+
+    def __repr__(self) -> str:
+        return "NOT_JSON"
+
+
+# What `parse_structured` gives for a text that holds no JSON value; a model that answered the JSON
+# `null` gives None, which an output_schema may well allow.
+NOT_JSON: Final = _NotJson.NOT_JSON
+
+
 def parse_structured(text: str | None) -> Any:
-    """The JSON value in a model's text answer, or None. Tolerates a ```json fence around it, which
-    models add even when told not to."""
+    """The JSON value in a model's text answer (None for the JSON `null`), or `NOT_JSON` when it holds
+    none. Tolerates a ```json fence around it, which models add even when told not to."""
     if not text:
-        return None
+        return NOT_JSON
     body = text.strip()
     if body.startswith("```"):
         body = body.split("\n", 1)[1] if "\n" in body else ""
@@ -188,7 +203,7 @@ def parse_structured(text: str | None) -> Any:
     try:
         return strict_json(body)
     except ValueError:
-        return None
+        return NOT_JSON
 
 
 def strict_json(text: str | bytes) -> Any:

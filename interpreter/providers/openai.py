@@ -17,6 +17,7 @@ import httpx
 
 from ._http import JsonHttpClient, RetryPolicy
 from .base import (
+    NOT_JSON,
     Message,
     ModelBadResponseError,
     ModelRequest,
@@ -154,14 +155,16 @@ class OpenAIProvider:
             raise bad(f"the model refused to answer: {message['refusal']:.200}")
         calls = tuple(_tool_call(c, i, bad) for i, c in enumerate(message.get("tool_calls") or ()))
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        structured = parse_structured(text) if request.response_schema is not None and not calls else None
-        if structured is not None and _wraps(request.response_schema, schema_mode):
-            # the answer inside its wrapper, which is how it is used and logged (as for `anthropic`)
-            if isinstance(structured, dict) and set(structured) == {"value"}:
-                structured = structured["value"]
-                text = json.dumps(structured)
+        parsed = parse_structured(text) if request.response_schema is not None and not calls else NOT_JSON
+        if parsed is not NOT_JSON and _wraps(request.response_schema, schema_mode):
+            # the answer inside its wrapper, which is how it is used and logged (as for `anthropic`);
+            # `{"value": null}` is the answer null, its text `null`
+            if isinstance(parsed, dict) and set(parsed) == {"value"}:
+                parsed = parsed["value"]
+                text = json.dumps(parsed)
             else:
-                structured = None  # not the answer asked for: the agent loop re-asks with the problem
+                parsed = NOT_JSON  # not the answer asked for: the agent loop re-asks with the problem
+        structured = None if parsed is NOT_JSON else parsed
         return ModelResponse(
             text=text,
             tool_calls=calls,
