@@ -160,7 +160,9 @@ def decide(
     )
     if earlier is not None:  # decided since the log was read above (another person, a timeout)
         raise RunSetupError(f"the approval at '{node_path}' was already decided by {earlier.get('by')}")
-    decided, top = _continue_up(store, run_id, options, "approval", "the decision was recorded")
+    decided, top = _continue_up(
+        store, run_id, options, "approval", "the decision was recorded", verified=True
+    )
     return Decision(
         run_id,
         node_path,
@@ -274,12 +276,13 @@ def _forward(store: s.EventStore, row: s.RunRecord, node_path: str) -> PendingAp
 
 
 def _continue_up(
-    store: s.EventStore, run_id: str, options: RunOptions, reason: str, done: str
+    store: s.EventStore, run_id: str, options: RunOptions, reason: str, done: str, verified: bool = False
 ) -> tuple[RunResult, RunResult]:
     """Continue the run, then each parent that waits for it, up to the top-level run (a parent waits
-    until its child finishes). Returns the run's outcome and the top-level run's."""
+    until its child finishes). Returns the run's outcome and the top-level run's. `verified`: the
+    caller checked the logs of the run and of every run above it (see `continue_run`)."""
     try:
-        decided = run_coroutine(continue_run(run_id, store, options, reason))
+        decided = run_coroutine(continue_run(run_id, store, options, reason, verified=verified))
     except s.RunLeased as exc:  # the holder sees the decision when it lets the run go, and continues
         raise s.RunLeased(
             exc.holder,
@@ -307,7 +310,7 @@ def _continue_up(
                 )
             break  # it does not wait for this child (any more): the top-level run says where things are
         try:
-            result = run_coroutine(continue_run(parent.run_id, store, options, reason))
+            result = run_coroutine(continue_run(parent.run_id, store, options, reason, verified=verified))
         except s.RunLeased as exc:
             raise s.RunLeased(
                 exc.holder,

@@ -1350,13 +1350,14 @@ def _guard_for(
     records: Any,
     parent: tuple[RunGuard, str] | None = None,
     replayed: str | None = None,
+    verified: bool = False,
 ) -> RunGuard:
     """The guard of a continued (or replayed) run: principal, claims and parent chain from the log,
     never from the options of whoever resumes it (an approver's claims are not the principal's). A
     child run is bound by its parent's rules and grants: the live parent's (`parent`: its guard and the
     call's path, when the parent continues it), else a parent guard rebuilt from the log, with what the
     parent and its runs spent -- except the `replayed` run and those it started, whose replayed calls
-    count as they are met again."""
+    count as they are met again. `verified`: the caller checked the logs of the runs above."""
     from interpreter.enforcement import chain_from_json
 
     claims = started.get("claims") if isinstance(started.get("claims"), dict) else None
@@ -1364,7 +1365,8 @@ def _guard_for(
     row = store.run(run_id)
     if parent is None and row.parent_run_id:
         up = store.run(row.parent_run_id)
-        if replayed is None:  # continued: its parent's rules, grants and budgets are read from a sound log
+        # Continued: the parent's rules, grants and budgets are read from a sound log.
+        if replayed is None and not verified:
             require_intact(store, up.run_id, "continued")
         up_events = list(store.events(up.run_id))
         up_started = next((e.payload for e in up_events if e.kind == s.RUN_STARTED), None) or {}
@@ -1374,7 +1376,7 @@ def _guard_for(
         up_records = build_records(up_events)
         up_guard = _guard_for(  # with the grandparent's rules: read up the chain
             store, up.run_id, up_graph, up_started, up.principal or principal, up_secrets, up_records,
-            replayed=replayed,
+            replayed=replayed, verified=verified,
         )  # fmt: skip
         restore_spent(up_guard, store, up.run_id, up_events, up_records, leave_out=replayed)
         parent = (up_guard, row.parent_node or "")
@@ -1419,16 +1421,21 @@ async def continue_run(
     *,
     wait: Callable[[s.Lease], None] | None = None,
     parent: tuple[RunGuard, str] | None = None,
+    verified: bool = False,
 ) -> RunResult:
     """Continue a run under its lease. `RunLeased` when another live process executes it; with `wait`
     (a parent continuing its child run), wait until that process lets it go instead, after calling
     `wait` once with the holder's lease. `parent`: the live guard of the parent continuing this child
-    and the path of its call (the child's calls count in the parent's budgets as they happen)."""
+    and the path of its call (the child's calls count in the parent's budgets as they happen).
+    `verified`: the caller has just checked the log with `require_intact` (and appended to it only
+    through the store), so it is not read through a second time."""
     row = store.run(run_id)
     if row.status in s.TERMINAL_STATUSES:  # finished for good: no lease needed to say so
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
     lease = await _acquire(store, run_id, wait)
-    return await _leased(store, lease, lambda: _continue(run_id, store, options, reason, parent), options)
+    return await _leased(
+        store, lease, lambda: _continue(run_id, store, options, reason, parent, verified), options
+    )
 
 
 def require_intact(store: s.EventStore, run_id: str, doing: str) -> None:
@@ -1449,11 +1456,13 @@ async def _continue(
     options: RunOptions,
     reason: str,
     parent: tuple[RunGuard, str] | None = None,
+    verified: bool = False,
 ) -> RunResult:
     row = store.run(run_id)  # read again under the lease: the previous holder may have finished it
     if row.status in s.TERMINAL_STATUSES:
         return RunResult(run_id, row.status, row.output, row.error)  # type: ignore[arg-type]
-    require_intact(store, run_id, "continued")
+    if not verified:
+        require_intact(store, run_id, "continued")
     events = list(store.events(run_id))
     started = next((e.payload for e in events if e.kind == s.RUN_STARTED), None) or {}
     models = started.get("models")
@@ -1468,7 +1477,7 @@ async def _continue(
     policy, secrets, python_tools, masked = await _prepare(graph, options, file)
     records = build_records(events)
     principal = row.principal or _principal(options)
-    guard = _guard_for(store, run_id, graph, started, principal, masked, records, parent)
+    guard = _guard_for(store, run_id, graph, started, principal, masked, records, parent, verified=verified)
     restore_spent(guard, store, run_id, events, records)
     with store.transaction() as tx:  # both or neither: a run marked running has its resume logged
         resumed = {

@@ -359,3 +359,28 @@ def test_wake_of_a_child_names_its_top_level_run(tmp_path: Path) -> None:
     assert (line["run_id"], line["status"]) == (kid, "completed")
     assert line["top"] == {"run_id": parent, "status": "failed"}
     assert charter("wake", cwd=tmp_path).stderr.startswith("no waiting run")
+
+
+def test_a_decision_reads_each_log_through_once(tmp_path: Path) -> None:
+    """`approve` verifies the decided run and every run above it before it records the decision; it
+    does not verify them all again when it continues them (a long log costs a read per check)."""
+    from collections import Counter
+
+    store = open_store(tmp_path / "api.db")
+    try:
+        waiting = run_workflow(compiled(project(tmp_path, NESTED)), {}, store=store)
+        (mid,) = store.children(waiting.run_id, "outer")
+        (leaf,) = store.children(mid.run_id, "inner")
+        checked: Counter[str] = Counter()
+        verify = store.verify
+
+        def counting(run_id: str) -> object:
+            checked[run_id] += 1
+            return verify(run_id)
+
+        store.verify = counting  # type: ignore[method-assign]
+        after = decide_approval(leaf.run_id, "ok", store=store, person="bob", approved=True)
+        assert (after.run_id, after.status) == (waiting.run_id, "completed")
+        assert checked == {waiting.run_id: 1, mid.run_id: 1, leaf.run_id: 1}
+    finally:
+        store.close()
