@@ -363,11 +363,22 @@ def normalise_result(name: str, value: Any) -> Any:
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")  # a lone surrogate has no UTF-8 form: UnicodeEncodeError, a ValueError
-        return value if type(value) is str else json.loads(text)
+        return value if type(value) is str else json.loads(text, object_pairs_hook=_distinct_keys)
     except (TypeError, ValueError, RecursionError) as exc:
         raise StepError(
             "tool", f"tool '{name}' returned a value that does not serialise to JSON: {exc}", type="ToolError"
         ) from None
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object read back from a dict `json.dumps` wrote: keys such as 1 and "1" are written as
+    the same text, and reading it back would keep only the last value."""
+    obj: dict[str, Any] = {}
+    for key, member in pairs:
+        if key in obj:
+            raise ValueError(f"two of its keys become the same JSON key {key!r} (such as 1 and '1')")
+        obj[key] = member
+    return obj
 
 
 async def call_python(tool: PythonTool, args: dict[str, Any], key: str) -> Any:

@@ -44,6 +44,9 @@ def nan():
 def surrogate():
     return {"text": "a\\ud800b"}
 
+def colliding():
+    return {"ok": {1: "one", "1": "also one"}}
+
 def exits():
     raise SystemExit(3)
 
@@ -308,6 +311,8 @@ def test_wrong_keyword_and_nan_results_are_step_errors(store: Any, workdir: Path
     ("tool", "message"),
     [
         ("surrogate", "does not serialise to JSON"),
+        # written as JSON both keys are "1": reading it back would drop one value without a word
+        ("colliding", "two of its keys become the same JSON key '1'"),
         ("exits", "raised SystemExit: 3"),
         ("exhausted", "raised StopIteration"),  # a future cannot carry it: the pool hands it over
     ],
