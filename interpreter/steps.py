@@ -612,6 +612,37 @@ async def child_run(ex: Execution, path: str, relative: str, inputs: Any, key: s
     """Run another workflow file as a child run linked to this one (or continue the one this call,
     named by its idempotency `key`, already started: after a crash or an approval), and return its
     output. A retry, of the step or of a step around it, has another key: it starts a new child."""
+    try:
+        return await _child_outcome(ex, path, relative, inputs, key)
+    except asyncio.CancelledError:
+        # Cut off by a timeout or a join: a write the child (or a run under it) was making may have
+        # acted, as one of this run's own would have (§12.4: not retried unless `on` lists timeout).
+        child_id = _existing_child(ex, path, key)
+        if child_id is not None and _cut_write(ex.store, child_id):
+            ex.cut_writes.add(path)
+        raise
+
+
+def _cut_write(store: s.EventStore, run_id: str) -> bool:
+    """Whether the run, or a run under it, has a write call that did not complete and was not refused:
+    one in flight when it was cut off (its `tool.called` is committed before the call)."""
+    runs = [run_id, *(child.run_id for child, _ in descendant_runs(store, run_id))]
+    for one in runs:
+        open_writes: set[Any] = set()
+        for event in store.events(one, kinds=(s.TOOL_CALLED, s.TOOL_COMPLETED, s.TOOL_FAILED)):
+            payload = event.payload if isinstance(event.payload, dict) else {}
+            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+            if event.kind == s.TOOL_CALLED:
+                if payload.get("effect") == "write":
+                    open_writes.add(payload.get("idempotency_key"))
+            elif event.kind == s.TOOL_COMPLETED or error.get("code") not in ("cancelled", "timeout"):
+                open_writes.discard(payload.get("idempotency_key"))
+        if open_writes:
+            return True
+    return False
+
+
+async def _child_outcome(ex: Execution, path: str, relative: str, inputs: Any, key: str) -> Any:
     from interpreter.engine import continue_run, start_run
 
     child_id = _existing_child(ex, path, key)

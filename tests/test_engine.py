@@ -1730,9 +1730,11 @@ def test_an_approval_retried_on_denied_asks_again_each_attempt(store: Any, workd
         ("tool", None, 1),  # the tool's own timeout
         ("step", None, 1),  # the step's timeout cut the call off
         ("group", None, 1),  # the timeout of a group step around it cut the call off
+        ("child", None, 1),  # the timeout of a `workflow` step cut off the call its child run made
         ("tool", "[timeout]", 3),  # asked for: each attempt calls again (with its own key)
         ("step", "[timeout]", 3),
         ("group", "[timeout]", 3),
+        ("child", "[timeout]", 3),
     ],
 )
 def test_a_write_call_that_timed_out_is_retried_only_when_on_lists_timeout(
@@ -1747,6 +1749,14 @@ def test_a_write_call_that_timed_out_is_retried_only_when_on_lists_timeout(
     call = f'{{id: pay, tool: charge, args: {{log: "${{{{ input.log }}}}", seconds: 1}}{step_timeout}'
     if timeouts == "group":
         steps = f"  - id: checkout\n    timeout: 50ms\n    {retry}\n    steps:\n      - {call}}}"
+    elif timeouts == "child":  # the call is made by a child run; the parent's step times out
+        tools = f'tools:\n  charge: {{python: "{MODULE}:charge", effect: write}}\n'
+        child = f'charter: "1.0"\nname: charge-child\n{tools}steps:\n  - {call}}}\n'
+        (workdir / "charge_child.yaml").write_text(child)
+        steps = (
+            "  - {id: checkout, workflow: {path: charge_child.yaml, "
+            f'input: {{log: "${{{{ input.log }}}}"}}}}, timeout: 50ms, {retry}}}'
+        )
     else:
         steps = f"  - {call}, {retry}}}"
     flow = workdir / f"charge_{timeouts}_{calls}.yaml"
