@@ -70,6 +70,9 @@ def main() -> None:
       charter run examples/tools_pipeline.yaml --allow-module 'examples.*'
       charter runs
       charter replay RUN
+
+    RUN is a run id as `charter runs` lists it, or any prefix of it that no other run's id starts
+    with (at least 4 characters, any case), as git takes a commit hash.
     """
 
 
@@ -220,6 +223,15 @@ def _die(message: str, code: int = 2, diagnostics: list[dict[str, Any]] | None =
 def _refusals_as_json(as_json: bool, run_id: str | None = None) -> None:
     if as_json:
         _json_refusal.update(run_id=run_id)
+
+
+def _full_run_id(store, text: str) -> str:  # type: ignore[no-untyped-def]
+    """The full id of the run RUN names (its id, or a unique prefix of it: `store.resolve_run_id`), which
+    the command uses, prints and records from then on; exit 2 when no run or several runs match."""
+    run_id: str = _guarded(lambda: store.resolve_run_id(text))
+    if _json_refusal:  # a later refusal's --json document names the run, not what was typed
+        _json_refusal.update(run_id=run_id)
+    return run_id
 
 
 def _progress_printer():  # type: ignore[no-untyped-def]
@@ -611,6 +623,7 @@ def run(
         run_id, sep, node_path = fork_from.partition("@")
         if not sep or not run_id or not node_path:
             raise click.UsageError("--from takes RUN@NODE_PATH, e.g. 01JC...@priced")
+        run_id = _full_run_id(store, run_id)
         result = _guarded(
             lambda: fork_run(run_id, node_path, store=store, options=options, graph=graph_), runs_code=True
         )
@@ -753,6 +766,7 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
     import json
 
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
 
     def show() -> None:
         for e in store.events(run_id):
@@ -821,6 +835,7 @@ def resume(
 
     _refusals_as_json(as_json, run_id)
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
     options = _options(None, None, allow_modules, "normal", models=models)
     row = _guarded(lambda: store.run(run_id))
     if row.status in TERMINAL_STATUSES:
@@ -904,6 +919,7 @@ def replay(
             click.echo(diagnostics.format_text(errors or diags), err=True)
             sys.exit(2)
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
     result = _guarded(
         lambda: replay_run(
             run_id, store=store, graph=graph_, options=RunOptions(allow_modules=allow_modules)
@@ -1010,6 +1026,7 @@ def approve(
     if not person.strip():
         _die("--as needs the name of the person who decides")
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
     options = _options(None, claims_file, allow_modules, "normal", models=models)
     decision = _guarded(
         lambda: decide(
@@ -1153,6 +1170,7 @@ def cancel(run_id: str, person: str | None, reason: str | None, db: str | None) 
     from interpreter.cancel import cancel as cancel_run
 
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
     who = person if person is not None else getpass.getuser()
     done = _guarded(lambda: cancel_run(run_id, store=store, person=who, reason=reason))
     children = f" and {len(done) - 1} run(s) it started" if len(done) > 1 else ""
@@ -1172,6 +1190,7 @@ def verify(run_id: str, db: str | None) -> None:
       charter verify 01JC...
     """
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
     result = _guarded(lambda: store.verify(run_id))
     if not result.ok:
         where = (
@@ -1210,6 +1229,7 @@ def explain(run_id: str, node: str | None, db: str | None, as_json: bool) -> Non
     from interpreter.explain import build_trace, format_text
 
     store = _open_store(db)
+    run_id = _full_run_id(store, run_id)
     trace = _guarded(lambda: build_trace(store, run_id, node))
     if node is not None and not trace["trace"]:
         _die(f"run {run_id} has no events at node '{node}'; nodes that ran: {_nodes_that_ran(store, run_id)}")

@@ -61,6 +61,16 @@ class RunNotFound(StoreError):
     """No run with that id."""
 
 
+class AmbiguousRunId(StoreError):
+    """A run id prefix that several runs share (`resolve_run_id`); `matches` are the newest of them
+    (at most 5), `count` how many there are."""
+
+    def __init__(self, message: str, matches: list[RunRecord], count: int) -> None:
+        super().__init__(message)
+        self.matches = matches
+        self.count = count
+
+
 class BlobNotFound(StoreError):
     """No blob with that digest."""
 
@@ -101,6 +111,7 @@ RUN_FAILED = "run.failed"
 RUN_WAITING = "run.waiting"
 RUN_RESUMED = "run.resumed"
 RUN_CANCELLED = "run.cancelled"
+RUN_INTERRUPTED = "run.interrupted"
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
 STEP_FAILED = "step.failed"
@@ -127,6 +138,7 @@ _KINDS: set[str] = {
     RUN_WAITING,
     RUN_RESUMED,
     RUN_CANCELLED,
+    RUN_INTERRUPTED,
     STEP_STARTED,
     STEP_COMPLETED,
     STEP_FAILED,
@@ -302,6 +314,11 @@ class EventStore(StoreTransaction, Protocol):
 
     def run(self, run_id: str) -> RunRecord: ...
 
+    def resolve_run_id(self, text: str) -> str:
+        """The full id of the one run whose id is `text` or starts with it (case-insensitive, at least
+        `MIN_RUN_ID_PREFIX` characters); RunNotFound or AmbiguousRunId otherwise."""
+        ...
+
     def runs(self, limit: int = 50, status: str | None = None) -> list[RunRecord]: ...
 
     def children(self, run_id: str, node_path: str | None = None) -> list[RunRecord]: ...
@@ -335,6 +352,10 @@ class EventStore(StoreTransaction, Protocol):
 # Identifiers and time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Crockford base-32 is read case-insensitively, with I and L as 1 and O as 0 (they never occur in an id).
+_CROCKFORD_READ = str.maketrans("IiLlOo", "111100")
+MIN_RUN_ID_PREFIX = 4  # the shortest prefix `resolve_run_id` takes (as git's shortest commit hash)
+_AMBIGUOUS_SHOWN = 5
 _id_lock = threading.Lock()
 _last_id = [0, 0]  # [milliseconds, random part] of the previous id, for monotonic ids within a process
 
@@ -1233,6 +1254,54 @@ class SQLiteEventStore:
             raise RunNotFound(f"no run {run_id!r} in {self.path}")
         return _run_record(rows[0])
 
+    def resolve_run_id(self, text: str) -> str:
+        """The full id of the run `text` names: its id exactly as stored, or, as git takes a commit
+        hash, any prefix of it of at least MIN_RUN_ID_PREFIX characters that no other run's id starts
+        with, in any case (Crockford base-32: `i`/`l` read as 1, `o` as 0). One range query on the
+        primary key's index, never a scan. RunNotFound when no run matches (the message `run()`
+        gives), AmbiguousRunId when several do (naming the newest few), StoreError for a prefix shorter
+        than MIN_RUN_ID_PREFIX."""
+        text = text.strip()
+        if self._query("SELECT 1 FROM runs WHERE run_id = ?", (text,), "reading a run"):
+            return text  # a full id, or one made outside new_run_id() in another alphabet
+        prefix = text.translate(_CROCKFORD_READ).upper()
+        if not prefix or len(prefix) > 26 or any(c not in _CROCKFORD for c in prefix):
+            raise RunNotFound(f"no run {text!r} in {self.path}")  # no ULID starts with it
+        if len(prefix) < MIN_RUN_ID_PREFIX:
+            raise StoreError(
+                f"run id {text!r} is too short: give at least {MIN_RUN_ID_PREFIX} of its 26 characters "
+                "(charter runs lists the ids)"
+            )
+        # Every id starting with `prefix` sorts in [prefix, prefix with its last character + 1).
+        bounds = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        found = self._query(
+            "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? LIMIT 2", bounds, "reading a run"
+        )
+        if len(found) == 1:
+            return str(found[0][0])
+        if not found:
+            raise RunNotFound(f"no run {text!r} in {self.path}")
+        rows = self._query(
+            f"SELECT {_RUN_COLUMNS}, (SELECT COUNT(*) FROM runs WHERE run_id >= ? AND run_id < ?) "
+            f"FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id DESC LIMIT {_AMBIGUOUS_SHOWN}",
+            (*bounds, *bounds),
+            "reading runs",
+        )
+        count = int(rows[0][-1]) if rows else len(found)
+        matches = [_run_record(row[:-1], lenient=True) for row in rows]
+        lines = [
+            f"  {r.run_id}  {r.status:<9}  {r.workflow_name[:24]:<24}  started {r.created_at}"
+            for r in matches
+        ]
+        if count > len(matches):
+            lines.append(f"  ... and {count - len(matches)} more (charter runs lists them)")
+        raise AmbiguousRunId(
+            f"run id {text!r} is ambiguous: {count} runs in {self.path} start with it; give more of its "
+            "characters:\n" + "\n".join(lines),
+            matches,
+            count,
+        )
+
     def runs(self, limit: int = 50, status: str | None = None) -> list[RunRecord]:
         """Newest first. A run whose stored JSON no longer decodes is listed with those fields None
         (one damaged row must not hide the others; reading that run names the damage)."""
@@ -1501,6 +1570,8 @@ def _run_record(row: tuple[Any, ...], *, lenient: bool = False) -> RunRecord:
 
 
 __all__ = [
+    "MIN_RUN_ID_PREFIX",
+    "AmbiguousRunId",
     "BlobNotFound",
     "DamagedLog",
     "Event",
