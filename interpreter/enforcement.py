@@ -152,6 +152,7 @@ class Inherited(NamedTuple):
     rules: GuardrailSet
     step_ids: tuple[str, ...]
     secret_values: frozenset[str]  # masked in the child's log as in the parent's
+    principal: dict[str, Any] | None = None  # `principal` to the parent's rules, as the parent knows it
 
 
 class Outer(NamedTuple):
@@ -164,6 +165,9 @@ class Outer(NamedTuple):
     chain: ActorChain
     tools: Mapping[str, Any]  # name -> dsl.model.Tool, as the parent's file declares them
     folder: Path | None  # the parent file's folder; None: not known (a graph compiled from stored text)
+    # The parent run's principal, as its grants read it: a child file that declares an identity of the
+    # principal's name (with roles, another kind) describes it for its own grants only.
+    principal: Principal | None = None
 
 
 def tool_target(tool: Any, name: str, folder: Path | None) -> tuple[Any, ...]:
@@ -311,7 +315,9 @@ class RunGuard:
         # the call come first; this workflow's rules add to them, never replace them (spec §13.13).
         self._inherited_ids = inherited.step_ids if inherited is not None else ()
         self._workflow = (
-            inherited.rules.for_child().extend(graph.guardrails, level="workflow", budget=self.run_budget)
+            inherited.rules.for_child(inherited.principal).extend(
+                graph.guardrails, level="workflow", budget=self.run_budget
+            )
             if inherited is not None
             else GuardrailSet(graph.guardrails, level="workflow", budget=self.run_budget)
         )
@@ -365,13 +371,13 @@ class RunGuard:
     def outer_for_child(self, chain: ActorChain) -> tuple[Outer, ...]:
         """What a child run started under `chain` must also satisfy."""
         tools = self.graph.workflow.tools or {}
-        return (*self.outer, Outer(self.authorizer, chain, tools, _folder_of(self.graph)))
+        return (*self.outer, Outer(self.authorizer, chain, tools, _folder_of(self.graph), self.principal))
 
     def rules_for_child(self, node_path: str) -> Inherited:
         """The rules a child run started at `node_path` inherits: this run's workflow-level rules and
         those of the steps around the call, with their budgets (the child's calls count in them)."""
         rules, step_ids = self._set_for(node_path, None)
-        return Inherited(rules, step_ids, self.secret_values)
+        return Inherited(rules, step_ids, self.secret_values, self.principal.to_binding())
 
     def run_actor(self) -> dict[str, Any]:
         """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""
@@ -463,7 +469,7 @@ class RunGuard:
             upstream = self._same_tool(outer, tool, spec)
             if upstream is None:
                 upstream = outer.authorizer.decide(
-                    outer.chain, tool, action, resource, args, cel_bindings, run_principal
+                    outer.chain, tool, action, resource, args, cel_bindings, outer.principal or run_principal
                 )
             if not upstream.allowed:
                 decision = Decision(

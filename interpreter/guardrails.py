@@ -73,6 +73,7 @@ PAYLOAD_OF: Mapping[str, str] = {
 SCOPE = GUARDRAIL_SCOPE  # the names the compiler declares for `check` and `message`
 ACTION_RANK: Mapping[str, int] = {"allow": 0, "warn": 1, "redact": 2, "retry": 3, "escalate": 4, "deny": 5}
 DEFAULT_MAX_RETRIES = 2
+_OWN: Any = object()  # an entry's `principal` when it reads the run's own (`GuardrailSet.for_child`)
 
 
 # --- budgets -------------------------------------------------------------------------------------------
@@ -284,6 +285,9 @@ class _Entry:
     validator: Any = None
     setup_error: str | None = None  # fails closed at every evaluation
     generation: int = 0  # 0: this run's rule; n: inherited from the run n levels up (`for_child`)
+    # What `principal` is to the rule: the run's that declared it (a child file may describe the
+    # principal otherwise, for its own rules only); `_OWN`: the evaluating run's.
+    principal: Any = _OWN
 
 
 def _prepare(item: Any, level: str, budget: Budget) -> _Entry:
@@ -342,10 +346,22 @@ class GuardrailSet:
         new._budgets = tuple(dict.fromkeys([*self._budgets, new.budget]))
         return new
 
-    def for_child(self) -> GuardrailSet:
+    def for_child(self, principal: Mapping[str, Any] | None = None) -> GuardrailSet:
         """These rules as a child run inherits them: the same budgets (the child's calls count in
-        them), one generation further up, and a fresh retry ledger."""
-        new = GuardrailSet(_entries=[replace(e, generation=e.generation + 1) for e in self._entries])
+        them), one generation further up, and a fresh retry ledger. `principal` (a binding; None: not
+        pinned) is what `principal` stays for this run's own rules in the child: the principal as this
+        run knows it, whatever the child's file declares of a name."""
+        pin = _OWN if principal is None else dict(principal)
+        new = GuardrailSet(
+            _entries=[
+                replace(
+                    e,
+                    generation=e.generation + 1,
+                    principal=pin if e.principal is _OWN else e.principal,
+                )
+                for e in self._entries
+            ]
+        )
         new._budgets, new.budget = self._budgets, self.budget
         return new
 
@@ -444,6 +460,8 @@ def _applies(rule: model.Guardrail, hook: str, tool: Any, steps: set[str]) -> bo
 
 def _bindings(entry: _Entry, context: Mapping[str, Any]) -> dict[str, Any]:
     out = {name: context.get(name) for name in SCOPE}
+    if entry.principal is not _OWN:
+        out["principal"] = entry.principal
     if out["usage"] is None:
         out["usage"] = entry.budget.usage()
     return out

@@ -1,0 +1,112 @@
+"""A child workflow (a `workflow:` tool an agent calls) must not widen what its caller was allowed
+(spec §10.3, §13.13): neither by describing the run's principal with more roles than the parent gave it,
+nor by rebinding a granted tool to another request, nor by leaving out the parent's rules of that tool.
+Real `charter` processes on a real SQLite file; HTTP tools against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from fixtures.charter_cli import describe, run_json, tool_project
+from fixtures.charter_cli import project_charter as charter
+from fixtures.charter_cli import project_events as events
+from fixtures.charter_cli import tool_calls as calls
+
+
+def project(tmp_path: Path, files: dict[str, str]) -> None:
+    """A project folder: the logged tools as module `kidtools`, and the workflow files."""
+    tool_project(tmp_path, "kidtools")
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+
+
+def run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    proc = charter("run", "wf.yaml", "--json", *extra, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    return proc.returncode, (run_json(proc) if proc.stdout.strip() else {})
+
+
+def child_of(tmp_path: Path, parent: str) -> str:
+    db = sqlite3.connect(tmp_path / "charter.db")
+    try:
+        (child,) = db.execute("SELECT run_id FROM runs WHERE parent_run_id = ?", [parent]).fetchone()
+    finally:
+        db.close()
+    return str(child)
+
+
+# The parent: its agent identity `bot` may start the child, and may call `admin` only for an admin.
+PARENT = """\
+charter: "1.0"
+name: parent
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+  child: {workflow: child.yaml, effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-child, to: bot, tools: [child]}
+  - {id: bot-admin, to: bot, tools: [admin], when: '"admin" in principal.roles'}
+steps:
+  - {id: delegate, tool: child, identity: bot, args: {}}
+"""
+
+# The child describes the run's principal (alice) as an admin and grants `bot` everything.
+CHILD_NAMES_ALICE_ADMIN = """\
+charter: "1.0"
+name: child
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+identities:
+  bot: {kind: agent}
+  alice: {kind: user, roles: [admin]}
+grants:
+  - {id: child-all, to: bot, tools: ["*"]}
+steps:
+  - {id: widen, tool: admin, args: {what: everything}}
+"""
+
+
+def test_a_child_cannot_give_the_principal_roles_its_parent_grants_read(tmp_path: Path) -> None:
+    """The parent's grant `bot-admin` holds only for a principal with the role `admin`; alice has none.
+    The child declares an identity `alice` with that role: the parent's grant, which every call in the
+    child must also satisfy, is still decided for the principal as the parent knows it."""
+    project(tmp_path, {"wf.yaml": PARENT, "child.yaml": CHILD_NAMES_ALICE_ADMIN})
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 1, result
+    assert calls(tmp_path) == []  # admin never ran
+    (decided,) = events(tmp_path, child_of(tmp_path, result["run_id"]), "authz.decided")
+    assert decided["decision"] == "deny" and "parent run's chain may not" in decided["reason"]
+
+
+# The parent's rule: only an admin's run may call `admin`; inherited by the child (spec §13.13).
+PARENT_RULE = """\
+charter: "1.0"
+name: parent
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+  child: {workflow: child.yaml, effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-child, to: bot, tools: [child]}
+  - {id: bot-admin, to: bot, tools: [admin]}
+guardrails:
+  - {id: admins-only, on: tool.input, tools: [admin], check: '"admin" in principal.roles', action: deny}
+steps:
+  - {id: delegate, tool: child, identity: bot, args: {}}
+"""
+
+
+def test_a_child_cannot_give_the_principal_roles_its_parents_rules_read(tmp_path: Path) -> None:
+    """A parent's workflow-level rule applies in the child and reads `principal` as the parent knows it:
+    the child's own description of alice as an admin does not switch the rule off."""
+    project(tmp_path, {"wf.yaml": PARENT_RULE, "child.yaml": CHILD_NAMES_ALICE_ADMIN})
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 1, result
+    assert calls(tmp_path) == []
+    trips = events(tmp_path, child_of(tmp_path, result["run_id"]), "guardrail.evaluated")
+    assert [(t["rule"], t["action"]) for t in trips] == [("admins-only", "deny")]
