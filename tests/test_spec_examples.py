@@ -7,7 +7,10 @@ Rules (spec/charter-1.0.md, "About this document"):
   produce exactly that code;
 - blocks tagged ```yaml-fragment are illustrations and are not validated;
 - a block preceded by `<!-- file: NAME -->` is written under that name next to the others (for files
-  that examples refer to, such as a child workflow or a scripted-responses file).
+  that examples refer to, such as a child workflow or a scripted-responses file);
+- a ```yaml block preceded by `<!-- output: JSON -->` (and optionally `<!-- input: JSON -->`, default
+  `{}`) is also run, offline, with that input: it must complete with exactly that output. Only examples
+  that need no tool module, network or key can be run (set, fail, control flow, a scripted model).
 
 The diagnostics table between `<!-- codes:begin -->` and `<!-- codes:end -->` is generated from
 `dsl.diagnostics.CODES`; `python tests/test_spec_examples.py --write-codes` regenerates it.
@@ -15,6 +18,7 @@ The diagnostics table between `<!-- codes:begin -->` and `<!-- codes:end -->` is
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ SPEC = ROOT / "spec" / "charter-1.0.md"
 README = ROOT / "spec" / "README.md"
 
 _FENCE = re.compile(r"^```([A-Za-z0-9_-]*)[ \t]*$")
-_DIRECTIVE = re.compile(r"^<!--\s*(expect|file):\s*(\S+)\s*-->$")
+_DIRECTIVE = re.compile(r"^<!--\s*(expect|file|input|output):\s*(.+?)\s*-->$")
 _CODES_BEGIN = "<!-- codes:begin -->"
 _CODES_END = "<!-- codes:end -->"
 
@@ -42,6 +46,8 @@ class Block:
     line: int  # 1-based line of the opening fence
     expect: str | None
     file: str | None
+    input: str | None = None  # JSON text: the run's input (`<!-- input: ... -->`)
+    output: str | None = None  # JSON text: the output the run must complete with
 
     @property
     def complete(self) -> bool:
@@ -74,7 +80,15 @@ def extract_blocks(markdown: str) -> list[Block]:
             body.append(lines[i])
             i += 1
         blocks.append(
-            Block(tag, "\n".join(body) + "\n", start + 1, directives.get("expect"), directives.get("file"))
+            Block(
+                tag,
+                "\n".join(body) + "\n",
+                start + 1,
+                directives.get("expect"),
+                directives.get("file"),
+                directives.get("input"),
+                directives.get("output"),
+            )
         )
         i += 1
     return blocks
@@ -100,6 +114,11 @@ def spec_blocks() -> list[Block]:
 
 def yaml_blocks() -> list[Block]:
     return [b for b in spec_blocks() if b.tag == "yaml"]
+
+
+def run_blocks() -> list[Block]:
+    """The examples that are run: those that state the output they complete with."""
+    return [b for b in yaml_blocks() if b.output is not None]
 
 
 def _id(block: Block) -> str:
@@ -131,6 +150,19 @@ def test_yaml_blocks_are_complete_workflows(block: Block) -> None:
         f"spec line {block.line}: a ```yaml block must be a whole workflow starting with `charter:`; "
         "tag fragments ```yaml-fragment"
     )
+
+
+def test_run_directives_are_well_formed() -> None:
+    runs = run_blocks()
+    assert len(runs) >= 5, "the spec runs its offline examples"
+    for block in spec_blocks():
+        if block.input is not None or block.output is not None:
+            assert block.tag == "yaml" and not block.expect, (
+                f"spec line {block.line}: input/output directives belong above a valid ```yaml example"
+            )
+            assert block.output is not None, f"spec line {block.line}: an input without the output to expect"
+            json.loads(block.output)
+            json.loads(block.input or "{}")
 
 
 def test_expected_codes_are_registered() -> None:
@@ -185,6 +217,28 @@ def test_example_check_file(block: Block, example_dir: Path) -> None:
         assert {d.code for d in diags} == {block.expect}, f"spec line {block.line}:\n{shown}"
     else:
         assert diags == [], f"spec line {block.line}:\n{shown}"
+
+
+# --- running the offline examples ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", run_blocks(), ids=_id)
+def test_example_runs(block: Block, example_dir: Path, tmp_path: Path) -> None:
+    from dsl.frontend import compile_file
+    from interpreter import RunOptions, run_workflow
+    from interpreter.store import open_store
+
+    graph, diags = compile_file(example_dir / block.name)
+    assert graph is not None, f"spec line {block.line}: {[str(d) for d in diags]}"
+    store = open_store(str(tmp_path / "charter.db"))
+    try:
+        result = run_workflow(
+            graph, json.loads(block.input or "{}"), store=store, options=RunOptions(principal="spec-reader")
+        )
+    finally:
+        store.close()
+    assert result.status == "completed", f"spec line {block.line}: {result.status} {result.error}"
+    assert result.output == json.loads(block.output or "null"), f"spec line {block.line}"
 
 
 # --- the diagnostics table --------------------------------------------------------------------------------
