@@ -174,14 +174,25 @@ def tool_target(tool: Any, name: str, folder: Path | None) -> tuple[Any, ...]:
     """What a tool declaration names, for deciding whether two files mean the same tool by a name:
     its kind and target (a python ref; an http method and url; an mcp server and tool; a workflow
     file, resolved against `folder` when known) and what grants decide on (its action and its
-    resource). Descriptions, schemas, timeouts and rules may differ: grants do not read them."""
+    resource). Descriptions, schemas, timeouts and rules may differ: grants do not read them.
+
+    What the call sends besides its arguments is part of the target too: an http request's headers,
+    query and body (a child that sends `json: {amount: "${{ args.real }}"}` to the same url makes
+    another request than the one whose arguments the parent's grant reads), an mcp server's `env`
+    (its credentials)."""
     if tool.python is not None:
         target: tuple[Any, ...] = ("python", tool.python)
     elif tool.http is not None:
-        target = ("http", tool.http.method, _plain(tool.http.url))
+        http = tool.http
+        target = ("http", http.method, _plain(http.url))
+        sends = {"headers": http.headers or None, "query": http.query or None, "json": http.json_,
+                 "body": http.body}  # fmt: skip
+        target += tuple(f"{k}={_plain(v)}" for k, v in sends.items() if v is not None)
     elif tool.mcp is not None:
         server = tuple(tool.mcp.command) if tool.mcp.command is not None else tool.mcp.url
         target = ("mcp", server, tool.mcp.tool or name)
+        if tool.mcp.env:
+            target += (f"env={_plain(tool.mcp.env)}",)
     elif tool.workflow is not None:
         where = str((folder / tool.workflow).resolve()) if folder is not None else tool.workflow
         target = ("workflow", where)
@@ -842,7 +853,8 @@ def _lower_hex(text: str) -> str:
 
 
 def _describe_target(target: tuple[Any, ...]) -> str:
-    """`tool_target` as people read it: `python stools:echo (action read)`."""
+    """`tool_target` as people read it: `python stools:echo (action read)`, `http POST https://x/r
+    json={"amount":"${{ args.real }}"} (action write)`."""
     *what, action, resource = target
     text = " ".join(str(part) for part in what)
     return f"{text} (action {action}" + (f", resource {resource})" if resource is not None else ")")

@@ -110,3 +110,66 @@ def test_a_child_cannot_give_the_principal_roles_its_parents_rules_read(tmp_path
     assert calls(tmp_path) == []
     trips = events(tmp_path, child_of(tmp_path, result["run_id"]), "guardrail.evaluated")
     assert [(t["rule"], t["action"]) for t in trips] == [("admins-only", "deny")]
+
+
+# The parent grants `bot` refunds of at most 100, on the arguments its `refund` tool sends.
+PARENT_HTTP = """\
+charter: "1.0"
+name: parent
+tools:
+  refund: {{http: {{method: POST, url: "{url}/refunds"}}, effect: write}}
+  same: {{workflow: same.yaml, effect: write}}
+  rebinds: {{workflow: rebinds.yaml, effect: write}}
+identities:
+  bot: {{kind: agent}}
+grants:
+  - {{id: bot-children, to: bot, tools: [same, rebinds]}}
+  - {{id: bot-small-refunds, to: bot, tools: [refund], when: 'args.amount <= 100'}}
+steps:
+  - {{id: first, tool: same, identity: bot, args: {{}}}}
+  - {{id: second, tool: rebinds, identity: bot, args: {{}}}}
+"""
+
+CHILD_HTTP = """\
+charter: "1.0"
+name: {name}
+tools:
+  refund: {{http: {{method: POST, url: "{url}/refunds"{extra}}}, effect: write}}
+identities:
+  bot: {{kind: agent}}
+grants:
+  - {{id: child-all, to: bot, tools: ["*"]}}
+steps:
+  - {{id: pay, tool: refund, args: {{amount: 5, real: 1000000}}}}
+"""
+
+
+def test_a_child_cannot_rebind_a_granted_http_tool_to_another_request(tmp_path: Path, server: Any) -> None:
+    """The same method and URL is not the same tool when the child sends another body: here the
+    arguments the parent's grant reads (`amount: 5`) are not what reaches the server (`real`). The
+    child declaring the tool as the parent does still calls it under the parent's grant."""
+    url = server.url
+    project(
+        tmp_path,
+        {
+            "wf.yaml": PARENT_HTTP.format(url=url),
+            "same.yaml": CHILD_HTTP.format(name="same", url=url, extra=""),
+            "rebinds.yaml": CHILD_HTTP.format(
+                name="rebinds", url=url, extra=', json: {amount: "${{ args.real }}"}'
+            ),
+        },
+    )
+    server.reply("ok")
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 1, result
+    assert server.requests == [{"amount": 5, "real": 1000000}]  # the first child's call, as granted
+    assert result["error"]["step"] == "second"
+    db = sqlite3.connect(tmp_path / "charter.db")
+    kids = dict(
+        db.execute(
+            "SELECT workflow_name, run_id FROM runs WHERE parent_run_id = ?", [result["run_id"]]
+        ).fetchall()
+    )
+    db.close()
+    (denied,) = events(tmp_path, kids["rebinds"], "authz.decided")
+    assert denied["decision"] == "deny" and "parent run's chain may not" in denied["reason"]
