@@ -39,7 +39,7 @@ from dsl.model import parse_duration
 from interpreter import store as s
 from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from_records, policy_error
 from interpreter.leases import given_up
-from interpreter.loop import run_coroutine
+from interpreter.loop import interrupted_by, run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
 from interpreter.records import NodeRecord, build_records, descendant_runs, descendants, enclosing
 from interpreter.redact import MASK, iter_texts
@@ -847,7 +847,11 @@ class Execution:
             raise
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Cut off (Ctrl-C, a parent's timeout or join): what happened until now is true, and is
-            # written while this process still holds the run's lease -- not by a timer after it.
+            # written while this process still holds the run's lease -- not by a timer after it. The
+            # log says why the run stopped unless its parent's log does (its timeout, its join).
+            by = interrupted_by()
+            if not self.replaying and (by or self.store.run(self.run_id).parent_run_id is None):
+                self.emit(s.RUN_INTERRUPTED, "", {"signal": by})
             self._flush_window()
             raise
         except RunSetupError:  # a child run that cannot continue here: neither run fails for it

@@ -207,6 +207,8 @@ def _entry(event: s.Event) -> dict[str, Any] | None:  # noqa: C901 - one branch 
                 "error": p.get("error"), "pending": p.get("pending")}  # fmt: skip
     if kind == s.RUN_RESUMED:
         return {**base, "what": "resume", "reason": p.get("reason")}
+    if kind == s.RUN_INTERRUPTED:
+        return {**base, "what": "interrupted", "signal": p.get("signal")}
     return None
 
 
@@ -482,6 +484,9 @@ def _line(e: Mapping[str, Any]) -> str | None:  # noqa: C901 - one branch per en
         return f"run completed: {_short(e.get('output'), 120)}"
     if what == "resume":
         return f"resumed ({e.get('reason')})"
+    if what == "interrupted":
+        by = f"by {e['signal']}" if e.get("signal") else "(its caller cancelled it)"
+        return f"run interrupted {by}; `charter resume` continues it"
     return None
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
@@ -22,6 +24,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 SHUTDOWN_GRACE = 3.0
+
+# The signals received while `run_coroutine` runs, for the code of the run's task to read.
+_RECEIVED: contextvars.ContextVar[list[int]] = contextvars.ContextVar("charter_signals")
+
+
+def interrupted_by() -> str | None:
+    """The signal (SIGINT, SIGTERM) that is stopping the run this task belongs to, if one is: a run
+    cancelled without one was cut off by its caller (or, a child run, by its parent's timeout or join)."""
+    received = _RECEIVED.get(None)
+    return signal.Signals(received[0]).name if received else None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,7 +63,9 @@ def run_coroutine(main: Coroutine[Any, Any, T], *, grace: float = SHUTDOWN_GRACE
 
     async def tracked() -> T:
         tasks.append(asyncio.current_task())  # type: ignore[arg-type]
-        return await main
+        _RECEIVED.set(received)
+        with _noting_sigint(runner, received):
+            return await main
 
     try:
         with _terminate_like_interrupt(received, tasks):
@@ -94,6 +108,31 @@ def _terminate_like_interrupt(received: list[int], tasks: list[asyncio.Task[Any]
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _noting_sigint(runner: asyncio.Runner, received: list[int]) -> Iterator[None]:
+    """While the Runner's SIGINT handler is in place (it cancels the run's task), note the signal in
+    `received` too, then hand it on; put the Runner's handler back after, which it then removes."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not (
+        threading.current_thread() is threading.main_thread()
+        and isinstance(handler, functools.partial)
+        and getattr(handler.func, "__self__", None) is runner
+    ):
+        yield
+        return
+
+    def noting(signum: int, frame: Any) -> None:
+        received.append(signum)
+        handler(signum, frame)
+
+    signal.signal(signal.SIGINT, noting)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is noting:
+            signal.signal(signal.SIGINT, handler)
 
 
 def _close(loop: asyncio.AbstractEventLoop, grace: float) -> None:

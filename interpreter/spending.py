@@ -15,7 +15,7 @@ from interpreter.records import enclosing, once_per_call
 _SPENDING = frozenset({s.TOOL_CALLED, s.MODEL_CALLED, s.MODEL_COMPLETED})
 # Whether a run goes on, by its last run event (`run.cancelled`: a child its parent gave up on).
 _ENDS = {s.RUN_COMPLETED: True, s.RUN_FAILED: True, s.RUN_CANCELLED: True, s.RUN_WAITING: False,
-         s.RUN_RESUMED: False}  # fmt: skip
+         s.RUN_RESUMED: False, s.RUN_INTERRUPTED: False}  # fmt: skip
 
 
 def within(path: str, outer: str) -> bool:

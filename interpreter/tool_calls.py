@@ -16,16 +16,19 @@ from typing import Any
 
 from interpreter import store as s
 from interpreter.enforcement import CURRENT_CHAIN, EscalationRequired, withheld
+from interpreter.loop import interrupted_by
 from interpreter.redact import MASK, iter_texts
 from interpreter.runtime import StepError
 from interpreter.tools import call_tool
 
-CANCELLED = {
-    "type": "Cancelled",
-    "code": "cancelled",
-    "message": "the call was cut off (a timeout, or another branch won the join)",
-    "retryable": False,
-}
+
+def cut_off() -> dict[str, Any]:
+    """The error of a call cut off in flight: by a signal that stops the run, else by a timeout or a
+    branch that won its join."""
+    by = interrupted_by()
+    why = f": the run was interrupted ({by})" if by else " (a timeout, or another branch won the join)"
+    message = f"the call was cut off{why}"
+    return {"type": "Cancelled", "code": "cancelled", "message": message, "retryable": False}
 
 
 async def logged_call(
@@ -81,7 +84,7 @@ async def logged_call(
         ex.emit(s.TOOL_FAILED, path, {**ids, "error": err.to_dict(), "duration_ms": _ms(t0)}, actor)
         raise
     except asyncio.CancelledError:  # cut off from outside: a timeout, or a sibling branch won the join
-        ex.emit(s.TOOL_FAILED, path, {**ids, "error": CANCELLED, "duration_ms": _ms(t0)}, actor)
+        ex.emit(s.TOOL_FAILED, path, {**ids, "error": cut_off(), "duration_ms": _ms(t0)}, actor)
         if write:
             ex.cut_writes.add(path)
         raise

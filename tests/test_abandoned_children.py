@@ -129,6 +129,10 @@ def test_a_child_cut_off_by_its_steps_timeout_is_cancelled_not_left_to_resume(tm
     child = child_of(tmp_path)
     assert child["status"] == "cancelled"
     assert "cut its step 'kid' off" in child["error"]
+    # not interrupted: its parent's timeout stopped it, which `run.cancelled` and the parent's log say
+    logged = charter("log", child["run_id"], "--json", cwd=tmp_path).stdout.splitlines()
+    kinds = [json.loads(line)["kind"] for line in logged]
+    assert kinds[-1] == "run.cancelled" and "run.interrupted" not in kinds
     resume = charter("resume", child["run_id"], cwd=tmp_path)
     assert "already cancelled" in resume.stderr and not log.exists()
     for run in run_rows(tmp_path / "charter.db"):  # the cut-off call ends the child's replay, as it did

@@ -1803,3 +1803,36 @@ output: {{code: "${{{{ vars.code }}}}"}}
     assert "tool.called" not in kinds and kinds[-1] == "step.failed"
     assert store.verify(result.run_id).ok
     assert replay_run(result.run_id, store=store, options=OPTS).ok
+
+
+def test_a_run_its_caller_cancels_says_so_in_its_log(store: Any, workdir: Path) -> None:
+    """An application that runs workflows with the async API and cancels one (a shutdown, a request
+    that went away): the log ends with `run.interrupted` without a signal, and the run stays resumable."""
+    import asyncio
+
+    from interpreter.engine import start_run
+
+    flow = workdir / "cancelled.yaml"
+    flow.write_text(
+        f'charter: "1.0"\nname: cancelled\ntools:\n  hang: {{python: "{MODULE}:hang", effect: read}}\n'
+        "steps:\n  - {id: wait, tool: hang, args: {seconds: 2}}\n"
+    )
+
+    async def cancel_it() -> None:
+        task = asyncio.create_task(start_run(compiled(flow), {}, store, OPTS))
+        await asyncio.sleep(0.5)  # the call (2 s) is in flight
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_it())
+    (row,) = store.runs()
+    logged = list(store.events(row.run_id))
+    assert row.status == "running"
+    assert (logged[-1].kind, logged[-1].payload) == ("run.interrupted", {"signal": None})
+    (cut,) = [e for e in logged if e.kind == "tool.failed"]
+    assert "another branch won the join" in cut.payload["error"]["message"]
+    assert store.verify(row.run_id).ok
+    resumed = resume_run(row.run_id, store=store, options=OPTS)
+    assert resumed.status == "completed", resumed.error
+    assert replay_run(row.run_id, store=store, options=OPTS).ok

@@ -184,6 +184,16 @@ def test_a_signal_stops_the_run_releases_its_lease_and_says_how_to_continue(
     (row,) = run_rows(lab.db)
     assert f"charter resume {row['run_id']} --db {lab.db}" in err and "Traceback" not in err, err
     assert row["status"] == "running" and lab.lease_rows() == []  # released: resume need not wait
+    # The log says why the run stopped, and why the call in flight was cut off
+    logged = events(lab.db, row["run_id"])
+    name = signal.Signals(signum).name
+    assert (logged[-1]["kind"], logged[-1]["payload"]) == ("run.interrupted", {"signal": name})
+    (cut,) = [e for e in logged if e["kind"] == "tool.failed"]
+    assert cut["payload"]["error"]["message"] == f"the call was cut off: the run was interrupted ({name})"
+    assert (
+        f"run interrupted by {name}; `charter resume` continues it"
+        in lab.charter("explain", row["run_id"]).stdout
+    )
     resumed = lab.charter("resume", row["run_id"])
     assert resumed.returncode == 0, describe(resumed)
     assert lab.counts() == Counter({"a": 1, "b": 1, "c": 1})
