@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -656,3 +657,11 @@ def test_an_approval_is_decided_once_per_request(tmp_path: Path) -> None:
         decided = [e.payload for e in store.events(run_id) if e.kind == s.APPROVAL_DECIDED]
         assert decided == [first, late]
         assert store.verify(run_id).ok
+
+
+def test_the_event_log_spec_documents_exactly_the_kinds_the_store_accepts() -> None:
+    """spec/event-log.md §5 is where people querying the log learn the kinds: one row per kind, no more."""
+    spec = (REPO / "spec" / "event-log.md").read_text(encoding="utf-8")
+    section = spec.split("## 5. Event kinds", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z]+(?:\.[a-z_]+)?)` \|", section, flags=re.MULTILINE))
+    assert documented == set(event_kinds())
