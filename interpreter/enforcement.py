@@ -146,6 +146,18 @@ def _halting(budgets: tuple[tuple[str, int], ...], rules: tuple[str, ...]) -> di
     }
 
 
+class ToolRules(NamedTuple):
+    """The rules a run above declared on one of its tools (`guardrails:` of the tool): they apply to
+    the calls of that tool wherever they come from (spec §11), a child run's calls of a tool its file
+    declares as the same tool (`tool_target`) included."""
+
+    name: str
+    target: tuple[Any, ...]  # `tool_target` of the declaration, in the declaring file
+    rules: tuple[Any, ...]  # the compiled rules
+    principal: dict[str, Any]  # `principal` to the rules: the declaring run's
+    generation: int  # 1: the parent's; 2: the grandparent's...
+
+
 class Inherited(NamedTuple):
     """What a child run inherits of its parent's guardrails (`RunGuard.rules_for_child`)."""
 
@@ -153,6 +165,7 @@ class Inherited(NamedTuple):
     step_ids: tuple[str, ...]
     secret_values: frozenset[str]  # masked in the child's log as in the parent's
     principal: dict[str, Any] | None = None  # `principal` to the parent's rules, as the parent knows it
+    tool_rules: tuple[ToolRules, ...] = ()  # the rules of the tools of the runs above
 
 
 class Outer(NamedTuple):
@@ -325,6 +338,7 @@ class RunGuard:
         # A child run: the rules (and budgets, shared) of its parent's workflow and of the steps around
         # the call come first; this workflow's rules add to them, never replace them (spec §13.13).
         self._inherited_ids = inherited.step_ids if inherited is not None else ()
+        self._inherited_tool_rules = inherited.tool_rules if inherited is not None else ()
         self._workflow = (
             inherited.rules.for_child(inherited.principal).extend(
                 graph.guardrails, level="workflow", budget=self.run_budget
@@ -346,6 +360,7 @@ class RunGuard:
             self._workflow.rules
             or any(getattr(node, "guardrails", ()) for node in graph.nodes())
             or any(getattr(t, "guardrails", ()) for t in (graph.tools or {}).values())
+            or self._inherited_tool_rules
         )
         self.history: list[dict[str, Any]] = []
         self.approvals = dict(approvals or {})  # key -> (requested payload, decided payload)
@@ -388,7 +403,17 @@ class RunGuard:
         """The rules a child run started at `node_path` inherits: this run's workflow-level rules and
         those of the steps around the call, with their budgets (the child's calls count in them)."""
         rules, step_ids = self._set_for(node_path, None)
-        return Inherited(rules, step_ids, self.secret_values, self.principal.to_binding())
+        principal = self.principal.to_binding()
+        folder, declared = _folder_of(self.graph), self.graph.workflow.tools or {}
+        own = tuple(
+            ToolRules(
+                name, tool_target(declared[name], name, folder), tuple(compiled.guardrails), principal, 1
+            )
+            for name, compiled in (self.graph.tools or {}).items()
+            if compiled.guardrails and name in declared
+        )
+        above = tuple(r._replace(generation=r.generation + 1) for r in self._inherited_tool_rules)
+        return Inherited(rules, step_ids, self.secret_values, principal, own + above)
 
     def run_actor(self) -> dict[str, Any]:
         """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""
@@ -700,6 +725,19 @@ class RunGuard:
             rules = rules.extend(
                 compiled.guardrails, level="tool", budget=self._tool_budgets.setdefault(tool, Budget())
             )
+        spec = (self.graph.workflow.tools or {}).get(tool) if tool else None
+        above = [r for r in self._inherited_tool_rules if r.name == tool] if spec is not None else []
+        if above:  # the rules a run above set on this tool, when this file declares the same tool
+            target = tool_target(spec, tool, _folder_of(self.graph))
+            for item in above:
+                if item.target == target:
+                    rules = rules.extend(
+                        item.rules,
+                        level="tool",
+                        budget=self._tool_budgets.setdefault(tool, Budget()),
+                        principal=item.principal,
+                        generation=item.generation,
+                    )
         self._sets[key] = (rules, tuple(ids))
         return self._sets[key]
 
@@ -1028,6 +1066,7 @@ __all__ = [
     "CURRENT_CHAIN",
     "NOT_DELEGATED",
     "Outer",
+    "ToolRules",
     "tool_target",
     "enforce_tool_input",
     "enforce_tool_output",

@@ -338,11 +338,21 @@ class GuardrailSet:
         level: str,
         budget: Budget | None = None,
         ledger: RetryLedger | None = None,
+        principal: Mapping[str, Any] | None = None,
+        generation: int = 0,
     ) -> GuardrailSet:
         """A set with `rules` added as an inner level (step, tool); the outer rules all stay. Give the
         budget that level counts in (a tool's budget must live as long as the run); a fresh one
-        otherwise. The new set has a fresh retry ledger unless one is given."""
+        otherwise. The new set has a fresh retry ledger unless one is given. Rules a run above declared
+        (a tool's, inherited by a child run) give their `generation` and the `principal` they read."""
         new = GuardrailSet(rules, level=level, budget=budget, ledger=ledger, _entries=self._entries)
+        if principal is not None or generation:
+            pin = _OWN if principal is None else dict(principal)
+            added = new._entries[len(self._entries) :]
+            new._entries = (
+                *self._entries,
+                *(replace(e, generation=generation, principal=pin) for e in added),
+            )
         new._budgets = tuple(dict.fromkeys([*self._budgets, new.budget]))
         return new
 

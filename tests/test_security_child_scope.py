@@ -173,3 +173,50 @@ def test_a_child_cannot_rebind_a_granted_http_tool_to_another_request(tmp_path: 
     db.close()
     (denied,) = events(tmp_path, kids["rebinds"], "authz.decided")
     assert denied["decision"] == "deny" and "parent run's chain may not" in denied["reason"]
+
+
+# The parent caps `admin` with a rule of the tool itself: it applies to the calls of that tool
+# "wherever they come from" (spec §11), a child run's calls of the same tool included.
+PARENT_TOOL_RULE = """\
+charter: "1.0"
+name: parent
+tools:
+  admin:
+    python: "kidtools:admin"
+    effect: write
+    guardrails:
+      - {id: cap, on: tool.input, check: 'args.amount <= 100', action: deny}
+  child: {workflow: child.yaml, effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-child, to: bot, tools: [child]}
+  - {id: bot-admin, to: bot, tools: [admin]}
+steps:
+  - {id: delegate, tool: child, identity: bot, args: {}}
+"""
+
+CHILD_WITHOUT_THE_RULE = """\
+charter: "1.0"
+name: child
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: child-all, to: bot, tools: ["*"]}
+steps:
+  - {id: small, tool: admin, args: {amount: 10}}
+  - {id: big, tool: admin, args: {amount: 100000}}
+"""
+
+
+def test_a_child_cannot_leave_out_the_rules_its_parent_set_on_a_tool(tmp_path: Path) -> None:
+    """The child declares the parent's `admin` (same code, so the parent's grant covers its calls)
+    without the parent's `cap` rule: the rule still applies to the child's calls of that tool."""
+    project(tmp_path, {"wf.yaml": PARENT_TOOL_RULE, "child.yaml": CHILD_WITHOUT_THE_RULE})
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 1, result
+    assert calls(tmp_path) == [{"tool": "admin", "amount": 10}]  # the big one never ran
+    trips = events(tmp_path, child_of(tmp_path, result["run_id"]), "guardrail.evaluated")
+    assert [(t["rule"], t["hook"], t["action"]) for t in trips] == [("cap", "tool.input", "deny")]
