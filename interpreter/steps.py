@@ -344,6 +344,7 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     outputs: list[Any] = [None] * len(blocks)
     done_ok: list[int] = []
     failed: list[int] = []
+    waiting: list[int] = []  # branches suspended for a person (or a child run that waits for one)
     suspended: list[str] = []
     first_error: StepError | None = None
     pending = set(tasks)
@@ -362,6 +363,7 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
             done_ok.append(i)
         elif isinstance(exc, Suspend):
             suspended.extend(exc.pending)
+            waiting.append(i)
         elif isinstance(exc, StepError):
             failed.append(i)
             first_error = first_error or exc
@@ -387,8 +389,10 @@ async def run_parallel(ex: Execution, node: Any, scope: Scope, path: str, attemp
     if (cancelled or suspended) and (
         satisfied() or (first_error is not None and not tolerant) or not suspended
     ):
-        # Decided: a child run of a branch cut off or still waiting for a person is waited for no more.
+        # Decided: a child run of a branch cut off or still waiting for a person is waited for no more;
+        # a branch that waited is cut off as a running one is.
         ex.abandon_children(path, f"no longer waits for it: parallel '{path}' is decided")
+        cancelled += waiting
     ex.emit(
         s.PARALLEL_JOINED,
         path,

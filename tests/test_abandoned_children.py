@@ -116,6 +116,10 @@ def test_a_waiting_child_the_parent_no_longer_waits_for_is_cancelled(tmp_path: P
     assert "run.cancelled" in events and "system:parent" in events
     explained = charter("explain", child["run_id"], cwd=tmp_path).stdout
     assert "run cancelled: its parent run" in explained
+    if why != "another for_each item failed":  # the join names the branch it cut off while it waited
+        parent = charter("log", child["parent_run_id"], "--json", cwd=tmp_path).stdout.splitlines()
+        (joined,) = [e["payload"] for e in map(json.loads, parent) if e["kind"] == "parallel.joined"]
+        assert joined["cancelled"] == ["pay"], joined
 
 
 def test_a_child_cut_off_by_its_steps_timeout_is_cancelled_not_left_to_resume(tmp_path: Path) -> None:
