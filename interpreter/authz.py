@@ -9,6 +9,9 @@ Rules (DESIGN.md §6, issue 6):
   `actions` (if any) contain the call's action, its `resources` globs (if any) match the call's
   resource (a call without a resource never matches a grant that lists resources), and its `when`
   condition (if any) evaluates to `true`.
+- A call of a tool that declares a `resource` the call cannot give (it does not evaluate, or not to a
+  string: an argument of another type, one left out) fails closed like a `when` that errors: it matches
+  no *allow* grant that lists resources, and *every deny* grant that lists resources.
 - **Fail closed.** A `when` that errors or yields a non-bool makes an *allow* grant not match, and makes
   a *deny* grant match (either way the call is denied). Arguments that are not JSON are denied.
 - **Delegation.** An `ActorChain` is the principal (or first identity) followed by each party acting on
@@ -256,11 +259,17 @@ def _applies_to(grant: model.Grant, party: Party) -> bool:
     return grant.to == party.id
 
 
-def _scope_matches(grant: model.Grant, tool: str, action: str | None, resource: str | None) -> bool:
+def _scope_matches(
+    grant: model.Grant, tool: str, action: str | None, resource: str | None, unknown: bool = False
+) -> bool:
+    """Whether the grant's tools, actions and resources cover the call. `unknown`: the tool declares a
+    resource the call could not give: a deny grant that lists resources covers it (fail closed)."""
     if not _glob_match(grant.tools, tool):
         return False
     if grant.actions is not None and (action is None or action not in grant.actions):
         return False
+    if grant.resources is not None and unknown:
+        return grant.effect == "deny"
     if grant.resources is not None and (resource is None or not _glob_match(grant.resources, resource)):
         return False
     return True
@@ -337,10 +346,12 @@ class Authorizer:
         args: Any = None,
         bindings: Mapping[str, Any] | None = None,
         principal: Principal | None = None,
+        resource_error: str | None = None,
     ) -> Decision:
         """Allow or deny one call. Never raises for bad arguments or conditions: it denies.
         `principal` is the run's principal: what `principal` means in a `when` when the chain delegates
-        for no one (an agent on its own grants, a tool step's identity), as in guardrails."""
+        for no one (an agent on its own grants, a tool step's identity), as in guardrails.
+        `resource_error`: why the call has no resource although its tool declares one (fail closed)."""
         args = {} if args is None else args
         try:
             digest = args_digest(args)
@@ -358,7 +369,10 @@ class Authorizer:
             return done(True, WORKFLOW_GRANT, "the workflow itself calls the tool (no identity): trusted")
 
         base = self._base_bindings(chain, tool, action, resource, args, bindings, principal)
-        results = [(party, self._decide_link(party, tool, action, resource, base)) for party in chain.links]
+        results = [
+            (party, self._decide_link(party, tool, action, resource, base, resource_error))
+            for party in chain.links
+        ]
         per = [(party.sub, r.grant) for party, r in results]
         denied = [(party, r) for party, r in results if not r.allowed]
         if denied:
@@ -392,12 +406,19 @@ class Authorizer:
         return base
 
     def _decide_link(
-        self, party: Party, tool: str, action: str | None, resource: str | None, base: dict[str, Any]
+        self,
+        party: Party,
+        tool: str,
+        action: str | None,
+        resource: str | None,
+        base: dict[str, Any],
+        resource_error: str | None = None,
     ) -> _LinkResult:
+        unknown = resource_error is not None
         applicable = [
             r
             for r in self._rules
-            if _applies_to(r.grant, party) and _scope_matches(r.grant, tool, action, resource)
+            if _applies_to(r.grant, party) and _scope_matches(r.grant, tool, action, resource, unknown)
         ]
         if not applicable:
             return _LinkResult(False, DEFAULT_DENY, f"no grant covers tool '{tool}'")
@@ -412,6 +433,8 @@ class Authorizer:
             holds, error = _condition(rule, bindings)
             if holds or error:
                 why = f" (condition failed closed: {error})" if error else ""
+                if unknown and rule.grant.resources is not None:
+                    why += f" (resources failed closed: {resource_error})"
                 return _LinkResult(False, rule.grant.id, f"deny grant '{rule.grant.id}' matches{why}")
         errors: list[str] = []
         for rule in applicable:

@@ -490,12 +490,14 @@ class RunGuard:
         """Decide one call and write `authz.decided` (always, allowed or not)."""
         spec = self.graph.workflow.tools.get(tool)
         action = (spec.action or spec.effect) if spec is not None else None
-        resource = self._resource(tool, args, bindings)
+        resource, resource_error = self._resource(tool, args, bindings)
         cel_bindings = {k: bindings.get(k) for k in ("input", "vars", "run")}
         # `principal` in a grant's `when` is the run's principal, as in guardrails (spec §11.1, §15),
         # whether or not the chain acts on its behalf.
         run_principal = self.principal
-        decision = self.authorizer.decide(chain, tool, action, resource, args, cel_bindings, run_principal)
+        decision = self.authorizer.decide(
+            chain, tool, action, resource, args, cel_bindings, run_principal, resource_error
+        )
         for outer in self.outer if decision.allowed and spec is not None else ():
             if not outer.chain.links:  # the parent workflow itself started this run: it trusts it
                 continue
@@ -505,7 +507,14 @@ class RunGuard:
             upstream = self._same_tool(outer, tool, spec)
             if upstream is None:
                 upstream = outer.authorizer.decide(
-                    outer.chain, tool, action, resource, args, cel_bindings, outer.principal or run_principal
+                    outer.chain,
+                    tool,
+                    action,
+                    resource,
+                    args,
+                    cel_bindings,
+                    outer.principal or run_principal,
+                    resource_error,
                 )
             if not upstream.allowed:
                 decision = Decision(
@@ -548,19 +557,23 @@ class RunGuard:
             return {"sub": self.principal.sub, "act": {"sub": self.workflow_actor.sub}}
         return chain.to_act_claim() or {"sub": self.principal.sub}
 
-    def _resource(self, tool: str, args: Any, bindings: Mapping[str, Any]) -> str | None:
+    def _resource(self, tool: str, args: Any, bindings: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """The call's resource, and why it has none although its tool declares one (else None): then
+        grants that list resources fail closed (no allow grant matches, every deny grant does)."""
         compiled = (self.graph.tools or {}).get(tool)
         value = compiled.values.get("resource") if compiled is not None else None
         if value is None:
-            return None
+            return None, None
         try:
             from dsl.expr import from_cel
 
             out = value.evaluate({**bindings, "args": args}) if not value.constant else value.evaluate({})
             out = from_cel(out)
-        except Exception:  # noqa: BLE001 - no resource: grants that list resources do not match (closed)
-            return None
-        return out if isinstance(out, str) else None
+        except Exception as exc:  # noqa: BLE001 - no resource: fail closed
+            return None, f"the tool's resource does not evaluate ({type(exc).__name__})"
+        if not isinstance(out, str):
+            return None, f"the tool's resource is {kind_of(out)}, not a string"
+        return out, None
 
     # -- guardrails
 

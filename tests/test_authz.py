@@ -347,3 +347,38 @@ def test_only_a_user_identity_or_an_undeclared_name_can_decide_as_a_person() -> 
     assert "'ledger' may not decide: it is the name of a service identity of workflow 'wf'" in str(
         not_a_person("ledger", identities, "wf")
     )
+
+
+def test_a_call_whose_resource_is_unknown_fails_closed_on_grants_that_list_resources() -> None:
+    """The tool declares a resource the call could not give: no allow grant listing resources matches,
+    every deny grant listing resources does (its `when` still decides), grants without resources as
+    ever."""
+    authz = Authorizer(
+        [
+            grant(id="any-order", to="lookup", tools=["refund"]),
+            grant(id="orders", to="lookup", tools=["refund"], resources=["order/*"]),
+            grant(id="not-vip", to="lookup", tools=["refund"], resources=["order/vip*"], effect="deny"),
+            grant(id="not-big", to="lookup", tools=["refund"], resources=["order/*"], effect="deny",
+                  when="args.amount > 100"),
+        ],
+        IDENTITIES,
+    )  # fmt: skip
+    chain = authz.chain("lookup")
+    known = authz.decide(chain, "refund", resource="order/7", args={"amount": 5})
+    assert known.allowed and known.grant == "any-order"
+    unknown = authz.decide(chain, "refund", args={"amount": 5}, resource_error="not a string")
+    assert not unknown.allowed and unknown.grant == "not-vip" and "not a string" in unknown.reason
+    only_allow = Authorizer(
+        [grant(id="orders", to="lookup", tools=["refund"], resources=["order/*"])], IDENTITIES
+    )
+    assert not only_allow.decide(chain, "refund", resource_error="no value").allowed
+    conditional = Authorizer(
+        [
+            grant(id="any-order", to="lookup", tools=["refund"]),
+            grant(id="not-big", to="lookup", tools=["refund"], resources=["order/*"], effect="deny",
+                  when="args.amount > 100"),
+        ],
+        IDENTITIES,
+    )  # fmt: skip
+    assert conditional.decide(chain, "refund", args={"amount": 5}, resource_error="x").allowed
+    assert conditional.decide(chain, "refund", args={"amount": 500}, resource_error="x").grant == "not-big"
