@@ -62,10 +62,14 @@ class CompiledValue:
 
 
 def to_text(value: Any) -> str:
-    """How an interpolated value prints: strings as they are, everything else as JSON."""
+    """How an interpolated value prints (spec §14.2): a value whose JSON form is text (a string, bytes,
+    a timestamp, a duration) as that text, without quotes; everything else as compact JSON."""
     if type(value) is str:
         return value
-    return json.dumps(expr.from_cel(value), ensure_ascii=False, separators=(",", ":"))
+    data = expr.from_cel(value)
+    if type(data) is str:
+        return data
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def split_template(text: str) -> list[tuple[str, int] | tuple[None, str, int]]:
