@@ -19,8 +19,8 @@ from interpreter.redact import MASK
 def _masked(value: Any) -> bool:
     if isinstance(value, str):
         return MASK in value or "[REDACTED:" in value
-    if isinstance(value, dict):
-        return any(_masked(v) for v in value.values())
+    if isinstance(value, dict):  # a secret is masked in keys too
+        return any(_masked(k) or _masked(v) for k, v in value.items())
     if isinstance(value, list):
         return any(_masked(v) for v in value)
     return False

@@ -39,7 +39,7 @@ from interpreter.authz import (
 )
 from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
 from interpreter.records import build_records, request_expired
-from interpreter.redact import MASK, compile_pattern, mask_matches
+from interpreter.redact import MASK, compile_pattern, mask_everywhere
 from interpreter.runtime import OUTER_ATTEMPTS, StepError, kind_of
 from interpreter.spending import charge, ended, finished_around, model_usage, spent, within
 from interpreter.timing import Segment, began_at, execution_time, segments
@@ -871,10 +871,11 @@ class RunGuard:
     # -- masking
 
     def mask(self, value: Any) -> Any:
-        """`value` with every declared secret's text masked (applied to everything the log receives)."""
+        """`value` with every declared secret's text masked (applied to everything the log receives),
+        in the keys of its objects too."""
         if self._secret_regex is None:
             return value
-        return mask_matches(value, self._secret_regex, MASK)[0]
+        return mask_everywhere(value, self._secret_regex, MASK)[0]
 
 
 # --- the tool-step path (steps.run_tool; the agent loop uses the RunGuard methods directly) --------------

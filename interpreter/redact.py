@@ -10,6 +10,10 @@ What counts as "the text of a value", used everywhere here:
 
 Only non-empty matches count: a pattern that can match the empty string (`a*`) is a violation only
 where it matches at least one character.
+
+Secrets are masked in object keys too (`mask_everywhere`): a guardrail's regex never reads a key, but
+a secret must not reach the log in any shape, and an API may answer with an object keyed by the very
+token it was called with. Keys that mask alike stay apart (`[REDACTED]`, `[REDACTED]#2`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,39 @@ def mask_matches(value: Any, regex: Any, mask: str = MASK) -> tuple[Any, int]:
     return (masked_text if n else value), n
 
 
+def mask_everywhere(value: Any, regex: Any, mask: str = MASK) -> tuple[Any, int]:
+    """`mask_matches`, keys of objects included (for secrets). Two keys that mask to the same text are
+    kept apart by a suffix (`#2`, `#3`...), so no member of an object is lost."""
+    if isinstance(value, dict):
+        total = 0
+        members: list[tuple[Any, bool, Any]] = []  # (key, masked?, value)
+        for key, item in value.items():
+            new_key, n = _mask_text(key, regex, mask) if isinstance(key, str) else (key, 0)
+            masked, m = mask_everywhere(item, regex, mask)
+            total += n + m
+            members.append((new_key, n > 0, masked))
+        taken = {key for key, changed, _ in members if not changed}
+        out: dict[Any, Any] = {}
+        for key, changed, item in members:
+            if changed:  # never the same as another key of the object
+                base, i = key, 1
+                while key in taken:
+                    i += 1
+                    key = f"{base}#{i}"
+                taken.add(key)
+            out[key] = item
+        return out, total
+    if isinstance(value, list | tuple):
+        total = 0
+        items: list[Any] = []
+        for item in value:
+            masked, n = mask_everywhere(item, regex, mask)
+            items.append(masked)
+            total += n
+        return items, total
+    return mask_matches(value, regex, mask)
+
+
 def mask_secrets(value: Any, secrets: Iterable[str], mask: str = MASK) -> Any:
     """`value` with every occurrence of each secret's literal text masked (before anything is logged).
 
@@ -124,4 +161,4 @@ def mask_secrets(value: Any, secrets: Iterable[str], mask: str = MASK) -> Any:
     if not literals:
         return value
     regex = compile_pattern("|".join(re2.escape(s) for s in literals))
-    return mask_matches(value, regex, mask)[0]
+    return mask_everywhere(value, regex, mask)[0]
