@@ -100,15 +100,34 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
 
 CREDENTIAL_CLAIMS = frozenset({"token", "access_token", "id_token", "refresh_token", "password", "secret",
                                "api_key", "authorization"})  # fmt: skip
+# The same names as letters and digits only, and the endings that make a name a credential's, whatever
+# its spelling: `AccessToken` (Cognito), `accessToken` (MSAL), `X-Auth-Token`, `client_secret`.
+_CREDENTIAL_NAMES = frozenset({"authorization", "cookie", "setcookie", "credentials", "apikey", "passwd"})
+_CREDENTIAL_ENDINGS = ("token", "secret", "password", "apikey", "privatekey")
+
+
+def _credential(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    name = re.sub(r"[^a-z0-9]", "", key.lower())
+    return key.lower() in CREDENTIAL_CLAIMS or name in _CREDENTIAL_NAMES or name.endswith(_CREDENTIAL_ENDINGS)
 
 
 def claims_without_credentials(claims: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Claims as the run keeps them: a credential handed in with the claims (the principal's own token)
-    is dropped, so it can reach neither the log, nor a condition, nor a tool. Tools get credentials for
-    the identity that acts from `secrets`."""
+    is dropped, at any depth and in any spelling of its name, so it can reach neither the log, nor a
+    condition, nor a tool. Tools get credentials for the identity that acts from `secrets`."""
     if claims is None:
         return None
-    return {k: v for k, v in claims.items() if not (isinstance(k, str) and k.lower() in CREDENTIAL_CLAIMS)}
+    return _without_credentials(claims)
+
+
+def _without_credentials(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_credentials(v) for k, v in value.items() if not _credential(k)}
+    if isinstance(value, list):
+        return [_without_credentials(v) for v in value]
+    return value
 
 
 def guardrail_error(message: str, *, details: Any = None) -> StepError:

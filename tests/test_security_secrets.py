@@ -4,6 +4,7 @@ processes on a real SQLite file, a real HTTP server on 127.0.0.1 (the `server` f
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,46 @@ def test_keys_that_mask_alike_stay_apart() -> None:
         "deep": [{"[REDACTED]": "[REDACTED]"}],
         4: "x",
     }
+
+
+def test_the_principals_own_tokens_in_its_claims_never_reach_the_log(tmp_path: Path) -> None:
+    """Claims handed in with `--claims` are often an identity provider's answer: Cognito's
+    `AuthenticationResult` (`AccessToken`, `IdToken`, `RefreshToken`), MSAL's `accessToken`, or a
+    token response nested under a key. The principal's own credentials are dropped whatever their
+    spelling or depth (a tool gets credentials for the identity that acts, from `secrets`); the other
+    claims stay, for grants and rules to read."""
+    project(
+        tmp_path,
+        """\
+        charter: "1.0"
+        name: claims
+        tools:
+          echo: {python: "secrettools:echo", effect: read}
+        identities:
+          bot: {kind: service}
+        grants:
+          - {id: bot-echo, to: bot, tools: [echo], when: 'principal.tenant == "acme"'}
+        steps:
+          - {id: e, tool: echo, identity: bot, args: {who: "${{ run.principal }}"}}
+        """,
+    )
+    tokens = ["cog-ACCESS-1", "cog-ID-2", "cog-REFRESH-3", "msal-ACCESS-4", "nested-ID-5", "x-auth-6"]
+    claims = {
+        "roles": ["staff"],
+        "tenant": "acme",
+        "AccessToken": tokens[0],
+        "IdToken": tokens[1],
+        "RefreshToken": tokens[2],
+        "accessToken": tokens[3],
+        "oidc": {"id_token": tokens[4], "token_type": "Bearer"},
+        "X-Auth-Token": tokens[5],
+    }
+    (tmp_path / "claims.json").write_text(json.dumps(claims))
+    ran = charter("run", "wf.yaml", "--json", "--as", "alice", "--claims", "claims.json", cwd=tmp_path)
+    assert ran.returncode == 0, describe(ran)
+    run_id = run_json(ran)["run_id"]
+    shown = charter("explain", run_id, cwd=tmp_path)
+    assert shown.returncode == 0, describe(shown)
+    written = log_bytes(tmp_path).decode("utf-8", "replace") + ran.stdout + ran.stderr + shown.stdout
+    assert [t for t in tokens if t in written] == []
+    assert "acme" in written and "Bearer" in written  # the claims that are not credentials are kept
