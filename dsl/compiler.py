@@ -364,6 +364,7 @@ class _Compiler:
                 for key, name in (("as", step.for_each.as_), ("index_as", step.for_each.index_as)):
                     self.scoped.setdefault(name, []).append(f"inside for_each '{step.id}'")
                     self._not_builtin(name, (*here, "for_each", key))
+                self._distinct_names(step, (*here, "for_each"))
             elif isinstance(step, m.LoopStep):
                 self.scoped.setdefault("index", []).append(f"inside loop '{step.id}'")
             elif isinstance(step, m.TryStep):
@@ -406,6 +407,31 @@ class _Compiler:
             tool = self.workflow.tools.get(step.tool)
             return tool is not None and tool.workflow is not None
         return False
+
+    def _distinct_names(self, step: m.ForEachStep, path: Path) -> None:
+        """`as` and `index_as` must name two variables (spec §13.6): with one name for both, the index
+        would silently hide the item. Reported at the second of the two in the file; when one of them
+        is left to its default (`item`, `index`), at the one written."""
+        spec = step.for_each
+        if spec.as_ != spec.index_as:
+            return
+        written = [key for key in ("as", "index_as") if self.doc.has((*path, key))]
+        if len(written) == 2:
+            written.sort(key=lambda key: self._pos((*path, key), at_key=True))
+        at = written[-1] if written else "as"
+        role = {"as": "item", "index_as": "index"}
+        if len(written) == 2:
+            said = "as both its item (`as`) and its index (`index_as`)"
+        else:
+            other = "index_as" if at == "as" else "as"
+            said = f"as its {role[at]} (`{at}`), the name its {role[other]} has by default (`{other}`)"
+        self.err(
+            "CH109",
+            f"for_each '{step.id}' binds '{spec.as_}' {said}; the two names must differ",
+            (*path, at),
+            hint="give the item (`as`) and its 0-based position (`index_as`) different names, e.g. "
+            "`as: item` and `index_as: position`",
+        )
 
     def _not_builtin(self, name: str, path: Path) -> None:
         if name in _BUILTIN_NAMES:

@@ -593,6 +593,65 @@ def test_for_each_in_must_be_a_list() -> None:
     assert "not int" in diags[0].message and "not str" in diags[1].message
 
 
+@pytest.mark.parametrize(
+    ("fields", "at", "said"),
+    [
+        # both written: the second one in the file, whichever it is
+        ("as: n\n          index_as: n", (13, 17), "as both its item (`as`) and its index (`index_as`)"),
+        ("index_as: n\n          as: n", (13, 11), "as both its item (`as`) and its index (`index_as`)"),
+        # one left to its default (as: item, index_as: index): the one written
+        ("as: index", (12, 11), "as its item (`as`), the name its index has by default (`index_as`)"),
+        ("index_as: item", (12, 17), "as its index (`index_as`), the name its item has by default (`as`)"),
+    ],
+)
+def test_for_each_as_and_index_as_must_differ(fields: str, at: tuple[int, int], said: str) -> None:
+    # Spec §13.6: one name for both would let the index hide the item (CH109).
+    _, diags = build(
+        """
+    steps:
+      - id: each
+        for_each:
+          in: [1, 2]
+          """
+        + fields
+        + """
+          steps: [{id: b, set: {x: 1}}]
+    """
+    )
+    d = only(diags, "CH109")
+    assert d.severity is Severity.ERROR
+    assert (d.line, d.column) == at
+    name = "n" if "n\n" in fields else fields.split(": ")[1]
+    assert d.message == f"for_each 'each' binds '{name}' {said}; the two names must differ"
+    assert d.hint is not None and "index_as" in d.hint
+    assert codes(diags) == ["CH109"]
+
+
+def test_for_each_with_two_names_or_the_defaults_compiles() -> None:
+    graph, diags = build("""
+    steps:
+      - {id: a, for_each: {in: [1], steps: [{id: b, set: {x: "${{ item + index }}"}}]}}
+      - {id: c, for_each: {in: [1], as: index_ish, steps: [{id: d, set: {x: "${{ index_ish + index }}"}}]}}
+      - {id: e, for_each: {in: [1], as: index_as, index_as: as, steps: [{id: f, set: {x: 1}}]}}
+    """)
+    assert graph is not None and diags == []
+
+
+def test_for_each_one_name_for_both_fails_validate_at_its_position(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    path = tmp_path / "same.yaml"
+    path.write_text(
+        'charter: "1.0"\nname: same\nvars: {x: 0}\nsteps:\n'
+        '  - {id: each, for_each: {in: [1], as: i, index_as: i, steps: [{id: b, set: {x: "${{ i }}"}}]}}\n'
+    )
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"{path}:5:53: CH109 for_each 'each' binds 'i' as both its item" in result.output
+
+
 def test_on_behalf_of_and_step_guardrails() -> None:
     header = HEADER + textwrap.dedent("""\
     identities:
