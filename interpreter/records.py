@@ -42,9 +42,8 @@ class NodeRecord:
     tools: dict[int, ToolCall] = field(default_factory=dict)
     vars_delta: dict[str, Any] | None = None
     vars_seq: int = 0
-    approval_requested: tuple[dict[str, Any], str] | None = None  # the latest request, and its decision
-    approval_decided: tuple[dict[str, Any], str] | None = None
-    # An approval step's request and decision in each attempt (`retry.on: [denied]` asks again).
+    # An approval's request and decision, each (payload, ts), in each attempt of its step (`retry.on:
+    # [denied]` asks again), in the order they were asked.
     approval_attempts: dict[int, tuple[tuple[dict[str, Any], str], tuple[dict[str, Any], str] | None]] = (
         field(default_factory=dict)
     )
@@ -54,6 +53,16 @@ class NodeRecord:
     route: dict[str, Any] | None = None  # a switch's decision (which case it chose)
     joined: dict[str, Any] | None = None  # a parallel's join: its mode and which branches won
     reused: bool = False  # a fork took this outcome from the run it was forked from (`reused_from`)
+
+    @property
+    def approval_requested(self) -> tuple[dict[str, Any], str] | None:
+        """The latest approval request (payload, ts), if any."""
+        return next(reversed(self.approval_attempts.values()))[0] if self.approval_attempts else None
+
+    @property
+    def approval_decided(self) -> tuple[dict[str, Any], str] | None:
+        """The decision (payload, ts) on the latest approval request, if one was made."""
+        return next(reversed(self.approval_attempts.values()))[1] if self.approval_attempts else None
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -201,15 +210,13 @@ def build_records(events: Iterable[s.Event]) -> Records:
         elif kind == s.PARALLEL_JOINED:
             rec.joined = payload
         elif kind == s.APPROVAL_REQUESTED:
-            rec.approval_requested, rec.approval_decided = (payload, event.ts), None
-            rec.approval_attempts[_attempt(payload)] = (rec.approval_requested, None)
+            attempt = _attempt(payload)
+            rec.approval_attempts.pop(attempt, None)  # asked again: the latest, so last in order
+            rec.approval_attempts[attempt] = ((payload, event.ts), None)
         elif kind == s.APPROVAL_DECIDED:
-            rec.approval_decided = (payload, event.ts)
-            if rec.approval_requested is not None:
-                rec.approval_attempts[_attempt(rec.approval_requested[0])] = (
-                    rec.approval_requested,
-                    rec.approval_decided,
-                )
+            requested = rec.approval_requested
+            if requested is not None:
+                rec.approval_attempts[_attempt(requested[0])] = (requested, (payload, event.ts))
         elif kind == s.DECISION and payload.get("step") == "switch":
             rec.route = payload
         elif kind == s.LOOP_ITERATION and isinstance(payload.get("index"), int):

@@ -561,7 +561,7 @@ async def run_approval(ex: Execution, node: Any, scope: Scope, path: str, attemp
             decision = "approved" if spec.on_timeout == "approve" else "denied"
             payload = {"decision": decision, "by": "system:timeout", "reason": "the approval timed out"}
             decided = ex.decide(path, payload, {"sub": "system:timeout"})
-            decision_at = rec.approval_decided = (decided, _decided_at(ex, path))  # type: ignore[union-attr]
+            decision_at = (decided, _decided_at(ex, path))
             rec.approval_attempts[attempt] = (requested, decision_at)  # type: ignore[union-attr]
         else:
             raise Suspend([path])
