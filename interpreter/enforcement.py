@@ -684,8 +684,10 @@ class RunGuard:
 
     def mask_tool_error(self, node_path: str, tool: str, err: StepError) -> None:
         """A failed call's message may quote what the tool read: the `tool.output` redact rules mask it
-        (in place) before it is logged or shown to a model, as they would have masked the result."""
-        err.message = self._mask_only("tool.output", node_path, tool, err.message)
+        (in place) before it is logged or shown to a model, as they would have masked the result. So
+        are the run's secrets: the message names an http request's url (a key in its query), and an
+        agent passes the message on to its model, a third party the log's masking does not cover."""
+        err.message = self.mask(self._mask_only("tool.output", node_path, tool, err.message))
 
     def _mask_only(self, hook: str, node_path: str, tool: str, value: Any) -> Any:
         if not self._has_rules:

@@ -124,3 +124,41 @@ def test_the_principals_own_tokens_in_its_claims_never_reach_the_log(tmp_path: P
     written = log_bytes(tmp_path).decode("utf-8", "replace") + ran.stdout + ran.stderr + shown.stdout
     assert [t for t in tokens if t in written] == []
     assert "acme" in written and "Bearer" in written  # the claims that are not credentials are kept
+
+
+def test_a_failed_calls_message_reaches_the_model_with_the_secret_masked(tmp_path: Path, server: Any) -> None:
+    """An API that takes its key in the query (`?key=...`) answers 503: the call's error names the
+    request's url, and the agent passes the error on to the model, a third party. The message the
+    model reads holds the key masked, as the log does."""
+    server.call_tools(("lookup", {"q": "acme"}))
+    server.answers.append((503, {"error": "busy"}))  # the tool's request
+    server.reply("The lookup is down.")
+    project(
+        tmp_path,
+        f"""\
+        charter: "1.0"
+        name: keyed
+        secrets: [API_TOKEN]
+        models:
+          default: {{provider: openai, model: test-model, base_url: "{server.url}"}}
+        tools:
+          lookup:
+            http: {{method: POST, url: "{server.url}/lookup?key=${{{{ secrets.API_TOKEN }}}}"}}
+            effect: read
+        identities:
+          bot: {{kind: agent}}
+        grants:
+          - {{id: bot-lookup, to: bot, tools: [lookup]}}
+        steps:
+          - id: ask
+            agent: {{identity: bot, tools: [lookup], prompt: "Look acme up."}}
+        output: {{answer: "${{{{ steps.ask.output }}}}"}}
+        """,
+    )
+    ran = charter("run", "wf.yaml", "--json", cwd=tmp_path, env=ENV)
+    assert ran.returncode == 0, describe(ran)
+    assert server.paths[1].endswith(f"/lookup?key={TOKEN}")  # the request had the key
+    (tool_message,) = [m for m in server.requests[2]["messages"] if m["role"] == "tool"]
+    assert "HTTP 503" in tool_message["content"] and "[REDACTED]" in tool_message["content"]
+    assert TOKEN not in json.dumps(server.requests[2])
+    assert TOKEN.encode() not in log_bytes(tmp_path)
