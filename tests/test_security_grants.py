@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures.charter_cli import describe, run_json, tool_project
 from fixtures.charter_cli import project_charter as charter
 from fixtures.charter_cli import project_events as events
@@ -80,3 +81,49 @@ def test_a_deny_grant_on_resources_holds_when_the_resource_cannot_be_computed(tm
     ]
     reasons = [d["reason"] for d in events(tmp_path, result["run_id"], "authz.decided")]
     assert "resource" in reasons[1] and "resource" in reasons[2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="interpreter/tools.py call_tool builds an http tool's bindings as {'args': args, "
+    "**ex.bindings(scope), ...}: a for_each variable named `args` replaces the call's arguments in the "
+    "request, after the grants and rules decided on the call's own; `args` must be set after the scope "
+    "(or the compiler must refuse `as: args`, CH212)",
+)
+def test_an_http_request_is_built_from_the_arguments_the_grants_decided_on(
+    tmp_path: Path, server: Any
+) -> None:
+    """The grant and the rule read the call's `args` ({amount: 5}); the request must send those, not the
+    item of a `for_each` that happens to be named `args` ({amount: 1000000})."""
+    server.reply("ok")
+    tool_project(tmp_path, "granttools")
+    (tmp_path / "wf.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            charter: "1.0"
+            name: loop
+            tools:
+              refund:
+                http: {{method: POST, url: "{server.url}/refunds", json: {{amount: "${{{{ args.amount }}}}"}}}}
+                effect: write
+            identities:
+              bot: {{kind: agent}}
+            grants:
+              - {{id: bot-small-refunds, to: bot, tools: [refund], when: 'args.amount <= 100'}}
+            guardrails:
+              - {{id: cap, on: tool.input, tools: [refund], check: 'args.amount <= 100'}}
+            steps:
+              - id: each
+                for_each:
+                  in: "${{{{ input.refunds }}}}"
+                  as: args
+                  steps:
+                    - {{id: pay, tool: refund, identity: bot, args: {{amount: 5}}}}
+            """
+        )
+    )
+    code, result = run(tmp_path, "--input", json.dumps({"refunds": [{"amount": 1000000}]}))
+    assert server.requests[-1:] != [{"amount": 1000000}], (
+        "the request sent the loop item, not the call's args"
+    )
+    assert code == 0 and server.requests == [{"amount": 5}], result
