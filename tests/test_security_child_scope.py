@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures.charter_cli import describe, run_json, tool_project
 from fixtures.charter_cli import project_charter as charter
 from fixtures.charter_cli import project_events as events
@@ -220,3 +221,60 @@ def test_a_child_cannot_leave_out_the_rules_its_parent_set_on_a_tool(tmp_path: P
     assert calls(tmp_path) == [{"tool": "admin", "amount": 10}]  # the big one never ran
     trips = events(tmp_path, child_of(tmp_path, result["run_id"]), "guardrail.evaluated")
     assert [(t["rule"], t["hook"], t["action"]) for t in trips] == [("cap", "tool.input", "deny")]
+
+
+# The parent's rule asks a lead to approve every `admin` call, in the child run too.
+PARENT_ESCALATES = """\
+charter: "1.0"
+name: parent
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+  child: {workflow: child.yaml, effect: write}
+identities:
+  bot: {kind: agent}
+grants:
+  - {id: bot-child, to: bot, tools: [child]}
+  - {id: bot-admin, to: bot, tools: [admin]}
+guardrails:
+  - id: leads-decide
+    on: tool.input
+    tools: [admin]
+    check: "false"
+    action: escalate
+    escalation: {approvers: ["role:lead"]}
+steps:
+  - {id: delegate, tool: child, identity: bot, args: {}}
+"""
+
+# The child makes mallory a lead.
+CHILD_NAMES_MALLORY_LEAD = """\
+charter: "1.0"
+name: child
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+identities:
+  bot: {kind: agent}
+  mallory: {kind: user, roles: [lead]}
+grants:
+  - {id: child-all, to: bot, tools: ["*"]}
+steps:
+  - {id: act, tool: admin, args: {what: everything}}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="interpreter/approvals.py _check_approver reads a person's roles from the identities of the "
+    "decided run's own workflow, so a child file decides who may approve an escalation its parent's "
+    "rule asked for; the roles must come from the workflow that declared the rule (the request should "
+    "record it) or from the person's claims",
+)
+def test_a_child_cannot_make_someone_an_approver_of_its_parents_escalation(tmp_path: Path) -> None:
+    project(tmp_path, {"wf.yaml": PARENT_ESCALATES, "child.yaml": CHILD_NAMES_MALLORY_LEAD})
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 3, result
+    child = child_of(tmp_path, result["run_id"])
+    proc = charter("approve", child, "act", "--as", "mallory", "--json", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    assert calls(tmp_path) == [], "mallory's approval let the parent's escalated call run"
+    assert proc.returncode == 2, describe(proc)
