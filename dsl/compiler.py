@@ -62,7 +62,6 @@ _BASE_TYPES: dict[str, t.Type] = {
 _BUILTIN_NAMES = frozenset({*_BASE_TYPES, "result"})
 _STEP_FIELDS = ("output", "status", "error")
 _UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
-_MAX_WORKFLOW_DEPTH = 50
 
 # Where each variable exists (spec §15, "visible in"), for CH304 messages. `input` and `run` exist
 # everywhere.
@@ -278,6 +277,7 @@ class _Compiler:
     steps: dict[str, _StepInfo] = field(default_factory=dict)
     scoped: dict[str, list[str]] = field(default_factory=dict)  # local name -> where it is in scope
     _cache: dict[tuple[Any, ...], expr.Program] = field(default_factory=dict)
+    _call_graph: _CallGraph | None = None  # the workflow files this one leads to, each read once
 
     # --- diagnostics helpers ---
 
@@ -964,11 +964,12 @@ class _Compiler:
         self.err("CH206", f"{what} names unknown identity '{name}'", path, hint=hint)
 
     def _workflow_file(self, target: str, path: Path) -> None:
-        """A called workflow must exist and must not lead back to this file."""
+        """A called workflow must exist, must not lead back to this file, and must not lead into a cycle of
+        other files (every run of this call would fail when the child file is compiled; spec §13.13)."""
         if self.doc.file.startswith("<"):
             return  # loaded from a string: no directory to resolve against
         here = os.path.realpath(self.doc.file)
-        called = os.path.realpath(os.path.join(os.path.dirname(here), target))
+        called = _resolve(here, target)
         if called == here:
             self.err(
                 "CH402",
@@ -977,15 +978,32 @@ class _Compiler:
                 hint="move the repeated part into a `loop` step",
             )
             return
-        if not os.path.isfile(called):
+        if called is None or not os.path.isfile(called):
             self.err(
                 "CH209", f"workflow file '{target}' does not exist (paths are relative to this file)", path
             )
             return
-        cycle = _find_cycle(called, here)
-        if cycle:
-            names = " -> ".join(os.path.relpath(p, os.path.dirname(here)) for p in [here, *cycle])
-            self.err("CH402", f"workflow calls form a cycle: {names}", path)
+        if self._call_graph is None:
+            self._call_graph = _CallGraph(here, self.doc.data)
+        graph = self._call_graph
+
+        def names(files: Sequence[str]) -> str:
+            return " -> ".join(os.path.relpath(f, os.path.dirname(here)) for f in files)
+
+        back = graph.way_back(called)
+        if back:
+            self.err("CH402", f"workflow calls form a cycle: {names([here, *back])}", path)
+            return
+        found = graph.cycle_from(called)
+        if found:
+            lead, cycle = found
+            way = f" (reached through {names([here, *lead, cycle[0]])})" if lead else ""
+            self.err(
+                "CH402",
+                f"workflow '{target}' leads into a cycle of workflow files: {names(cycle)}{way}",
+                path,
+                hint="every run of this call would fail when that file is compiled; break the cycle there",
+            )
 
     def _models(self) -> None:
         for name, llm in self.workflow.models.items():
@@ -1245,31 +1263,103 @@ def _declared_hint(section: str, names: Mapping[str, Any]) -> str:
     return f"declared {section}: {_names(names)}"
 
 
-def _find_cycle(start: str, origin: str) -> list[str] | None:
-    """A chain of workflow files from `start` back to `origin`, following `workflow:` references."""
-    from dsl.loader import load_file
+def _resolve(caller: str, target: str) -> str | None:
+    """The real path of the workflow file `target` names, relative to the file `caller`; None when it
+    cannot name a file (a NUL byte)."""
+    try:
+        return os.path.realpath(os.path.join(os.path.dirname(caller), target))
+    except (ValueError, OSError):
+        return None
 
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        current, trail = stack.pop()
-        if current in seen or len(trail) > _MAX_WORKFLOW_DEPTH:
-            continue
-        seen.add(current)
-        doc, _ = load_file(current)
-        if doc is None:
-            continue
-        for target in _workflow_targets(doc.data):
-            called = os.path.realpath(os.path.join(os.path.dirname(current), target))
-            if called == origin:
-                return [*trail, called]
-            if os.path.isfile(called):
-                stack.append((called, [*trail, called]))
-    return None
+
+class _CallGraph:
+    """The workflow files one file (`origin`) leads to through `workflow` steps and workflow tools, each
+    read once, however many calls name it and however the files call each other. A file that does not
+    exist or does not load calls nothing here: compiling it (or the call that names it) reports that."""
+
+    def __init__(self, origin: str, data: Any) -> None:
+        self.origin = origin
+        self._calls: dict[str, list[str]] = {origin: self._targets(origin, data)}
+        self._toward_origin: dict[str, str] | None = None  # file -> next file on a shortest way back
+        self._acyclic: set[str] = set()  # files known to lead into no cycle
+        self._cycles: dict[str, tuple[list[str], list[str]] | None] = {}
+
+    @staticmethod
+    def _targets(file: str, data: Any) -> list[str]:
+        called = (_resolve(file, target) for target in _workflow_targets(data))
+        return [f for f in dict.fromkeys(called) if f is not None and os.path.isfile(f)]
+
+    def calls(self, file: str) -> list[str]:
+        """The existing files `file` calls, each once, in the order the file names them."""
+        if file not in self._calls:
+            from dsl.loader import load_file
+
+            doc, _ = load_file(file)
+            self._calls[file] = self._targets(file, doc.data) if doc is not None else []
+        return self._calls[file]
+
+    def way_back(self, start: str) -> list[str] | None:
+        """A shortest chain of calls from `start` back to the origin (`[start, ..., origin]`), or None.
+        `start` is a file the origin calls."""
+        if self._toward_origin is None:
+            # Every file the origin leads to, and who calls whom among them; then a breadth-first walk
+            # backwards from the origin finds each file's shortest way back.
+            callers: dict[str, list[str]] = {}
+            order, seen = [self.origin], {self.origin}
+            for file in order:  # grows while it is walked: each file once
+                for called in self.calls(file):
+                    callers.setdefault(called, []).append(file)
+                    if called not in seen:
+                        seen.add(called)
+                        order.append(called)
+            toward: dict[str, str] = {}
+            frontier = [self.origin]
+            for file in frontier:
+                for caller in callers.get(file, ()):
+                    if caller not in toward and caller != self.origin:
+                        toward[caller] = file
+                        frontier.append(caller)
+            self._toward_origin = toward
+        if start not in self._toward_origin:
+            return None
+        trail = [start]
+        while trail[-1] != self.origin:
+            trail.append(self._toward_origin[trail[-1]])
+        return trail
+
+    def cycle_from(self, start: str) -> tuple[list[str], list[str]] | None:
+        """A cycle of files that `start` leads into, as `(lead, cycle)`: `lead` the files from `start` up
+        to the cycle's first file (empty when `start` is in the cycle), `cycle` from that file round to it
+        again. A depth-first walk; files found to lead into no cycle are never walked again."""
+        if start in self._cycles:
+            return self._cycles[start]
+        found = None
+        if start not in self._acyclic:
+            stack = [(start, iter(self.calls(start)))]
+            depth = {start: 0}  # the files on the stack, with their place in it
+            while stack and found is None:
+                file, pending = stack[-1]
+                for called in pending:
+                    if called in depth:
+                        trail = [f for f, _ in stack]
+                        found = (trail[: depth[called]], [*trail[depth[called] :], called])
+                        break
+                    if called not in self._acyclic:
+                        depth[called] = len(stack)
+                        stack.append((called, iter(self.calls(called))))
+                        break
+                else:
+                    stack.pop()
+                    del depth[file]
+                    self._acyclic.add(file)  # all it leads to is walked, and no cycle was met
+        self._cycles[start] = found
+        return found
 
 
 def _workflow_targets(data: Any) -> Iterator[str]:
-    """Paths of `workflow` steps and workflow tools in raw (unvalidated) data."""
+    """Paths of workflow tools and `workflow` steps in raw (unvalidated) data: the tools', then the
+    steps' in the order the file has them. Only steps are read (a value such as `set: {workflow: {path:
+    x}}` calls nothing)."""
     if not isinstance(data, dict):
         return
     for tool in (data.get("tools") or {}).values() if isinstance(data.get("tools"), dict) else ():
@@ -1278,13 +1368,33 @@ def _workflow_targets(data: Any) -> Iterator[str]:
     stack: list[Any] = [data.get("steps")]
     while stack:
         node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
+        if isinstance(node, list):  # a list of steps
+            stack.extend(reversed(node))
+        elif isinstance(node, dict):  # a step
             call = node.get("workflow")
             if isinstance(call, dict) and isinstance(call.get("path"), str):
                 yield call["path"]
-            stack.extend(v for k, v in node.items() if k != "workflow" and isinstance(v, list | dict))
+            stack.extend(reversed(_raw_blocks(node)))
+
+
+def _raw_blocks(step: dict[str, Any]) -> list[Any]:
+    """The step lists inside a raw step, where `_blocks` finds them in a validated one."""
+
+    def at(node: Any, *keys: str) -> Any:
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    blocks = [step.get("steps"), at(step, "for_each", "steps"), at(step, "loop", "steps")]
+    blocks += [at(step, "try", "steps"), at(step, "try", "catch", "steps")]
+    switch = step.get("switch")
+    blocks += [at(case, "steps") for case in switch] if isinstance(switch, list) else []
+    branches = at(step, "parallel", "branches")
+    if isinstance(branches, dict):
+        blocks += branches.values()
+    elif isinstance(branches, list):
+        blocks += branches
+    return [b for b in blocks if isinstance(b, list)]
 
 
 def _yaml_scalar(text: str) -> str:
