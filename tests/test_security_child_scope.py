@@ -278,3 +278,53 @@ def test_a_child_cannot_make_someone_an_approver_of_its_parents_escalation(tmp_p
     assert "Traceback" not in proc.stderr, describe(proc)
     assert calls(tmp_path) == [], "mallory's approval let the parent's escalated call run"
     assert proc.returncode == 2, describe(proc)
+
+
+# A run that waits for a person, then starts a child run (a `workflow` step of the workflow itself).
+PARENT_WAITS = """\
+charter: "1.0"
+name: parent
+steps:
+  - id: ok
+    approval: {message: "go on?"}
+  - id: kid
+    workflow: {path: child.yaml, input: {}}
+"""
+
+CHILD_FOR_LEADS = """\
+charter: "1.0"
+name: child
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+identities:
+  svc: {kind: service}
+grants:
+  - {id: leads-only, to: svc, tools: [admin], when: '"lead" in principal.roles'}
+steps:
+  - {id: act, tool: admin, identity: svc, args: {who: "${{ run.principal }}"}}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="interpreter/steps.py child_run starts a child with the options of the process that continues "
+    "the parent, and engine.start_run takes the child's principal and claims from them (`_principal("
+    "options)`, `options.claims`): after `charter approve --as bob --claims bob.json` (or resume, wake) "
+    "a new child run acts for the approver's OS user with the approver's roles, not for the run's "
+    "principal; a child run must take its principal and claims from its parent (ex.principal, the "
+    "claims of the parent's run.started)",
+)
+def test_a_child_started_after_an_approval_acts_for_the_runs_principal(tmp_path: Path) -> None:
+    """alice's run waits for bob's approval, then starts a child whose grant holds only for a lead.
+    bob is a lead; alice is not: the child acts for alice, and is refused."""
+    project(tmp_path, {"wf.yaml": PARENT_WAITS, "child.yaml": CHILD_FOR_LEADS})
+    (tmp_path / "bob.json").write_text('{"roles": ["lead"]}')
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 3, result
+    proc = charter("approve", result["run_id"], "ok", "--as", "bob", "--claims", "bob.json", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    db = sqlite3.connect(tmp_path / "charter.db")
+    principals = dict(db.execute("SELECT workflow_name, principal FROM runs").fetchall())
+    db.close()
+    assert calls(tmp_path) == [], f"the child ran admin for {principals['child']}, with bob's roles"
+    assert principals == {"parent": "alice", "child": "alice"}
