@@ -39,7 +39,8 @@ LIMITS = (
     "that passes the schema gets no shape error (CH1xx) from `charter validate`, except: an integer written "
     "as a float (`attempts: 2.0` is an integer to JSON Schema, CH103 to charter); a switch whose "
     "`default: true` case is not last, or a join first-n whose `n` exceeds the number of branches (CH109: "
-    "a position in a list, a comparison of two values); an embedded JSON Schema whose `$ref` does not "
+    "a position in a list, a comparison of two values); a for_each whose `as` and `index_as` are one name, "
+    "written or by default (CH109); an embedded JSON Schema whose `$ref` does not "
     "resolve within it (CH111); a `regex` that is not valid RE2 (CH112)."
 )
 
