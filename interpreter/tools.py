@@ -425,13 +425,12 @@ def _url(compiled: Any, default: str, bindings: Mapping[str, Any]) -> str:
     value; a value before (a base URL, a host) is inserted as it is."""
     from urllib.parse import quote
 
-    from dsl.expr import from_cel
     from dsl.templates import to_text
 
     if compiled is None:
         return default
-    if compiled.parts is None:
-        return str(from_cel(compiled.evaluate(bindings)))
+    if compiled.parts is None:  # the whole url one `${{ }}`: its text, as an interpolation inserts it
+        return to_text(compiled.evaluate(bindings))
     text = ""
     for part in compiled.parts:
         if type(part) is str:
