@@ -415,12 +415,19 @@ class GuardrailSet:
         value, redacted = payload, False
         events: list[GuardrailEvent] = []
         tripped: list[tuple[str, _Entry, str]] = []  # (action, entry, reason) of enforced trips
-        for entry in self._entries:
-            if not _applies(entry.rule, hook, context.get("tool"), steps):
-                continue
+        applicable = [e for e in self._entries if _applies(e.rule, hook, context.get("tool"), steps)]
+        # A check's error may quote the payload (CEL: "cannot convert string to double: '...'"): what the
+        # enforced redact rules of this hook mask never comes back through a reason or a message.
+        redactors = [
+            (e.regex, f"[REDACTED:{e.rule.id}]")
+            for e in applicable
+            if e.rule.action == "redact" and e.rule.mode == "enforce" and e.regex is not None
+        ]
+        for entry in applicable:
             outcome, reason = _run_check(entry, hook, payload, context)
             if outcome == "pass":
                 continue
+            reason = _scrub(reason, redactors)
             action = entry.rule.action if outcome == "trip" else "deny"
             if entry.rule.mode == "enforce" and action == "retry":
                 limit = entry.rule.max_retries or DEFAULT_MAX_RETRIES
@@ -435,7 +442,13 @@ class GuardrailSet:
                 value, n = mask_matches(value, entry.regex, f"[REDACTED:{entry.rule.id}]")
                 redacted = redacted or n > 0
             tripped.append((action, entry, reason))
-        return _verdict(tripped, value, redacted, events, context)
+        verdict = _verdict(tripped, value, redacted, events, context)
+        if redactors and verdict.message:
+            escalation = verdict.escalation
+            if escalation is not None:
+                escalation = {**escalation, "message": _scrub(str(escalation.get("message")), redactors)}
+            verdict = replace(verdict, message=_scrub(verdict.message, redactors), escalation=escalation)
+        return verdict
 
     def mask_only(
         self, hook: str, payload: Any, *, tool: str | None = None, step_ids: Iterable[str] = ()
@@ -457,6 +470,13 @@ class GuardrailSet:
                 reason = f"{n} match(es) of the rule's pattern masked before the log"
                 events.append(GuardrailEvent(rule.id, hook, "trip", "redact", "enforce", reason, entry.level))
         return value, events
+
+
+def _scrub(text: str, redactors: Sequence[tuple[Any, str]]) -> str:
+    """`text` (a reason, a message) with the matches of the hook's enforced redact rules masked."""
+    for regex, mask in redactors:
+        text = mask_matches(text, regex, mask)[0]
+    return text
 
 
 def _applies(rule: model.Guardrail, hook: str, tool: Any, steps: set[str]) -> bool:

@@ -162,3 +162,40 @@ def test_a_failed_calls_message_reaches_the_model_with_the_secret_masked(tmp_pat
     assert "HTTP 503" in tool_message["content"] and "[REDACTED]" in tool_message["content"]
     assert TOKEN not in json.dumps(server.requests[2])
     assert TOKEN.encode() not in log_bytes(tmp_path)
+
+
+CARD = "4111 1111 1111 1111"
+
+
+def test_a_value_a_rule_redacts_is_not_quoted_by_another_rules_error(tmp_path: Path) -> None:
+    """The model puts a card number where the total belongs. `no-cards` masks it in the answer; `cap`
+    cannot convert the text to a number, and CEL's error quotes the text: the reason logged for `cap`,
+    and the step's error, must not bring back what `no-cards` masked."""
+    project(
+        tmp_path,
+        """\
+        charter: "1.0"
+        name: totals
+        models:
+          default: {provider: scripted, responses: answers.yaml}
+        guardrails:
+          - {id: no-cards, on: agent.output, regex: '\\b(?:\\d[ -]?){13,16}\\b', action: redact}
+          - {id: cap, on: agent.output, check: 'double(output.total) < 1000.0', action: deny}
+        steps:
+          - id: sum
+            agent:
+              prompt: "Total the order."
+              output_schema: {type: object, required: [total], properties: {total: {type: string}}}
+        """,
+    )
+    (tmp_path / "answers.yaml").write_text(
+        json.dumps({"responses": [{"step": "sum", "turn": 1, "json": {"total": f"paid by {CARD}"}}]})
+    )
+    ran = charter("run", "wf.yaml", "--json", cwd=tmp_path)
+    assert ran.returncode == 1, describe(ran)
+    result = run_json(ran)
+    assert result["error"]["code"] == "guardrail"
+    assert CARD not in ran.stdout + ran.stderr
+    assert CARD.encode() not in log_bytes(tmp_path)
+    shown = charter("explain", result["run_id"], cwd=tmp_path)
+    assert CARD not in shown.stdout
