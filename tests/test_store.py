@@ -614,7 +614,7 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
 
 
 def test_interface_and_helpers(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "approval.decided" in event_kinds()  # all of them: test_the_event_log_spec_documents_...
+    assert "approval.decided" in event_kinds()  # the whole list: see the spec test below
     assert len(new_run_id()) == 26
     monkeypatch.setenv("CHARTER_DB", str(db_path))
     assert resolve_db_path() == db_path and resolve_db_path("x.db") == Path("x.db")
