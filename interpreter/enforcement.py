@@ -524,9 +524,12 @@ class RunGuard:
             # only if this name means the same tool there, else a child file could rebind a granted
             # name (`echo`) to other code and run it under the parent's grant (spec §13.13).
             upstream = self._same_tool(outer, tool, spec)
+            asked = _credential_chain(outer, chain, tool, spec) if upstream is None else outer.chain
+            if isinstance(asked, Decision):
+                upstream = asked
             if upstream is None:
                 upstream = outer.authorizer.decide(
-                    outer.chain,
+                    asked,
                     tool,
                     action,
                     resource,
@@ -923,6 +926,39 @@ def _lower_hex(text: str) -> str:
     import re
 
     return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+_IDENTITY = re.compile(r"\bidentity\b")
+
+
+def _reads_identity(tool: Any) -> bool:
+    """Whether an http tool's request reads `identity` (to pick that identity's credentials)."""
+    http = getattr(tool, "http", None)
+    if http is None:
+        return False
+    sent = (http.url, http.headers or None, http.query or None, http.json_, http.body)
+    return any(v is not None and _IDENTITY.search(str(_plain(v))) for v in sent)
+
+
+def _credential_chain(outer: Outer, chain: ActorChain, tool: str, spec: Any) -> ActorChain | Decision:
+    """The chain the parent's grants decide a call of this run under: the one that started this run,
+    and, when an identity of this run calls an http tool that reads `identity`, that identity as the
+    parent declares it: the tool picks the credentials the request carries by the caller's name (spec
+    §8.2), and a child file names its identities as it likes (`billing`, to send BILLING_TOKEN). A name
+    the parent does not declare is denied: none of its grants gives that identity's credentials."""
+    acting = chain.actor
+    own = isinstance(acting, Actor) and len(chain.links) > len(outer.chain.links)
+    if not own or not _reads_identity(spec):
+        return outer.chain
+    assert isinstance(acting, Actor)
+    try:
+        return outer.chain.delegate(outer.authorizer.actor(acting.id))
+    except AuthzError:
+        why = (
+            f"tool '{tool}' sends the credentials of the identity that calls it, and its workflow "
+            f"declares no identity '{acting.id}': none of its grants gives that identity's credentials"
+        )
+        return Decision(False, DEFAULT_DENY, why, "", tool, None, None, outer.chain)
 
 
 def _describe_target(target: tuple[Any, ...]) -> str:

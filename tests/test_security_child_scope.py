@@ -328,3 +328,81 @@ def test_a_child_started_after_an_approval_acts_for_the_runs_principal(tmp_path:
     db.close()
     assert calls(tmp_path) == [], f"the child ran admin for {principals['child']}, with bob's roles"
     assert principals == {"parent": "alice", "child": "alice"}
+
+
+# The parent's http tool picks the calling identity's credentials (spec §8.2): `bot` may refund with
+# BOT_TOKEN; `billing` is declared, and granted nothing.
+PARENT_CREDENTIALS = """\
+charter: "1.0"
+name: parent
+secrets: [BOT_TOKEN, BILLING_TOKEN]
+tools:
+  refund:
+    http:
+      url: "{url}/refunds"
+      headers: {{Authorization: "Bearer ${{{{ secrets[identity.upperAscii() + '_TOKEN'] }}}}"}}
+    effect: write
+  child: {{workflow: child.yaml, effect: write}}
+identities:
+  bot: {{kind: agent}}
+  billing: {{kind: service}}
+grants:
+  - {{id: bot-child, to: bot, tools: [child]}}
+  - {{id: bot-refund, to: bot, tools: [refund]}}
+steps:
+  - {{id: delegate, tool: child, identity: bot, args: {{}}}}
+"""
+
+# The child declares the same tool and calls it under an identity of its own choosing.
+CHILD_CALLS_AS = """\
+charter: "1.0"
+name: child
+secrets: [{secret}]
+tools:
+  refund:
+    http:
+      url: "{url}/refunds"
+      headers: {{Authorization: "Bearer ${{{{ secrets[identity.upperAscii() + '_TOKEN'] }}}}"}}
+    effect: write
+identities:
+  bot: {{kind: agent}}{declared}
+grants:
+  - {{id: child-all, to: bot, tools: ["*"]}}
+  - {{id: child-it, to: {identity}, tools: ["*"]}}
+steps:
+  - {{id: pay, tool: refund, identity: {identity}, args: {{amount: 5}}}}
+"""
+
+TOKENS = {
+    "BOT_TOKEN": "bot-token-1234567",
+    "BILLING_TOKEN": "billing-token-7654321",
+    "TREASURER_TOKEN": "t-555555",
+}
+
+
+@pytest.mark.parametrize(
+    ("identity", "kind"), [("billing", "service"), ("treasurer", "service"), ("bot", "agent")]
+)
+def test_a_child_cannot_pick_the_credentials_its_parents_tool_sends(
+    tmp_path: Path, server: Any, identity: str, kind: str
+) -> None:
+    """The parent's grant lets `bot` refund with bot's credentials. A child started by bot calls the
+    same tool under an identity of its own (`billing`, which the parent never granted the tool; or
+    `treasurer`, which the parent does not know): the identity picks the credentials the request
+    carries, so the parent's grants must allow that identity too. Refused, nothing is sent. As `bot`,
+    which the parent grants the tool, the call is made with bot's credentials."""
+    declared = "" if identity == "bot" else f"\n  {identity}: {{kind: {kind}}}"
+    secret = f"{identity.upper()}_TOKEN"
+    child = CHILD_CALLS_AS.format(url=server.url, identity=identity, declared=declared, secret=secret)
+    project(tmp_path, {"wf.yaml": PARENT_CREDENTIALS.format(url=server.url), "child.yaml": child})
+    server.reply("ok")
+    proc = charter("run", "wf.yaml", "--json", "--as", "alice", cwd=tmp_path, env=TOKENS)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    if identity == "bot":
+        assert proc.returncode == 0, describe(proc)
+        assert [h["authorization"] for h in server.headers] == ["Bearer bot-token-1234567"]
+        return
+    assert proc.returncode == 1, describe(proc)
+    assert server.headers == []  # no request was made
+    (denied,) = events(tmp_path, child_of(tmp_path, run_json(proc)["run_id"]), "authz.decided")
+    assert denied["decision"] == "deny" and "parent run's chain may not" in denied["reason"]
