@@ -442,13 +442,7 @@ class GuardrailSet:
                 value, n = mask_matches(value, entry.regex, f"[REDACTED:{entry.rule.id}]")
                 redacted = redacted or n > 0
             tripped.append((action, entry, reason))
-        verdict = _verdict(tripped, value, redacted, events, context)
-        if redactors and verdict.message:
-            escalation = verdict.escalation
-            if escalation is not None:
-                escalation = {**escalation, "message": _scrub(str(escalation.get("message")), redactors)}
-            verdict = replace(verdict, message=_scrub(verdict.message, redactors), escalation=escalation)
-        return verdict
+        return _verdict(tripped, value, redacted, events, context, redactors)
 
     def mask_only(
         self, hook: str, payload: Any, *, tool: str | None = None, step_ids: Iterable[str] = ()
@@ -536,11 +530,18 @@ def _schema_check(validator: Any, payload: Any) -> tuple[str, str]:
     return "trip", schemas.describe(problems, "payload does not match the schema", quote_values=False)
 
 
-def _message(entry: _Entry, reason: str, context: Mapping[str, Any]) -> str:
+def _message(
+    entry: _Entry, reason: str, context: Mapping[str, Any], redactors: Sequence[tuple[Any, str]] = ()
+) -> str:
+    """The rule's `message` (a template rendered from the context has the hook's redact rules applied,
+    as the payload it may quote has), else a default naming the rule and its (scrubbed) reason."""
     default = f"guardrail '{entry.rule.id}' tripped: {entry.rule.description or reason}"
     raw = entry.rule.message
     try:
-        if entry.message is not None:
+        if entry.message is not None and not getattr(entry.message, "constant", False):
+            rendered = entry.message.evaluate(_bindings(entry, context))
+            text = _scrub(rendered if isinstance(rendered, str) else canonical_json(rendered), redactors)
+        elif entry.message is not None:
             text = entry.message.evaluate(_bindings(entry, context))
         elif isinstance(raw, str) and "${{" not in raw:
             text = raw
@@ -562,12 +563,13 @@ def _verdict(
     redacted: bool,
     events: list[GuardrailEvent],
     context: Mapping[str, Any],
+    redactors: Sequence[tuple[Any, str]] = (),
 ) -> Verdict:
     if not tripped:
         return Verdict("allow", value=value, redacted=redacted, events=tuple(events))
     action = max((a for a, _, _ in tripped), key=ACTION_RANK.__getitem__)
     chosen = [(e, r) for a, e, r in tripped if a == action]
-    messages = list(dict.fromkeys(_message(e, r, context) for e, r in chosen))
+    messages = list(dict.fromkeys(_message(e, r, context, redactors) for e, r in chosen))
     escalation = None
     if action == "escalate":
         entry, _ = chosen[0]
