@@ -20,6 +20,7 @@ key or even the provider.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import shlex
 import time
@@ -43,6 +44,7 @@ from interpreter.providers import (
     resolve_config,
 )
 from interpreter.providers.base import NOT_JSON, parse_structured
+from interpreter.providers.scripted import ScriptedProvider
 from interpreter.runtime import RunSetupError, StepError, idempotency_key
 from interpreter.tool_calls import logged_call, replayed_call
 from interpreter.tools import mcp_tool_info, run_resources, validate_args
@@ -207,12 +209,21 @@ async def check_models(
     provider may echo its key in an error)."""
     used = {spec.model for node in graph.nodes() if (spec := _model_step(node)) is not None}
     keys: dict[str, str] = {}
+    steps: _Steps | None = None
     for name in sorted(used):
         try:
             config, provider = build_model(graph, name, overrides, secrets, file)
         except (ModelError, ValueError) as exc:
             raise RunSetupError(f"model '{name}': {exc}") from None
-        await provider.close()
+        try:
+            if isinstance(provider, ScriptedProvider):
+                steps = steps or _run_steps(graph, file)
+                if steps.complete:
+                    provider.check_steps(steps.model)
+        except ModelError as exc:
+            raise RunSetupError(f"model '{name}': {exc}") from None
+        finally:
+            await provider.close()
         if config.api_key and len(config.api_key) >= _MASKED_KEY_LENGTH:
             keys[f"model {name}"] = config.api_key
     return keys
@@ -220,6 +231,59 @@ async def check_models(
 
 def _model_step(node: Any) -> Any:
     return getattr(node.step, node.kind, None) if node.kind in ("agent", "llm") else None
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """The agent and llm steps of a run's tree, by id, which a scripted responses file answers.
+    `complete` is false when a workflow of the tree could not be compiled (its steps are not known, so
+    an entry is not taken for a typo of another step)."""
+
+    model: frozenset[str]
+    complete: bool
+
+
+# The steps of the runs above a child run, set while a run is set up (`check_models`): a responses file
+# given on the command line answers the parent's steps and its children's, and a child run set up in
+# the parent's execution knows the parent's steps for what they are.
+_ABOVE: contextvars.ContextVar[_Steps | None] = contextvars.ContextVar("charter_run_steps", default=None)
+
+
+def _run_steps(graph: Any, file: str | None) -> _Steps:
+    """The agent and llm steps of this workflow, of every workflow it starts (`workflow` steps and tools,
+    compiled from their files, and so on down), and of the runs above it in this process."""
+    from dsl import diagnostics
+    from dsl.frontend import compile_file
+
+    model: set[str] = set()
+    complete = True
+    seen: set[Path] = set()
+    todo: list[tuple[Any, Path]] = [(graph, Path(file).resolve() if file else Path.cwd() / "<workflow>")]
+    while todo:
+        current, where = todo.pop()
+        if where in seen:
+            continue
+        seen.add(where)
+        children = [t.workflow for t in current.workflow.tools.values() if t.workflow is not None]
+        for node in current.nodes():
+            if node.kind in ("agent", "llm"):
+                model.add(node.id)
+            elif node.kind == "workflow":
+                children.append(node.step.workflow.path)
+        for relative in children:
+            path = (where.parent / relative).resolve()  # as a child run finds it (steps.child_run)
+            child, diags = compile_file(path)
+            if child is None or any(d.severity == diagnostics.Severity.ERROR for d in diags):
+                complete = False  # the child run fails with its own error; its steps are not known
+                continue
+            todo.append((child, path))
+    above = _ABOVE.get()
+    if above is not None:
+        model |= above.model
+        complete = complete and above.complete
+    steps = _Steps(frozenset(model), complete)
+    _ABOVE.set(steps)
+    return steps
 
 
 def runtime(ex: Any) -> AgentRuntime:

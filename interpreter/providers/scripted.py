@@ -2,14 +2,17 @@
 
 The file format is documented at the top of examples/sequential.responses.yaml. Entries sharing a step
 and turn are used in file order, one per call; a call with no entry left is a `ModelScriptError`. The
-file is checked whole when the provider is built, so a typo fails the run before any step runs.
+file is checked whole when the provider is built, so a typo fails the run before any step runs; the run's
+setup refuses an entry whose step looks like a typo of one of the run's agent or llm steps (`check_steps`).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import textwrap
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,9 @@ from .base import (
 )
 
 _KEYS = {"step", "turn", "text", "json", "tool_calls", "usage"}
+# How alike (difflib's ratio) a step id the file names must be to one of the run's for `check_steps` to
+# take it for a typo of it: 'sumarize', 'extrat', 'Summarize' are; 'extract' and 'extract_terms' are not.
+TYPO_CUTOFF = 0.8
 _ANSWER_KEYS = ("text", "json", "tool_calls")
 
 
@@ -60,6 +66,31 @@ class ScriptedProvider:
 
     async def close(self) -> None:
         return None
+
+    def check_steps(self, model_steps: Collection[str]) -> None:
+        """Refuse (ModelConfigError) an entry whose step is not one of `model_steps`, the agent and llm
+        steps of the run, but close to one: a typo, which would otherwise be found only when the step it
+        was meant for gets no answer, halfway through the run. The error names each such step, its line
+        and the nearest step ids. An entry for a step unlike any of them is left alone: a file given on
+        the command line answers the steps of every run of the tree, those of a parent run too, which a
+        child run continued on its own does not know."""
+        known = sorted(set(model_steps))
+        problems: dict[str, str] = {}
+        for entry in self._entries:
+            if entry.step in model_steps or entry.step in problems:
+                continue
+            close = difflib.get_close_matches(entry.step, known, n=3, cutoff=TYPO_CUTOFF)
+            if close:
+                problems[entry.step] = (
+                    f"{entry.step!r} at line {entry.line} (did you mean {' or '.join(map(repr, close))}?)"
+                )
+        if problems:
+            what = "a step" if len(problems) == 1 else "steps"
+            raise ModelConfigError(
+                self.name,
+                self.endpoint,
+                f"the responses file names {what} the workflow does not have: {'; '.join(problems.values())}",
+            )
 
     def mark_used(self, step: str, turn: int) -> None:
         """Skip one entry for (step, turn): a resumed run calls this for each call it takes from the
