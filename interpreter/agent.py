@@ -216,6 +216,8 @@ async def check_models(
         except (ModelError, ValueError) as exc:
             raise RunSetupError(f"model '{name}': {exc}") from None
         try:
+            if "prices" in config.dropped:
+                _check_cost_budgets(graph, name, overrides.get(name), config)
             if isinstance(provider, ScriptedProvider):
                 steps = steps or _run_steps(graph, file)
                 if steps.complete:
@@ -231,6 +233,52 @@ async def check_models(
 
 def _model_step(node: Any) -> Any:
     return getattr(node.step, node.kind, None) if node.kind in ("agent", "llm") else None
+
+
+def _check_cost_budgets(graph: Any, name: str, override: Any, config: Any) -> None:
+    """A model whose declared prices a `--model` override dropped (they were another model's) has calls
+    of unknown cost: a `max_cost` budget over a step that uses it could not count them, and would let
+    them through as free. Refused (RunSetupError) before the run starts, naming the budget."""
+    for node in graph.nodes():
+        spec = _model_step(node)
+        if spec is None or spec.model != name:
+            continue
+        around = [graph.node(p) for p in _prefixes(node.path) if _is_node(graph, p)]
+        ids = {n.id for n in around}
+        levels = [("the workflow", graph.guardrails)] + [(f"step '{n.id}'", n.guardrails) for n in around]
+        for where, rules in levels:
+            for compiled in rules:
+                rule = compiled.guardrail
+                if rule.limits is None or rule.limits.max_cost is None or rule.tools is not None:
+                    continue  # a rule with `tools` never applies to a model call
+                if rule.steps is not None and not ids.intersection(rule.steps):
+                    continue
+                declared = graph.workflow.models.get(name)
+                was = (
+                    f"{declared.provider}:{declared.model}"
+                    if declared is not None and declared.model
+                    else f"the {getattr(declared, 'provider', 'declared')} model"
+                )
+                now = override if isinstance(override, str) else f"{config.provider}:{config.model}"
+                raise RunSetupError(
+                    f"model '{name}': its prices in the workflow are those of {was}, not of --model {now}, "
+                    f"so the cost of its calls is unknown and the max_cost budget '{rule.id}' of {where}, "
+                    f"which counts step '{node.id}', could not count it; declare that model with its prices "
+                    "in the workflow file to run it under the budget"
+                )
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _is_node(graph: Any, path: str) -> bool:
+    try:
+        graph.node(path)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

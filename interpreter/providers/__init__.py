@@ -73,6 +73,8 @@ ENTRY_POINT_GROUP = "charter.providers"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _DEFAULT_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+# Parameters every provider reads alike, which a model moved to another provider by `--model` keeps.
+NEUTRAL_PARAMETERS = frozenset({"temperature", "top_p", "max_tokens"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class ProviderConfig:
     responses: Path | None = None
     timeout: float | None = None
     prices: Any = None
+    # What an override to another provider or model left out of the declaration, as it was the declared
+    # model's: "prices", "parameters.NAME" (see `resolve_config`).
+    dropped: tuple[str, ...] = ()
 
 
 ProviderFactory = Callable[[ProviderConfig], ModelProvider]
@@ -175,18 +180,35 @@ def resolve_config(
     base_dir: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ProviderConfig:
+    """The configuration of one model, `overrides` (command line) applied over the declaration.
+
+    An override to another provider or another model keeps of the declaration only what holds for any
+    model: the declared prices are the declared model's, so they go (a call's cost is then unknown, never
+    reckoned at another model's prices), and so, for another provider, do the parameters other than
+    `NEUTRAL_PARAMETERS` (another provider's API would refuse them or read them otherwise). `dropped`
+    says what went. A `scripted` override is the exception: it stands in for the declared model, for
+    tests and demos, so its canned usage is priced, and budgets count, as the declared model's would.
+    """
     env = os.environ if environ is None else environ
     fields = _fields(model_config)
     if fields.get("responses") is not None:
         fields["responses"] = Path(base_dir or ".") / fields["responses"]
+    dropped: list[str] = []
     if overrides:
-        if overrides.get("provider") not in (None, fields.get("provider")):
+        target = overrides.get("provider")
+        other_provider = target not in (None, fields.get("provider"))
+        if other_provider:
             # A different provider: what was specific to the old one no longer applies.
             for key in ("model", "base_url", "responses", "api_key_env", "api_key_secret"):
                 fields.pop(key, None)
-        fields.update({k: v for k, v in overrides.items() if v is not None})
+        other_model = other_provider or overrides.get("model") not in (None, fields.get("model"))
+        if other_model and target != "scripted":
+            dropped = _drop_declared(fields, other_provider)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        fields.update(given)
         if overrides.get("responses") is not None:
             fields["responses"] = Path(overrides["responses"])
+        dropped = [d for d in dropped if not _given(given, d)]
     provider = fields.get("provider")
     if not isinstance(provider, str) or not provider:
         raise ModelConfigError("?", "-", "the model declares no provider")
@@ -200,7 +222,30 @@ def resolve_config(
         responses=fields.get("responses"),
         timeout=_seconds(timeout) if timeout is not None else None,
         prices=fields.get("prices"),
+        dropped=tuple(dropped),
     )
+
+
+def _drop_declared(fields: dict[str, Any], other_provider: bool) -> list[str]:
+    """Take out of `fields` what belongs to the declared model only; the names of what went."""
+    dropped = []
+    if fields.get("prices") is not None:
+        fields["prices"] = None
+        dropped.append("prices")
+    if other_provider:
+        parameters = dict(fields.get("parameters") or {})
+        fields["parameters"] = {k: v for k, v in parameters.items() if k in NEUTRAL_PARAMETERS}
+        dropped += [f"parameters.{k}" for k in parameters if k not in NEUTRAL_PARAMETERS]
+    return dropped
+
+
+def _given(overrides: Mapping[str, Any], dropped: str) -> bool:
+    """Whether the override gives itself what was dropped of the declaration ("prices", or
+    "parameters.NAME"): an override given as a mapping may bring the new model's own."""
+    what, _, name = dropped.partition(".")
+    if what not in overrides:
+        return False
+    return not name or name in (overrides[what] or {})
 
 
 def _fields(model_config: Any) -> dict[str, Any]:
