@@ -291,6 +291,8 @@ def test_retry_codes_the_compiler_knows_include_every_runtime_error_code_of_the_
 
     spec = (Path(__file__).resolve().parents[1] / "spec" / "charter-1.0.md").read_text(encoding="utf-8")
     appendix = spec.split("## Appendix A", 1)[1]
-    codes = set(re.findall(r"^\| `([a-z_]+)` \|", appendix, flags=re.MULTILINE))
+    rows = re.findall(r"^\| `([a-z_]+)` \|(.*)$", appendix, flags=re.MULTILINE)
+    # a code "no step raises" (the run's own failures) is one a retry.on cannot meet: CH214 rightly warns
+    codes = {code for code, meaning in rows if "no step raises it" not in meaning}
     assert len(codes) >= 15, codes
     assert codes <= _ERROR_CODES, codes - _ERROR_CODES
