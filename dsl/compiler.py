@@ -329,6 +329,7 @@ class _Compiler:
         tools = self._tools()
         self._models()
         self._check_unique_rule_ids()
+        self._unpriced_cost_budgets()
         return ExecutionGraph(
             file=self.doc.file,
             source=self.doc.text,
@@ -1194,6 +1195,41 @@ class _Compiler:
             )
         else:
             seen[ident] = path
+
+    def _unpriced_cost_budgets(self) -> None:
+        """CH216: a `max_cost` budget counts the cost of model calls from the models' `prices`; a model
+        without them costs nothing, so a budget over its calls never trips. Warned once per budget and
+        model, at the budget's `max_cost`."""
+        warned: set[tuple[Path, str]] = set()
+        for info in sorted(self.steps.values(), key=lambda i: self._pos(i.path)):
+            if not isinstance(info.step, m.AgentStep | m.LlmStep):
+                continue
+            spec = info.step.agent if isinstance(info.step, m.AgentStep) else info.step.llm
+            model = self.workflow.models.get(spec.model)
+            if model is None or model.prices is not None:
+                continue
+            around = [i for i, _ in info.chain] + [info.step.id]
+            rules = [(("guardrails", i), r) for i, r in enumerate(self.workflow.guardrails)]
+            for ident in around:
+                outer = self.steps.get(ident)
+                if outer is not None:
+                    rules += [
+                        ((*outer.path, "guardrails", i), r) for i, r in enumerate(outer.step.guardrails)
+                    ]
+            for rule_path, rule in rules:
+                if rule.limits is None or rule.limits.max_cost is None or (rule_path, spec.model) in warned:
+                    continue
+                if rule.steps is not None and not set(rule.steps) & set(around):
+                    continue
+                warned.add((rule_path, spec.model))
+                self.warn(
+                    "CH216",
+                    f"budget '{rule.id}' limits cost, but model '{spec.model}' (of step '{info.step.id}') "
+                    "declares no prices: its calls cost 0 and never count toward max_cost",
+                    (*rule_path, "limits", "max_cost"),
+                    hint=f"declare the model's prices, e.g. models: {{{spec.model}: {{..., prices: "
+                    "{input_per_1k: 0.0004, output_per_1k: 0.0016}}}",
+                )
 
     def _all_guardrails(self) -> Iterator[tuple[Path, m.Guardrail]]:
         for i, rule in enumerate(self.workflow.guardrails):

@@ -98,6 +98,7 @@ CODES: dict[str, str] = {
     "CH213": "read of a variable not declared in `vars`",
     "CH214": "retry.on names an error code nothing raises",
     "CH215": "step `timeout` on an approval step, which never fires",
+    "CH216": "`max_cost` budget over a model that declares no prices",
     "CH299": "internal compiler error",
     # CH3xx: expressions and templates
     "CH301": "CEL syntax error",

@@ -686,3 +686,43 @@ def test_on_behalf_of_and_step_guardrails() -> None:
     assert diags == [] and graph is not None
     rule = graph.node("a").guardrails[0]
     assert rule.check is not None and rule.check.evaluate({"output": "hello"}) is True
+
+
+@pytest.mark.parametrize(
+    ("budget", "warned"),
+    [
+        ("guardrails: [{id: b, limits: {max_cost: 1.0}}]", True),  # the whole run
+        ("guardrails: [{id: b, limits: {max_cost: 1.0}, steps: [group]}]", True),  # a step around it
+        ("guardrails: [{id: b, limits: {max_cost: 1.0}, steps: [other]}]", False),  # another step only
+        ("guardrails: [{id: b, limits: {max_tokens: 100}}]", False),  # counts tokens, not cost
+    ],
+)
+def test_a_cost_budget_over_an_unpriced_model_is_warned(budget: str, warned: bool) -> None:
+    # CH216: without `prices` a model's calls cost 0, so a max_cost budget over them never trips
+    graph, diags = build(f"""
+    {budget}
+    steps:
+      - id: group
+        steps:
+          - {{id: ask, llm: {{prompt: hello}}}}
+      - {{id: other, set: {{x: 1}}}}
+    """)
+    assert graph is not None
+    if warned:
+        d = only(diags, "CH216")
+        assert d.severity is Severity.WARNING and "model 'default' (of step 'ask')" in d.message
+    else:
+        assert "CH216" not in codes(diags)
+
+
+def test_a_cost_budget_of_a_step_around_the_model_call_is_warned_at_that_budget() -> None:
+    graph, diags = build("""
+    steps:
+      - id: group
+        guardrails: [{id: group-cost, limits: {max_cost: 0.1}}]
+        steps:
+          - {id: ask, llm: {prompt: hello}}
+    """)
+    assert graph is not None
+    d = only(diags, "CH216")
+    assert "budget 'group-cost'" in d.message and d.line == HEADER.count("\n") + 4
