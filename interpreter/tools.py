@@ -609,7 +609,7 @@ async def call_tool(
     if tool.python:
         call = call_python(ex.python_tool(name, tool.python), args, key)
     elif tool.http is not None:
-        bindings = {"args": args, **ex.bindings(scope), "identity": identity or ""}
+        bindings = {**ex.bindings(scope), "args": args, "identity": identity or ""}  # the call's own args
         values = compiled.values if compiled is not None else {}
         call = call_http(name, tool.http, values, bindings, args, key, await ex.http(), ex.guard.mask)
     elif tool.workflow is not None:

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fixtures.charter_cli import describe, run_json, tool_project
 from fixtures.charter_cli import project_charter as charter
 from fixtures.charter_cli import project_events as events
@@ -83,13 +82,6 @@ def test_a_deny_grant_on_resources_holds_when_the_resource_cannot_be_computed(tm
     assert "resource" in reasons[1] and "resource" in reasons[2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="interpreter/tools.py call_tool builds an http tool's bindings as {'args': args, "
-    "**ex.bindings(scope), ...}: a for_each variable named `args` replaces the call's arguments in the "
-    "request, after the grants and rules decided on the call's own; `args` must be set after the scope "
-    "(or the compiler must refuse `as: args`, CH212)",
-)
 def test_an_http_request_is_built_from_the_arguments_the_grants_decided_on(
     tmp_path: Path, server: Any
 ) -> None:
