@@ -679,7 +679,7 @@ async def _child_outcome(ex: Execution, path: str, relative: str, inputs: Any, k
                 graph,
                 inputs,
                 ex.store,
-                ex.options,
+                _as_parent(ex),
                 parent=(ex.run_id, path),
                 parent_key=key,
                 parent_chain=chain if chain.links else None,
@@ -702,6 +702,20 @@ async def _child_outcome(ex: Execution, path: str, relative: str, inputs: Any, k
             raise guardrail_error(message, details=halted)
         raise StepError("workflow", message, details={"run_id": result.run_id})
     return result.output
+
+
+def _as_parent(ex: Execution) -> Any:
+    """The options a child run starts with: the parent's principal and claims, as its log records them,
+    not those of the process that continues the parent (`charter approve --as bob --claims ...`, resume,
+    wake), which would make the child act for the approver with the approver's roles."""
+    import dataclasses
+
+    from interpreter.engine import _run_started
+
+    claims = _run_started(ex.store, ex.run_id).get("claims")
+    return dataclasses.replace(
+        ex.options, principal=ex.principal, claims=claims if isinstance(claims, dict) else None
+    )
 
 
 def count_recorded_child(ex: Execution, path: str, key: str) -> None:

@@ -305,15 +305,6 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="interpreter/steps.py child_run starts a child with the options of the process that continues "
-    "the parent, and engine.start_run takes the child's principal and claims from them (`_principal("
-    "options)`, `options.claims`): after `charter approve --as bob --claims bob.json` (or resume, wake) "
-    "a new child run acts for the approver's OS user with the approver's roles, not for the run's "
-    "principal; a child run must take its principal and claims from its parent (ex.principal, the "
-    "claims of the parent's run.started)",
-)
 def test_a_child_started_after_an_approval_acts_for_the_runs_principal(tmp_path: Path) -> None:
     """alice's run waits for bob's approval, then starts a child whose grant holds only for a lead.
     bob is a lead; alice is not: the child acts for alice, and is refused."""
