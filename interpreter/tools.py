@@ -660,10 +660,11 @@ def mcp_command(
                     allowance = policy.check(module, tool)
                     return [sys.executable, str(script), *rest[1:]], str(policy.import_roots(allowance)[0])
             raise PolicyError(f"tool '{tool}': MCP server script '{rest[0]}' is not found in the project")
-    name = Path(program).name
-    if policy.allowance_for(name) is None:
+    # Allowed as written: a program given with a folder (./bin/docs-server, perhaps shipped with the
+    # workflow file) is not the program of that name on PATH that an allowance by name means.
+    if policy.allowance_for(program) is None:
         raise PolicyError(
-            f"tool '{tool}': MCP server command '{program}' is not allowed; allow it with --allow-module {name} "
+            f"tool '{tool}': MCP server command '{program}' is not allowed; allow it with --allow-module {program} "
             f"(or CHARTER_ALLOW_MODULES, or [tool.charter] allow-modules in pyproject.toml)"
         )
     return list(command), None

@@ -1836,3 +1836,28 @@ def test_a_run_its_caller_cancels_says_so_in_its_log(store: Any, workdir: Path) 
     resumed = resume_run(row.run_id, store=store, options=OPTS)
     assert resumed.status == "completed", resumed.error
     assert replay_run(row.run_id, store=store, options=OPTS).ok
+
+
+@pytest.mark.parametrize(
+    ("command", "allowed"),
+    [
+        (["docs-server"], True),  # the program of that name on PATH, as the allowance means
+        (["./tools/docs-server"], False),  # another program that happens to have the name
+        (["/tmp/elsewhere/docs-server"], False),
+    ],
+)
+def test_an_mcp_program_is_allowed_as_written_not_by_its_name_alone(
+    command: list[str], allowed: bool
+) -> None:
+    """`--allow-module docs-server` allows that program, not a file of the same name the workflow's
+    author put beside the workflow: a shared file must not run code the user did not allow."""
+    from interpreter.policy import ModulePolicy, PolicyError, build_policy
+    from interpreter.tools import mcp_command
+
+    policy: ModulePolicy = build_policy(("docs-server",), None)
+    if allowed:
+        assert mcp_command(command, policy, "search") == (command, None)
+    else:
+        with pytest.raises(PolicyError, match=f"allow it with --allow-module {command[0]}"):
+            mcp_command(command, policy, "search")
+        assert mcp_command(command, build_policy((command[0],), None), "search") == (command, None)
