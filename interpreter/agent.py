@@ -807,7 +807,8 @@ class StepCall:
             return f"error: {error.message}", True
         if verdict.action in ("deny", "retry"):
             return "refused: the result was withheld: " + _refusal(verdict).removeprefix("refused: "), True
-        return result if isinstance(result, str) else _json(result), False
+        # A secret in a result (a server echoing a token) reaches the model provider no more than the log.
+        return self.guard.mask(result if isinstance(result, str) else _json(result)), False
 
     def _screen_result(self, name: str, args: dict[str, Any], result: Any, occurrence: str) -> Any:
         """The tool.output rules' verdict on a result; its `value` is the result as the log and the model

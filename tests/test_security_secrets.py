@@ -164,6 +164,43 @@ def test_a_failed_calls_message_reaches_the_model_with_the_secret_masked(tmp_pat
     assert TOKEN.encode() not in log_bytes(tmp_path)
 
 
+def test_a_result_that_echoes_the_secret_reaches_the_model_with_it_masked(
+    tmp_path: Path, server: Any
+) -> None:
+    """An API that echoes the key it was called with: the agent passes the result on to the model, a
+    third party, with the key masked, as the log has it."""
+    server.call_tools(("lookup", {"q": "acme"}))
+    server.answers.append((200, {"found": "acme", "called_with": f"key={TOKEN}"}))  # the tool's request
+    server.reply("Found acme.")
+    project(
+        tmp_path,
+        f"""\
+        charter: "1.0"
+        name: echoed
+        secrets: [API_TOKEN]
+        models:
+          default: {{provider: openai, model: test-model, base_url: "{server.url}"}}
+        tools:
+          lookup:
+            http: {{method: POST, url: "{server.url}/lookup?key=${{{{ secrets.API_TOKEN }}}}"}}
+            effect: read
+        identities:
+          bot: {{kind: agent}}
+        grants:
+          - {{id: bot-lookup, to: bot, tools: [lookup]}}
+        steps:
+          - id: ask
+            agent: {{identity: bot, tools: [lookup], prompt: "Look acme up."}}
+        """,
+    )
+    ran = charter("run", "wf.yaml", "--json", cwd=tmp_path, env=ENV)
+    assert ran.returncode == 0, describe(ran)
+    (tool_message,) = [m for m in server.requests[2]["messages"] if m["role"] == "tool"]
+    assert "acme" in tool_message["content"] and "[REDACTED]" in tool_message["content"]
+    assert TOKEN not in json.dumps(server.requests[2])
+    assert TOKEN.encode() not in log_bytes(tmp_path)
+
+
 CARD = "4111 1111 1111 1111"
 
 
