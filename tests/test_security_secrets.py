@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures.charter_cli import describe, run_json, tool_project
 from fixtures.charter_cli import project_charter as charter
 
@@ -126,13 +127,24 @@ def test_the_principals_own_tokens_in_its_claims_never_reach_the_log(tmp_path: P
     assert "acme" in written and "Bearer" in written  # the claims that are not credentials are kept
 
 
-def test_a_failed_calls_message_reaches_the_model_with_the_secret_masked(tmp_path: Path, server: Any) -> None:
-    """An API that takes its key in the query (`?key=...`) answers 503: the call's error names the
-    request's url, and the agent passes the error on to the model, a third party. The message the
-    model reads holds the key masked, as the log does."""
+@pytest.mark.parametrize(
+    ("answer", "seen"),
+    [
+        # the call's error names the request's url, with the key in its query
+        ((503, {"error": "busy"}), "HTTP 503"),
+        # the API echoes the key it was called with
+        ((200, {"found": "acme", "called_with": f"key={TOKEN}"}), "acme"),
+    ],
+    ids=["error", "echo"],
+)
+def test_what_the_model_reads_of_a_call_holds_the_secret_masked(
+    tmp_path: Path, server: Any, answer: tuple[int, Any], seen: str
+) -> None:
+    """An API that takes its key in the query (`?key=...`): the agent passes the call's error or result
+    on to the model, a third party. The message the model reads holds the key masked, as the log does."""
     server.call_tools(("lookup", {"q": "acme"}))
-    server.answers.append((503, {"error": "busy"}))  # the tool's request
-    server.reply("The lookup is down.")
+    server.answers.append(answer)  # the tool's request
+    server.reply("Done.")
     project(
         tmp_path,
         f"""\
@@ -159,44 +171,7 @@ def test_a_failed_calls_message_reaches_the_model_with_the_secret_masked(tmp_pat
     assert ran.returncode == 0, describe(ran)
     assert server.paths[1].endswith(f"/lookup?key={TOKEN}")  # the request had the key
     (tool_message,) = [m for m in server.requests[2]["messages"] if m["role"] == "tool"]
-    assert "HTTP 503" in tool_message["content"] and "[REDACTED]" in tool_message["content"]
-    assert TOKEN not in json.dumps(server.requests[2])
-    assert TOKEN.encode() not in log_bytes(tmp_path)
-
-
-def test_a_result_that_echoes_the_secret_reaches_the_model_with_it_masked(
-    tmp_path: Path, server: Any
-) -> None:
-    """An API that echoes the key it was called with: the agent passes the result on to the model, a
-    third party, with the key masked, as the log has it."""
-    server.call_tools(("lookup", {"q": "acme"}))
-    server.answers.append((200, {"found": "acme", "called_with": f"key={TOKEN}"}))  # the tool's request
-    server.reply("Found acme.")
-    project(
-        tmp_path,
-        f"""\
-        charter: "1.0"
-        name: echoed
-        secrets: [API_TOKEN]
-        models:
-          default: {{provider: openai, model: test-model, base_url: "{server.url}"}}
-        tools:
-          lookup:
-            http: {{method: POST, url: "{server.url}/lookup?key=${{{{ secrets.API_TOKEN }}}}"}}
-            effect: read
-        identities:
-          bot: {{kind: agent}}
-        grants:
-          - {{id: bot-lookup, to: bot, tools: [lookup]}}
-        steps:
-          - id: ask
-            agent: {{identity: bot, tools: [lookup], prompt: "Look acme up."}}
-        """,
-    )
-    ran = charter("run", "wf.yaml", "--json", cwd=tmp_path, env=ENV)
-    assert ran.returncode == 0, describe(ran)
-    (tool_message,) = [m for m in server.requests[2]["messages"] if m["role"] == "tool"]
-    assert "acme" in tool_message["content"] and "[REDACTED]" in tool_message["content"]
+    assert seen in tool_message["content"] and "[REDACTED]" in tool_message["content"]
     assert TOKEN not in json.dumps(server.requests[2])
     assert TOKEN.encode() not in log_bytes(tmp_path)
 
