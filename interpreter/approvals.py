@@ -150,7 +150,7 @@ def decide(
         require_intact(store, above, "continued")
     require_intact(store, run_id, "decided")
     approvers = requested.get("approvers") or []
-    verified = _check_approver(approvers, person, options, identities)
+    verified = _check_approver(approvers, person, options, _identities(_declaring(store, row, requested)))
     decision = {"decision": "approved" if approved else "denied", "by": person, "reason": reason}
     earlier = store.decide(
         run_id,
@@ -348,6 +348,19 @@ def _identities(row: s.RunRecord) -> dict[str, Any]:
         return dict(compile_source(row.workflow_source or "", "<stored>").workflow.identities or {})
     except RunSetupError:
         return {}
+
+
+def _declaring(store: s.EventStore, row: s.RunRecord, requested: dict[str, Any]) -> s.RunRecord:
+    """The run whose workflow declared the rule that asked for this approval: an escalation of a rule a
+    child inherited names its approvers in the parent's file, so the parent's identities say who holds
+    their roles, not the child file's (which could otherwise make anyone an approver of it)."""
+    data = requested.get("data") if isinstance(requested.get("data"), dict) else {}
+    above = data.get("declared_above")
+    for _ in range(above if isinstance(above, int) and not isinstance(above, bool) else 0):
+        if not row.parent_run_id:
+            break
+        row = store.run(row.parent_run_id)
+    return row
 
 
 def _refuse_non_person(

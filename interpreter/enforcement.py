@@ -91,6 +91,8 @@ class EscalationRequired(Exception):  # noqa: N818 - a control-flow signal the e
         }
         if self.attempts:  # only in a retried attempt: a first attempt's request reads as it always did
             payload["data"]["attempts"] = dict(self.attempts)
+        if esc.get("generation"):  # a rule inherited from the run that many levels up
+            payload["data"]["declared_above"] = esc["generation"]
         timeout = esc.get("timeout_s")
         if timeout:
             at = datetime.now(UTC) + timedelta(seconds=float(timeout))

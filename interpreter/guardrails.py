@@ -579,6 +579,7 @@ def _verdict(
             "approvers": list(spec.approvers) if spec else [],
             "timeout_s": model.parse_duration(spec.timeout) if spec and spec.timeout else None,
             "message": messages[0],
+            "generation": entry.generation,  # whose file names the approvers: this run's, or one above
         }
     return Verdict(
         action,

@@ -126,6 +126,7 @@ def test_escalate_carries_the_approval_request() -> None:
         "approvers": ["role:manager"],
         "timeout_s": 3600.0,
         "message": "refund over 1000 needs a manager",
+        "generation": 0,  # the run's own rule: its own file names the approvers
     }
 
 

@@ -262,13 +262,6 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="interpreter/approvals.py _check_approver reads a person's roles from the identities of the "
-    "decided run's own workflow, so a child file decides who may approve an escalation its parent's "
-    "rule asked for; the roles must come from the workflow that declared the rule (the request should "
-    "record it) or from the person's claims",
-)
 def test_a_child_cannot_make_someone_an_approver_of_its_parents_escalation(tmp_path: Path) -> None:
     project(tmp_path, {"wf.yaml": PARENT_ESCALATES, "child.yaml": CHILD_NAMES_MALLORY_LEAD})
     code, result = run(tmp_path, "--as", "alice")
@@ -278,6 +271,18 @@ def test_a_child_cannot_make_someone_an_approver_of_its_parents_escalation(tmp_p
     assert "Traceback" not in proc.stderr, describe(proc)
     assert calls(tmp_path) == [], "mallory's approval let the parent's escalated call run"
     assert proc.returncode == 2, describe(proc)
+    # a lead the parent's file declares decides it
+    (tmp_path / "wf.yaml").write_text(
+        PARENT_ESCALATES.replace(
+            "  bot: {kind: agent}", "  bot: {kind: agent}\n  carol: {kind: user, roles: [lead]}"
+        )
+    )
+    code, result = run(tmp_path, "--as", "alice")
+    assert code == 3, result
+    child = child_of(tmp_path, result["run_id"])
+    proc = charter("approve", child, "act", "--as", "carol", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert len(calls(tmp_path)) == 1
 
 
 # A run that waits for a person, then starts a child run (a `workflow` step of the workflow itself).
