@@ -329,8 +329,7 @@ class _Compiler:
         tools = self._tools()
         self._models()
         self._check_unique_rule_ids()
-        self._unpriced_cost_budgets()
-        return ExecutionGraph(
+        graph = ExecutionGraph(
             file=self.doc.file,
             source=self.doc.text,
             digest=hashlib.sha256(self.doc.text.encode("utf-8", "surrogatepass")).hexdigest(),
@@ -342,6 +341,8 @@ class _Compiler:
             guardrails=guardrails,
             tools=MappingProxyType(tools),
         )
+        self._unpriced_cost_budgets(graph)
+        return graph
 
     # --- pass 1: ids and local names ---
 
@@ -1196,37 +1197,26 @@ class _Compiler:
         else:
             seen[ident] = path
 
-    def _unpriced_cost_budgets(self) -> None:
+    def _unpriced_cost_budgets(self, graph: ExecutionGraph) -> None:
         """CH216: a `max_cost` budget counts the cost of model calls from the models' `prices`; a model
         without them costs nothing, so a budget over its calls never trips. Warned once per budget and
         model, at the budget's `max_cost`."""
-        warned: set[tuple[Path, str]] = set()
-        for info in sorted(self.steps.values(), key=lambda i: self._pos(i.path)):
-            if not isinstance(info.step, m.AgentStep | m.LlmStep):
+        rule_paths = {id(rule): path for path, rule in self._all_guardrails()}
+        warned: set[tuple[int, str]] = set()
+        for node in graph.nodes():
+            spec = getattr(node.step, node.kind, None) if node.kind in ("agent", "llm") else None
+            model = self.workflow.models.get(spec.model) if spec is not None else None
+            if spec is None or model is None or model.prices is not None:
                 continue
-            spec = info.step.agent if isinstance(info.step, m.AgentStep) else info.step.llm
-            model = self.workflow.models.get(spec.model)
-            if model is None or model.prices is not None:
-                continue
-            around = [i for i, _ in info.chain] + [info.step.id]
-            rules = [(("guardrails", i), r) for i, r in enumerate(self.workflow.guardrails)]
-            for ident in around:
-                outer = self.steps.get(ident)
-                if outer is not None:
-                    rules += [
-                        ((*outer.path, "guardrails", i), r) for i, r in enumerate(outer.step.guardrails)
-                    ]
-            for rule_path, rule in rules:
-                if rule.limits is None or rule.limits.max_cost is None or (rule_path, spec.model) in warned:
+            for _, rule in graph.cost_budgets(node):
+                if (id(rule), spec.model) in warned or id(rule) not in rule_paths:
                     continue
-                if rule.steps is not None and not set(rule.steps) & set(around):
-                    continue
-                warned.add((rule_path, spec.model))
+                warned.add((id(rule), spec.model))
                 self.warn(
                     "CH216",
-                    f"budget '{rule.id}' limits cost, but model '{spec.model}' (of step '{info.step.id}') "
+                    f"budget '{rule.id}' limits cost, but model '{spec.model}' (of step '{node.id}') "
                     "declares no prices: its calls cost 0 and never count toward max_cost",
-                    (*rule_path, "limits", "max_cost"),
+                    (*rule_paths[id(rule)], "limits", "max_cost"),
                     hint=f"declare the model's prices, e.g. models: {{{spec.model}: {{..., prices: "
                     "{input_per_1k: 0.0004, output_per_1k: 0.0016}}}",
                 )

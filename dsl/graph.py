@@ -121,6 +121,26 @@ class ExecutionGraph:
         """The node at a static path; KeyError if there is none."""
         return self._index[path]
 
+    def cost_budgets(self, node: Node) -> Iterator[tuple[Node | None, model.Guardrail]]:
+        """The `max_cost` budgets that count the model calls of `node` (an agent or llm step), with the
+        step that declares each (None: the workflow): the workflow's and those of the steps around it,
+        itself included, unless their `steps` name none of those; never one with `tools`, which counts
+        only the calls of those tools."""
+        parts = node.path.split("/")
+        around = [
+            self._index[p] for i in range(len(parts), 0, -1) if (p := "/".join(parts[:i])) in self._index
+        ]
+        ids = {n.id for n in around}
+        levels: list[tuple[Node | None, tuple[CompiledGuardrail, ...]]] = [(None, self.guardrails)]
+        levels += [(n, n.guardrails) for n in around]
+        for declared_by, rules in levels:
+            for compiled in rules:
+                rule = compiled.guardrail
+                if rule.limits is None or rule.limits.max_cost is None or rule.tools is not None:
+                    continue
+                if rule.steps is None or ids.intersection(rule.steps):
+                    yield declared_by, rule
+
     def locate(self, where: tuple[str | int, ...], source: str, offset: int = 0) -> str | None:
         """ "file:line:col" of character `offset` of the expression `source` written in the value at
         `where` (a step: in its own fields, not in its nested steps), for errors found at run time;

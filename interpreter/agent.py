@@ -243,42 +243,21 @@ def _check_cost_budgets(graph: Any, name: str, override: Any, config: Any) -> No
         spec = _model_step(node)
         if spec is None or spec.model != name:
             continue
-        around = [graph.node(p) for p in _prefixes(node.path) if _is_node(graph, p)]
-        ids = {n.id for n in around}
-        levels = [("the workflow", graph.guardrails)] + [(f"step '{n.id}'", n.guardrails) for n in around]
-        for where, rules in levels:
-            for compiled in rules:
-                rule = compiled.guardrail
-                if rule.limits is None or rule.limits.max_cost is None or rule.tools is not None:
-                    continue  # a rule with `tools` never applies to a model call
-                if rule.steps is not None and not ids.intersection(rule.steps):
-                    continue
-                declared = graph.workflow.models.get(name)
-                was = (
-                    f"{declared.provider}:{declared.model}"
-                    if declared is not None and declared.model
-                    else f"the {getattr(declared, 'provider', 'declared')} model"
-                )
-                now = override if isinstance(override, str) else f"{config.provider}:{config.model}"
-                raise RunSetupError(
-                    f"model '{name}': its prices in the workflow are those of {was}, not of --model {now}, "
-                    f"so the cost of its calls is unknown and the max_cost budget '{rule.id}' of {where}, "
-                    f"which counts step '{node.id}', could not count it; declare that model with its prices "
-                    "in the workflow file to run it under the budget"
-                )
-
-
-def _prefixes(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
-
-
-def _is_node(graph: Any, path: str) -> bool:
-    try:
-        graph.node(path)
-    except KeyError:
-        return False
-    return True
+        for declared_by, rule in graph.cost_budgets(node):
+            where = "the workflow" if declared_by is None else f"step '{declared_by.id}'"
+            declared = graph.workflow.models.get(name)
+            was = (
+                f"{declared.provider}:{declared.model}"
+                if declared is not None and declared.model
+                else f"the {getattr(declared, 'provider', 'declared')} model"
+            )
+            now = override if isinstance(override, str) else f"{config.provider}:{config.model}"
+            raise RunSetupError(
+                f"model '{name}': its prices in the workflow are those of {was}, not of --model {now}, "
+                f"so the cost of its calls is unknown and the max_cost budget '{rule.id}' of {where}, "
+                f"which counts step '{node.id}', could not count it; declare that model with its prices "
+                "in the workflow file to run it under the budget"
+            )
 
 
 @dataclass(frozen=True)

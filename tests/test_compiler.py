@@ -695,6 +695,7 @@ def test_on_behalf_of_and_step_guardrails() -> None:
         ("guardrails: [{id: b, limits: {max_cost: 1.0}, steps: [group]}]", True),  # a step around it
         ("guardrails: [{id: b, limits: {max_cost: 1.0}, steps: [other]}]", False),  # another step only
         ("guardrails: [{id: b, limits: {max_tokens: 100}}]", False),  # counts tokens, not cost
+        ("guardrails: [{id: b, limits: {max_cost: 1.0}, tools: [search]}]", False),  # tool calls only
     ],
 )
 def test_a_cost_budget_over_an_unpriced_model_is_warned(budget: str, warned: bool) -> None:
