@@ -91,42 +91,19 @@ def _mask_text(text: str, regex: Any, mask: str) -> tuple[str, int]:
     return "".join(out), len(spans)
 
 
-def mask_matches(value: Any, regex: Any, mask: str = MASK) -> tuple[Any, int]:
+def mask_matches(value: Any, regex: Any, mask: str = MASK, *, keys: bool = False) -> tuple[Any, int]:
     """A copy of `value` with every non-empty match in its texts replaced by `mask`, and the count.
+    With `keys` (for secrets), the keys of objects too: two keys that mask to the same text are kept
+    apart by a suffix (`#2`, `#3`...), so no member of an object is lost.
 
     Containers are rebuilt (the input is never mutated); tuples come back as lists, as in JSON.
     """
     if isinstance(value, dict):
         total = 0
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            out[key], n = mask_matches(item, regex, mask)
-            total += n
-        return out, total
-    if isinstance(value, list | tuple):
-        total = 0
-        items: list[Any] = []
-        for item in value:
-            masked, n = mask_matches(item, regex, mask)
-            items.append(masked)
-            total += n
-        return items, total
-    text = _text_of(value)
-    if text is None:
-        return value, 0
-    masked_text, n = _mask_text(text, regex, mask)
-    return (masked_text if n else value), n
-
-
-def mask_everywhere(value: Any, regex: Any, mask: str = MASK) -> tuple[Any, int]:
-    """`mask_matches`, keys of objects included (for secrets). Two keys that mask to the same text are
-    kept apart by a suffix (`#2`, `#3`...), so no member of an object is lost."""
-    if isinstance(value, dict):
-        total = 0
         members: list[tuple[Any, bool, Any]] = []  # (key, masked?, value)
         for key, item in value.items():
-            new_key, n = _mask_text(key, regex, mask) if isinstance(key, str) else (key, 0)
-            masked, m = mask_everywhere(item, regex, mask)
+            new_key, n = _mask_text(key, regex, mask) if keys and isinstance(key, str) else (key, 0)
+            masked, m = mask_matches(item, regex, mask, keys=keys)
             total += n + m
             members.append((new_key, n > 0, masked))
         taken = {key for key, changed, _ in members if not changed}
@@ -144,11 +121,20 @@ def mask_everywhere(value: Any, regex: Any, mask: str = MASK) -> tuple[Any, int]
         total = 0
         items: list[Any] = []
         for item in value:
-            masked, n = mask_everywhere(item, regex, mask)
+            masked, n = mask_matches(item, regex, mask, keys=keys)
             items.append(masked)
             total += n
         return items, total
-    return mask_matches(value, regex, mask)
+    text = _text_of(value)
+    if text is None:
+        return value, 0
+    masked_text, n = _mask_text(text, regex, mask)
+    return (masked_text if n else value), n
+
+
+def mask_everywhere(value: Any, regex: Any, mask: str = MASK) -> tuple[Any, int]:
+    """`mask_matches` with the keys of objects masked too (for secrets)."""
+    return mask_matches(value, regex, mask, keys=True)
 
 
 def mask_secrets(value: Any, secrets: Iterable[str], mask: str = MASK) -> Any:
