@@ -107,7 +107,7 @@ class Charter:
 
     def replay(self, store: Any, run_id: str) -> tuple[float, int]:
         t = time.perf_counter()
-        result = self._replay(run_id, store=store)
+        result = self._replay(run_id, store=store, options=self._options(allow_modules=(TOOL_MODULE,)))
         elapsed = time.perf_counter() - t
         if not result.ok:
             raise SystemExit(f"replay diverged: {result.divergence}")

@@ -185,6 +185,7 @@ class Execution:
         self.input_gate: Any = None  # the run.input verdict (or escalation) found before the run was created
         self.actor = self.guard.run_actor()
         self.python_tools: dict[str, PythonTool] = dict(python_tools or {})
+        self.unloadable: set[str] = set()  # replay: python tools whose module cannot be loaded here
         self.schema_cache: dict[str, Any] = {}
         self.http_client: Any = None
         # Per-run resources (MCP sessions, model providers) register an async close here; `execute`
@@ -410,9 +411,11 @@ class Execution:
         if tool.args is not None or not tool.python:
             return tool.args
         loaded = self.python_tools.get(name)
-        if loaded is None and self.replaying:
-            with contextlib.suppress(StepError):
+        if loaded is None and self.replaying and name not in self.unloadable:
+            try:
                 loaded = self.python_tool(name, tool.python)
+            except StepError:
+                self.unloadable.add(name)  # tried once: every later call of it goes without, too
         return loaded.schema if loaded is not None else None
 
     def current_code(self, target: str) -> str | None:

@@ -368,3 +368,39 @@ def test_a_run_whose_budget_a_child_run_spent_replays(tmp_path: Path) -> None:
     (kid,) = [r for r in run_rows(tmp_path / "c.db") if r["parent_run_id"]]
     alone = _replay(kid["run_id"], tmp_path / "c.db")
     assert alone.returncode == 0, describe(alone)
+
+
+def test_replay_tries_once_to_load_a_tool_module_it_may_not_import(tmp_path: Path, monkeypatch) -> None:
+    """Replay validates a python tool's arguments when its module may be loaded; one that may not is
+    tried once per tool, not once per call (it used to cost a failed import check at every step)."""
+    from bench import bench_engine
+    from dsl.frontend import compile_file
+    from interpreter import RunOptions, engine, replay_run, run_workflow
+    from interpreter.store import open_store
+
+    flow = tmp_path / "loop.yaml"
+    flow.write_text(bench_engine.loop_yaml(6), encoding="utf-8")
+    graph, diags = compile_file(flow)
+    assert graph is not None, [str(d) for d in diags]
+    store = open_store(tmp_path / "c.db")
+    try:
+        run = run_workflow(
+            graph, {}, store=store, options=RunOptions(allow_modules=(bench_engine.TOOL_MODULE,))
+        )
+        assert run.status == "completed", run.error
+        loads: list[str] = []
+        real = engine.resolve_python
+
+        def counting(name: str, target: str, policy: object) -> object:
+            loads.append(name)
+            return real(name, target, policy)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine, "resolve_python", counting)
+        result = replay_run(run.run_id, store=store)  # the module is not allowed here
+        allowed = replay_run(
+            run.run_id, store=store, options=RunOptions(allow_modules=(bench_engine.TOOL_MODULE,))
+        )
+    finally:
+        store.close()
+    assert result.ok and allowed.ok, (result.divergence, allowed.divergence)
+    assert loads == ["noop", "noop"]  # once by the replay that may not load it, once by the one that may

@@ -163,3 +163,37 @@ def test_wake_reports_a_run_whose_log_cannot_be_read_and_wakes_the_others(
             "by": "system:timeout"
         }
         assert store.run(damaged).status == "waiting"
+
+
+# -- reading back what was written by hand ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(' {"a": [1, 2.5]} ', {"a": [1, 2.5]}), ("[1]\n", [1]), ('"x"', "x"), ("NaN", None)],
+)
+def test_payloads_edited_by_hand_read_back_as_json_reads_them(
+    tmp_path: Path, text: str, value: object
+) -> None:
+    """The store reads its own canonical text by a faster path; any other JSON a person put in a row
+    (spaces, a newline) still reads as `json.loads` reads it, and what is not JSON names the event."""
+    from interpreter.store import DamagedLog
+
+    db = tmp_path / "c.db"
+    with SQLiteEventStore(db) as store:
+        run_id = store.create_run("w").run_id
+        store.append(run_id, "step.started", "s", {"attempt": 1})
+        store.append(run_id, "step.started", "t", {"attempt": 1})
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = 1", (text, run_id))
+        conn.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = 2", ('{"a": 1', run_id))
+    with SQLiteEventStore(db) as store:
+        rows = store.events(run_id)
+        first = next(rows).payload
+        if value is None:
+            assert first != first  # NaN, as json.loads reads it
+        else:
+            assert first == value
+        with pytest.raises(DamagedLog, match="event seq 2's payload is not valid JSON"):
+            next(rows)
+        assert not store.verify(run_id).ok
