@@ -14,6 +14,4 @@ from __future__ import annotations
 SKIPS: dict[str, str] = {}
 
 # Tests run but expected to fail (strict: a pass is reported, so fixed entries get removed).
-XFAILS: dict[str, str] = {
-    "string_ext/format/map support (all key types)": "Python dict cannot hold 1 and true as distinct keys",
-}
+XFAILS: dict[str, str] = {}

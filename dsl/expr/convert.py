@@ -20,7 +20,17 @@ from .functions import (
     format_duration,
     format_timestamp,
 )
-from .values import INT64_MAX, INT64_MIN, UINT64_MAX, CelType, Duration, Timestamp, UInt
+from .values import (
+    INT64_MAX,
+    INT64_MIN,
+    UINT64_MAX,
+    BoolKey,
+    CelType,
+    Duration,
+    Timestamp,
+    UInt,
+    map_add,
+)
 
 _NoneType = type(None)
 _PASSTHROUGH = frozenset((bool, float, str, bytes, _NoneType, UInt, Timestamp, Duration, CelType))
@@ -42,7 +52,14 @@ def to_cel(value: Any) -> Any:
     if tv is list or tv is tuple:
         return [to_cel(item) for item in value]
     if tv is dict:
-        return {_to_cel_key(k): to_cel(v) for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = _to_cel_key(k)
+            if type(key) is str:
+                out[key] = to_cel(v)
+            elif not map_add(out, key, to_cel(v)):  # {True: a, BoolKey(True): b}: one CEL key
+                raise TypeError(f"map has the key {k!r} twice")
+        return out
     if isinstance(value, datetime.datetime):
         return _timestamp_from_datetime(value)
     if isinstance(value, datetime.timedelta):
@@ -65,6 +82,8 @@ def _base_value(value: Any) -> Any:
 
 
 def _to_cel_key(key: Any) -> Any:
+    if type(key) is BoolKey:  # from a map a CEL expression built (see values.py)
+        return key
     converted = to_cel(key)
     if type(converted) not in _KEY_TYPES:
         raise TypeError(f"map keys must be strings, integers or booleans, not {type(key).__name__}")
@@ -114,8 +133,8 @@ def _json_key(key: Any) -> str:
     """JSON object keys are strings: a CEL map's int, uint or bool key is written as JSON writes it."""
     if type(key) is str:
         return key
-    if type(key) is bool:
-        return "true" if key else "false"
+    if type(key) is bool or type(key) is BoolKey:
+        return "true" if key is True or key is BoolKey(True) else "false"
     return str(int(key))
 
 

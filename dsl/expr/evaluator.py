@@ -28,7 +28,17 @@ from typing import Any
 
 from dsl.expr import ast
 from dsl.expr.errors import EvaluationError
-from dsl.expr.values import INT64_MAX, INT64_MIN, CelType, Duration, Timestamp, UInt
+from dsl.expr.values import (
+    INT64_MAX,
+    INT64_MIN,
+    CelType,
+    Duration,
+    Timestamp,
+    UInt,
+    map_add,
+    map_items,
+    map_keys,
+)
 
 Fn = Callable[[dict[str, Any]], Any]
 
@@ -915,8 +925,10 @@ def _qualified_name(e: ast.Expr, scope: dict[str, str]) -> str | None:
 
 def _items_one(v: Any, off: int) -> tuple[Iterable[Any], int]:
     t = type(v)
-    if t is list or t is tuple or t is dict:
+    if t is list or t is tuple:
         return v, len(v)
+    if t is dict:
+        return map_keys(v), len(v)
     raise _err(f"expression of type '{_type_name(v)}' cannot be the range of a comprehension", off)
 
 
@@ -925,7 +937,7 @@ def _items_two(v: Any, off: int) -> tuple[Iterable[Any], int]:
     if t is list or t is tuple:
         return enumerate(v), len(v)
     if t is dict:
-        return v.items(), len(v)
+        return map_items(v), len(v)
     raise _err(f"expression of type '{_type_name(v)}' cannot be the range of a comprehension", off)
 
 
@@ -1151,7 +1163,10 @@ def _build_transform_map(
                     continue
                 if keep is not True:
                     raise _err(f"transformMap() filter must be a bool, got {_type_name(keep)}", off)
-            out[key] = value(act)
+            if type(key) is str:
+                out[key] = value(act)
+            else:  # a key from a map range may be true beside 1 (distinct keys: never refused)
+                map_add(out, key, value(act))
         if over:
             raise _cost(off, max_iter)
         return out
@@ -1180,11 +1195,14 @@ def _map_builder(entries: list[tuple[Fn, Fn, int]]) -> Fn:
         for kf, vf, off in entries:
             k = kf(act)
             v = vf(act)
-            if type(k) not in keys_ok:
+            if type(k) is str:  # the common case, inlined
+                if k in out:
+                    raise _err(f"Failed with repeated key: {_lib()._key_repr(k)}", off)
+                out[k] = v
+            elif type(k) not in keys_ok:
                 raise _err(f"unsupported key type: {_type_name(k)}", off)
-            if k in out:
-                raise _err(f"Failed with repeated key: {k!r}", off)
-            out[k] = v
+            elif not map_add(out, k, v):  # true and 1 are two keys, 1 and 1u one
+                raise _err(f"Failed with repeated key: {_lib()._key_repr(k)}", off)
         return out
 
     return build

@@ -21,7 +21,7 @@ from .errors import EvaluationError
 from .functions import _LISTS, _NUMERIC, _ORDERED, _no_overload, _overflow, _reverse, equals, type_name
 from .functions import _gt as _greater
 from .functions import _lt as _less
-from .values import INT64_MAX, INT64_MIN, UINT64_MAX, UInt
+from .values import INT64_MAX, INT64_MIN, UINT64_MAX, UInt, map_add
 
 # Largest list a generating function (lists.range) builds before the evaluator's own size limit
 # applies: the list must not exhaust memory before it can be measured.
@@ -370,10 +370,9 @@ def _map_insert(m: Any, key: Any, *value: Any) -> dict[Any, Any]:
     """`cel.@mapInsert(map, key, value)` (transformMap's step): a new map with one more entry."""
     if type(m) is not dict or len(value) != 1 or type(key) not in (str, int, UInt, bool):
         raise _no_overload("cel.@mapInsert", m, key, *value)
-    if key in m:
-        raise EvaluationError(f"insert failed: key {key!r} already exists")
     out = dict(m)
-    out[key] = value[0]
+    if not map_add(out, key, value[0]):  # CEL keys: true and 1 differ, 1 and 1u do not
+        raise EvaluationError(f"insert failed: key {key!r} already exists")
     return out
 
 

@@ -22,7 +22,18 @@ from typing import Any
 import re2
 
 from .errors import EvaluationError
-from .values import INT64_MAX, INT64_MIN, UINT64_MAX, CelType, Duration, Timestamp, UInt
+from .values import (
+    INT64_MAX,
+    INT64_MIN,
+    MISSING,
+    UINT64_MAX,
+    CelType,
+    Duration,
+    Timestamp,
+    UInt,
+    map_find,
+    map_items,
+)
 
 NANOS = 1_000_000_000
 # Timestamps: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z (langdef "Overflow").
@@ -340,33 +351,8 @@ def _not(a: Any) -> bool:
 # Indexing, membership, size
 # ---------------------------------------------------------------------------------------------------
 
-_MISSING: Any = object()
-
-
-def _map_find(m: dict[Any, Any], key: Any) -> Any:
-    """Value under `key` with CEL key semantics, or _MISSING.
-
-    Numeric keys match across int, uint and double by value (langdef "Numbers"); a bool key only
-    matches a bool. Python hashes True like 1 and False like 0, so those lookups are verified.
-    """
-    tk = type(key)
-    if tk is str:
-        return m.get(key, _MISSING)
-    if tk is float:
-        if not key.is_integer():
-            return _MISSING
-    elif tk is not int and tk is not UInt and tk is not bool:
-        if tk in _SCALARS:
-            return m.get(key, _MISSING)
-        return _MISSING  # lists and maps are never keys (and are unhashable)
-    value = m.get(key, _MISSING)
-    if value is _MISSING or (key != 0 and key != 1):
-        return value
-    want_bool = tk is bool
-    for stored in m:
-        if stored == key and (type(stored) is bool) is want_bool:
-            return m[stored]
-    return _MISSING
+_MISSING: Any = MISSING
+_map_find = map_find  # map keys follow CEL, not Python (see values.py)
 
 
 def _key_repr(key: Any) -> str:
@@ -1146,7 +1132,7 @@ def _format_value(value: Any) -> str:
     if tv is list or tv is tuple:
         return "[" + ", ".join(_format_value(v) for v in value) + "]"
     if tv is dict:
-        entries = sorted((_format_value(k), _format_value(v)) for k, v in value.items())
+        entries = sorted((_format_value(k), _format_value(v)) for k, v in map_items(value))
         return "{" + ", ".join(f"{k}: {v}" for k, v in entries) + "}"
     if tv is Timestamp:
         return format_timestamp(value)
