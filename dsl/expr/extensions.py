@@ -173,9 +173,12 @@ def _shift_left(a: Any, n: Any, *extra: Any) -> Any:
 
 def _shift_right(a: Any, n: Any, *extra: Any) -> Any:
     _shift_operands("math.bitShiftRight", a, n, extra)
+    if n >= 64:
+        return UInt(0) if type(a) is UInt else 0
     if type(a) is UInt:
-        return UInt(a >> n) if n < 64 else UInt(0)
-    return a >> min(n, 63)  # arithmetic shift, as Go's >> on int64
+        return UInt(a >> n)
+    # a logical shift of the 64-bit pattern: cel-go's ext/math does not extend the sign bit
+    return _to_int64((a & _U64) >> n)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,6 +226,10 @@ def _distinct_key(v: Any) -> Any:
     if tv is bool:
         return ("bool", v)
     if tv in _NUMERIC:
+        if v != v:
+            # NaN equals nothing, itself included, but a set or tuple finds the same NaN object
+            # by identity: it is compared by scan instead
+            return None
         return ("number", v)  # Python compares int, UInt and float by value, as CEL does
     if tv in (list, tuple, dict):
         return None
@@ -331,7 +338,7 @@ class _Members:
     def __contains__(self, v: Any) -> bool:
         key = _distinct_key(v)
         if key is not None:
-            return key in self.keys  # a NaN key misses: NaN equals nothing
+            return key in self.keys
         return any(equals(v, c) for c in self.container)
 
 
