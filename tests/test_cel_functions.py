@@ -515,7 +515,28 @@ def test_timestamp_accessors_edge_cases() -> None:
     fails(MEMBERS["getHours"], ts(_T), 1, match="no such overload")
     fails(MEMBERS["getFullYear"], dur("1h"), match="no such overload")
     fails(MEMBERS["getFullYear"], ts(_T), "UTC", "x", match="no such overload")
-    fails(MEMBERS["getFullYear"], ts("0001-01-01T00:00:00Z"), "-01:00", match="range")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_first", "expected_last"),
+    [
+        # the range's first instant seen from -10:00 is 0000-12-31T14:00 (a Sunday, year 0 is leap);
+        # its last seen from +14:00 is 10000-01-01T13:59:59 (a Saturday): Go's time (cel-go) says so
+        ("getFullYear", 0, 10000),
+        ("getMonth", 11, 0),
+        ("getDate", 31, 1),
+        ("getDayOfMonth", 30, 0),
+        ("getDayOfYear", 365, 0),
+        ("getDayOfWeek", 0, 6),
+        ("getHours", 14, 13),
+    ],
+)
+def test_timestamp_accessors_beyond_years_1_and_9999(
+    name: str, expected_first: int, expected_last: int
+) -> None:
+    assert m(name, ts("0001-01-01T00:00:00Z"), "-10:00") == expected_first
+    assert m(name, ts("9999-12-31T23:59:59.999999999Z"), "+14:00") == expected_last
+    assert m(name, ts("9999-12-31T23:59:59.999999999Z"), "Pacific/Kiritimati") == expected_last
 
 
 def test_duration_accessors() -> None:

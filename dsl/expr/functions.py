@@ -803,19 +803,35 @@ def _local_seconds(ts: Timestamp, tz: Any, name: str) -> int:
         raise _no_overload(name, ts, tz)
     try:
         zone = _zone(tz)
-        moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=seconds)
+        # The offset of an instant in the last or first day of the timestamp range is looked up a
+        # day inside it: its wall-clock time may be in year 0 or 10000, beyond Python's datetime,
+        # and no zone changes its offset in those days.
+        probe = min(max(seconds, _TS_MIN_SECONDS + 86400), _TS_MAX_SECONDS - 86400)
+        moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=probe)
         offset = moment.astimezone(zone).utcoffset()
     except (ValueError, KeyError, OverflowError, OSError, zoneinfo.ZoneInfoNotFoundError):
         raise EvaluationError(f"invalid time zone or timestamp out of range: {tz!r}") from None
     return seconds + (int(offset.total_seconds()) if offset is not None else 0)
 
 
-def _local_date(ts: Timestamp, tz: Any, name: str) -> datetime.date:
-    days = _local_seconds(ts, tz, name) // 86400
+_DAYS_PER_400_YEARS = 146097  # the Gregorian calendar, weekdays included, repeats every 400 years
+_MAX_ORDINAL = datetime.date.max.toordinal()
+
+
+def _local_date(ts: Timestamp, tz: Any, name: str) -> tuple[datetime.date, int]:
+    """The wall-clock date of `ts` in `tz`, and its year.
+
+    Seen from a time zone, the first and last hours of the timestamp range fall in year 0 or 10000
+    (Go's time, hence cel-go, reports them); datetime stops at years 1 and 9999, so such a date is
+    taken 400 years away, which has the same month, day, day of year and weekday.
+    """
+    ordinal = _local_seconds(ts, tz, name) // 86400 + _EPOCH_ORDINAL
+    cycles = -1 if ordinal < 1 else 1 if ordinal > _MAX_ORDINAL else 0
     try:
-        return datetime.date.fromordinal(days + _EPOCH_ORDINAL)
+        date = datetime.date.fromordinal(ordinal - cycles * _DAYS_PER_400_YEARS)
     except (ValueError, OverflowError):
         raise EvaluationError("timestamp out of range") from None
+    return date, date.year + 400 * cycles
 
 
 def _timestamp_only(name: str, value: Any, tz: Any, extra: tuple[Any, ...]) -> None:
@@ -825,32 +841,32 @@ def _timestamp_only(name: str, value: Any, tz: Any, extra: tuple[Any, ...]) -> N
 
 def _get_full_year(value: Any, tz: Any = _MISSING, *extra: Any) -> int:
     _timestamp_only("getFullYear", value, tz, extra)
-    return _local_date(value, tz, "getFullYear").year
+    return _local_date(value, tz, "getFullYear")[1]
 
 
 def _get_month(value: Any, tz: Any = _MISSING, *extra: Any) -> int:
     _timestamp_only("getMonth", value, tz, extra)
-    return _local_date(value, tz, "getMonth").month - 1
+    return _local_date(value, tz, "getMonth")[0].month - 1
 
 
 def _get_day_of_year(value: Any, tz: Any = _MISSING, *extra: Any) -> int:
     _timestamp_only("getDayOfYear", value, tz, extra)
-    return _local_date(value, tz, "getDayOfYear").timetuple().tm_yday - 1
+    return _local_date(value, tz, "getDayOfYear")[0].timetuple().tm_yday - 1
 
 
 def _get_day_of_month(value: Any, tz: Any = _MISSING, *extra: Any) -> int:
     _timestamp_only("getDayOfMonth", value, tz, extra)
-    return _local_date(value, tz, "getDayOfMonth").day - 1
+    return _local_date(value, tz, "getDayOfMonth")[0].day - 1
 
 
 def _get_date(value: Any, tz: Any = _MISSING, *extra: Any) -> int:
     _timestamp_only("getDate", value, tz, extra)
-    return _local_date(value, tz, "getDate").day
+    return _local_date(value, tz, "getDate")[0].day
 
 
 def _get_day_of_week(value: Any, tz: Any = _MISSING, *extra: Any) -> int:
     _timestamp_only("getDayOfWeek", value, tz, extra)
-    return (_local_date(value, tz, "getDayOfWeek").weekday() + 1) % 7  # Sunday is 0
+    return (_local_date(value, tz, "getDayOfWeek")[0].weekday() + 1) % 7  # Sunday is 0
 
 
 def _truncated_div(nanos: int, unit: int) -> int:
