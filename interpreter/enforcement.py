@@ -37,7 +37,15 @@ from interpreter.authz import (
     Decision,
     Principal,
 )
-from interpreter.guardrails import PAYLOAD_OF, Budget, GuardrailEvent, GuardrailSet, RetryLedger, Verdict
+from interpreter.guardrails import (
+    PAYLOAD_OF,
+    Budget,
+    GuardrailEvent,
+    GuardrailSet,
+    RetryLedger,
+    Verdict,
+    View,
+)
 from interpreter.records import build_records, request_expired
 from interpreter.redact import MASK, compile_pattern, mask_everywhere
 from interpreter.runtime import OUTER_ATTEMPTS, StepError, kind_of
@@ -175,7 +183,7 @@ class ToolRules(NamedTuple):
     name: str
     target: tuple[Any, ...]  # `tool_target` of the declaration, in the declaring file
     rules: tuple[Any, ...]  # the compiled rules
-    principal: dict[str, Any]  # `principal` to the rules: the declaring run's
+    declared: View  # what the rules read of the declaring run: its principal, input, vars and run
     generation: int  # 1: the parent's; 2: the grandparent's...
 
 
@@ -185,7 +193,8 @@ class Inherited(NamedTuple):
     rules: GuardrailSet
     step_ids: tuple[str, ...]
     secret_values: frozenset[str]  # masked in the child's log as in the parent's
-    principal: dict[str, Any] | None = None  # `principal` to the parent's rules, as the parent knows it
+    # What the parent's rules read of the parent: its principal as it knows it, its input, vars and run
+    declared: View | None = None
     tool_rules: tuple[ToolRules, ...] = ()  # the rules of the tools of the runs above
 
 
@@ -202,6 +211,8 @@ class Outer(NamedTuple):
     # The parent run's principal, as its grants read it: a child file that declares an identity of the
     # principal's name (with roles, another kind) describes it for its own grants only.
     principal: Principal | None = None
+    # The parent run's input, vars and run, as its grants' `when` read them (not the child's).
+    declared: View | None = None
 
 
 def tool_target(tool: Any, name: str, folder: Path | None) -> tuple[Any, ...]:
@@ -361,7 +372,7 @@ class RunGuard:
         self._inherited_ids = inherited.step_ids if inherited is not None else ()
         self._inherited_tool_rules = inherited.tool_rules if inherited is not None else ()
         self._workflow = (
-            inherited.rules.for_child(inherited.principal).extend(
+            inherited.rules.for_child(inherited.declared).extend(
                 graph.guardrails, level="workflow", budget=self.run_budget
             )
             if inherited is not None
@@ -418,23 +429,28 @@ class RunGuard:
     def outer_for_child(self, chain: ActorChain) -> tuple[Outer, ...]:
         """What a child run started under `chain` must also satisfy."""
         tools = self.graph.workflow.tools or {}
-        return (*self.outer, Outer(self.authorizer, chain, tools, _folder_of(self.graph), self.principal))
+        outer = Outer(self.authorizer, chain, tools, _folder_of(self.graph), self.principal, self.declared)
+        return (*self.outer, outer)
+
+    def declared(self) -> dict[str, Any]:
+        """What this run's rules and grants read of it where a child run evaluates them: its principal
+        as this run knows it, and its own input, vars and run now."""
+        return {**self.state(), "principal": self.principal.to_binding()}
 
     def rules_for_child(self, node_path: str) -> Inherited:
         """The rules a child run started at `node_path` inherits: this run's workflow-level rules and
         those of the steps around the call, with their budgets (the child's calls count in them)."""
         rules, step_ids = self._set_for(node_path, None)
-        principal = self.principal.to_binding()
         folder, declared = _folder_of(self.graph), self.graph.workflow.tools or {}
         own = tuple(
             ToolRules(
-                name, tool_target(declared[name], name, folder), tuple(compiled.guardrails), principal, 1
+                name, tool_target(declared[name], name, folder), tuple(compiled.guardrails), self.declared, 1
             )
             for name, compiled in (self.graph.tools or {}).items()
             if compiled.guardrails and name in declared
         )
         above = tuple(r._replace(generation=r.generation + 1) for r in self._inherited_tool_rules)
-        return Inherited(rules, step_ids, self.secret_values, principal, own + above)
+        return Inherited(rules, step_ids, self.secret_values, self.declared, own + above)
 
     def run_actor(self) -> dict[str, Any]:
         """The event `actor` of the run's own transitions: the principal (within a parent's chain)."""
@@ -530,13 +546,14 @@ class RunGuard:
             if isinstance(asked, Decision):
                 upstream = asked
             if upstream is None:
+                above = outer.declared() if outer.declared is not None else {}
                 upstream = outer.authorizer.decide(
                     asked,
                     tool,
                     action,
                     resource,
                     args,
-                    cel_bindings,
+                    {k: above.get(k) for k in ("input", "vars", "run")},
                     outer.principal or run_principal,
                     resource_error,
                 )
@@ -774,7 +791,7 @@ class RunGuard:
                         item.rules,
                         level="tool",
                         budget=self._tool_budgets.setdefault(tool, Budget()),
-                        principal=item.principal,
+                        declared=item.declared,
                         generation=item.generation,
                     )
         self._sets[key] = (rules, tuple(ids))

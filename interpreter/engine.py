@@ -1385,6 +1385,7 @@ def _guard_for(
             store, up.run_id, up_graph, up_started, up.principal or principal, up_secrets, up_records,
             replayed=replayed, verified=verified,
         )  # fmt: skip
+        up_guard.state = _state_from_log(up_graph, up, up_records, up_secrets)
         restore_spent(up_guard, store, up.run_id, up_events, up_records, leave_out=replayed)
         parent = (up_guard, row.parent_node or "")
     guard = RunGuard(
@@ -1399,6 +1400,26 @@ def _guard_for(
     if parent is not None and parent_chain is not None:  # its ancestors' grants still bound it
         guard.outer = parent[0].outer_for_child(parent_chain)
     return guard
+
+
+def _state_from_log(
+    graph: Any, row: s.RunRecord, records: Any, secrets: Mapping[str, str]
+) -> Callable[[], dict[str, Any]]:
+    """The `input`, `vars` and `run` of a run above that does not execute here (it waits for the child
+    being continued), as its grants and rules read them: its initial vars with every `set` its log
+    records applied, in order."""
+    from dsl.expr import from_cel
+
+    run = {"id": row.run_id, "principal": row.principal, "started_at": row.created_at}
+    variables: dict[str, Any] = {}
+    if graph.vars is not None:
+        scope = {"input": row.inputs, "vars": {}, "run": run, "secrets": dict(secrets), "steps": {}}
+        with contextlib.suppress(Exception):  # it failed when the run started: no step ran after it
+            variables = dict(from_cel(graph.vars.evaluate(scope)) or {})
+    for _, delta in sorted(records.assignments, key=lambda assignment: assignment[0]):
+        variables.update(delta)
+    state = {"input": row.inputs, "vars": variables, "run": run}
+    return lambda: state
 
 
 def restore_spent(

@@ -73,7 +73,7 @@ PAYLOAD_OF: Mapping[str, str] = {
 SCOPE = GUARDRAIL_SCOPE  # the names the compiler declares for `check` and `message`
 ACTION_RANK: Mapping[str, int] = {"allow": 0, "warn": 1, "redact": 2, "retry": 3, "escalate": 4, "deny": 5}
 DEFAULT_MAX_RETRIES = 2
-_OWN: Any = object()  # an entry's `principal` when it reads the run's own (`GuardrailSet.for_child`)
+View = Callable[[], Mapping[str, Any]]  # what a rule reads of the run that declared it (`_Entry.declared`)
 
 
 # --- budgets -------------------------------------------------------------------------------------------
@@ -285,9 +285,10 @@ class _Entry:
     validator: Any = None
     setup_error: str | None = None  # fails closed at every evaluation
     generation: int = 0  # 0: this run's rule; n: inherited from the run n levels up (`for_child`)
-    # What `principal` is to the rule: the run's that declared it (a child file may describe the
-    # principal otherwise, for its own rules only); `_OWN`: the evaluating run's.
-    principal: Any = _OWN
+    # An inherited rule reads the `principal`, `input`, `vars` and `run` of the run that declared it,
+    # not the child's (a child file may describe the principal otherwise, or set a variable a parent's
+    # rule reads, for its own rules only). None: the evaluating run's own.
+    declared: View | None = None
 
 
 def _prepare(item: Any, level: str, budget: Budget) -> _Entry:
@@ -338,36 +339,34 @@ class GuardrailSet:
         level: str,
         budget: Budget | None = None,
         ledger: RetryLedger | None = None,
-        principal: Mapping[str, Any] | None = None,
+        declared: View | None = None,
         generation: int = 0,
     ) -> GuardrailSet:
         """A set with `rules` added as an inner level (step, tool); the outer rules all stay. Give the
         budget that level counts in (a tool's budget must live as long as the run); a fresh one
         otherwise. The new set has a fresh retry ledger unless one is given. Rules a run above declared
-        (a tool's, inherited by a child run) give their `generation` and the `principal` they read."""
+        (a tool's, inherited by a child run) give their `generation` and what they read of that run."""
         new = GuardrailSet(rules, level=level, budget=budget, ledger=ledger, _entries=self._entries)
-        if principal is not None or generation:
-            pin = _OWN if principal is None else dict(principal)
+        if declared is not None or generation:
             added = new._entries[len(self._entries) :]
             new._entries = (
                 *self._entries,
-                *(replace(e, generation=generation, principal=pin) for e in added),
+                *(replace(e, generation=generation, declared=declared) for e in added),
             )
         new._budgets = tuple(dict.fromkeys([*self._budgets, new.budget]))
         return new
 
-    def for_child(self, principal: Mapping[str, Any] | None = None) -> GuardrailSet:
+    def for_child(self, declared: View | None = None) -> GuardrailSet:
         """These rules as a child run inherits them: the same budgets (the child's calls count in
-        them), one generation further up, and a fresh retry ledger. `principal` (a binding; None: not
-        pinned) is what `principal` stays for this run's own rules in the child: the principal as this
-        run knows it, whatever the child's file declares of a name."""
-        pin = _OWN if principal is None else dict(principal)
+        them), one generation further up, and a fresh retry ledger. `declared` (None: not pinned) is
+        what this run's own rules keep reading in the child: this run's principal as it knows it, and
+        its input, vars and run, whatever the child's file declares or sets."""
         new = GuardrailSet(
             _entries=[
                 replace(
                     e,
                     generation=e.generation + 1,
-                    principal=pin if e.principal is _OWN else e.principal,
+                    declared=declared if e.declared is None else e.declared,
                 )
                 for e in self._entries
             ]
@@ -484,8 +483,8 @@ def _applies(rule: model.Guardrail, hook: str, tool: Any, steps: set[str]) -> bo
 
 def _bindings(entry: _Entry, context: Mapping[str, Any]) -> dict[str, Any]:
     out = {name: context.get(name) for name in SCOPE}
-    if entry.principal is not _OWN:
-        out["principal"] = entry.principal
+    if entry.declared is not None:
+        out.update(entry.declared())
     if out["usage"] is None:
         out["usage"] = entry.budget.usage()
     return out

@@ -1,10 +1,12 @@
 """A child workflow (a `workflow:` tool an agent calls) must not widen what its caller was allowed
 (spec §10.3, §13.13): neither by describing the run's principal with more roles than the parent gave it,
-nor by rebinding a granted tool to another request, nor by leaving out the parent's rules of that tool.
+nor by rebinding a granted tool to another request, nor by leaving out the parent's rules of that tool,
+nor by setting a variable or input the parent's grants and rules read.
 Real `charter` processes on a real SQLite file; HTTP tools against a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -402,3 +404,100 @@ def test_a_child_cannot_pick_the_credentials_its_parents_tool_sends(
     assert server.headers == []  # no request was made
     (denied,) = events(tmp_path, child_of(tmp_path, run_json(proc)["run_id"]), "authz.decided")
     assert denied["decision"] == "deny" and "parent run's chain may not" in denied["reason"]
+
+
+# The parent's grant reads its own `vars`: `bot` may call `admin` only in admin mode. The variable is
+# the parent's: a child file that declares a variable of the same name widens nothing.
+PARENT_READS_VARS = """\
+charter: "1.0"
+name: parent
+tools:
+  admin: {{python: "kidtools:admin", effect: write}}
+  child: {{workflow: child.yaml, effect: write}}
+identities:
+  bot: {{kind: agent}}
+vars: {{mode: user}}
+grants:
+  - {{id: bot-child, to: bot, tools: [child]}}
+  - {{id: bot-admin, to: bot, tools: [admin], when: 'vars.mode == "admin" && input.level > 2'}}
+steps:
+  - {{id: mode, set: {{mode: {mode}}}}}
+  - {{id: delegate, tool: child, identity: bot, args: {{level: 5}}}}
+"""
+
+CHILD_SETS_VARS = """\
+charter: "1.0"
+name: child
+tools:
+  admin: {{python: "kidtools:admin", effect: write}}
+identities:
+  bot: {{kind: agent}}
+vars: {{mode: {mode}}}
+input: {{type: object}}
+grants:
+  - {{id: child-all, to: bot, tools: ["*"]}}
+steps:
+{wait}  - {{id: act, tool: admin, args: {{what: everything}}}}
+"""
+
+WAIT = "  - {id: ok, approval: {message: go on?}}\n"
+
+
+@pytest.mark.parametrize(
+    ("parent_mode", "level", "child_mode", "allowed"),
+    [("user", 3, "admin", False), ("admin", 1, "admin", False), ("admin", 3, "user", True)],
+    ids=["child-sets-the-variable", "child-has-the-input", "parent-set-it"],
+)
+@pytest.mark.parametrize("waits", [False, True], ids=["at-once", "after-an-approval"])
+def test_a_parents_grant_reads_the_parents_vars_and_input_not_the_childs(
+    tmp_path: Path, parent_mode: str, level: int, child_mode: str, allowed: bool, waits: bool
+) -> None:
+    """`vars` and `input` in the parent's grant are the parent's (the child's input has level 5). After
+    an approval the child is continued with the parent rebuilt from its log: its vars are then the
+    initial ones with the `set` steps the log records applied."""
+    project(
+        tmp_path,
+        {
+            "wf.yaml": PARENT_READS_VARS.format(mode=parent_mode),
+            "child.yaml": CHILD_SETS_VARS.format(mode=child_mode, wait=WAIT if waits else ""),
+        },
+    )
+    code, result = run(tmp_path, "--input", json.dumps({"level": level}))
+    if waits:
+        assert code == 3, result
+        proc = charter("approve", child_of(tmp_path, result["run_id"]), "ok", "--as", "bob", cwd=tmp_path)
+        assert "Traceback" not in proc.stderr, describe(proc)
+        code = proc.returncode
+    assert code == (0 if allowed else 1)
+    assert len(calls(tmp_path)) == (1 if allowed else 0)
+    decided = events(tmp_path, child_of(tmp_path, result["run_id"]), "authz.decided")
+    assert decided[-1]["decision"] == ("allow" if allowed else "deny"), decided
+
+
+# The parent's rule on `admin` reads its own `vars` too.
+PARENT_RULE_READS_VARS = """\
+charter: "1.0"
+name: parent
+tools:
+  admin: {python: "kidtools:admin", effect: write}
+  child: {workflow: child.yaml, effect: write}
+identities:
+  bot: {kind: agent}
+vars: {mode: user}
+grants:
+  - {id: bot-all, to: bot, tools: [child, admin]}
+guardrails:
+  - {id: admin-mode, on: tool.input, tools: [admin], check: 'vars.mode == "admin"', action: deny}
+steps:
+  - {id: delegate, tool: child, identity: bot, args: {}}
+"""
+
+
+def test_a_parents_rule_reads_the_parents_vars_not_the_childs(tmp_path: Path) -> None:
+    child = CHILD_SETS_VARS.format(mode="admin", wait="")
+    project(tmp_path, {"wf.yaml": PARENT_RULE_READS_VARS, "child.yaml": child})
+    code, result = run(tmp_path)
+    assert code == 1, result
+    assert calls(tmp_path) == []
+    trips = events(tmp_path, child_of(tmp_path, result["run_id"]), "guardrail.evaluated")
+    assert [(t["rule"], t["action"]) for t in trips] == [("admin-mode", "deny")]
