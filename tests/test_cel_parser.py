@@ -76,6 +76,8 @@ def test_string_and_bytes_literals(source: str, value: object) -> None:
         ("9223372036854775808", "out of range"),
         ("-9223372036854775809", "out of range"),
         ("18446744073709551616u", "out of range"),
+        ("1e309", "double literal out of range"),
+        ("-1.8e308", "double literal out of range"),
         ('"\\s"', "invalid escape"),
         ('"\\uD83D"', "invalid unicode"),
         ('"\\U00110000"', "invalid unicode"),

@@ -482,7 +482,10 @@ class _Builder(Transformer):
                 raise _Fail(f"unsigned integer literal out of range: {text}", off)
             return ast.Literal(off, UInt(value))
         if kind == "FLOAT":
-            return ast.Literal(off, float(text))
+            value = float(text)
+            if value in (_INF, -_INF):  # 1e309: beyond the largest double, as cel-go rejects it
+                raise _Fail(f"double literal out of range: {text}", off)
+            return ast.Literal(off, value)
         if kind in ("STRING", "RAW_STRING"):
             return ast.Literal(off, _string_literal(tok))
         if kind == "TRUE":
@@ -493,6 +496,7 @@ class _Builder(Transformer):
 
 
 _KEYWORDS = frozenset(("true", "false", "null", "in"))
+_INF = float("inf")
 
 
 def _check_selector(tok: Token) -> None:
