@@ -141,10 +141,11 @@ class ExecutionGraph:
                 if rule.steps is None or ids.intersection(rule.steps):
                     yield declared_by, rule
 
-    def locate(self, where: tuple[str | int, ...], source: str, offset: int = 0) -> str | None:
+    def locate(self, where: tuple[str | int, ...], source: str | None, offset: int = 0) -> str | None:
         """ "file:line:col" of character `offset` of the expression `source` written in the value at
         `where` (a step: in its own fields, not in its nested steps), for errors found at run time;
-        None when it is not there. The file is read again from `source` only when this is asked."""
+        None when it is not there. Without `source` (an error of the value, not of one expression in
+        it): where the value's key is. The file is read again from `source` only when this is asked."""
         if not self._document:
             from dsl.loader import load_text
 
@@ -152,6 +153,9 @@ class ExecutionGraph:
         doc = self._document[0]
         if doc is None:
             return None
+        if source is None:
+            line, column = doc.key_position(where)
+            return f"{self.file}:{line}:{column}"
         value: Any = doc.data
         for key in where:
             try:

@@ -102,13 +102,15 @@ def _expression_error(
     exc: Exception, what: str, graph: Any = None, at: tuple[str | int, ...] | None = None
 ) -> StepError:
     """A run-time expression error, placed in the file (`at`: the step or field it is written in)."""
-    place = None
+    place, message = None, f"{what}: {exc}"
     if at is not None and isinstance(exc, ExpressionError) and exc.source:
         place = graph.locate(at, exc.source, exc.offset)
-    if place is None:
-        return StepError("expression", f"{what}: {exc}", type="ExpressionError", retryable=False)
-    message = f"{what}: `{exc.source.strip()}`: {exc.message}"
-    return StepError("expression", message, type="ExpressionError", retryable=False, details={"at": place})
+        if place is not None:
+            message = f"{what}: `{exc.source.strip()}`: {exc.message}"
+    elif at is not None and graph is not None:  # a value CEL cannot hand over (a double inf): its field
+        place = graph.locate(at, None)
+    details = {"at": place} if place is not None else None
+    return StepError("expression", message, type="ExpressionError", retryable=False, details=details)
 
 
 class Execution:

@@ -1688,6 +1688,25 @@ def test_runtime_expression_errors_name_the_file_position_and_the_expression(
     assert replay_run(result.run_id, store=store, graph=compiled(moved), options=OPTS).ok
 
 
+def test_a_value_cel_cannot_hand_over_is_placed_at_its_field(store: Any, workdir: Path) -> None:
+    """An initial `vars` value that evaluates but has no JSON form (a double inf) fails the run with the
+    place of the field, as an expression error inside it would."""
+    flow = write_flow(
+        workdir,
+        "inf_vars",
+        """\
+        vars: {x: "${{ 1.0 / 0.0 }}"}
+        steps:
+          - {id: a, set: {x: 1}}
+        """,
+    )
+    result = run_workflow(compiled(flow), {}, store=store, options=OPTS)
+    assert result.status == "failed" and result.error["code"] == "expression"
+    assert "inf has no JSON form" in result.error["message"]
+    line = flow.read_text().splitlines().index('vars: {x: "${{ 1.0 / 0.0 }}"}') + 1
+    assert result.error["details"]["at"] == f"{flow}:{line}:1"
+
+
 def test_an_approval_retried_on_denied_asks_again_each_attempt(store: Any, workdir: Path) -> None:
     """`retry.on: [denied]` on an approval step: a denial ends that attempt and the next one asks the
     person again (it does not reuse the denial); resume and replay find each attempt's own decision."""
