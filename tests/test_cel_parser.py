@@ -77,6 +77,10 @@ def test_string_and_bytes_literals(source: str, value: object) -> None:
         ("-9223372036854775809", "out of range"),
         ("18446744073709551616u", "out of range"),
         ("1e309", "double literal out of range"),
+        ("1" * 10_000, "integer literal out of range"),  # not Python's 4300-digit conversion limit
+        ("-" + "9" * 5000, "integer literal out of range"),
+        ("0x" + "f" * 17, "integer literal out of range"),
+        ("0x" + "f" * 5000 + "u", "unsigned integer literal out of range"),
         ("-1.8e308", "double literal out of range"),
         ('"\\s"', "invalid escape"),
         ('"\\uD83D"', "invalid unicode"),
@@ -89,6 +93,11 @@ def test_string_and_bytes_literals(source: str, value: object) -> None:
 def test_bad_literals(source: str, message: str) -> None:
     with pytest.raises(ExpressionSyntaxError, match=message):
         parse(source)
+
+
+def test_leading_zeros_do_not_count_against_the_range() -> None:
+    assert lit("0000000000000000000000009223372036854775807") == 9223372036854775807
+    assert lit("0x00000000000000000000FFFFFFFFFFFFFFFFu") == UInt(18446744073709551615)
 
 
 def test_negated_int64_min_in_parens_is_an_evaluation_matter() -> None:

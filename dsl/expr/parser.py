@@ -470,14 +470,13 @@ class _Builder(Transformer):
         off = tok.start_pos
         text = str(tok)
         if kind == "INT":
-            value = int(text, 16) if text[:2] in ("0x", "0X") else int(text)
+            value = _int_literal(text, text, off)
             if value > INT64_MAX:
                 # may still be the operand of a unary minus (int64 minimum): checked in negate/_finish
                 return ast.Literal(off, _BigInt(value))
             return ast.Literal(off, value)
         if kind == "UINT":
-            body = text[:-1]
-            value = int(body, 16) if body[:2] in ("0x", "0X") else int(body)
+            value = _int_literal(text[:-1], text, off)
             if value > UINT64_MAX:
                 raise _Fail(f"unsigned integer literal out of range: {text}", off)
             return ast.Literal(off, UInt(value))
@@ -497,6 +496,17 @@ class _Builder(Transformer):
 
 _KEYWORDS = frozenset(("true", "false", "null", "in"))
 _INF = float("inf")
+
+
+def _int_literal(body: str, text: str, off: int) -> int:
+    """The value of an int or uint literal's digits. More than 20 significant digits are out of any
+    range (and Python refuses to convert over 4300 decimal digits): reported before converting."""
+    hexadecimal = body[:2] in ("0x", "0X")
+    digits = (body[2:] if hexadecimal else body).lstrip("0")
+    if len(digits) > (16 if hexadecimal else 20):
+        kind = "unsigned integer" if text.endswith(("u", "U")) else "integer"
+        raise _Fail(f"{kind} literal out of range: {text[:24]}... ({len(text)} characters)", off)
+    return int(body, 16) if hexadecimal else int(body)
 
 
 def _check_selector(tok: Token) -> None:
