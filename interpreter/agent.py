@@ -644,7 +644,9 @@ class StepCall:
                 _refuse_masked(self, screened[1], recorded.completed)
             return screened
         model = await runtime(ex).model(self.spec.model)
-        request = _with_model(request, model)
+        # The provider is a third party the log's masking does not cover: it gets the messages as the log
+        # records them, a declared secret masked (one a prompt's vars read, one a tool's result echoed).
+        request = _with_model(request, model, messages=logged)
         ids = {"attempt": self.attempt, "call": self.calls, "step": self.node.id, "turn": self.calls}
         ex.emit(
             s.MODEL_CALLED,
@@ -661,7 +663,11 @@ class StepCall:
             },
             self.actor,
         )
-        await ex.durable()  # what the run did so far is in the log before the provider is paid
+        await ex.durable()  # the steps this call follows are committed (durability "full")
+        # ...and what this execution did since its last answer: the results of the tool calls the model
+        # is about to read (a crash during a long model call must not make resume call them again) and
+        # this call itself, in flight, before the provider is paid.
+        await ex.commit_write()
         t0 = time.perf_counter()
         try:
             response = await model.provider.complete(request)
@@ -786,8 +792,11 @@ class StepCall:
             return f"error: {error.message}", True
         if verdict.action in ("deny", "retry"):
             return "refused: the result was withheld: " + _refusal(verdict).removeprefix("refused: "), True
-        # A secret in a result (a server echoing a token) reaches the model provider no more than the log.
-        return self.guard.mask(result if isinstance(result, str) else _json(result)), False
+        # A secret in a result (a server echoing a token) reaches the model provider no more than the log:
+        # masked in the value, before JSON escapes a quote or a backslash in it and the text no longer
+        # holds the secret as it is.
+        masked = self.guard.mask(result)
+        return masked if isinstance(masked, str) else _json(masked), False
 
     def _screen_result(self, name: str, args: dict[str, Any], result: Any, occurrence: str) -> Any:
         """The tool.output rules' verdict on a result; its `value` is the result as the log and the model
@@ -900,10 +909,14 @@ def _redacted(response: ModelResponse, value: Any, schema: Any) -> ModelResponse
     return replace(response, text=value if isinstance(value, str) else json.dumps(value))
 
 
-def _with_model(request: ModelRequest, model: _Model) -> ModelRequest:
+def _with_model(request: ModelRequest, model: _Model, *, messages: list[dict[str, Any]]) -> ModelRequest:
+    """The request as the provider gets it: its model's name, and each message with the text and tool
+    arguments of `messages` (their records as logged, secrets masked); what identifies things (roles,
+    tool call ids and names, thinking blocks) stays as it was (`_masked`)."""
     from dataclasses import replace
 
-    return replace(request, model=model.model)
+    sent = tuple(_masked(message, record) for message, record in zip(request.messages, messages, strict=True))
+    return replace(request, model=model.model, messages=sent)
 
 
 def _refuse_masked(step: StepCall, then: _Next, completed: dict[str, Any]) -> None:

@@ -139,9 +139,7 @@ class OpenAIProvider:
         message = choices[0].get("message")
         if not isinstance(message, dict):
             raise bad("the first choice has no message")
-        text = message.get("content")
-        if text is not None and not isinstance(text, str):
-            raise bad(f"message content is not a string: {text!r:.100}")
+        text = _content_text(message.get("content"), bad)
         # A cut-off answer is never a final answer nor a tool call with half its arguments.
         finish = choices[0].get("finish_reason")
         if finish == "length":
@@ -153,7 +151,10 @@ class OpenAIProvider:
             raise bad("the provider's content filter withheld the answer (finish_reason content_filter)")
         if isinstance(message.get("refusal"), str) and message["refusal"]:
             raise bad(f"the model refused to answer: {message['refusal']:.200}")
-        calls = tuple(_tool_call(c, i, bad) for i, c in enumerate(message.get("tool_calls") or ()))
+        raw_calls = message.get("tool_calls") or []
+        if not isinstance(raw_calls, list):  # iterating a number or a string would crash, not fail the call
+            raise bad(f"the message's tool_calls is not a list: {raw_calls!r:.100}")
+        calls = tuple(_tool_call(c, i, bad) for i, c in enumerate(raw_calls))
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         parsed = parse_structured(text) if request.response_schema is not None and not calls else NOT_JSON
         if parsed is not NOT_JSON and _wraps(request.response_schema, schema_mode):
@@ -190,6 +191,19 @@ def _message(message: Message) -> dict[str, Any]:
             for c in message.tool_calls
         ]
     return out
+
+
+def _content_text(content: Any, bad: Any) -> str | None:
+    """The answer's text. Some compatible servers answer with a list of content parts, as requests may
+    send them (`[{"type": "text", "text": ...}]`): their text is the answer; any other shape is not one."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise bad(f"message content is not a string: {content!r:.100}")
 
 
 def _tool_call(raw: Any, index: int, bad: Any) -> ToolCall:
