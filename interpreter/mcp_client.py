@@ -80,6 +80,57 @@ class McpArgumentError(McpError):
     """The arguments do not match the tool's input schema, or the tool does not exist."""
 
 
+class McpEnvError(McpError):
+    """A server's `env` sets a variable that would make it run code its allowance does not name."""
+
+
+# Variables that choose what code a started program runs, besides its command: the program found on
+# PATH, the dynamic loader's preloads and search paths, an interpreter's startup hooks and import paths
+# (Python imports `sitecustomize` from PYTHONPATH before any module; Node, Perl, Ruby and the JVM take
+# options that load code). A workflow file's `env` setting one would run code the user never allowed
+# (spec §8.3: a command is started only when the user allowed it), so they are refused.
+_CODE_LOADING_ENV = frozenset(
+    {
+        "PATH",
+        "BASH_ENV",
+        "ENV",
+        "GCONV_PATH",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "CLASSPATH",
+        "JAVA_TOOL_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "_JAVA_OPTIONS",
+        "RUBYOPT",
+        "RUBYLIB",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+    }
+)
+_CODE_LOADING_PREFIXES = ("LD_", "DYLD_", "PYTHON")
+# PYTHON* variables that only change how the interpreter runs, never what it runs.
+_HARMLESS_PYTHON_ENV = frozenset(
+    {"PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED"}
+)
+
+
+def _check_env(label: str, env: tuple[tuple[str, str], ...]) -> None:
+    """Refuse (McpEnvError) a stdio server environment that chooses the code the server runs."""
+    refused = sorted(
+        name
+        for name, _ in env
+        if name.upper() in _CODE_LOADING_ENV
+        or (name.upper().startswith(_CODE_LOADING_PREFIXES) and name.upper() not in _HARMLESS_PYTHON_ENV)
+    )
+    if refused:
+        raise McpEnvError(
+            f"{label}: its env sets {', '.join(refused)}, which would make it run code other than the "
+            "allowed command; a workflow file cannot set it (a server that needs it is started by a "
+            "script of its own, which the user allows)"
+        )
+
+
 @dataclass(frozen=True)
 class McpServerConfig:
     """How to reach one server: `command` (stdio) or `url` (streamable HTTP). Hashable: the pool keys
@@ -95,6 +146,8 @@ class McpServerConfig:
             raise McpError("an MCP server needs exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
         if self.command is not None and not self.command:
             raise McpError("an MCP server's 'command' is empty")
+        if self.command is not None:
+            _check_env(self.label, self.env)
 
     @classmethod
     def create(
@@ -369,12 +422,18 @@ class McpConnection:
     ) -> McpResult:
         """Call `tool` with validated `arguments`. Raises McpArgumentError, McpToolError, McpServerError."""
         self._check_alive()
-        info = self.tools.get(tool)
-        if info is None:
-            have = ", ".join(sorted(self.tools)) or "none"
-            raise McpArgumentError(f"{self.config.label} has no tool {tool!r}; its tools: {have}")
-        _validate(self.config.label, info, arguments)
         limit = self.call_timeout if timeout is None else timeout
+        info = self.tools.get(tool)
+        if info is None or not _fits(info, arguments):
+            # A server may change its tools while it runs (MCP's tools/list_changed): the list taken at
+            # the start may lack a tool added since, or hold an older schema. Asked again once before
+            # the call is refused for good (a refusal no retry changes).
+            await self.refresh(timeout=limit)
+            info = self.tools.get(tool)
+            if info is None:
+                have = ", ".join(sorted(self.tools)) or "none"
+                raise McpArgumentError(f"{self.config.label} has no tool {tool!r}; its tools: {have}")
+            _validate(self.config.label, info, arguments)
         call = asyncio.ensure_future(self._session.call_tool(tool, dict(arguments)))
         died = asyncio.ensure_future(self._dead.wait())
         try:
@@ -408,6 +467,17 @@ class McpConnection:
         # ends it, and then says what else the server wrote.
         meanwhile = f"; meanwhile the server {self._not_mcp_reason()}" if self._not_mcp else ""
         raise McpTimeoutError(f"{where}: no answer within {limit:g}s{meanwhile}")
+
+    async def refresh(self, *, timeout: float | None = None) -> None:
+        """List the server's tools again (within `timeout`, default the call timeout). A server that
+        does not answer keeps the list it had: the call that follows then fails with its own reason."""
+        self._check_alive()
+        limit = self.call_timeout if timeout is None else timeout
+        try:
+            listed = await asyncio.wait_for(self._session.list_tools(), _seconds(limit))
+        except Exception:  # noqa: BLE001 - a dead or slow server is reported by the call, not here
+            return
+        self.tools = {t.name: _tool_info(t) for t in listed.tools}
 
     def _lost(self, reason: str) -> None:
         """The transport is gone or unusable (the SDK keeps the session open): fail later calls of this
@@ -553,7 +623,13 @@ class McpClientPool:
     async def list_tools(
         self, config: McpServerConfig, *, startup_timeout: float | None = None
     ) -> list[McpToolInfo]:
-        return list((await self.connection(config, startup_timeout=startup_timeout)).tools.values())
+        """The server's tools as it lists them now: a session started earlier in the run asks again,
+        since a server may change its tools while it runs (an agent step is offered what is there)."""
+        started = self._connections.get(config)
+        connection = await self.connection(config, startup_timeout=startup_timeout)
+        if connection is started:
+            await connection.refresh(timeout=startup_timeout)
+        return list(connection.tools.values())
 
     async def call(
         self,
@@ -599,6 +675,14 @@ def _tool_info(tool: Any) -> McpToolInfo:
         input_schema=dict(schema),
         output_schema=dict(output) if isinstance(output, Mapping) else None,
     )
+
+
+def _fits(info: McpToolInfo, arguments: Mapping[str, Any]) -> bool:
+    """Whether `arguments` satisfy the tool's input schema as last listed (an invalid schema: no)."""
+    try:
+        return not schemas.errors(info.input_schema, dict(arguments))
+    except SchemaError:
+        return False
 
 
 def _validate(label: str, info: McpToolInfo, arguments: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ from interpreter.mcp_client import (  # noqa: E402
     McpArgumentError,
     McpClientPool,
     McpConnection,
+    McpError,
     McpServerConfig,
     McpServerError,
     McpToolError,
@@ -433,3 +434,99 @@ def test_a_run_against_a_server_answering_garbage_fails_clearly_without_a_traceb
         "answered with something that is not MCP (JSON-RPC): 'this is not json-rpc'"
         in proc.stdout + proc.stderr
     )
+
+
+# A server whose tools change while it runs: `open_door` adds the tool `door` (and the server tells its
+# clients, as MCP's tools/list_changed does); `reshape` replaces `door` by one that takes `key`.
+CHANGING_SERVER = '''
+try:
+    from mcp.server.mcpserver import MCPServer as Server
+except ImportError:
+    from mcp.server.fastmcp import FastMCP as Server
+
+server = Server("changing")
+
+
+def door(name: str) -> str:
+    """Walk through the door."""
+    return f"welcome, {name}"
+
+
+def keyed_door(key: int) -> str:
+    """Walk through the door, with its key."""
+    return f"unlocked with {key}"
+
+
+@server.tool()
+def open_door() -> str:
+    """Add the tool `door`."""
+    server.add_tool(door, name="door")
+    return "opened"
+
+
+@server.tool()
+def reshape() -> str:
+    """Make `door` take a key instead of a name."""
+    server.remove_tool("door")
+    server.add_tool(keyed_door, name="door")
+    return "reshaped"
+
+
+server.run("stdio")
+'''
+
+
+def test_a_tool_the_server_adds_or_changes_while_it_runs_is_called(tmp_path: Path) -> None:
+    """The tool list taken when the server started lacks a tool it added since, or has the schema it
+    had then: the client lists the tools again before refusing a call for good (a refusal no retry
+    changes), and a later listing (an agent step's tools) shows the server's tools as they are now."""
+    script = tmp_path / "changing_server.py"
+    script.write_text(CHANGING_SERVER, encoding="utf-8")
+    config = McpServerConfig.create(command=[sys.executable, str(script)])
+
+    async def body(pool: McpClientPool) -> Any:
+        assert sorted(t.name for t in await pool.list_tools(config)) == ["open_door", "reshape"]
+        await pool.call(config, "open_door", {})
+        added = await pool.call(config, "door", {"name": "dana"})
+        listed = sorted(t.name for t in await pool.list_tools(config))
+        await pool.call(config, "reshape", {})
+        reshaped = await pool.call(config, "door", {"key": 7})
+        with pytest.raises(McpArgumentError, match="has no tool 'window'"):
+            await pool.call(config, "window", {})
+        return added.value, listed, reshaped.value
+
+    assert with_pool(body) == ("welcome, dana", ["door", "open_door", "reshape"], "unlocked with 7")
+
+
+def test_a_server_env_that_would_load_other_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    """The allowance names the server's module; a workflow file's `env` must not make Python import other
+    code first (PYTHONPATH to the workflow's folder, whose sitecustomize.py Python imports at startup):
+    the call fails, naming the variable, and that code never runs."""
+    marker = tmp_path / "ran"
+    (tmp_path / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    proc = run_flow(
+        tmp_path,
+        f"""
+        charter: "1.0"
+        name: mcp-env
+        tools:
+          add:
+            mcp: {{command: [python, -m, tests.fixtures.mcp_server], env: {{PYTHONPATH: "{tmp_path}"}}}}
+            effect: read
+        steps:
+          - {{id: call, tool: add, args: {{a: 1, b: 2}}}}
+        """,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "its env sets PYTHONPATH, which would make it run code other than the allowed command" in (
+        proc.stdout + proc.stderr
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["PATH", "LD_PRELOAD", "ld_library_path", "PYTHONSTARTUP", "NODE_OPTIONS"])
+def test_code_loading_variables_are_refused_in_a_stdio_servers_env(name: str) -> None:
+    with pytest.raises(McpError, match=f"its env sets {name}"):
+        McpServerConfig.create(command=["docs-server"], env={name: "/tmp/elsewhere", "DOCS_TOKEN": "t"})
+    # what only tunes the interpreter is fine
+    McpServerConfig.create(command=["docs-server"], env={"PYTHONUNBUFFERED": "1", "DOCS_TOKEN": "t"})
