@@ -88,11 +88,13 @@ def build_policy(
     found = _pyproject_allowances(cwd)
     if found is not None:
         allowances += [Allowance(m, found[0]) for m in found[1]]
-    roots: list[Path] = []
+    # The project you run from comes first: a module of an allowed name that a shared workflow file
+    # brings along (beside it, or in its own project) must not replace the project's. The file's
+    # folders are searched last, for a module only they hold (the file's own tools, in the project).
+    roots: list[Path] = [cwd]
     root = project_root(workflow_file)
     if root is not None:
         roots.append(root)
     if workflow_file is not None:
         roots.append(Path(workflow_file).resolve().parent)
-    roots.append(cwd)
     return ModulePolicy(tuple(allowances), tuple(dict.fromkeys(roots)))

@@ -188,6 +188,12 @@ def find_module_file(module: str, roots: list[Path]) -> Path | None:
     return None
 
 
+def _module_root(module: str, roots: list[Path]) -> Path | None:
+    """The first of `roots` that `-m module` run there would import it from (its top-level name)."""
+    top = module.split(".")[0]
+    return next((r for r in roots if (r / f"{top}.py").is_file() or (r / top).is_dir()), None)
+
+
 def code_digest(target: str, roots: list[Path]) -> str | None:
     """SHA-256 of the source of a tool function (the whole module when the function's definition is not
     found), read without importing: replay compares it to tell that a tool's code changed."""
@@ -313,10 +319,11 @@ def resolve_python(name: str, target: str, policy: ModulePolicy) -> PythonTool:
     parsed = PythonTarget.parse(target)
     allowance = policy.check(parsed.module, name)
     roots = policy.import_roots(allowance)
-    for root in reversed(roots):
+    for root in reversed(roots):  # first on sys.path in the policy's order, wherever they were before
         text = str(root)
-        if text not in sys.path:
-            sys.path.insert(0, text)
+        if text in sys.path:
+            sys.path.remove(text)
+        sys.path.insert(0, text)
     try:
         obj: Any = importlib.import_module(parsed.module)
         for part in parsed.qualname.split("."):
@@ -650,8 +657,8 @@ def mcp_command(
     if _PYTHON.match(Path(program).name) and rest:
         if rest[0] == "-m" and len(rest) >= 2:
             allowance = policy.check(rest[1], tool)
-            root = policy.import_roots(allowance)[0]
-            return [sys.executable, *rest], str(root)
+            roots = policy.import_roots(allowance)
+            return [sys.executable, *rest], str(_module_root(rest[1], roots) or roots[0])
         if rest[0].endswith(".py"):
             for root in policy.roots:
                 script = (root / rest[0]).resolve()
