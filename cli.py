@@ -191,7 +191,7 @@ def _db_option(fn):  # type: ignore[no-untyped-def]
 
 
 def _open_store(db: str | None, durability: str = "normal", create: bool = False):  # type: ignore[no-untyped-def]
-    """The event log; only `run` and `wake` may create it (elsewhere a missing file is a mistyped --db)."""
+    """The event log; only `run` may create it (elsewhere a missing file is a mistyped --db)."""
     from interpreter.store import StoreError, StoreLockedError, open_store
 
     if db:
@@ -1079,7 +1079,7 @@ def wake(
         raise click.BadParameter(
             f"not a positive duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
         ) from None
-    store = _open_store(db, create=True)
+    store = _open_store(db)  # a missing file is a mistyped --db: an empty new log would wait for nothing
     options = _options(None, None, allow_modules, "normal", quiet=True, models=models)
     if not watch:
         woken = _guarded(lambda: _wake_once(store, options, as_json))

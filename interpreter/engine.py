@@ -38,6 +38,7 @@ from dsl.expr import ExpressionError
 from dsl.model import parse_duration
 from interpreter import store as s
 from interpreter.enforcement import EscalationRequired, RunGuard, approvals_from_records, policy_error
+from interpreter.hashing import NotCanonicalizable, canonical_json
 from interpreter.leases import given_up
 from interpreter.loop import interrupted_by, run_coroutine
 from interpreter.policy import ModulePolicy, PolicyError, build_policy
@@ -1268,6 +1269,10 @@ async def start_run(
         outer=outer,
         inherited=inherited,
     )
+    try:
+        canonical_json(inputs)  # before comparing: a NaN is unequal to itself, and no secret
+    except NotCanonicalizable as exc:
+        raise InputError(f"the input is not JSON: {exc}") from None
     if guard.mask(inputs) != inputs:
         # The log keeps a run's input, and a resumed, replayed or forked run reads it back from there:
         # a secret in it would be either in clear in the log or [REDACTED] for what runs later.

@@ -87,6 +87,20 @@ def test_exit_codes_for_bad_input_file_and_module(tmp_path: Path) -> None:
     assert no_approver.returncode == 2 and "--as needs the name" in no_approver.stderr
 
 
+@pytest.mark.parametrize("given", ["NaN", '{"a": NaN}', '{"a": [Infinity]}'])
+def test_an_input_json_cannot_hold_is_refused_as_not_json(tmp_path: Path, given: str) -> None:
+    """Python's json reads NaN and Infinity; JSON has no such numbers, and the log could not keep them.
+    The run is refused as such (a NaN, unequal to itself, once read as a declared secret)."""
+    flow = tmp_path / "echo.yaml"
+    flow.write_text(
+        'charter: "1.0"\nname: echo\noutput: {x: "${{ input }}"}\nsteps:\n  - {id: a, if: "false", fail: {message: no}}\n'
+    )
+    proc = charter("run", str(flow), "--input", given, "--db", str(tmp_path / "c.db"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "the input is not JSON" in proc.stderr and "secret" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_what_cannot_be_set_up_is_refused_before_the_run_starts(tmp_path: Path) -> None:
     """A python tool that does not load, or a model that cannot be built, exits 2 and creates no run."""
     routing = (EXAMPLES / "routing.yaml").read_text(encoding="utf-8")
@@ -420,7 +434,8 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
 
 def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
     commands = (["resume", "NOPE"], ["log", "NOPE"], ["verify", "NOPE"], ["replay", "NOPE"], ["runs"])
-    for command in commands:  # no event log yet: said so, and none is created by reading
+    # no event log yet: said so, and none is created by reading, nor by `wake` (a mistyped --db)
+    for command in (*commands, ["wake"], ["wake", "--watch"]):
         proc = charter(*command, cwd=tmp_path)
         assert proc.returncode == 2 and "no event log at" in proc.stderr, proc.stderr
         assert not (tmp_path / "charter.db").exists()

@@ -186,7 +186,7 @@ def test_reading_a_charter_log_does_not_change_it(tmp_path: Path) -> None:
     assert _state(db) == before and _journal_mode(db) == "wal"
 
 
-# -- writing commands: run and wake check before they create ----------------------------------------
+# -- run checks before it creates; wake checks too (it never creates) ----------------------------------------
 
 
 @pytest.mark.parametrize(
