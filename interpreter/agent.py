@@ -69,7 +69,7 @@ class Usage:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         if cost is not None:
-            self.cost = (self.cost or 0.0) + cost
+            self.cost = round((self.cost or 0.0) + cost, 12)  # as budgets sum it (guardrails.Budget)
         self.latency_ms += latency_ms
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def usage_of(ex: Any) -> dict[str, Any]:
         total.output_tokens += live.output_tokens
         total.latency_ms += live.latency_ms
         if live.cost is not None:
-            total.cost = (total.cost or 0.0) + live.cost
+            total.cost = round((total.cost or 0.0) + live.cost, 12)
     return total.to_dict()
 
 

@@ -126,7 +126,9 @@ class Budget:
         """The tokens and cost of a model call already counted (when its check passed)."""
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
-        self.cost += cost
+        # Rounded below a millionth of a cent: float sums drift (0.1 + 0.2 is 0.30000000000000004),
+        # and a budget of 0.3 spent by calls of 0.1 and 0.2 must not count as exceeded.
+        self.cost = round(self.cost + cost, 12)
 
     @property
     def tokens(self) -> int:

@@ -375,6 +375,17 @@ def test_model_budgets_tokens_cost_and_calls() -> None:
     assert budget.usage()["tokens"] == 1100 and budget.usage()["model_calls"] == 3
 
 
+def test_a_cost_budget_spent_exactly_is_not_exceeded() -> None:
+    """0.1 + 0.2 is 0.30000000000000004 in floats: calls costing 0.1 and 0.2 spend a max_cost of 0.3
+    exactly -- the answer is kept (not over the limit), and the next call is refused (reached)."""
+    rules = GuardrailSet([rule(id="cost", limits={"max_cost": 0.3})])
+    rules.record_model_call(10, 10, 0.1)
+    rules.record_model_call(10, 10, 0.2)
+    assert rules.evaluate("model.output", {"output": "x"}).action == "allow"
+    verdict = rules.evaluate("model.input", {})
+    assert verdict.action == "deny" and "reached max_cost 0.3" in (verdict.message or "")
+
+
 def test_wall_time_budget_with_injected_clock() -> None:
     clock = FakeClock()
     rules = GuardrailSet([rule(id="time", limits={"timeout": "30s"})], budget=Budget(clock))
