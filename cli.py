@@ -1012,8 +1012,10 @@ def approve(
 
     The decided run is continued, then every run above it that waits for it; what is reported is the
     top-level run: its output, and its exit status as `charter resume` (0 completed, 1 failed, 3 still
-    waiting); 4: the decision was recorded, and the process executing the run (or a run above it)
-    right now continues with it; 130/143 stopped by Ctrl-C/SIGTERM (`charter resume` continues).
+    waiting); 4: another process is in the way -- either the decision was recorded and the process
+    executing the run (or a run above it) right now continues with it, or the log was kept locked and
+    nothing was recorded (--json: status "refused", error code "busy"; approve again); 130/143 stopped
+    by Ctrl-C/SIGTERM (`charter resume` continues).
 
     \b
     Examples:
@@ -1159,7 +1161,8 @@ def cancel(run_id: str, person: str | None, reason: str | None, db: str | None) 
     run afterwards: `resume`, `approve` and `wake` refuse it.
 
     Exit status: 0 cancelled, 2 a finished run, a child run whose parent waits for it (cancel the
-    parent), an unknown run, 4 a live process executes the run (stop it first).
+    parent), an unknown run, 4 another process is in the way: a live process executes the run (stop
+    it first), or the log was kept locked (nothing was recorded; cancel again).
 
     \b
     Example:

@@ -576,3 +576,46 @@ def test_the_input_can_come_from_standard_input(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"booking": "EXP-AL-1250", "total": 12.5}
+
+
+def test_an_approval_refused_by_a_locked_log_records_nothing_and_can_be_given_again(tmp_path: Path) -> None:
+    """Exit 4 from `approve` means another process is in the way; when it kept the log locked (longer
+    than the 5 s busy timeout), --json says refused/busy, nothing was recorded, and approving again
+    once the lock is gone works."""
+    import threading
+
+    (tmp_path / "pyproject.toml").write_text('[tool.charter]\nallow-modules = ["examples.*"]\n')
+    (tmp_path / "bob.json").write_text('{"roles": ["finance"]}')
+    waiting = charter(
+        "run", str(EXAMPLES / "approval.yaml"), "--input", APPROVAL_INPUT, "--json", cwd=tmp_path
+    )
+    assert waiting.returncode == 3, waiting.stderr
+    run_id = json.loads(waiting.stdout)["run_id"]
+    db = tmp_path / "charter.db"
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(60)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        approve = ("approve", run_id, "finance_ok", "--as", "bob", "--claims", "bob.json", "--json")
+        refused = charter(*approve, cwd=tmp_path)
+    finally:
+        release.set()
+        holder.join()
+    assert refused.returncode == 4, refused.stderr
+    doc = json.loads(refused.stdout)
+    assert doc["status"] == "refused" and doc["error"]["code"] == "busy", doc
+    with sqlite3.connect(db) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM events WHERE run_id = ?", (run_id,))]
+    assert "approval.decided" not in kinds and kinds[-1] == "run.waiting"
+    again = charter(*approve, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
