@@ -317,8 +317,12 @@ def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> N
         )
     elif result.status == "waiting":
         click.echo(_waiting_text(result, approvals or []), err=True)
-    elif result.status == "running":  # e.g. its process died while a child run waited
-        click.echo(
+    elif result.status == "running":
+        holder = _live_holder(store, result.run_id)
+        if holder is not None:  # another process executes it: in the way, as for resume (exit 4)
+            click.echo(f"run {result.run_id} is executed by {holder}", err=True)
+            sys.exit(EXIT_LEASED)
+        click.echo(  # e.g. its process died while a child run waited
             f"run {result.run_id} is running, not waiting: if no process executes it any more, "
             f"continue it with: charter resume {_q(result.run_id)}{_db_hint()}",
             err=True,
@@ -326,6 +330,22 @@ def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> N
     else:
         click.echo(f"run {result.run_id} {result.status}", err=True)
     sys.exit(_EXIT.get(result.status, 1))
+
+
+def _live_holder(store, run_id: str) -> str | None:  # type: ignore[no-untyped-def]
+    """Who executes the run now (its lease's live holder, described), or None."""
+    from interpreter.leases import holder_alive
+    from interpreter.store import StoreError, utc_now
+
+    try:
+        lease = store.lease(run_id) if store is not None else None
+    except StoreError:
+        return None
+    if lease is None or not holder_alive(
+        lease.node, lease.pid, lease.proc_start, lease.expires_at, utc_now(), lease.owner
+    ):
+        return None
+    return lease.describe()
 
 
 def _approvals(store, result):  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ set up by the test, never left to timing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -614,3 +615,43 @@ def test_charter_cancel_cancels_nothing_while_a_live_process_executes_a_run_belo
             approving.communicate()
     assert {r["status"] for r in run_rows(lab.db)} == {"completed"}
     assert lab.counts() == Counter({"c": 1, "after": 1})
+
+
+PARENT_OF_A_TIMED_CHILD = """\
+charter: "1.0"
+name: parent
+steps:
+  - {id: kid, workflow: {path: kid.yaml, input: {}}}
+"""
+KID_TIMES_OUT = """\
+charter: "1.0"
+name: kid
+steps:
+  - id: ok
+    approval: {message: go on?, timeout: 1s, on_timeout: approve}
+"""
+
+
+def test_resuming_a_child_whose_top_level_run_another_process_executes_exits_4(tmp_path: Path) -> None:
+    """The child completes; its top-level run is executed by a live process elsewhere (a lease taken on
+    another machine): nothing failed, another process is in the way -- exit 4, not 1."""
+    (tmp_path / "wf.yaml").write_text(PARENT_OF_A_TIMED_CHILD)
+    (tmp_path / "kid.yaml").write_text(KID_TIMES_OUT)
+    db = tmp_path / "c.db"
+    waiting = charter("run", "wf.yaml", "--db", str(db), "--json", cwd=tmp_path)
+    assert waiting.returncode == 3, describe(waiting)
+    top = json.loads(waiting.stdout)["run_id"]
+    conn = sqlite3.connect(db)
+    (kid,) = conn.execute("SELECT run_id FROM runs WHERE parent_run_id = ?", (top,)).fetchone()
+    far = "2099-01-01T00:00:00.000000Z"
+    conn.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", (top,))
+    conn.execute(
+        "INSERT INTO run_leases VALUES (?, 'token', 'elsewhere', 'elsewhere/boot/ns', 4242, 1, ?, ?, ?)",
+        (top, far, far, far),
+    )
+    conn.commit()
+    conn.close()
+    time.sleep(1.2)  # the child's approval expires: resuming it decides it (on_timeout: approve)
+    proc = charter("resume", kid, "--db", str(db), cwd=tmp_path)
+    assert proc.returncode == 4, describe(proc)
+    assert f"run {top} is executed by pid 4242 on elsewhere" in proc.stderr, describe(proc)
