@@ -6,6 +6,7 @@ Imports of the front and back end happen inside the commands so that `charter --
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -35,7 +36,10 @@ class _Commands(click.Group):
             sys.exit(141)  # 128 + SIGPIPE, as a shell tool would
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)  # interpreter.loop.Interrupted says which
-            click.echo(f"\ninterrupted ({signal.Signals(signum).name}){_how_to_continue()}", err=True)
+            name = signal.Signals(signum).name
+            click.echo(f"\ninterrupted ({name}){_how_to_continue()}", err=True)
+            if _json_refusal and _runs_seen:  # --json: stdout still says which run to continue
+                _interrupted_json(_runs_seen[0], f"the run was interrupted ({name}){_how_to_continue()}")
             sys.exit(128 + signum)
 
 
@@ -46,6 +50,15 @@ _db_given: list[str] = []
 # Set by `run`, `resume` and `approve` given --json: a refusal (exit 2 or 4) is then a JSON document on
 # stdout too, as every outcome of theirs is, so that a script reading stdout never finds it empty.
 _json_refusal: dict[str, Any] = {}
+
+
+def _interrupted_json(run_id: str, message: str) -> None:
+    import json
+
+    error = {"code": "interrupted", "message": message}
+    out = {"run_id": run_id, "status": "interrupted", "output": None, "error": error}
+    with contextlib.suppress(OSError):  # stdout may be gone too (a closed pipe)
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
 def _how_to_continue() -> str:

@@ -163,6 +163,36 @@ def test_two_concurrent_resumes_execute_the_run_once(tmp_path: Path) -> None:
     _assert_verified(lab, run_id)
 
 
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_a_signal_still_gives_the_json_document_naming_the_run(tmp_path: Path, command: str) -> None:
+    """With --json, stdout is never empty: a run stopped by a signal is reported as interrupted, with
+    its id and how to continue it (spec §19.1)."""
+    lab = Lab(tmp_path)
+    args: tuple[str, ...] = ("run", str(FLOW))
+    if command == "resume":  # a run whose process died at b, continued and interrupted again
+        first = lab.start(*args, gate_at="b")
+        _wait_for(lambda: lab.reached() or first.poll() is not None, "the run to reach step b")
+        first.kill()
+        first.communicate(timeout=WAIT_LIMIT)
+        lab.reset_gate()  # the resume reaches b again
+        args = ("resume", run_rows(lab.db)[0]["run_id"])
+    proc = lab.start(*args, "--json", gate_at="b")
+    try:
+        _wait_for(lambda: lab.reached() or proc.poll() is not None, "the run to reach step b")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    (row,) = run_rows(lab.db)
+    doc = json.loads(out)
+    assert doc["run_id"] == row["run_id"] and doc["status"] == "interrupted" and doc["output"] is None
+    assert doc["error"]["code"] == "interrupted"
+    assert f"charter resume {row['run_id']} --db {lab.db}" in doc["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("signum", "sigint_ignored"),
     [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
