@@ -708,7 +708,9 @@ def _check_mcp(graph_, allow_modules: tuple[str, ...]) -> None:  # type: ignore[
 
 @main.command()
 @_db_option
-@click.option("--limit", default=50, show_default=True, help="How many runs.")
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="How many runs (at least 1)."
+)
 @click.option(
     "--status",
     type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]),
@@ -799,14 +801,17 @@ def log(run_id: str, db: str | None, as_json: bool) -> None:
     import json
 
     store = _open_store(db)
-    run_id = _full_run_id(store, run_id)
+    given, run_id = run_id, _full_run_id(store, run_id)
 
     def show() -> None:
+        if run_id != given and not as_json:  # a prefix: say which run it named (--json: every line does)
+            click.echo(f"run {run_id}")
         for e in store.events(run_id):
             if as_json:
                 click.echo(
                     json.dumps(
                         {
+                            "run_id": run_id,
                             "seq": e.seq,
                             "ts": e.ts,
                             "node_path": e.node_path,

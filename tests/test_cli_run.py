@@ -619,3 +619,12 @@ def test_an_approval_refused_by_a_locked_log_records_nothing_and_can_be_given_ag
     assert "approval.decided" not in kinds and kinds[-1] == "run.waiting"
     again = charter(*approve, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_runs_limit_below_one_is_a_usage_error_not_an_empty_list(tmp_path: Path) -> None:
+    flow = tmp_path / "one.yaml"
+    flow.write_text('charter: "1.0"\nname: one\nsteps:\n  - {id: a, if: "false", fail: {message: no}}\n')
+    db = str(tmp_path / "c.db")
+    assert charter("run", str(flow), "--db", db, cwd=tmp_path).returncode == 0
+    proc = charter("runs", "--limit", "0", "--db", db, cwd=tmp_path)
+    assert proc.returncode == 2 and "--limit" in proc.stderr and "no runs" not in proc.stderr + proc.stdout

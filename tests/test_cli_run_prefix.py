@@ -116,6 +116,9 @@ def test_log_by_prefix_shows_that_runs_events(finished: Pair) -> None:
     assert [(e["seq"], e["hash"]) for e in shown] == [
         (e["seq"], e["hash"]) for e in _all_events(finished.db, finished.mine)
     ]
+    assert {e["run_id"] for e in shown} == {finished.mine}  # the full id the prefix named
+    text = _charter(finished.db, "log", finished.unique)
+    assert text.returncode == 0 and text.stdout.splitlines()[0] == f"run {finished.mine}", describe(text)
 
 
 def _all_events(db: Path, run_id: str) -> list[dict[str, Any]]:
