@@ -1510,19 +1510,28 @@ async def _continue(
     file = started.get("file")
     graph = compile_source(row.workflow_source or "", file or "<stored>")
     policy, secrets, python_tools, masked = await _prepare(graph, options, file)
-    records = build_records(events)
     principal = row.principal or _principal(options)
-    guard = _guard_for(store, run_id, graph, started, principal, masked, records, parent, verified=verified)
-    restore_spent(guard, store, run_id, events, records)
-    with store.transaction() as tx:  # both or neither: a run marked running has its resume logged
-        resumed = {
-            "reason": reason,
-            "after_seq": row.head_seq,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        tx.append(run_id, s.RUN_RESUMED, "", resumed)
-        tx.set_status(run_id, "running")
+    while True:
+        records = build_records(events)
+        guard = _guard_for(
+            store, run_id, graph, started, principal, masked, records, parent, verified=verified
+        )
+        restore_spent(guard, store, run_id, events, records)
+        read = events[-1].seq if events else 0
+        with store.transaction() as tx:  # both or neither: a run marked running has its resume logged
+            # Under the lease only a decision (`approve`, `decide`) is appended by another process: one
+            # recorded since the log was read is read too, before anything is written from that view.
+            if tx.head_seq(run_id) == read:
+                resumed = {
+                    "reason": reason,
+                    "after_seq": read,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                }
+                tx.append(run_id, s.RUN_RESUMED, "", resumed)
+                tx.set_status(run_id, "running")
+                break
+        events += store.events(run_id, after_seq=read)
     execution = Execution(
         store,
         graph,

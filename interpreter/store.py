@@ -293,6 +293,10 @@ class StoreTransaction(Protocol):
 
     def append_many(self, run_id: str, events: Iterable[NewEvent]) -> list[Event]: ...
 
+    def head_seq(self, run_id: str) -> int:
+        """The run's last `seq` (0: no event yet)."""
+        ...
+
     def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None: ...
 
     def put_blob(self, data: bytes, media_type: str = "application/octet-stream") -> str: ...
@@ -514,6 +518,10 @@ class _Tx:
                 f"run {run_id}: another process took over its lease while this one executed it "
                 "(no heartbeat for too long); this process stopped"
             )
+
+    def head_seq(self, run_id: str) -> int:
+        """The run's last `seq` as this transaction sees it (under the writer lock: nobody appends meanwhile)."""
+        return self._head(run_id)[0]
 
     def flush(self) -> None:
         now = utc_now()
@@ -1191,6 +1199,9 @@ class SQLiteEventStore:
         prepared = [_prepare(e.kind, e.node_path, e.payload, e.actor, self.blob_threshold) for e in events]
         with self.transaction() as tx:
             return tx.write_many(run_id, prepared) if prepared else []
+
+    def head_seq(self, run_id: str) -> int:
+        return self.run(run_id).head_seq
 
     def set_status(self, run_id: str, status: str, *, output: Any = _UNSET, error: Any = _UNSET) -> None:
         with self.transaction() as tx:

@@ -685,3 +685,62 @@ def test_resuming_a_child_whose_top_level_run_another_process_executes_exits_4(t
     proc = charter("resume", kid, "--db", str(db), cwd=tmp_path)
     assert proc.returncode == 4, describe(proc)
     assert f"run {top} is executed by pid 4242 on elsewhere" in proc.stderr, describe(proc)
+
+
+GATE = """\
+charter: "1.0"
+name: gate
+steps:
+  - {id: ok, approval: {message: "go on?"}}
+output: {done: true}
+"""
+
+
+def test_a_decision_recorded_while_resume_reads_the_log_is_read_before_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`approve` records its decision without the lease, so it can land between a resume reading the log
+    and writing `run.resumed`. The resume then reads it too: `after_seq` is the event just before its
+    `run.resumed`, and the log never says the run waits for an approval already decided."""
+    import threading
+
+    from dsl.frontend import compile_file
+    from interpreter import RunOptions, engine, resume_run, run_workflow
+    from interpreter.approvals import decide_approval
+
+    flow = tmp_path / "gate.yaml"
+    flow.write_text(GATE)
+    graph, _ = compile_file(flow)
+    db = tmp_path / "c.db"
+    with s.SQLiteEventStore(db) as store:
+        waiting = run_workflow(graph, {}, store=store, options=RunOptions())
+        assert waiting.status == "waiting"
+        real, raced = engine.restore_spent, []
+
+        def restore_then_race(*args, **kwargs):  # type: ignore[no-untyped-def]
+            real(*args, **kwargs)
+            if not raced:  # the first read of the log only: a person approves right then
+                raced.append(True)
+
+                def approve() -> None:
+                    with s.SQLiteEventStore(db) as other:
+                        try:
+                            decide_approval(waiting.run_id, "ok", store=other, person="bob", approved=True)
+                        except s.RunLeased:  # recorded; the resume holding the lease continues with it
+                            pass
+                        except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
+                            raced.append(exc)
+
+                thread = threading.Thread(target=approve)
+                thread.start()
+                thread.join()
+
+        monkeypatch.setattr(engine, "restore_spent", restore_then_race)
+        result = resume_run(waiting.run_id, store=store)
+        logged = list(store.events(waiting.run_id))
+    assert raced == [True] and result.status == "completed", (raced, result)
+    kinds = [e.kind for e in logged]
+    resumed = [e for e in logged if e.kind == "run.resumed"]
+    assert resumed[0].payload["after_seq"] == resumed[0].seq - 1
+    decided = kinds.index("approval.decided")
+    assert "run.waiting" not in kinds[decided:], kinds
