@@ -15,6 +15,14 @@ unless a real answer follows within `_NOT_MCP_GRACE` (a stray line, such as a ba
 During a call such output is tolerated until the call's timeout, whose error then names it. The SDK's own report of such output (a traceback logged on stderr) is dropped for Charter's
 sessions: the error says it instead.
 
+A stdio server runs in a process Charter starts itself (`_stdio`, not the SDK's `stdio_client`, whose
+shutdown a second cancellation could leave waiting forever on a server that stays alive), in a process
+group of its own. However the session ends -- closed with the run, a failed or cut-off start, a
+cancellation (Ctrl-C, SIGTERM, a `timeout`) -- the process is stopped within bounded time: an orderly
+close first closes its stdin and lets it exit, then SIGTERM goes to its process group, then SIGKILL. A
+cancellation during that moves on to the next signal at once. A server the event loop abandons is killed
+when the interpreter exits (`_kill_left_over`).
+
 A tool's result is the value the tool returned (`McpResult.value`): a string stays a string, a number a
 number, a list a list. MCP carries structured content only as an object, so the SDKs send any other value
 as `{"result": value}` and declare that wrapper as the tool's output schema; the wrapper is taken off
@@ -28,14 +36,16 @@ one task), so `call()` and `close()` may come from any task of the run.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import json
 import logging
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -50,6 +60,10 @@ DEFAULT_STARTUP_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 60.0
 NO_LIMIT = math.inf
 _CLOSE_TIMEOUT = 10.0
+_EXIT_GRACE = 2.0  # an orderly close: how long a stdio server has to exit once its stdin is closed
+_TERM_GRACE = 2.0  # how long it has to exit after SIGTERM, before SIGKILL
+_REAP_GRACE = 2.0  # after SIGKILL, how long to wait for the event loop to see it gone
+_READ_CHUNK = 1 << 16
 _STDERR_TAIL = 800
 _NOT_MCP_GRACE = 2.0  # after output that is not MCP, how long a real answer may still come
 _EXCERPT = 120
@@ -243,6 +257,8 @@ class McpConnection:
         self._dead = asyncio.Event()
         self._failure: str | None = None
         self._stderr: IO[bytes] | None = None
+        self._process: asyncio.subprocess.Process | None = None  # a stdio server's
+        self._orderly = False  # close() asked: the server may exit by itself before it is signalled
         self._not_mcp: str | None = None  # an excerpt of the last output that was not MCP
         self._not_mcp_seen = asyncio.Event()  # set (and replaced) at each such output
 
@@ -294,12 +310,13 @@ class McpConnection:
             raise
 
     async def close(self) -> None:
-        """End the session (and stop a stdio server). Bounded; safe to call twice."""
+        """End the session (and stop a stdio server). Bounded; safe to call twice. Cancelled, it leaves
+        the session task to finish stopping the server (its own cancellation hurries that along)."""
+        self._orderly = True
         self._closing.set()
         if self._task is not None and not self._task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), _CLOSE_TIMEOUT)
-            except (TimeoutError, Exception):
+            done, _ = await asyncio.wait({self._task}, timeout=_CLOSE_TIMEOUT)
+            if not done:
                 await self._abort()
         self._close_stderr()
 
@@ -309,14 +326,21 @@ class McpConnection:
             self._stderr = None
 
     async def _abort(self) -> None:
-        if self._task is not None and not self._task.done():
+        """End the session now: cancel its task, which stops a stdio server at once (SIGTERM, then
+        SIGKILL). Bounded: a task that does not end in time is left, its server killed."""
+        self._orderly = False
+        task = self._task
+        if task is not None and not task.done():
             # A task cancelled while asyncio spawns its subprocess never finishes (CPython gh-103847):
             # let the spawn complete (milliseconds), then cancel.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._spawned.wait(), _CLOSE_TIMEOUT)
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._task, _CLOSE_TIMEOUT)
+            task.cancel()
+            # asyncio.wait, not wait_for: on its timeout wait_for cancels again and then waits for the
+            # task without a limit.
+            await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT)
+        if self._process is not None:
+            _signal(self._process, signal.SIGKILL)  # a no-op once it was seen to exit
 
     async def _own(self) -> None:
         """The session's task: enter the transport and session, report ready, wait for close."""
@@ -355,19 +379,92 @@ class McpConnection:
 
     def _transport(self, mcp: Any) -> Any:
         if self.config.command is not None:
-            from mcp.client.stdio import get_default_environment
-
-            command, *args = self.config.command
-            env = {**get_default_environment(), **dict(self.config.env)}
-            params = mcp.StdioServerParameters(command=command, args=args, env=env, cwd=self.config.cwd)
-            # A real file: the server's stderr goes there (not onto our terminal) and into error messages.
-            self._stderr = tempfile.TemporaryFile()
-            return mcp.stdio_client(params, errlog=self._stderr)
+            return self._stdio()
         try:
             from mcp.client.streamable_http import streamable_http_client as connect
         except ImportError:  # mcp 1.x
             from mcp.client.streamable_http import streamablehttp_client as connect
         return connect(self.config.url)
+
+    @contextlib.asynccontextmanager
+    async def _stdio(self) -> AsyncIterator[tuple[Any, Any]]:
+        """The stdio transport: the server's process, and the streams of messages the session reads and
+        writes (a line of its stdout that is not JSON-RPC comes as the parse error, as with the SDK's).
+        On the way out the process is stopped (`_stop`), whatever ends the session."""
+        import anyio
+        from mcp.client.stdio import get_default_environment
+
+        command, *args = self.config.command or ()
+        env = {**get_default_environment(), **dict(self.config.env)}
+        # A real file: the server's stderr goes there (not onto our terminal) and into error messages.
+        self._stderr = tempfile.TemporaryFile()
+        # A session of its own: a terminal's Ctrl-C goes to Charter, which stops the server (and what
+        # the server started: its process group) itself.
+        process = await asyncio.create_subprocess_exec(
+            command,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            cwd=self.config.cwd,
+            start_new_session=True,
+        )
+        self._process = process
+        _LIVE.add(process)
+        self._spawned.set()
+        to_session, read_stream = anyio.create_memory_object_stream(0)
+        write_stream, from_session = anyio.create_memory_object_stream(0)
+
+        async def read() -> None:
+            assert process.stdout is not None
+            pending = bytearray()
+            try:
+                async with to_session:
+                    while chunk := await process.stdout.read(_READ_CHUNK):
+                        searched = len(pending)
+                        pending += chunk
+                        while (end := pending.find(b"\n", searched)) >= 0:
+                            line = bytes(pending[:end])
+                            del pending[: end + 1]
+                            searched = 0
+                            await to_session.send(_parse_message(line))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                # The session is gone: keep reading (and dropping) what the server writes, so that a
+                # full pipe does not keep it from exiting.
+                while await process.stdout.read(_READ_CHUNK):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - reported as the end of the transport
+                self._lost(f"reading from the server failed: {_describe(exc)}")
+
+        async def write() -> None:
+            assert process.stdin is not None
+            try:
+                async with from_session:
+                    async for item in from_session:
+                        message = getattr(item, "message", item)  # SDK 1.x before SessionMessage: bare
+                        data = message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                        process.stdin.write(data.encode("utf-8"))
+                        await process.stdin.drain()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+            except Exception as exc:  # noqa: BLE001 - e.g. BrokenPipeError: the server closed its stdin
+                self._lost(f"writing to the server failed: {_describe(exc)}")
+                to_session.close()  # the session sees its stream end, not a request waiting forever
+
+        pipes = [asyncio.create_task(read()), asyncio.create_task(write())]
+        try:
+            yield read_stream, write_stream
+        finally:
+            for stream in (read_stream, write_stream):
+                stream.close()
+            try:
+                await _stop(process, orderly=self._orderly)
+            finally:
+                for task in pipes:
+                    task.cancel()
+                for stream in (to_session, from_session):
+                    stream.close()
 
     # --- what the transport reports -------------------------------------------------------------------
 
@@ -648,6 +745,92 @@ class McpClientPool:
     async def close(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
         await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+
+
+# --- stdio server processes -----------------------------------------------------------------------------
+
+# The stdio servers started and not yet seen to exit, for `_kill_left_over`.
+_LIVE: set[asyncio.subprocess.Process] = set()
+
+
+def _signal(process: asyncio.subprocess.Process, signum: int) -> None:
+    """Send `signum` to the server's process group (the server and what it started), unless the server
+    was seen to exit (its group id may then be another's)."""
+    if process.returncode is not None:
+        _LIVE.discard(process)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signum)
+        else:  # pragma: no cover - Windows: the process alone
+            process.kill() if signum == getattr(signal, "SIGKILL", None) else process.terminate()
+
+
+async def _exited(process: asyncio.subprocess.Process, limit: float) -> bool:
+    """Whether the process exits within `limit` seconds. Its return code, not `wait()`: that also waits
+    for its pipes to close, which a child it left running may hold open."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while process.returncode is None:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _stop(process: asyncio.subprocess.Process, *, orderly: bool) -> None:
+    """Stop a stdio server: when `orderly`, close its stdin and give it `_EXIT_GRACE` to exit; then
+    SIGTERM to its process group and `_TERM_GRACE`; then SIGKILL. A cancellation moves on to the next
+    stage at once, and is raised again at the end: bounded, and the server does not outlive it."""
+    cancelled: BaseException | None = None
+    stages: list[tuple[int | None, float]] = [(signal.SIGTERM, _TERM_GRACE), (signal.SIGKILL, _REAP_GRACE)]
+    if orderly:
+        stages.insert(0, (None, _EXIT_GRACE))
+    for signum, grace in stages:
+        if process.returncode is not None:
+            break
+        if signum is None:
+            if process.stdin is not None:
+                with contextlib.suppress(Exception):
+                    process.stdin.close()
+        else:
+            _signal(process, signum)
+        try:
+            await _exited(process, grace)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if process.returncode is not None:
+        _LIVE.discard(process)
+    if cancelled is not None:
+        raise cancelled
+
+
+@atexit.register
+def _kill_left_over() -> None:
+    """At exit, kill the stdio servers whose sessions never ended (a task the event loop abandoned)."""
+    for process in list(_LIVE):
+        _signal(process, signal.SIGKILL)
+    _LIVE.clear()
+
+
+def _parse_message(line: bytes) -> Any:
+    """A line of a stdio server's stdout as the SDK's session reads it: the message, or the parse error
+    (a pydantic ValidationError, whose input `_excerpt` quotes) when the line is not JSON-RPC."""
+    from mcp import types
+
+    text = line.decode("utf-8", "replace")
+    try:
+        adapter = getattr(types, "jsonrpc_message_adapter", None)  # SDK 2.x
+        if adapter is not None:
+            message = adapter.validate_json(text, by_name=False)
+        else:
+            message = types.JSONRPCMessage.model_validate_json(text)
+    except ValueError as exc:
+        return exc
+    try:
+        from mcp.shared.message import SessionMessage
+    except ImportError:  # SDK 1.x before 1.7: the streams carry bare messages
+        return message
+    return SessionMessage(message)
 
 
 # --- helpers ------------------------------------------------------------------------------------------

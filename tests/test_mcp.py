@@ -24,6 +24,7 @@ pytest.importorskip("mcp")
 
 from interpreter.loop import run_coroutine  # noqa: E402
 from interpreter.mcp_client import (  # noqa: E402
+    NO_LIMIT,
     McpArgumentError,
     McpClientPool,
     McpConnection,
@@ -32,7 +33,7 @@ from interpreter.mcp_client import (  # noqa: E402
     McpServerError,
     McpToolError,
 )
-from tests.fixtures.charter_cli import charter  # noqa: E402
+from tests.fixtures.charter_cli import charter, charter_cmd, child_env  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SERVER = str(FIXTURES / "mcp_server.py")
@@ -304,6 +305,135 @@ def test_call_timeout_is_a_clear_error() -> None:
             await pool.call(STDIO, "sleep", {"seconds": 30}, timeout=0.5)
 
     with_pool(body)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, ended but not reaped by an orphan's new parent, does
+    not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def ends(pid: int, within: float = 30.0) -> bool:
+    """Whether process `pid` has ended, or ends within `within` seconds (a generous bound, no timing)."""
+    deadline = time.monotonic() + within
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def kill_if_running(pid_file: Path) -> None:
+    """A test's clean-up: the server a failing test left behind does not outlive it."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+# Prints a line that is not MCP, then stays: reads its stdin until it closes, and ignores SIGTERM; it
+# notes both (files in the folder it is given), and only SIGKILL ends it.
+STUBBORN_NOT_MCP = """
+import os, signal, sys, time
+
+folder = sys.argv[1]
+
+
+def note(name):
+    open(os.path.join(folder, name), "w").close()
+
+
+signal.signal(signal.SIGTERM, lambda *_: note("terminated"))
+with open(os.path.join(folder, "pid.tmp"), "w") as f:
+    f.write(str(os.getpid()))
+os.replace(os.path.join(folder, "pid.tmp"), os.path.join(folder, "pid"))
+print("hello, I am not MCP", flush=True)
+sys.stdin.read()
+note("stdin-closed")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_start_cut_off_while_it_stops_a_server_that_is_not_mcp_ends_and_the_server_is_killed(
+    tmp_path: Path,
+) -> None:
+    """A server that printed something that is not MCP and stays alive: the start, failing, stops it.
+    A `timeout` passing meanwhile (the step's cut-off) still ends the start, and the server is
+    terminated, then killed. The step used to hang forever here: the cut-off cancelled the SDK's
+    shutdown of the server midway, which then waited for a server that never exits."""
+    (tmp_path / "server.py").write_text(STUBBORN_NOT_MCP, encoding="utf-8")
+    config = McpServerConfig.create(command=[sys.executable, str(tmp_path / "server.py"), str(tmp_path)])
+
+    async def cut_off_while_stopping() -> bool:
+        connection = McpConnection(config, startup_timeout=NO_LIMIT)  # only the cut-off bounds it
+        starting = asyncio.create_task(connection.start())
+        for _ in range(1200):  # bounded (~60s): until the failed start is stopping the server
+            if starting.done() or any((tmp_path / n).exists() for n in ("stdin-closed", "terminated")):
+                break
+            await asyncio.sleep(0.05)
+        starting.cancel()  # the cut-off
+        done, _ = await asyncio.wait({starting}, timeout=60)
+        return bool(done)
+
+    try:
+        assert run_coroutine(cut_off_while_stopping(), grace=5.0), "the start did not end"
+        assert ends(int((tmp_path / "pid").read_text())), "the server outlived its start"
+        assert (tmp_path / "terminated").exists()  # SIGTERM first, then SIGKILL
+    finally:
+        kill_if_running(tmp_path / "pid")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_server_does_not_outlive_charter_stopped_by_signals(tmp_path: Path, signum: int) -> None:
+    """`charter run` stopped by a signal while an MCP call runs, and by a second one while it closes the
+    server: the server is stopped too (it runs in a process group of its own, which a terminal's Ctrl-C
+    does not reach). It used to stay running: the second signal cancelled the server's shutdown."""
+    marker = tmp_path / "pid"
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        textwrap.dedent(
+            f"""\
+            charter: "1.0"
+            name: mcp-signals
+            tools:
+              nap:
+                mcp: {{command: [python, -m, tests.fixtures.mcp_server], tool: sleep, env: {{CHARTER_TEST_MARKER: "{marker}"}}}}
+                effect: read
+            steps:
+              - {{id: call, tool: nap, args: {{seconds: 600}}}}
+            """
+        ),
+        encoding="utf-8",
+    )
+    env = {**child_env(), "CHARTER_DB": str(tmp_path / "charter.db")}
+    process = subprocess.Popen(
+        charter_cmd("run", str(flow)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()):  # the server is in the call
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+            time.sleep(0.05)
+        process.send_signal(signum)
+        time.sleep(0.5)  # charter is closing the server now: the second signal interrupts that
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 128 + signum, output
+        assert ends(int(marker.read_text())), "the server outlived charter"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        kill_if_running(marker)
 
 
 # --- streamable HTTP ------------------------------------------------------------------------------------
