@@ -45,7 +45,7 @@ import math
 import os
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -95,7 +95,8 @@ class McpArgumentError(McpError):
 
 
 class McpEnvError(McpError):
-    """A server's `env` sets a variable that would make it run code its allowance does not name."""
+    """A server's `env` sets a variable that would make it run code its allowance does not name (a
+    policy refusal, like a command the allow-list does not permit)."""
 
 
 # Variables that choose what code a started program runs, besides its command: the program found on
@@ -129,20 +130,31 @@ _HARMLESS_PYTHON_ENV = frozenset(
 )
 
 
-def _check_env(label: str, env: tuple[tuple[str, str], ...]) -> None:
-    """Refuse (McpEnvError) a stdio server environment that chooses the code the server runs."""
-    refused = sorted(
+def code_loading_env(names: Iterable[str]) -> list[str]:
+    """The names among `names` that a stdio server's env may not set, sorted (any case counts)."""
+    return sorted(
         name
-        for name, _ in env
+        for name in names
         if name.upper() in _CODE_LOADING_ENV
         or (name.upper().startswith(_CODE_LOADING_PREFIXES) and name.upper() not in _HARMLESS_PYTHON_ENV)
     )
+
+
+def env_refusal(label: str, refused: list[str]) -> str:
+    return (
+        f"{label}: its env sets {', '.join(refused)}, which would make it run code other than the "
+        "allowed command; a workflow file cannot set it (a server that needs it is started by a "
+        "script of its own, which the user allows)"
+    )
+
+
+def _check_env(label: str, env: tuple[tuple[str, str], ...]) -> None:
+    """Refuse (McpEnvError) a stdio server environment that chooses the code the server runs. The keys
+    are fixed in the workflow file, so a run checks them before it starts (`tools.check_mcp_commands`);
+    this is the last line, for a config made otherwise."""
+    refused = code_loading_env(name for name, _ in env)
     if refused:
-        raise McpEnvError(
-            f"{label}: its env sets {', '.join(refused)}, which would make it run code other than the "
-            "allowed command; a workflow file cannot set it (a server that needs it is started by a "
-            "script of its own, which the user allows)"
-        )
+        raise McpEnvError(env_refusal(label, refused))
 
 
 @dataclass(frozen=True)

@@ -678,7 +678,10 @@ def mcp_command(
 
 
 def check_mcp_commands(graph: Any, policy: ModulePolicy) -> None:
-    """Every stdio MCP server of a workflow must be allowed (checked before a run; nothing is started)."""
+    """Every stdio MCP server of a workflow must be allowed, and its `env` must not set a variable that
+    chooses the code it runs (PATH, LD_*, PYTHONPATH, ...: its keys are fixed in the file, whatever
+    their values). Checked before a run; nothing is started."""
+    from interpreter.mcp_client import code_loading_env, env_refusal
     from interpreter.policy import PolicyError
 
     problems = []
@@ -688,12 +691,32 @@ def check_mcp_commands(graph: Any, policy: ModulePolicy) -> None:
                 mcp_command(tool.mcp.command, policy, name)
             except PolicyError as exc:
                 problems.append(str(exc))
+            refused = code_loading_env(tool.mcp.env)
+            if refused:
+                first = next(key for key in tool.mcp.env if key in refused)  # in the order of the file
+                where = _key_position(graph, ("tools", name, "mcp", "env", first))
+                label = f"tool '{name}': MCP server `{' '.join(tool.mcp.command)}`"
+                problems.append(f"{where}{env_refusal(label, refused)}")
     if problems:
         raise PolicyError("\n".join(problems))
 
 
+def _key_position(graph: Any, path: tuple[str, ...]) -> str:
+    """`file:line:col: ` of a key of the workflow file, or nothing when the graph has no source."""
+    source, file = getattr(graph, "source", None), getattr(graph, "file", None)
+    if not source or not file:
+        return ""
+    from dsl.loader import load_text
+
+    doc, _ = load_text(source, file)
+    if doc is None:
+        return ""
+    line, column = doc.key_position(path)
+    return f"{file}:{line}:{column}: "
+
+
 def _mcp_config(ex: Any, name: str, tool: Any, scope: Any) -> Any:
-    from interpreter.mcp_client import McpError, McpServerConfig
+    from interpreter.mcp_client import McpEnvError, McpError, McpServerConfig
     from interpreter.policy import PolicyError
 
     spec = tool.mcp
@@ -709,6 +732,8 @@ def _mcp_config(ex: Any, name: str, tool: Any, scope: Any) -> Any:
         env = ex.evaluate(compiled.values["env"], scope, f"tool '{name}': env")
     try:
         return McpServerConfig.create(command=command, url=spec.url, env=env, cwd=cwd)
+    except McpEnvError as exc:  # `check_mcp_commands` refuses it before a run: a last line here
+        raise StepError("policy", f"tool '{name}': {exc}", type="PolicyError", retryable=False) from None
     except McpError as exc:
         raise StepError("tool", f"tool '{name}': {exc}", type="ToolError", retryable=False) from None
 

@@ -631,7 +631,8 @@ def test_a_tool_the_server_adds_or_changes_while_it_runs_is_called(tmp_path: Pat
 def test_a_server_env_that_would_load_other_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     """The allowance names the server's module; a workflow file's `env` must not make Python import other
     code first (PYTHONPATH to the workflow's folder, whose sitecustomize.py Python imports at startup):
-    the call fails, naming the variable, and that code never runs."""
+    the run is refused before it starts (`charter run` exits 2), at the key, naming the variable, and
+    that code never runs."""
     marker = tmp_path / "ran"
     (tmp_path / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
     proc = run_flow(
@@ -647,11 +648,38 @@ def test_a_server_env_that_would_load_other_code_is_refused_and_nothing_runs(tmp
           - {{id: call, tool: add, args: {{a: 1, b: 2}}}}
         """,
     )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "its env sets PYTHONPATH, which would make it run code other than the allowed command" in (
-        proc.stdout + proc.stderr
-    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = (tmp_path / "flow.yaml").read_text(encoding="utf-8").splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if "PYTHONPATH" in text)
+    column = lines[line - 1].index("PYTHONPATH") + 1
+    assert (
+        f"{tmp_path / 'flow.yaml'}:{line}:{column}: tool 'add': MCP server `python -m tests.fixtures.mcp_server`: "
+        "its env sets PYTHONPATH, which would make it run code other than the allowed command"
+    ) in proc.stderr, proc.stderr
+    assert '"status": "refused"' in proc.stdout and '"run_id": null' in proc.stdout  # nothing was recorded
     assert not marker.exists()
+
+
+def test_a_code_loading_env_met_at_a_call_is_a_policy_error() -> None:
+    """The check before the run is the rule; a server config the call path meets all the same (a run
+    that skipped that check) is refused as policy, not as a tool failure a retry could change."""
+    from types import SimpleNamespace
+
+    from dsl.model import McpTool
+    from interpreter.policy import build_policy
+    from interpreter.runtime import StepError
+    from interpreter.tools import _mcp_config
+
+    tool = SimpleNamespace(
+        mcp=McpTool(command=["python", "-m", "tests.fixtures.mcp_server"], env={"LD_PRELOAD": "/tmp/x.so"})
+    )
+    ex = SimpleNamespace(
+        policy=build_policy(("tests.fixtures.mcp_server",), None), graph=SimpleNamespace(tools=None)
+    )
+    with pytest.raises(StepError) as caught:
+        _mcp_config(ex, "add", tool, None)
+    assert caught.value.to_dict()["code"] == "policy" and caught.value.to_dict()["type"] == "PolicyError"
+    assert "its env sets LD_PRELOAD" in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["PATH", "LD_PRELOAD", "ld_library_path", "PYTHONSTARTUP", "NODE_OPTIONS"])
