@@ -1119,7 +1119,16 @@ def wake(
         raise click.BadParameter(
             f"not a positive duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
         ) from None
-    store = _open_store(db)  # a missing file is a mistyped --db: an empty new log would wait for nothing
+    import time
+
+    from interpreter.store import resolve_db_path
+
+    path = resolve_db_path(db)
+    if watch and not path.exists():  # a service started before the first run: wait for it, say so
+        click.echo(f"no event log at {path} yet: waiting for a run to create it", err=True)
+        while not path.exists():
+            time.sleep(pause)
+    store = _open_store(db)  # `wake` never creates a log: an empty one would be watched for nothing
     options = _options(None, None, allow_modules, "normal", quiet=True, models=models)
     if not watch:
         woken = _guarded(lambda: _wake_once(store, options, as_json))

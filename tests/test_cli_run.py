@@ -435,7 +435,7 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
 def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
     commands = (["resume", "NOPE"], ["log", "NOPE"], ["verify", "NOPE"], ["replay", "NOPE"], ["runs"])
     # no event log yet: said so, and none is created by reading, nor by `wake` (a mistyped --db)
-    for command in (*commands, ["wake"], ["wake", "--watch"]):
+    for command in (*commands, ["wake"]):
         proc = charter(*command, cwd=tmp_path)
         assert proc.returncode == 2 and "no event log at" in proc.stderr, proc.stderr
         assert not (tmp_path / "charter.db").exists()

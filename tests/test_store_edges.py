@@ -14,6 +14,7 @@ import pytest
 from fixtures.charter_cli import ENGINE, charter, describe
 
 from interpreter.hashing import NotCanonicalizable, canonical_json
+from interpreter.runtime import InputError
 from interpreter.store import APPROVAL_REQUESTED, PayloadError, SQLiteEventStore
 
 
@@ -78,7 +79,7 @@ def test_a_run_never_logs_a_map_whose_keys_are_not_strings(tmp_path: Path, store
         'output: {m: "${{ vars.m }}"}\n',
     )
     # inputs through the Python API: refused before the run exists
-    with pytest.raises(PayloadError, match="keys must be strings"):
+    with pytest.raises(InputError, match="the input is not JSON: object keys must be strings"):
         run_workflow(graph, {"counts": {2: 5, 10: 7}}, store=store)
     assert store.runs() == []
     # an expression's map with int keys is logged with string keys (as JSON writes them): it verifies
