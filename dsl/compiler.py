@@ -114,11 +114,41 @@ def compile_workflow(
 # --- scope ---------------------------------------------------------------------------------------------
 
 
+class _Visible:
+    """The step ids that can have completed before a place, shared rather than copied.
+
+    A sequence keeps one dict of the ids its steps export (id -> index of the first step exporting it),
+    filled as the walk goes on; the place before its step i is a view of that dict cut at i, on top of
+    the view of the enclosing place. Making a view is O(1) and a lookup walks the enclosing views (as
+    many as sequences nest), so a sequence of n steps costs O(n), not the O(n^2) of a set per step."""
+
+    __slots__ = ("_ids", "_limit", "_parent")
+
+    def __init__(self, parent: _Visible | None, ids: Mapping[str, int], limit: int) -> None:
+        self._parent = parent
+        self._ids = ids  # may grow after this view is made: entries at `limit` or later are not in it
+        self._limit = limit
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        view: _Visible | None = self
+        while view is not None:
+            at = view._ids.get(name)
+            if at is not None and at < view._limit:
+                return True
+            view = view._parent
+        return False
+
+
+_NOTHING = _Visible(None, {}, 0)
+
+
 @dataclass(frozen=True)
 class _Scope:
     """What an expression may read where it stands."""
 
-    visible: frozenset[str]  # step ids that can have completed before this point
+    visible: _Visible  # step ids that can have completed before this point
     names: Mapping[str, t.Type]  # declared variables
     where: str  # the step (or place) this scope belongs to, for messages
     chain: tuple[tuple[str, str], ...] = ()  # enclosing (step id, block label), outermost first
@@ -171,17 +201,6 @@ def _blocks(step: m.StepBase, path: Path) -> list[tuple[str, Path, list[Any], m.
 def _may_skip(step: m.StepBase) -> bool:
     """Whether the step has an `if` that can be false (a literal `true` cannot)."""
     return step.if_ is not None and step.if_.strip() != "true"
-
-
-def _exported(step: m.StepBase) -> set[str]:
-    """Step ids certainly reached once the steps after `step` run: itself, and the inside of a `steps`
-    group without an `if` (such a group runs all its steps or fails; with an `if` it may run none, and its
-    inner steps then have no `steps` entry, so only the group itself, `skipped`, is readable after it)."""
-    out = {step.id}
-    if isinstance(step, m.SequenceStep) and not _may_skip(step):
-        for inner in step.steps:
-            out |= _exported(inner)
-    return out
 
 
 def _ast_children(node: ast.Expr) -> Iterator[ast.Expr]:
@@ -315,15 +334,12 @@ class _Compiler:
         wf = self.workflow
         self._collect(wf.steps, ("steps",), ())
         self._retry_codes()
-        top = _Scope(frozenset(), _BASE_TYPES, "the workflow")
-        root = self._sequence(wf.steps, ("steps",), "", top)
-        after_all: set[str] = set()
-        for step in wf.steps:
-            after_all |= _exported(step)
-        out_scope = _Scope(frozenset(after_all), _BASE_TYPES, "the workflow output")
+        top = _Scope(_NOTHING, _BASE_TYPES, "the workflow")
+        root, exported = self._sequence(wf.steps, ("steps",), "", top)
+        out_scope = _Scope(_Visible(None, exported, len(wf.steps)), _BASE_TYPES, "the workflow output")
         output = self._value(wf.output, ("output",), out_scope) if wf.output else None
         init_names = {k: v for k, v in _BASE_TYPES.items() if k not in ("steps", "vars")}
-        vars_ = self._value(wf.vars, ("vars",), _Scope(frozenset(), init_names, "the initial vars"))
+        vars_ = self._value(wf.vars, ("vars",), _Scope(_NOTHING, init_names, "the initial vars"))
         grants = self._grants()
         guardrails = self._guardrails(wf.guardrails, ("guardrails",))
         tools = self._tools()
@@ -446,9 +462,13 @@ class _Compiler:
 
     # --- pass 2: steps ---
 
-    def _sequence(self, steps: Sequence[m.StepBase], path: Path, prefix: str, scope: _Scope) -> Block:
+    def _sequence(
+        self, steps: Sequence[m.StepBase], path: Path, prefix: str, scope: _Scope
+    ) -> tuple[Block, dict[str, int]]:
+        """The block of a step list, and the ids its steps export: id -> index of the first step that
+        exports it (the id is visible to the steps after that one)."""
         nodes: list[Node] = []
-        visible = set(scope.visible)
+        exported: dict[str, int] = {}
         stopped: str | None = None
         for i, step in enumerate(steps):
             here = (*path, i)
@@ -460,14 +480,26 @@ class _Compiler:
                     hint=f"remove the step, or give '{stopped}' an `if` condition",
                 )
                 stopped = None  # one diagnostic per sequence is enough
-            inner = _Scope(frozenset(visible), scope.names, step.id, scope.chain)
-            nodes.append(self._step(step, here, prefix, inner))
-            visible |= _exported(step)
+            inner = _Scope(_Visible(scope.visible, exported, i), scope.names, step.id, scope.chain)
+            node, inside = self._step(step, here, prefix, inner)
+            nodes.append(node)
+            exported.setdefault(step.id, i)
+            # a group's inner steps; an id's first export counts (a duplicate id is CH201). One by one: a
+            # set difference of the keys would walk all of `exported` for each group
+            for sid in inside:
+                exported.setdefault(sid, i)
             if isinstance(step, m.FailStep) and step.if_ is None and i + 1 < len(steps):
                 stopped = step.id
-        return Block(label="steps", nodes=tuple(nodes))
+        return Block(label="steps", nodes=tuple(nodes)), exported
 
-    def _step(self, step: m.StepBase, path: Path, prefix: str, scope: _Scope) -> Node:
+    def _step(
+        self, step: m.StepBase, path: Path, prefix: str, scope: _Scope
+    ) -> tuple[Node, Mapping[str, int]]:
+        """The node of a step, and the ids of inner steps it exports besides its own: a composite step
+        (switch, parallel, for_each, loop, try) exports none, since its inner steps may not have run or ran
+        many times; so does a `steps` group with an `if`, which may run none of them (they then have no
+        `steps` entry: only the group itself, `skipped`, is readable after it). A group without an `if`
+        runs all its steps or fails, and exports what its body exports."""
         kind = _kind(step)
         node_path = f"{prefix}{step.id}"
         condition = self._condition(step.if_, (*path, "if"), scope) if step.if_ is not None else None
@@ -478,10 +510,11 @@ class _Compiler:
         self._kind_fields(step, path, scope, values, prompts)
         child_prefix = f"{node_path}/"
         chain = scope.chain
-        body_visible: set[str] = set()
+        body_visible: Mapping[str, int] = {}  # what the body exports (the catch and `until` see it)
+        body_length = 0
         for label, block_path, inner, case in _blocks(step, path):
             names = dict(scope.names)
-            visible = set(scope.visible)
+            visible = scope.visible
             when = None
             if isinstance(step, m.ForEachStep):
                 names[step.for_each.as_] = t.DYN
@@ -490,17 +523,17 @@ class _Compiler:
                 names["index"] = t.INT
             elif isinstance(step, m.TryStep) and label == "catch":
                 names[step.try_.catch.as_] = t.DYN
-                visible |= body_visible
+                visible = _Visible(visible, body_visible, body_length)
             if case is not None and case.when is not None:
                 when = self._condition(case.when, (*block_path[:-1], "when"), scope)
-            block_scope = _Scope(frozenset(visible), names, step.id, (*chain, (step.id, label)))
-            block = self._sequence(inner, block_path, f"{child_prefix}{label}/", block_scope)
+            block_scope = _Scope(visible, names, step.id, (*chain, (step.id, label)))
+            block, inner_exported = self._sequence(inner, block_path, f"{child_prefix}{label}/", block_scope)
             blocks.append(Block(label=label, nodes=block.nodes, when=when))
             if label == "body":
-                body_visible = {s for inner_step in inner for s in _exported(inner_step)}
+                body_visible, body_length = inner_exported, len(inner)
         if isinstance(step, m.LoopStep) and step.loop.until is not None:
             until_scope = _Scope(
-                scope.visible | body_visible,
+                _Visible(scope.visible, body_visible, body_length),
                 {**scope.names, "index": t.INT},
                 step.id,
                 (*chain, (step.id, "body")),
@@ -511,7 +544,7 @@ class _Compiler:
         if step.output is not None:
             values["output"] = self._value(step.output, (*path, "output"), scope.with_names(result=t.DYN))
         guardrails = self._guardrails(step.guardrails, (*path, "guardrails"))
-        return Node(
+        node = Node(
             path=node_path,
             id=step.id,
             kind=kind,
@@ -524,6 +557,8 @@ class _Compiler:
             guardrails=guardrails,
             where=path,
         )
+        exports_inside = isinstance(step, m.SequenceStep) and not _may_skip(step)
+        return node, body_visible if exports_inside else {}
 
     def _kind_fields(
         self,
@@ -1017,10 +1052,10 @@ class _Compiler:
     def _tools(self) -> dict[str, CompiledTool]:
         out: dict[str, CompiledTool] = {}
         names = {n: t.DYN for n in TOOL_SCOPE} | {"secrets": _BASE_TYPES["secrets"], "run": _STEPS_TYPE}
-        scope = _Scope(frozenset(), names, "a tool definition")
+        scope = _Scope(_NOTHING, names, "a tool definition")
         # An HTTP request is built per call, under the identity the call runs under (issue 6: credentials
         # for the effective identity, from `secrets`): `identity` is that name ("" for none).
-        http_scope = _Scope(frozenset(), {**names, "identity": t.STRING}, "an HTTP tool definition")
+        http_scope = _Scope(_NOTHING, {**names, "identity": t.STRING}, "an HTTP tool definition")
         for name, tool in self.workflow.tools.items():
             base: Path = ("tools", name)
             values: dict[str, templates.CompiledValue] = {}
@@ -1042,7 +1077,7 @@ class _Compiler:
 
     def _guardrails(self, rules: Sequence[m.Guardrail], path: Path) -> tuple[CompiledGuardrail, ...]:
         names = {n: t.DYN for n in GUARDRAIL_SCOPE} | {"run": _STEPS_TYPE}
-        scope = _Scope(frozenset(), names, "a guardrail")
+        scope = _Scope(_NOTHING, names, "a guardrail")
         out: list[CompiledGuardrail] = []
         for i, rule in enumerate(rules):
             here = (*path, i)
@@ -1085,7 +1120,7 @@ class _Compiler:
 
     def _grants(self) -> tuple[CompiledGrant, ...]:
         names = {n: t.DYN for n in GRANT_SCOPE} | {"run": _STEPS_TYPE}
-        scope = _Scope(frozenset(), names, "a grant")
+        scope = _Scope(_NOTHING, names, "a grant")
         roles = {r for ident in self.workflow.identities.values() for r in ident.roles}
         out: list[CompiledGrant] = []
         for i, grant in enumerate(self.workflow.grants):
@@ -1227,7 +1262,9 @@ class _Compiler:
         for name, tool in self.workflow.tools.items():
             for i, rule in enumerate(tool.guardrails):
                 yield ("tools", name, "guardrails", i), rule
-        for info in sorted(self.steps.values(), key=lambda s: self._pos(s.path)):
+        # only the steps with rules are sorted: finding a position walks down from the document's root
+        guarded = [info for info in self.steps.values() if info.step.guardrails]
+        for info in sorted(guarded, key=lambda s: self._pos(s.path)):
             for i, rule in enumerate(info.step.guardrails):
                 yield (*info.path, "guardrails", i), rule
 
