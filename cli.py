@@ -204,7 +204,8 @@ def _db_option(fn):  # type: ignore[no-untyped-def]
 
 
 def _open_store(db: str | None, durability: str = "normal", create: bool = False):  # type: ignore[no-untyped-def]
-    """The event log; only `run` may create it (elsewhere a missing file is a mistyped --db)."""
+    """The event log; only `run` and `wake --watch` may create it (elsewhere a missing file is a
+    mistyped --db)."""
     from interpreter.store import StoreError, StoreLockedError, open_store
 
     if db:
@@ -1119,16 +1120,8 @@ def wake(
         raise click.BadParameter(
             f"not a positive duration: {interval!r} (e.g. 5s, 1m)", param_hint="--interval"
         ) from None
-    import time
-
-    from interpreter.store import resolve_db_path
-
-    path = resolve_db_path(db)
-    if watch and not path.exists():  # a service started before the first run: wait for it, say so
-        click.echo(f"no event log at {path} yet: waiting for a run to create it", err=True)
-        while not path.exists():
-            time.sleep(pause)
-    store = _open_store(db)  # `wake` never creates a log: an empty one would be watched for nothing
+    # Once, a missing file is a mistyped --db. A watching service may start before the first run.
+    store = _open_store(db, create=watch)
     options = _options(None, None, allow_modules, "normal", quiet=True, models=models)
     if not watch:
         woken = _guarded(lambda: _wake_once(store, options, as_json))
