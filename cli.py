@@ -348,18 +348,13 @@ def _report(result, as_json: bool, store=None, decision=None, resumed=None) -> N
 
 def _live_holder(store, run_id: str) -> str | None:  # type: ignore[no-untyped-def]
     """Who executes the run now (its lease's live holder, described), or None."""
-    from interpreter.leases import holder_alive
-    from interpreter.store import StoreError, utc_now
+    from interpreter.store import StoreError
 
     try:
-        lease = store.lease(run_id) if store is not None else None
+        lease = _executing(store, run_id) if store is not None else None
     except StoreError:
         return None
-    if lease is None or not holder_alive(
-        lease.node, lease.pid, lease.proc_start, lease.expires_at, utc_now(), lease.owner
-    ):
-        return None
-    return lease.describe()
+    return lease.describe() if lease is not None else None
 
 
 def _approvals(store, result):  # type: ignore[no-untyped-def]
@@ -1007,15 +1002,16 @@ def _excerpt(text: str, limit: int = 400) -> str:
     return f"{text[:limit]}… ({len(text):,} characters; --json shows all)"
 
 
-def _executing(store, run_id: str) -> bool:  # type: ignore[no-untyped-def]
-    """Whether a live process holds the run's lease (it is being executed now)."""
+def _executing(store, run_id: str):  # type: ignore[no-untyped-def]
+    """The run's lease when a live process holds it (it is being executed now), else None."""
     from interpreter.leases import holder_alive
     from interpreter.store import utc_now
 
     held = store.lease(run_id)
-    return held is not None and holder_alive(
+    alive = held is not None and holder_alive(
         held.node, held.pid, held.proc_start, held.expires_at, utc_now(), held.owner
     )
+    return held if alive else None
 
 
 @main.command()
